@@ -1,0 +1,123 @@
+# sdxl.c build.
+#
+#   make                 CPU build: ./sdxl and tests/run_tests
+#   make test            build and run every test (CPU backend); ends with "N passed, N failed"
+#   make CUDA=1          also compile kernels.cu with nvcc (-arch=sm_90; CUDA_ARCH=sm_80 to change)
+#                        and link cuBLAS; `./sdxl --backend cuda` and `tests/run_tests --backend cuda`
+#   make test CUDA=1     the same tests; CUDA-against-CPU tests run when a device is visible
+#   make debug           ASan + UBSan build (./sdxl_debug, tests/run_tests_debug), then runs the tests
+#   make bench           ./sdxl bench matmul
+#   make demo            tiny random-weight model through the whole pipeline (see README)
+#   make golden          regenerate tests/golden/ (needs Python with torch; never needed by `test`)
+#   make clean
+#
+# CUDA is opt-in, never detected: CI has nvcc but no GPU, and what `make` builds must not depend
+# on what happens to be installed. The reference path is compiled without fast-math and with
+# -ffp-contract=off, so the compiler never fuses a*b+c on its own: where we want an FMA we call
+# fmaf() (gemm.c, rng.c) and get the same bits on every machine. nvcc, by contrast, contracts to
+# FMA by default (--fmad=true); the CUDA-against-CPU tolerances allow for that, and STRICT=1
+# builds the kernels with --fmad=false for debugging.
+# OpenMP is on by default (OMP=0 turns it off); results do not depend on the thread count.
+
+CC ?= cc
+NVCC ?= nvcc
+CUDA_ARCH ?= sm_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+OMP ?= 1
+
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fno-math-errno
+LDLIBS = -lz -lm
+
+ifeq ($(OMP),1)
+  CFLAGS_BASE += -fopenmp
+  LDFLAGS_OMP = -fopenmp
+  $(info ✓ OpenMP on (OMP=0 to turn off))
+endif
+
+LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c
+CLI_SRC = main.c bench.c
+TEST_SRC = $(wildcard tests/*.c)
+HEADERS = $(wildcard *.h tests/*.h)
+
+ifeq ($(CUDA),1)
+  BUILD = build/cuda
+  CFLAGS = $(CFLAGS_BASE) -O3 -g -DUSE_CUDA
+  NVCCFLAGS = -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -Wall -DUSE_CUDA -lineinfo
+  ifeq ($(STRICT),1)
+    NVCCFLAGS += --fmad=false
+  endif
+  CUDA_OBJ = $(BUILD)/kernels.o
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+  $(info ✓ CUDA on: nvcc -arch=$(CUDA_ARCH), cuBLAS, from $(CUDA_HOME))
+else
+  BUILD = build/cpu
+  CFLAGS = $(CFLAGS_BASE) -O3 -g
+endif
+
+LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
+CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
+
+# Remember which configuration built ./sdxl, so switching CUDA=1 on or off relinks it.
+MODE_STAMP = build/mode
+$(shell mkdir -p build; echo "$(BUILD)" | cmp -s - $(MODE_STAMP) || echo "$(BUILD)" > $(MODE_STAMP))
+
+.PHONY: all test debug bench demo golden clean
+all: sdxl tests/run_tests
+
+sdxl: $(CLI_OBJ) $(LIB_OBJ) $(MODE_STAMP)
+	$(CC) $(LDFLAGS_OMP) -o $@ $(CLI_OBJ) $(LIB_OBJ) $(CUDA_LIBS) $(LDLIBS)
+
+tests/run_tests: $(TEST_OBJ) $(LIB_OBJ) $(MODE_STAMP)
+	$(CC) $(LDFLAGS_OMP) -o $@ $(TEST_OBJ) $(LIB_OBJ) $(CUDA_LIBS) $(LDLIBS)
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%.o: tests/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/kernels.o: kernels.cu ops.h tensor.h common.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+test: tests/run_tests
+	./tests/run_tests
+
+# Sanitizer build: its own objects, CPU only, no OpenMP (ASan and libgomp's thread pool do not
+# mix cleanly), -O1 so it stays quick enough to run the whole suite.
+DEBUG_BUILD = build/debug
+DEBUG_CFLAGS = $(filter-out -fopenmp,$(CFLAGS_BASE)) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+DEBUG_LIB_OBJ = $(LIB_SRC:%.c=$(DEBUG_BUILD)/%.o)
+DEBUG_CLI_OBJ = $(CLI_SRC:%.c=$(DEBUG_BUILD)/%.o)
+DEBUG_TEST_OBJ = $(TEST_SRC:tests/%.c=$(DEBUG_BUILD)/tests/%.o)
+
+$(DEBUG_BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(DEBUG_CFLAGS) -c -o $@ $<
+
+$(DEBUG_BUILD)/tests/%.o: tests/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(DEBUG_CFLAGS) -c -o $@ $<
+
+sdxl_debug: $(DEBUG_CLI_OBJ) $(DEBUG_LIB_OBJ)
+	$(CC) -fsanitize=address,undefined -o $@ $^ $(LDLIBS)
+
+tests/run_tests_debug: $(DEBUG_TEST_OBJ) $(DEBUG_LIB_OBJ)
+	$(CC) -fsanitize=address,undefined -o $@ $^ $(LDLIBS)
+
+debug: sdxl_debug tests/run_tests_debug
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./tests/run_tests_debug
+
+bench: sdxl
+	./sdxl bench matmul
+
+golden:
+	python3 scripts/make_golden_ops.py
+	python3 scripts/make_golden_rng.py
+	python3 scripts/make_golden_png.py
+
+clean:
+	rm -rf build sdxl sdxl_debug tests/run_tests tests/run_tests_debug

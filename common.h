@@ -1,0 +1,62 @@
+// common.h: the small things every file needs.
+//
+//   - one-line fatal errors (`fatal`) and the checked wrappers `xmalloc`, `xfopen`, `xfread`,
+//     `xfwrite`, `xfclose` that call it, in the style of llm.c's fopenCheck family but with one
+//     line per error that names the user's file;
+//   - recoverable errors for parsers: functions that read user input return 0 on success and -1 on
+//     failure, and write a one-line message into a caller's `char err[ERR_MAX]` (`set_error`), so
+//     tests can check that bad input is rejected without the process exiting;
+//   - whole-file reading and atomic output (write `path.tmp`, check every call, then rename), so a
+//     crash never leaves a half-written file under the real name;
+//   - a monotonic clock for progress lines and benchmarks.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define ERR_MAX 512 // bytes in an error-message buffer
+
+// Prints "error: <message>" on one line to stderr and exits with status 1.
+void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+// Fills err (ERR_MAX bytes) with a formatted message and returns -1, so parsers can write
+// `return set_error(err, "%s: bad CRC in chunk %s", path, type);`.
+int set_error(char* err, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Checked C library calls; on failure they call fatal() naming the file.
+void* xmalloc(size_t bytes);
+void* xcalloc(size_t count, size_t size);
+void* xrealloc(void* p, size_t bytes);
+char* xstrdup(const char* s);
+FILE* xfopen(const char* path, const char* mode);
+void xfread(void* dst, size_t size, size_t count, FILE* f, const char* path);
+void xfwrite(const void* src, size_t size, size_t count, FILE* f, const char* path);
+void xfclose(FILE* f, const char* path);
+
+// Reads a whole file into a fresh buffer (NUL-terminated, so text can be parsed in place).
+// Returns 0, or -1 with err filled ("path: No such file or directory").
+int read_file(const char* path, uint8_t** data, size_t* size, char* err);
+
+// Atomic output. out_open() opens "<path>.tmp"; out_commit() flushes, closes and renames it onto
+// path, checking each step; out_abort() closes and removes the temporary file.
+typedef struct {
+    FILE* f;
+    char path[4096];     // final name
+    char tmp_path[4100]; // path + ".tmp"
+} OutFile;
+int out_open(OutFile* o, const char* path, char* err);
+int out_write(OutFile* o, const void* data, size_t bytes, char* err);
+int out_commit(OutFile* o, char* err);
+void out_abort(OutFile* o);
+
+// Writes bytes to path atomically (out_open + out_write + out_commit).
+int write_file_atomic(const char* path, const void* data, size_t bytes, char* err);
+
+// Seconds on a monotonic clock.
+double now_seconds(void);
+
+// Little-endian loads and stores for file formats (safetensors headers, PNG is big-endian).
+uint32_t load_be32(const uint8_t* p);
+void store_be32(uint8_t* p, uint32_t v);
+uint64_t load_le64(const uint8_t* p);
+void store_le64(uint8_t* p, uint64_t v);

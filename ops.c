@@ -1,0 +1,735 @@
+// ops.c: the plain-C reference of every op in ops.h, and the dispatchers model code calls.
+//
+// The CPU versions are the specification: straightforward loops in f32, OpenMP pragmas on the
+// outer loops, and nothing clever except the GEMM they share (gemm.c). Reductions over many
+// values (norm statistics) accumulate in double so the reference is as close to exact as cheap
+// code allows; every loop visits its elements in a fixed order, so results never depend on the
+// number of threads. The contracts (shapes, = or +=, aliasing) are in ops.h, not repeated here.
+#include "ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+// ----------------------------------------------------------------------------
+// Backends and memory
+
+static Backend g_backend = BACKEND_CPU;
+
+int cuda_built(void) {
+#ifdef USE_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int cuda_device_count(void) {
+#ifdef USE_CUDA
+    return cuda_device_count_impl();
+#else
+    return 0;
+#endif
+}
+
+void backend_select(Backend b) {
+    if (b == BACKEND_CUDA) {
+        if (!cuda_built()) fatal("the CUDA backend was asked for, but this binary was built without it (make CUDA=1)");
+        if (cuda_device_count() == 0) fatal("the CUDA backend was asked for, but no CUDA device is visible");
+#ifdef USE_CUDA
+        cuda_init();
+#endif
+    }
+    g_backend = b;
+}
+
+Backend backend_current(void) { return g_backend; }
+const char* backend_name(Backend b) { return b == BACKEND_CUDA ? "cuda" : "cpu"; }
+
+void* aligned_host_malloc(size_t bytes) {
+    size_t rounded = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    void* p = aligned_alloc(ARENA_ALIGN, rounded ? rounded : ARENA_ALIGN);
+    if (!p) fatal("out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
+void aligned_host_free(void* p) { free(p); }
+
+void* device_malloc(size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_malloc(bytes);
+#endif
+    return aligned_host_malloc(bytes);
+}
+
+void device_free(void* p) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cuda_free(p); return; }
+#endif
+    aligned_host_free(p);
+}
+
+void device_memset_zero(void* p, size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cuda_memset_zero(p, bytes); return; }
+#endif
+    memset(p, 0, bytes);
+}
+
+void copy_to_device(void* dst, const void* src_host, size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cuda_copy_to_device(dst, src_host, bytes); return; }
+#endif
+    memmove(dst, src_host, bytes);
+}
+
+void copy_to_host(void* dst_host, const void* src, size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cuda_copy_to_host(dst_host, src, bytes); return; }
+#endif
+    memmove(dst_host, src, bytes);
+}
+
+void device_synchronize(void) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) cuda_synchronize();
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// Matrix products
+
+void matmul_forward_cpu(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+                        int trans_b, float alpha, float beta) {
+    long lda = trans_a ? M : K; // row length of a as stored
+    long ldb = trans_b ? K : N;
+    for (int i = 0; i < batch; i++) {
+        sgemm_cpu(trans_a, trans_b, M, N, K, alpha, a + (size_t)i * M * K, lda, b + (size_t)i * K * N, ldb, beta,
+                  out + (size_t)i * M * N, N);
+    }
+}
+
+void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
+                        int C_out) {
+    // out (N, C_out) = inp (N, C_in) @ weight^T; weight is (C_out, C_in), so B = weight transposed
+    sgemm_cpu(0, 1, N, C_out, C_in, 1.0f, inp, C_in, weight, C_in, 0.0f, out, C_out);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float* out_n = out + (size_t)n * C_out;
+            for (int o = 0; o < C_out; o++) out_n[o] += bias[o];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Convolution and spatial ops
+
+static int conv_out_size(int in, int K, int stride, int pad) { return (in + 2 * pad - K) / stride + 1; }
+
+static int conv_is_pointwise(int K, int stride, int pad) { return K == 1 && stride == 1 && pad == 0; }
+
+size_t conv2d_scratch_floats(int C_in, int H, int W, int K, int stride, int pad) {
+    if (conv_is_pointwise(K, stride, pad)) return 0; // the input already is the GEMM's B matrix
+    size_t pixels = (size_t)conv_out_size(H, K, stride, pad) * conv_out_size(W, K, stride, pad);
+    if (pixels > CONV_CHUNK) pixels = CONV_CHUNK;
+    return (size_t)C_in * K * K * pixels;
+}
+
+// im2col for output pixels [p0, p0 + cols): col (C_in*K*K, cols), row r = (c*K + ky)*K + kx holds
+// the input value each output pixel sees through kernel tap (ky, kx) of channel c (0 in padding).
+static void im2col_cpu(float* col, const float* inp_n, int C_in, int H, int W, int K, int stride, int pad, int W_out,
+                       int p0, int cols) {
+    int rows = C_in * K * K;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        int c = r / (K * K), ky = (r / K) % K, kx = r % K;
+        const float* inp_c = inp_n + (size_t)c * H * W;
+        float* col_r = col + (size_t)r * cols;
+        for (int i = 0; i < cols; i++) {
+            int p = p0 + i;
+            int y = (p / W_out) * stride - pad + ky;
+            int x = (p % W_out) * stride - pad + kx;
+            col_r[i] = (y >= 0 && y < H && x >= 0 && x < W) ? inp_c[(size_t)y * W + x] : 0.0f;
+        }
+    }
+}
+
+void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+                        int C_in, int H, int W, int C_out, int K, int stride, int pad) {
+    int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
+    int P = H_out * W_out; // output pixels per image
+    int CKK = C_in * K * K;
+    for (int n = 0; n < N; n++) {
+        const float* inp_n = inp + (size_t)n * C_in * H * W;
+        float* out_n = out + (size_t)n * C_out * P;
+        if (conv_is_pointwise(K, stride, pad)) {
+            // out_n (C_out, P) = weight (C_out, C_in) @ inp_n (C_in, P)
+            sgemm_cpu(0, 0, C_out, P, C_in, 1.0f, weight, C_in, inp_n, P, 0.0f, out_n, P);
+        } else {
+            for (int p0 = 0; p0 < P; p0 += CONV_CHUNK) {
+                int cols = P - p0 < CONV_CHUNK ? P - p0 : CONV_CHUNK;
+                im2col_cpu(scratch, inp_n, C_in, H, W, K, stride, pad, W_out, p0, cols);
+                // out_n[:, p0:p0+cols] (C_out, cols; row stride P) = weight (C_out, CKK) @ col (CKK, cols)
+                sgemm_cpu(0, 0, C_out, cols, CKK, 1.0f, weight, CKK, scratch, cols, 0.0f, out_n + p0, P);
+            }
+        }
+        if (bias) {
+#pragma omp parallel for schedule(static)
+            for (int o = 0; o < C_out; o++) {
+                float* out_o = out_n + (size_t)o * P;
+                for (int p = 0; p < P; p++) out_o[p] += bias[o];
+            }
+        }
+    }
+}
+
+void pad2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
+                       int right) {
+    int H_out = H + top + bottom, W_out = W + left + right;
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < (long)N * C; nc++) {
+        const float* inp_nc = inp + nc * H * W;
+        float* out_nc = out + nc * H_out * W_out;
+        for (int y = 0; y < H_out; y++) {
+            for (int x = 0; x < W_out; x++) {
+                int sy = y - top, sx = x - left;
+                out_nc[(size_t)y * W_out + x] = (sy >= 0 && sy < H && sx >= 0 && sx < W) ? inp_nc[(size_t)sy * W + sx] : 0.0f;
+            }
+        }
+    }
+}
+
+// torch's legacy "nearest" source index (UpSampleKernel: nearest_idx).
+static int nearest_source_index(int dst, int in, int out) {
+    if (out == 2 * in) return dst >> 1;
+    float scale = (float)in / (float)out;
+    int src = (int)floorf((float)dst * scale);
+    return src < in - 1 ? src : in - 1;
+}
+
+void upsample_nearest_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < (long)N * C; nc++) {
+        const float* inp_nc = inp + nc * H * W;
+        float* out_nc = out + nc * H_out * W_out;
+        for (int y = 0; y < H_out; y++) {
+            const float* src_row = inp_nc + (size_t)nearest_source_index(y, H, H_out) * W;
+            for (int x = 0; x < W_out; x++) out_nc[(size_t)y * W_out + x] = src_row[nearest_source_index(x, W, W_out)];
+        }
+    }
+}
+
+void maxpool2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
+    int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < (long)N * C; nc++) {
+        const float* inp_nc = inp + nc * H * W;
+        float* out_nc = out + nc * H_out * W_out;
+        for (int y = 0; y < H_out; y++) {
+            for (int x = 0; x < W_out; x++) {
+                float best = -INFINITY;
+                for (int ky = 0; ky < K; ky++) {
+                    int sy = y * stride - pad + ky;
+                    if (sy < 0 || sy >= H) continue;
+                    for (int kx = 0; kx < K; kx++) {
+                        int sx = x * stride - pad + kx;
+                        if (sx < 0 || sx >= W) continue;
+                        float v = inp_nc[(size_t)sy * W + sx];
+                        if (v > best || isnan(v)) best = v; // torch propagates NaN
+                    }
+                }
+                out_nc[(size_t)y * W_out + x] = best;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Normalisation and softmax
+
+// Two-pass mean and biased variance of n values, accumulated in double.
+static void mean_rstd(const float* x, size_t n, float eps, float* mean_out, float* rstd_out) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += x[i];
+    double mean = sum / (double)n;
+    double sq = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = x[i] - mean;
+        sq += d * d;
+    }
+    *mean_out = (float)mean;
+    *rstd_out = 1.0f / sqrtf((float)(sq / (double)n) + eps);
+}
+
+void group_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                            const float* bias, int N, int C, int HW, int G, float eps) {
+    int CG = C / G; // channels per group; a group is CG*HW contiguous values
+#pragma omp parallel for schedule(static)
+    for (int ng = 0; ng < N * G; ng++) {
+        const float* x = inp + (size_t)ng * CG * HW;
+        float* y = out + (size_t)ng * CG * HW;
+        float m, r;
+        mean_rstd(x, (size_t)CG * HW, eps, &m, &r);
+        if (mean) mean[ng] = m;
+        if (rstd) rstd[ng] = r;
+        for (int cg = 0; cg < CG; cg++) {
+            int c = (ng % G) * CG + cg;
+            float w = weight ? weight[c] : 1.0f, b = bias ? bias[c] : 0.0f;
+            for (int p = 0; p < HW; p++) {
+                size_t i = (size_t)cg * HW + p;
+                y[i] = (x[i] - m) * r * w + b;
+            }
+        }
+    }
+}
+
+void layer_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                            const float* bias, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float* y = out + (size_t)n * C;
+        float m, r;
+        mean_rstd(x, (size_t)C, eps, &m, &r);
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = r;
+        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * r * (weight ? weight[c] : 1.0f) + (bias ? bias[c] : 0.0f);
+    }
+}
+
+void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float* y = out + (size_t)n * C;
+        float maxval = -INFINITY;
+        for (int c = 0; c < C; c++) maxval = x[c] > maxval ? x[c] : maxval;
+        double sum = 0.0;
+        for (int c = 0; c < C; c++) {
+            y[c] = expf(x[c] - maxval);
+            sum += y[c];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int c = 0; c < C; c++) y[c] *= inv;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Attention
+
+#define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update
+
+// Dot product with eight fixed partial sums: the lanes make the loop vectorisable without
+// reassociating anything, so the result is the same on every machine and compiler.
+static float dot8(const float* a, const float* b, int n) {
+    float lane[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) lane[i % 8] += a[i] * b[i];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
+                           int HS, int causal) {
+    if (HS > ATTENTION_MAX_HS) fatal("attention_forward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
+    if (causal && Lq != Lk) fatal("attention_forward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
+    const int D = NH * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int n = 0; n < N; n++) {
+        for (int h = 0; h < NH; h++) {
+            for (int i = 0; i < Lq; i++) {
+                const float* q_i = q + ((size_t)n * Lq + i) * D + h * HS;
+                float acc[ATTENTION_MAX_HS]; // sum_j p_j v_j, with p_j relative to running_max
+                for (int d = 0; d < HS; d++) acc[d] = 0.0f;
+                float running_max = -INFINITY, running_sum = 0.0f;
+                int keys = causal ? i + 1 : Lk;
+                for (int j0 = 0; j0 < keys; j0 += ATTENTION_KEY_BLOCK) {
+                    int jn = keys - j0 < ATTENTION_KEY_BLOCK ? keys - j0 : ATTENTION_KEY_BLOCK;
+                    float score[ATTENTION_KEY_BLOCK];
+                    float block_max = -INFINITY;
+                    for (int j = 0; j < jn; j++) {
+                        const float* k_j = k + ((size_t)n * Lk + j0 + j) * D + h * HS;
+                        score[j] = dot8(q_i, k_j, HS) * scale;
+                        block_max = score[j] > block_max ? score[j] : block_max;
+                    }
+                    // rescale what was accumulated under the old maximum
+                    float new_max = running_max > block_max ? running_max : block_max;
+                    float correction = expf(running_max - new_max); // 0 on the first block
+                    running_sum *= correction;
+                    for (int d = 0; d < HS; d++) acc[d] *= correction;
+                    for (int j = 0; j < jn; j++) {
+                        const float* v_j = v + ((size_t)n * Lk + j0 + j) * D + h * HS;
+                        float p = expf(score[j] - new_max);
+                        running_sum += p;
+                        for (int d = 0; d < HS; d++) acc[d] += p * v_j[d];
+                    }
+                    running_max = new_max;
+                }
+                float* out_i = out + ((size_t)n * Lq + i) * D + h * HS;
+                float inv = 1.0f / running_sum;
+                for (int d = 0; d < HS; d++) out_i[d] = acc[d] * inv;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Activations
+
+void silu_forward_cpu(float* out, const float* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-inp[i]));
+}
+
+void gelu_forward_cpu(float* out, const float* inp, size_t n) {
+    const float inv_sqrt2 = 0.70710678118654752440f;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * inv_sqrt2));
+}
+
+void gelu_tanh_forward_cpu(float* out, const float* inp, size_t n) {
+    const float sqrt_2_over_pi = 0.79788456080286535588f;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void quick_gelu_forward_cpu(float* out, const float* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
+}
+
+void sigmoid_forward_cpu(float* out, const float* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-inp[i]));
+}
+
+void geglu_forward_cpu(float* out, const float* inp, int N, int C) {
+    const float inv_sqrt2 = 0.70710678118654752440f;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* value = inp + (size_t)n * 2 * C;
+        const float* gate = value + C;
+        float* out_n = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) out_n[c] = value[c] * (0.5f * gate[c] * (1.0f + erff(gate[c] * inv_sqrt2)));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Elementwise arithmetic
+
+void add_forward_cpu(float* out, const float* a, const float* b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void mul_forward_cpu(float* out, const float* a, const float* b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
+void scale_forward_cpu(float* out, const float* inp, float s, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = s * inp[i];
+}
+
+void axpby_forward_cpu(float* out, float alpha, const float* x, float beta, const float* y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = alpha * x[i] + beta * y[i];
+}
+
+void add_channel_vector_forward_cpu(float* out, const float* inp, const float* vec, int N, int C, int HW) {
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < (long)N * C; nc++) {
+        const float* inp_nc = inp + nc * HW;
+        float* out_nc = out + nc * HW;
+        for (int p = 0; p < HW; p++) out_nc[p] = inp_nc[p] + vec[nc];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Layout ops
+
+void concat_forward_cpu(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < outer; o++) {
+        float* out_o = out + (size_t)o * (inner_a + inner_b);
+        memcpy(out_o, a + (size_t)o * inner_a, sizeof(float) * inner_a);
+        memcpy(out_o + inner_a, b + (size_t)o * inner_b, sizeof(float) * inner_b);
+    }
+}
+
+void split_forward_cpu(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < outer; o++) {
+        const float* inp_o = inp + (size_t)o * (inner_a + inner_b);
+        memcpy(out_a + (size_t)o * inner_a, inp_o, sizeof(float) * inner_a);
+        memcpy(out_b + (size_t)o * inner_b, inp_o + inner_a, sizeof(float) * inner_b);
+    }
+}
+
+void transpose_forward_cpu(float* out, const float* inp, int B, int R, int C) {
+    const int T = 32; // tile edge, so both the reads and the writes stay in cache lines
+    for (int b = 0; b < B; b++) {
+        const float* inp_b = inp + (size_t)b * R * C;
+        float* out_b = out + (size_t)b * R * C;
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int r0 = 0; r0 < R; r0 += T) {
+            for (int c0 = 0; c0 < C; c0 += T) {
+                for (int r = r0; r < r0 + T && r < R; r++)
+                    for (int c = c0; c < c0 + T && c < C; c++) out_b[(size_t)c * R + r] = inp_b[(size_t)r * C + c];
+            }
+        }
+    }
+}
+
+void embedding_forward_cpu(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
+    for (int i = 0; i < N; i++) {
+        if (ids[i] < 0 || ids[i] >= V) fatal("embedding_forward: id %d at position %d is outside [0, %d)", ids[i], i, V);
+        memcpy(out + (size_t)i * D, table + (size_t)ids[i] * D, sizeof(float) * D);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Embeddings of scalars
+
+void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                    float max_period) {
+    int half = dim / 2;
+    // diffusers: exponent = -math.log(max_period) * arange(half, f32) / (half - shift), all in f32
+    const float neg_log_period = (float)(-log((double)max_period));
+    for (int n = 0; n < N; n++) {
+        float* out_n = out + (size_t)n * dim;
+        for (int i = 0; i < half; i++) {
+            float exponent = neg_log_period * (float)i / ((float)half - freq_shift);
+            float arg = t[n] * expf(exponent);
+            float s = sinf(arg), c = cosf(arg);
+            out_n[i] = flip_sin_to_cos ? c : s;
+            out_n[half + i] = flip_sin_to_cos ? s : c;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Storage conversion
+
+void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {
+    if (out_type == inp_type) {
+        memmove(out, inp, n * dtype_size(inp_type));
+    } else if (inp_type == DT_F32) {
+        convert_from_f32(out, out_type, inp, n);
+    } else if (out_type == DT_F32) {
+        convert_to_f32(out, inp, inp_type, n);
+    } else { // f16 <-> bf16 goes through f32, which holds both exactly
+        for (size_t i = 0; i < n; i++) {
+            float x;
+            convert_to_f32(&x, (const uint16_t*)inp + i, inp_type, 1);
+            convert_from_f32((uint16_t*)out + i, out_type, &x, 1);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Dispatchers: the one place that chooses a backend for each op.
+
+void matmul_forward(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+                    int trans_b, float alpha, float beta) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { matmul_forward_cuda(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta); return; }
+#endif
+    matmul_forward_cpu(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta);
+}
+
+void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in, int C_out) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { linear_forward_cuda(out, inp, weight, bias, N, C_in, C_out); return; }
+#endif
+    linear_forward_cpu(out, inp, weight, bias, N, C_in, C_out);
+}
+
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+                    int C_in, int H, int W, int C_out, int K, int stride, int pad) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { conv2d_forward_cuda(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad); return; }
+#endif
+    conv2d_forward_cpu(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad);
+}
+
+void pad2d_forward(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left, int right) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { pad2d_forward_cuda(out, inp, N, C, H, W, top, bottom, left, right); return; }
+#endif
+    pad2d_forward_cpu(out, inp, N, C, H, W, top, bottom, left, right);
+}
+
+void upsample_nearest_forward(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { upsample_nearest_forward_cuda(out, inp, N, C, H, W, H_out, W_out); return; }
+#endif
+    upsample_nearest_forward_cpu(out, inp, N, C, H, W, H_out, W_out);
+}
+
+void maxpool2d_forward(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { maxpool2d_forward_cuda(out, inp, N, C, H, W, K, stride, pad); return; }
+#endif
+    maxpool2d_forward_cpu(out, inp, N, C, H, W, K, stride, pad);
+}
+
+void group_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                        int N, int C, int HW, int G, float eps) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { group_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps); return; }
+#endif
+    group_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps);
+}
+
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                        int N, int C, float eps) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { layer_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, eps); return; }
+#endif
+    layer_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, eps);
+}
+
+void softmax_forward(float* out, const float* inp, int N, int C) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { softmax_forward_cuda(out, inp, N, C); return; }
+#endif
+    softmax_forward_cpu(out, inp, N, C);
+}
+
+void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
+                       int HS, int causal) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { attention_forward_cuda(out, q, k, v, N, NH, Lq, Lk, HS, causal); return; }
+#endif
+    attention_forward_cpu(out, q, k, v, N, NH, Lq, Lk, HS, causal);
+}
+
+void silu_forward(float* out, const float* inp, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { silu_forward_cuda(out, inp, n); return; }
+#endif
+    silu_forward_cpu(out, inp, n);
+}
+
+void gelu_forward(float* out, const float* inp, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { gelu_forward_cuda(out, inp, n); return; }
+#endif
+    gelu_forward_cpu(out, inp, n);
+}
+
+void gelu_tanh_forward(float* out, const float* inp, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { gelu_tanh_forward_cuda(out, inp, n); return; }
+#endif
+    gelu_tanh_forward_cpu(out, inp, n);
+}
+
+void quick_gelu_forward(float* out, const float* inp, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { quick_gelu_forward_cuda(out, inp, n); return; }
+#endif
+    quick_gelu_forward_cpu(out, inp, n);
+}
+
+void sigmoid_forward(float* out, const float* inp, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { sigmoid_forward_cuda(out, inp, n); return; }
+#endif
+    sigmoid_forward_cpu(out, inp, n);
+}
+
+void geglu_forward(float* out, const float* inp, int N, int C) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { geglu_forward_cuda(out, inp, N, C); return; }
+#endif
+    geglu_forward_cpu(out, inp, N, C);
+}
+
+void add_forward(float* out, const float* a, const float* b, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { add_forward_cuda(out, a, b, n); return; }
+#endif
+    add_forward_cpu(out, a, b, n);
+}
+
+void mul_forward(float* out, const float* a, const float* b, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { mul_forward_cuda(out, a, b, n); return; }
+#endif
+    mul_forward_cpu(out, a, b, n);
+}
+
+void scale_forward(float* out, const float* inp, float s, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { scale_forward_cuda(out, inp, s, n); return; }
+#endif
+    scale_forward_cpu(out, inp, s, n);
+}
+
+void axpby_forward(float* out, float alpha, const float* x, float beta, const float* y, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { axpby_forward_cuda(out, alpha, x, beta, y, n); return; }
+#endif
+    axpby_forward_cpu(out, alpha, x, beta, y, n);
+}
+
+void add_channel_vector_forward(float* out, const float* inp, const float* vec, int N, int C, int HW) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { add_channel_vector_forward_cuda(out, inp, vec, N, C, HW); return; }
+#endif
+    add_channel_vector_forward_cpu(out, inp, vec, N, C, HW);
+}
+
+void concat_forward(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { concat_forward_cuda(out, a, b, outer, inner_a, inner_b); return; }
+#endif
+    concat_forward_cpu(out, a, b, outer, inner_a, inner_b);
+}
+
+void split_forward(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { split_forward_cuda(out_a, out_b, inp, outer, inner_a, inner_b); return; }
+#endif
+    split_forward_cpu(out_a, out_b, inp, outer, inner_a, inner_b);
+}
+
+void transpose_forward(float* out, const float* inp, int B, int R, int C) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { transpose_forward_cuda(out, inp, B, R, C); return; }
+#endif
+    transpose_forward_cpu(out, inp, B, R, C);
+}
+
+void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { embedding_forward_cuda(out, ids, table, N, V, D); return; }
+#endif
+    embedding_forward_cpu(out, ids, table, N, V, D);
+}
+
+void timestep_embedding_forward(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                float max_period) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { timestep_embedding_forward_cuda(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period); return; }
+#endif
+    timestep_embedding_forward_cpu(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period);
+}
+
+void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cast_forward_cuda(out, out_type, inp, inp_type, n); return; }
+#endif
+    cast_forward_cpu(out, out_type, inp, inp_type, n);
+}

@@ -1,0 +1,295 @@
+// ops.h: the contract of every operation the networks are built from.
+//
+// Each op is stated once here: shapes in PyTorch order, memory layout, whether the output is
+// overwritten (=) or accumulated into (+=), and which pointers may alias. Every op has
+//   - `<op>_cpu`  in ops.c: plain C, the specification, what `make test` checks against PyTorch;
+//   - `<op>_cuda` in kernels.cu: the same signature and the same contract, for NVIDIA GPUs;
+//   - `<op>`      in ops.c: the dispatcher that model code calls. It runs the op on the current
+//                 backend (backend_select), so one model file serves both.
+// All pointers an op receives live in the current backend's memory (host memory for the CPU
+// backend, device memory for CUDA); use device_malloc/copy_to_device to get them there.
+//
+// Dimension letters used throughout: N batch, C channels, H W height and width, HW = H*W,
+// L tokens, NH attention heads, HS head size, D width of a token vector, G groups.
+// Compute is f32 in both backends. Storage may be f16/bf16 (see tensor.h and cast_forward).
+// Ops that a trainer needs to differentiate save what their backward will need (for example the
+// mean and rstd of the norms) so backward functions can be added beside them.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tensor.h"
+
+// ----------------------------------------------------------------------------
+// Backends and their memory
+
+typedef enum { BACKEND_CPU = 0, BACKEND_CUDA = 1 } Backend;
+
+int cuda_built(void);         // 1 when compiled with `make CUDA=1`
+int cuda_device_count(void);  // CUDA devices the runtime can see (0 without a CUDA build)
+void backend_select(Backend b); // fatal one-line error when CUDA is asked for but not usable
+Backend backend_current(void);
+const char* backend_name(Backend b);
+
+// Memory on the current backend: device memory for CUDA, 256-byte-aligned host memory for CPU.
+void* device_malloc(size_t bytes);
+void device_free(void* p);
+void device_memset_zero(void* p, size_t bytes);
+void copy_to_device(void* dst, const void* src_host, size_t bytes);
+void copy_to_host(void* dst_host, const void* src, size_t bytes);
+void device_synchronize(void);
+
+// Aligned host memory (for the CPU backend's allocations and the GEMM's packing buffers).
+void* aligned_host_malloc(size_t bytes);
+void aligned_host_free(void* p);
+
+// ----------------------------------------------------------------------------
+// Matrix products
+
+// matmul_forward: batched row-major matrix product, as torch.baddbmm(out, op(a), op(b), beta=beta,
+// alpha=alpha) with op(x) = x or x.transpose(-1,-2).
+//   a   (batch, M, K), or (batch, K, M) when trans_a
+//   b   (batch, K, N), or (batch, N, K) when trans_b
+//   out (batch, M, N) = alpha * op(a) @ op(b) + beta * out. With beta == 0, out is not read
+//   (it may hold anything, even NaN): the op is `=`; with beta == 1 it is `+=`.
+//   out must not alias a or b.
+void matmul_forward(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+                    int trans_b, float alpha, float beta);
+void matmul_forward_cpu(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+                        int trans_b, float alpha, float beta);
+void matmul_forward_cuda(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+                         int trans_b, float alpha, float beta);
+
+// linear_forward: torch.nn.functional.linear.
+//   inp (N, C_in)   weight (C_out, C_in) as PyTorch stores it   bias (C_out) or NULL
+//   out (N, C_out) = inp @ weight^T + bias   (=). out must not alias inp.
+void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in, int C_out);
+void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
+                        int C_out);
+void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
+                         int C_out);
+
+// The CPU GEMM under matmul/linear/conv (gemm.c), BLAS-style row-major with leading dimensions:
+//   c (M x N, ldc) = alpha * op(a) @ op(b) + beta * c; beta == 0 means c is not read.
+// sgemm_naive_cpu is the one-dot-product-per-element specification it is tested against.
+void sgemm_cpu(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* a, long lda, const float* b,
+               long ldb, float beta, float* c, long ldc);
+void sgemm_naive_cpu(int trans_a, int trans_b, int M, int N, int K, float alpha, const float* a, long lda,
+                     const float* b, long ldb, float beta, float* c, long ldc);
+
+// ----------------------------------------------------------------------------
+// Convolution and spatial ops (NCHW)
+
+// conv2d_forward: torch.nn.functional.conv2d with groups=1, dilation=1, a square kernel and the
+// same zero padding on all four sides.
+//   inp    (N, C_in, H, W)        weight (C_out, C_in, K, K)        bias (C_out) or NULL
+//   out    (N, C_out, H_out, W_out) with H_out = (H + 2*pad - K) / stride + 1 (same for W)   (=)
+//   scratch: conv2d_scratch_floats(...) floats on the backend (NULL when that is 0). Both
+//   backends use it as an im2col buffer for at most CONV_CHUNK output pixels at a time.
+//   out must not alias inp or scratch.
+#define CONV_CHUNK 4096 // output pixels per im2col chunk: bounds scratch at C_in*K*K*4096 floats
+size_t conv2d_scratch_floats(int C_in, int H, int W, int K, int stride, int pad);
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+                    int C_in, int H, int W, int C_out, int K, int stride, int pad);
+void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+                        int C_in, int H, int W, int C_out, int K, int stride, int pad);
+void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+                         int C_in, int H, int W, int C_out, int K, int stride, int pad);
+
+// pad2d_forward: torch.nn.functional.pad(inp, (left, right, top, bottom)) with zeros.
+//   inp (N, C, H, W)   out (N, C, H + top + bottom, W + left + right)   (=). No aliasing.
+void pad2d_forward(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left, int right);
+void pad2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
+                       int right);
+void pad2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
+                        int right);
+
+// upsample_nearest_forward: torch.nn.functional.interpolate(inp, size=(H_out, W_out),
+// mode="nearest"), including its legacy index rule: src = dst >> 1 when out == 2*in, otherwise
+// src = min(floor(dst * (float)in / (float)out), in - 1) computed in f32. The UNet needs the
+// general sizes for latents that are not multiples of 4 (e.g. 85 -> 170 after 43 -> 85).
+//   inp (N, C, H, W)   out (N, C, H_out, W_out)   (=). No aliasing.
+void upsample_nearest_forward(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
+void upsample_nearest_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
+void upsample_nearest_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
+
+// maxpool2d_forward: torch.nn.functional.max_pool2d(inp, K, stride, pad) (padding counts as -inf,
+// floor mode). YOLOv8's SPPF uses K=5, stride 1, pad 2.
+//   inp (N, C, H, W)   out (N, C, H_out, W_out), H_out = (H + 2*pad - K) / stride + 1   (=)
+void maxpool2d_forward(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
+void maxpool2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
+void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
+
+// ----------------------------------------------------------------------------
+// Normalisation and softmax. Reductions use the two-pass formula in f32 in both backends:
+// mean = sum(x)/n, var = sum((x-mean)^2)/n (biased, as PyTorch), rstd = 1/sqrtf(var + eps).
+
+// group_norm_forward: torch.nn.functional.group_norm(inp, G, weight, bias, eps).
+//   inp (N, C, HW), C divisible by G        weight, bias (C) or NULL (no affine)
+//   out (N, C, HW) (=, may alias inp)       mean, rstd (N, G) saved for backward, or NULL
+void group_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                        int N, int C, int HW, int G, float eps);
+void group_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                            const float* bias, int N, int C, int HW, int G, float eps);
+void group_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                             const float* bias, int N, int C, int HW, int G, float eps);
+
+// layer_norm_forward: torch.nn.functional.layer_norm over the last dimension.
+//   inp (N, C)   weight, bias (C) or NULL   out (N, C) (=, may alias inp)   mean, rstd (N) or NULL
+void layer_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                        int N, int C, float eps);
+void layer_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                            const float* bias, int N, int C, float eps);
+void layer_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                             const float* bias, int N, int C, float eps);
+
+// softmax_forward: torch.softmax(inp, dim=-1), the row maximum subtracted first.
+//   inp (N, C)   out (N, C) (=, may alias inp)
+void softmax_forward(float* out, const float* inp, int N, int C);
+void softmax_forward_cpu(float* out, const float* inp, int N, int C);
+void softmax_forward_cuda(float* out, const float* inp, int N, int C);
+
+// ----------------------------------------------------------------------------
+// Attention
+
+// attention_forward: multi-head scaled dot-product attention, as
+// torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal) after splitting
+// heads, with the default scale 1/sqrt(HS). The layout is the one the projections produce, so no
+// permute is needed: head h of token l is the HS values at [l, h*HS : (h+1)*HS].
+//   q   (N, Lq, NH*HS)   k, v (N, Lk, NH*HS)   out (N, Lq, NH*HS)   (=)
+//   causal: query i sees keys j <= i (needs Lq == Lk); the text encoders use it.
+//   HS <= ATTENTION_MAX_HS. out must not alias q, k or v.
+// Both backends use the streaming ("online") softmax: keys are visited in blocks, a running
+// maximum and sum are kept, and the L x L score matrix is never stored.
+#define ATTENTION_MAX_HS 512 // the VAE's single-head mid-block attention has HS = 512
+void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
+                       int HS, int causal);
+void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
+                           int HS, int causal);
+void attention_forward_cuda(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq,
+                            int Lk, int HS, int causal);
+
+// ----------------------------------------------------------------------------
+// Activations, elementwise over n values; out may alias inp.
+
+// silu: x * sigmoid(x)  (torch.nn.functional.silu)
+void silu_forward(float* out, const float* inp, size_t n);
+void silu_forward_cpu(float* out, const float* inp, size_t n);
+void silu_forward_cuda(float* out, const float* inp, size_t n);
+// gelu: 0.5 x (1 + erf(x / sqrt 2))  (torch gelu, approximate="none"; UNet GEGLU, OpenCLIP, BERT)
+void gelu_forward(float* out, const float* inp, size_t n);
+void gelu_forward_cpu(float* out, const float* inp, size_t n);
+void gelu_forward_cuda(float* out, const float* inp, size_t n);
+// gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (torch gelu, approximate="tanh")
+void gelu_tanh_forward(float* out, const float* inp, size_t n);
+void gelu_tanh_forward_cpu(float* out, const float* inp, size_t n);
+void gelu_tanh_forward_cuda(float* out, const float* inp, size_t n);
+// quick_gelu: x * sigmoid(1.702 x)  (OpenAI CLIP ViT-L/14, text and vision)
+void quick_gelu_forward(float* out, const float* inp, size_t n);
+void quick_gelu_forward_cpu(float* out, const float* inp, size_t n);
+void quick_gelu_forward_cuda(float* out, const float* inp, size_t n);
+// sigmoid: 1 / (1 + exp(-x))  (YOLOv8 class scores)
+void sigmoid_forward(float* out, const float* inp, size_t n);
+void sigmoid_forward_cpu(float* out, const float* inp, size_t n);
+void sigmoid_forward_cuda(float* out, const float* inp, size_t n);
+
+// geglu_forward: diffusers GEGLU after its projection: `h, gate = inp.chunk(2, -1); h * gelu(gate)`.
+//   inp (N, 2C): value in [:, :C], gate in [:, C:]   out (N, C) (=). No aliasing.
+void geglu_forward(float* out, const float* inp, int N, int C);
+void geglu_forward_cpu(float* out, const float* inp, int N, int C);
+void geglu_forward_cuda(float* out, const float* inp, int N, int C);
+
+// ----------------------------------------------------------------------------
+// Elementwise arithmetic over n values; out may alias any input.
+
+// add: out = a + b
+void add_forward(float* out, const float* a, const float* b, size_t n);
+void add_forward_cpu(float* out, const float* a, const float* b, size_t n);
+void add_forward_cuda(float* out, const float* a, const float* b, size_t n);
+// mul: out = a * b
+void mul_forward(float* out, const float* a, const float* b, size_t n);
+void mul_forward_cpu(float* out, const float* a, const float* b, size_t n);
+void mul_forward_cuda(float* out, const float* a, const float* b, size_t n);
+// scale: out = s * inp
+void scale_forward(float* out, const float* inp, float s, size_t n);
+void scale_forward_cpu(float* out, const float* inp, float s, size_t n);
+void scale_forward_cuda(float* out, const float* inp, float s, size_t n);
+// axpby: out = alpha * x + beta * y, each product rounded, then the sum (no FMA in either
+// backend), so sampler updates such as x + dt * d agree bit for bit across backends.
+void axpby_forward(float* out, float alpha, const float* x, float beta, const float* y, size_t n);
+void axpby_forward_cpu(float* out, float alpha, const float* x, float beta, const float* y, size_t n);
+void axpby_forward_cuda(float* out, float alpha, const float* x, float beta, const float* y, size_t n);
+
+// add_channel_vector: out[n, c, :] = inp[n, c, :] + vec[n, c]; the ResNet block's
+// `h + time_emb_proj(emb)[:, :, None, None]`.
+//   inp, out (N, C, HW) (out may alias inp)   vec (N, C)
+void add_channel_vector_forward(float* out, const float* inp, const float* vec, int N, int C, int HW);
+void add_channel_vector_forward_cpu(float* out, const float* inp, const float* vec, int N, int C, int HW);
+void add_channel_vector_forward_cuda(float* out, const float* inp, const float* vec, int N, int C, int HW);
+
+// ----------------------------------------------------------------------------
+// Layout ops. None of them allows aliasing.
+
+// concat_forward: torch.cat([a, b], dim) for any dim: view a as (outer, inner_a), b as
+// (outer, inner_b); out (outer, inner_a + inner_b) holds row o of a followed by row o of b.
+// Channel concat of (N, Ca, H, W) and (N, Cb, H, W): outer = N, inner = Ca*H*W, Cb*H*W.
+// Last-dim concat of (L, 768) and (L, 1280): outer = L, inner = 768, 1280.
+void concat_forward(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
+void concat_forward_cpu(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
+void concat_forward_cuda(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
+
+// split_forward: the inverse of concat_forward (torch.split / chunk): inp (outer, inner_a + inner_b)
+// into out_a (outer, inner_a) and out_b (outer, inner_b).
+void split_forward(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
+void split_forward_cpu(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
+void split_forward_cuda(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
+
+// transpose_forward: out[b, c, r] = inp[b, r, c], i.e. inp.transpose(-1, -2).contiguous().
+//   inp (B, R, C)   out (B, C, R). NCHW -> (N, HW, C) tokens: B = N, R = C, C = HW.
+void transpose_forward(float* out, const float* inp, int B, int R, int C);
+void transpose_forward_cpu(float* out, const float* inp, int B, int R, int C);
+void transpose_forward_cuda(float* out, const float* inp, int B, int R, int C);
+
+// embedding_forward: torch.nn.functional.embedding: out[i, :] = table[ids[i], :].
+//   ids (N) int32 on the backend, each in [0, V)   table (V, D)   out (N, D)   (=)
+//   An id out of range is a caller bug: the CPU backend stops with an error, CUDA writes zeros.
+void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int V, int D);
+void embedding_forward_cpu(float* out, const int32_t* ids, const float* table, int N, int V, int D);
+void embedding_forward_cuda(float* out, const int32_t* ids, const float* table, int N, int V, int D);
+
+// ----------------------------------------------------------------------------
+// Embeddings of scalars
+
+// timestep_embedding_forward: diffusers get_timestep_embedding(t, dim, flip_sin_to_cos,
+// downscale_freq_shift, scale=1, max_period=10000):
+//   freq[i] = exp(-ln(max_period) * i / (dim/2 - freq_shift)), i < dim/2 (computed in f32)
+//   arg = t * freq;  out = [sin(arg), cos(arg)], or [cos(arg), sin(arg)] when flip_sin_to_cos.
+//   t (N) f32 on the backend   out (N, dim) (=); dim must be even.
+// SDXL: dim 320, flip 1, shift 0 for the timestep; dim 256 for each of the six size/crop ids.
+void timestep_embedding_forward(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                float max_period);
+void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                    float max_period);
+void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim, int flip_sin_to_cos,
+                                     float freq_shift, float max_period);
+
+// ----------------------------------------------------------------------------
+// Storage conversion
+
+// cast_forward: converts n values between f32, f16 and bf16 storage with round-to-nearest-even,
+// exactly as tensor.h's scalar conversions (and torch's .half() / .bfloat16() / .float()).
+// out and inp must not alias unless out_type == inp_type.
+void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n);
+void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type, size_t n);
+void cast_forward_cuda(void* out, DType out_type, const void* inp, DType inp_type, size_t n);
+
+// ----------------------------------------------------------------------------
+// CUDA backend internals the dispatchers call (kernels.cu); CPU builds get stubs.
+int cuda_device_count_impl(void);
+void cuda_init(void);
+void* cuda_malloc(size_t bytes);
+void cuda_free(void* p);
+void cuda_memset_zero(void* p, size_t bytes);
+void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
+void cuda_synchronize(void);

@@ -1,0 +1,2 @@
+// png.h: placeholder
+#pragma once

@@ -1,0 +1,182 @@
+// tests/check.c: comparison helpers, golden-file access and per-test bookkeeping. See check.h.
+#include "check.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common.h"
+#include "../ops.h"
+#include "harness.h"
+
+TestState g_test;
+
+int check_close(const char* label, const float* got, const float* want, size_t n, float atol, float rtol) {
+    double max_abs = 0.0, max_rel = 0.0, worst_share = 0.0;
+    size_t worst = 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float g = got[i], w = want[i];
+        int ok;
+        double diff, share;
+        if (isnan(w) || isnan(g)) {
+            ok = isnan(w) && isnan(g);
+            diff = ok ? 0.0 : INFINITY;
+            share = ok ? 0.0 : INFINITY;
+        } else if (isinf(w) || isinf(g)) {
+            ok = g == w;
+            diff = ok ? 0.0 : INFINITY;
+            share = ok ? 0.0 : INFINITY;
+        } else {
+            diff = fabs((double)g - (double)w);
+            double tol = (double)atol + (double)rtol * fabs((double)w);
+            share = tol > 0.0 ? diff / tol : (diff > 0.0 ? INFINITY : 0.0);
+            ok = diff <= tol;
+            double rel = w != 0.0f ? diff / fabs((double)w) : (diff > 0.0 ? INFINITY : 0.0);
+            if (rel > max_rel) max_rel = rel;
+        }
+        if (diff > max_abs) max_abs = diff;
+        if (share > worst_share || i == 0) {
+            worst_share = share;
+            worst = i;
+        }
+        if (!ok) {
+            if (bad < 5) printf("    mismatch [%zu] got %.9g want %.9g\n", i, g, w);
+            bad++;
+        }
+    }
+    int pass = bad == 0 && n > 0;
+    printf("  %-44s max_abs %.2e  max_rel %.2e  worst[%zu] %.7g vs %.7g  (%.0f%% of tol)  %s\n", label, max_abs, max_rel,
+           worst, n ? got[worst] : 0.0f, n ? want[worst] : 0.0f, 100.0 * worst_share, pass ? "ok" : "FAIL");
+    if (bad) printf("    %zu of %zu elements outside atol %.1e + rtol %.1e\n", bad, n, atol, rtol);
+    if (n == 0) printf("    nothing was compared\n");
+    if (!pass) g_test.failed = 1;
+    g_test.checks++;
+    return pass;
+}
+
+int check_bytes_equal(const char* label, const void* got, const void* want, size_t n) {
+    const uint8_t* g = got;
+    const uint8_t* w = want;
+    size_t first = n, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (g[i] != w[i]) {
+            if (first == n) first = i;
+            bad++;
+        }
+    }
+    int pass = bad == 0 && n > 0;
+    if (pass) printf("  %-44s %zu bytes identical  ok\n", label, n);
+    else if (n == 0) printf("  %-44s nothing was compared  FAIL\n", label);
+    else printf("  %-44s %zu of %zu bytes differ, first at %zu (%u vs %u)  FAIL\n", label, bad, n, first, g[first], w[first]);
+    if (!pass) g_test.failed = 1;
+    g_test.checks++;
+    return pass;
+}
+
+int check_true(int condition, const char* fmt, ...) {
+    char label[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(label, sizeof(label), fmt, ap);
+    va_end(ap);
+    printf("  %-44s %s\n", label, condition ? "ok" : "FAIL");
+    if (!condition) g_test.failed = 1;
+    g_test.checks++;
+    return condition;
+}
+
+void test_skip(const char* reason) {
+    g_test.skipped = 1;
+    snprintf(g_test.skip_reason, sizeof(g_test.skip_reason), "%s", reason);
+}
+
+int test_require_cuda(void) {
+    if (!cuda_built()) {
+        test_skip("CUDA not built; make CUDA=1");
+        return 0;
+    }
+    if (cuda_device_count() == 0) {
+        test_skip("no CUDA device");
+        return 0;
+    }
+    return 1;
+}
+
+const char* golden_path(const char* name) {
+    static char path[4096];
+    const char* dir = getenv("SDXL_GOLDEN_DIR");
+    snprintf(path, sizeof(path), "%s/%s", dir ? dir : "tests/golden", name);
+    return path;
+}
+
+int golden_open(SafeTensors* st, const char* name) {
+    char err[ERR_MAX];
+    if (safetensors_open(st, golden_path(name), err) != 0) {
+        check_true(0, "open golden %s (%s; regenerate with scripts/make_golden_*.py)", name, err);
+        return 0;
+    }
+    return 1;
+}
+
+float* golden_f32(const SafeTensors* st, const char* name, size_t* count) {
+    const SafeTensor* t = safetensors_find(st, name);
+    if (!t) {
+        check_true(0, "golden tensor '%s' present in %s", name, st->path);
+        return NULL;
+    }
+    size_t n = safetensor_numel(t);
+    float* x = xmalloc(sizeof(float) * (n ? n : 1));
+    convert_to_f32(x, t->data, t->dtype, n);
+    if (count) *count = n;
+    return x;
+}
+
+int golden_shape(const SafeTensors* st, const char* name, int64_t* shape) {
+    const SafeTensor* t = safetensors_find(st, name);
+    if (!t) return -1;
+    for (int i = 0; i < t->rank; i++) shape[i] = t->shape[i];
+    return t->rank;
+}
+
+void fill_uniform(float* x, size_t n, uint32_t seed, float lo, float hi) {
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ seed;
+    for (size_t i = 0; i < n; i++) {
+        // splitmix64: small, good enough for test data
+        s += 0x9E3779B97F4A7C15ull;
+        uint64_t z = s;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        x[i] = lo + (hi - lo) * (float)((z >> 40) * (1.0 / 16777216.0));
+    }
+}
+
+#define MAX_BACKEND_BUFFERS 256
+static void* backend_buffers[MAX_BACKEND_BUFFERS];
+static int backend_buffer_count;
+
+float* backend_alloc(size_t n) {
+    if (backend_buffer_count == MAX_BACKEND_BUFFERS) fatal("tests: more than %d backend buffers in one test", MAX_BACKEND_BUFFERS);
+    float* p = device_malloc(sizeof(float) * (n ? n : 1));
+    backend_buffers[backend_buffer_count++] = p;
+    return p;
+}
+
+float* to_backend(const float* host, size_t n) {
+    float* p = backend_alloc(n);
+    copy_to_device(p, host, sizeof(float) * n);
+    return p;
+}
+
+float* from_backend(const float* dev, size_t n) {
+    float* host = xmalloc(sizeof(float) * (n ? n : 1));
+    copy_to_host(host, dev, sizeof(float) * n);
+    return host;
+}
+
+void backend_free_all(void) {
+    for (int i = 0; i < backend_buffer_count; i++) device_free(backend_buffers[i]);
+    backend_buffer_count = 0;
+}

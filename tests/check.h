@@ -1,0 +1,56 @@
+// tests/check.h: the test harness shared by every tests/test_*.c file.
+//
+// A test is a `void test_xxx(void)` function listed in tests/run_tests.c. Inside it, each check
+// prints one line and, when it fails, marks the running test failed; a test can also declare
+// itself skipped (with a reason) when what it needs is absent, e.g. a CUDA device. The runner
+// prints a line per test and ends with `N passed, N failed`; its exit status is non-zero when
+// anything failed. Tests never need Python: goldens are committed under tests/golden/.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../safetensors.h"
+
+// Compares n floats: element i passes when |got - want| <= atol + rtol * |want| (NaN must meet
+// NaN, infinities must match exactly). Prints the label, the largest absolute and relative
+// errors, the worst element with both values, and how much of the tolerance the worst element
+// used, then `ok` or `FAIL` (and the first few mismatches on failure). Returns 1 when it passes.
+int check_close(const char* label, const float* got, const float* want, size_t n, float atol, float rtol);
+
+// Bit-for-bit comparison of n bytes (RNG streams, decoded images, round trips).
+int check_bytes_equal(const char* label, const void* got, const void* want, size_t n);
+
+// A named condition: prints `label ... ok` or `label ... FAIL`.
+int check_true(int condition, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Marks the running test skipped with a reason printed as `skipped (<reason>)`. A skipped test
+// counts neither as passed nor failed, and is listed in the summary.
+void test_skip(const char* reason);
+// 1 when CUDA comparisons can run here; otherwise marks the test skipped and returns 0.
+int test_require_cuda(void);
+
+// Path of a committed golden file: tests/golden/<name> (SDXL_GOLDEN_DIR overrides the folder).
+const char* golden_path(const char* name);
+// Opens a golden safetensors file; a missing or bad file fails the test with the hint to
+// regenerate it, and returns 0.
+int golden_open(SafeTensors* st, const char* name);
+// Reads tensor `name` of a golden file as f32 into a fresh malloc'd array (and its element count).
+// NULL (and a failed check) when it is missing.
+float* golden_f32(const SafeTensors* st, const char* name, size_t* count);
+// Shape of a golden tensor (its rank, dims into shape[0..rank)), or -1 when missing.
+int golden_shape(const SafeTensors* st, const char* name, int64_t* shape);
+
+// Fresh pseudo-random test data (not the torch RNG): uniform in [lo, hi), deterministic per seed.
+void fill_uniform(float* x, size_t n, uint32_t seed, float lo, float hi);
+
+// Runs on the current backend: copy host data to backend memory and back.
+float* to_backend(const float* host, size_t n); // device_malloc + copy_to_device
+float* from_backend(const float* dev, size_t n); // fresh host array
+void backend_free_all(void);                      // frees every to_backend/backend_alloc buffer
+float* backend_alloc(size_t n);                   // uninitialised backend buffer, freed by backend_free_all
+
+// Each tests/test_<area>.c exports one NULL-terminated table of its tests, listed in run_tests.c.
+typedef struct {
+    const char* name;
+    void (*fn)(void);
+} TestCase;
