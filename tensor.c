@@ -45,7 +45,7 @@ uint16_t f32_to_f16(float x) {
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t exp = (u >> 23) & 0xffu;
     uint32_t man = u & 0x7fffffu;
-    if (exp == 0xffu) return sign | 0x7c00u | (man ? (0x200u | (uint16_t)(man >> 13)) : 0u); // inf/NaN (NaN stays quiet NaN)
+    if (exp == 0xffu) return sign | (man ? 0x7e00u : 0x7c00u); // inf, or NaN as torch's canonical quiet NaN
     int e = (int)exp - 127 + 15;                                                               // rebias
     if (e >= 31) return sign | 0x7c00u;                                                        // overflow to infinity
     if (e <= 0) {
@@ -70,7 +70,7 @@ float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
-    if (exp == 0x1fu) return bits_float(sign | 0x7f800000u | (man << 13));
+    if (exp == 0x1fu) return bits_float(sign | 0x7f800000u | (man ? 0x400000u : 0u) | (man << 13)); // NaN comes out quiet, as F16C does
     if (exp == 0) {
         if (man == 0) return bits_float(sign);
         // subnormal: man * 2^-24, exact in f32
@@ -83,7 +83,7 @@ float f16_to_f32(uint16_t h) {
 // bf16 is the top half of an f32; rounding adds 0x7fff plus the lowest kept bit (ties to even).
 uint16_t f32_to_bf16(float x) {
     uint32_t u = float_bits(x);
-    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return (uint16_t)((u >> 16) | 0x40u); // quiet NaN
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return 0xffffu; // NaN: what torch 2.x's .bfloat16() gives
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
