@@ -3,11 +3,12 @@
 #   make                 CPU build: ./sdxl and tests/run_tests
 #   make test            build and run every test (CPU backend); ends with "N passed, N failed"
 #   make CUDA=1          also compile kernels.cu with nvcc (-arch=sm_90; CUDA_ARCH=sm_80 to change)
-#                        and link cuBLAS; `./sdxl --backend cuda` and `tests/run_tests --backend cuda`
+#                        and link cuBLAS; `--backend cuda` on sdxl commands and tests/run_tests
+#   make CUDA=1 DEBUG=1  synchronise after every kernel launch, so a fault names its kernel
 #   make test CUDA=1     the same tests; CUDA-against-CPU tests run when a device is visible
 #   make debug           ASan + UBSan build (./sdxl_debug, tests/run_tests_debug), then runs the tests
 #   make bench           ./sdxl bench matmul
-#   make demo            tiny random-weight model through the whole pipeline (see README)
+#   make demo            everything that exists, end to end, to demo_out/ (see README)
 #   make golden          regenerate tests/golden/ (needs Python with torch; never needed by `test`)
 #   make clean
 #
@@ -35,7 +36,7 @@ ifeq ($(OMP),1)
 endif
 
 LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c
-CLI_SRC = main.c bench.c
+CLI_SRC = main.c cli.c bench.c
 TEST_SRC = $(wildcard tests/*.c)
 HEADERS = $(wildcard *.h tests/*.h)
 
@@ -45,6 +46,9 @@ ifeq ($(CUDA),1)
   NVCCFLAGS = -O3 -arch=$(CUDA_ARCH) -std=c++17 -Xcompiler -Wall -DUSE_CUDA -lineinfo
   ifeq ($(STRICT),1)
     NVCCFLAGS += --fmad=false
+  endif
+  ifeq ($(DEBUG),1)
+    NVCCFLAGS += -DSYNC_LAUNCHES
   endif
   CUDA_OBJ = $(BUILD)/kernels.o
   CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
@@ -114,10 +118,13 @@ debug: sdxl_debug tests/run_tests_debug
 bench: sdxl
 	./sdxl bench matmul
 
+# Until the SDXL pipeline lands (issue 3), the demo runs what exists end to end: seed-42 latent
+# noise identical to torch.randn, through the op core, to a 1365x768 PNG with A1111 parameters.
+demo: sdxl
+	./sdxl demo --out demo_out/latent_seed42.png
+
 golden:
-	python3 scripts/make_golden_ops.py
-	python3 scripts/make_golden_rng.py
-	python3 scripts/make_golden_png.py
+	cd scripts && python3 make_golden_ops.py && python3 make_golden_rng.py && python3 make_golden_safetensors.py && python3 make_golden_png.py
 
 clean:
-	rm -rf build sdxl sdxl_debug tests/run_tests tests/run_tests_debug
+	rm -rf build demo_out sdxl sdxl_debug tests/run_tests tests/run_tests_debug

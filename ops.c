@@ -162,6 +162,8 @@ void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
     int P = H_out * W_out; // output pixels per image
     int CKK = C_in * K * K;
+    if (!scratch && !conv_is_pointwise(K, stride, pad))
+        fatal("conv2d_forward: a %dx%d convolution needs conv2d_scratch_floats() of scratch, got NULL", K, K);
     for (int n = 0; n < N; n++) {
         const float* inp_n = inp + (size_t)n * C_in * H * W;
         float* out_n = out + (size_t)n * C_out * P;
@@ -319,8 +321,6 @@ void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
 
 // ----------------------------------------------------------------------------
 // Attention
-
-#define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update
 
 // Dot product with eight fixed partial sums: the lanes make the loop vectorisable without
 // reassociating anything, so the result is the same on every machine and compiler.
@@ -520,7 +520,12 @@ void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, 
 // ----------------------------------------------------------------------------
 // Storage conversion
 
+static int is_float_storage(DType t) { return t == DT_F32 || t == DT_F16 || t == DT_BF16; }
+
 void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {
+    if (!is_float_storage(out_type) || !is_float_storage(inp_type))
+        fatal("cast_forward: %s -> %s is not a conversion between F32, F16 and BF16", dtype_name(inp_type),
+              dtype_name(out_type));
     if (out_type == inp_type) {
         memmove(out, inp, n * dtype_size(inp_type));
     } else if (inp_type == DT_F32) {

@@ -121,8 +121,9 @@ void maxpool2d_forward_cpu(float* out, const float* inp, int N, int C, int H, in
 void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
 
 // ----------------------------------------------------------------------------
-// Normalisation and softmax. Reductions use the two-pass formula in f32 in both backends:
-// mean = sum(x)/n, var = sum((x-mean)^2)/n (biased, as PyTorch), rstd = 1/sqrtf(var + eps).
+// Normalisation and softmax. Both backends use the two-pass formula: mean = sum(x)/n, then
+// var = sum((x-mean)^2)/n (biased, as PyTorch), rstd = 1/sqrtf(var + eps). The CPU reference
+// accumulates the sums in double (the most exact cheap answer); CUDA uses f32 block reductions.
 
 // group_norm_forward: torch.nn.functional.group_norm(inp, G, weight, bias, eps).
 //   inp (N, C, HW), C divisible by G        weight, bias (C) or NULL (no affine)
@@ -161,7 +162,8 @@ void softmax_forward_cuda(float* out, const float* inp, int N, int C);
 //   HS <= ATTENTION_MAX_HS. out must not alias q, k or v.
 // Both backends use the streaming ("online") softmax: keys are visited in blocks, a running
 // maximum and sum are kept, and the L x L score matrix is never stored.
-#define ATTENTION_MAX_HS 512 // the VAE's single-head mid-block attention has HS = 512
+#define ATTENTION_MAX_HS 512   // the VAE's single-head mid-block attention has HS = 512
+#define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update, in both backends
 void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
                        int HS, int causal);
 void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
@@ -277,7 +279,9 @@ void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim,
 // Storage conversion
 
 // cast_forward: converts n values between f32, f16 and bf16 storage with round-to-nearest-even,
-// exactly as tensor.h's scalar conversions (and torch's .half() / .bfloat16() / .float()).
+// exactly as tensor.h's scalar conversions (and torch's .half() / .bfloat16() / .float());
+// kernels.cu ports those bit manipulations, so a change to one must be made to both. Any other
+// dtype is a fatal error.
 // out and inp must not alias unless out_type == inp_type.
 void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n);
 void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type, size_t n);

@@ -1,0 +1,25 @@
+// cli.h: table-driven long options for the `sdxl` subcommands.
+//
+// Each subcommand declares its options once, as a table of {name, type, target, help}. The same
+// table parses argv, prints --help (with the default read from the target) and logs the resolved
+// values, so the three cannot drift apart. Every bad argument is a one-line error.
+#pragma once
+
+typedef enum { OPT_INT, OPT_FLOAT, OPT_STRING, OPT_FLAG } OptionType;
+
+typedef struct {
+    const char* name;  // "--steps"
+    OptionType type;
+    void* target;      // int*, float*, const char**, or int* (flag: set to 1)
+    const char* help;  // what it does and the allowed values; the default is appended
+} Option;
+
+// Parses argv[first..argc) against the table. Fatal one-line errors for unknown options, missing
+// or malformed values. Returns 1 when --help was given (after printing the help), else 0.
+int options_parse(const Option* options, int count, int argc, char** argv, int first, const char* usage);
+void options_print_help(const Option* options, int count, const char* usage);
+// Prints "name = value" for every option, for logs.
+void options_print_values(const Option* options, int count);
+
+// "cpu" or "cuda" -> backend_select(); a one-line error for anything else.
+void backend_select_by_name(const char* name);

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# GPU check: run on a machine with an NVIDIA GPU (it needs nvcc, cuBLAS and a device).
+#
+#   scripts/gpu_check.sh
+#
+# 1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set);
+# 2. runs the whole test suite on the CPU backend: with a device present, the ops_cuda_* tests
+#    now compare every CUDA kernel against its CPU reference on fresh random inputs;
+# 3. runs the suite again with --backend cuda: the op goldens (PyTorch outputs) on the GPU;
+# 4. runs the op goldens under compute-sanitizer (memcheck), when it is installed;
+# 5. checks that `sdxl demo` gives the same PNG on both backends;
+# 6. benchmarks matmul on the GPU (fp32 cuBLAS, TF32 off) and the CPU;
+# then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/.
+# Everything is sized to finish in a few minutes on an H100.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/cuda/bin"
+OUT_DIR="${OUT:-build/gpu_check}"
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu_check.log"
+: >"$LOG"
+rows=()
+row() { rows+=("| $1 | $2 | $3 |"); }
+step() { echo "== $*" | tee -a "$LOG"; }
+secs() { echo $(( $(date +%s) - $1 )); }
+
+step "device"
+device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+echo "$device" | tee -a "$LOG"
+row "device" "${device:-none}" "$(date -u +%Y-%m-%dT%H:%MZ)"
+
+step "build: make CUDA=1"
+t=$(date +%s)
+if make -j"$(nproc)" CUDA=1 all >>"$LOG" 2>&1; then row "build CUDA=1 (${CUDA_ARCH:-sm_90})" "ok" "$(secs $t) s"
+else row "build CUDA=1" "FAILED" "see $LOG"; tail -30 "$LOG"; printf '%s\n' "${rows[@]}"; exit 1; fi
+
+summary() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1; }
+skipped() { grep -E '^[0-9]+ skipped' "$1" | sed 's/:.*//' | tail -1; }
+
+step "tests on the CPU backend (with CUDA-vs-CPU comparisons)"
+t=$(date +%s)
+timeout 600 ./tests/run_tests >"$OUT_DIR/tests_cpu_backend.log" 2>&1
+rc=$?
+row "tests --backend cpu (incl. ops_cuda_*)" "$(summary "$OUT_DIR/tests_cpu_backend.log") (rc $rc)" "$(skipped "$OUT_DIR/tests_cpu_backend.log"); $(secs $t) s"
+grep -E '^(FAIL|SKIP)' "$OUT_DIR/tests_cpu_backend.log" | tee -a "$LOG"
+
+step "tests on the CUDA backend (op goldens on the GPU)"
+t=$(date +%s)
+timeout 600 ./tests/run_tests --backend cuda >"$OUT_DIR/tests_cuda_backend.log" 2>&1
+rc=$?
+row "tests --backend cuda" "$(summary "$OUT_DIR/tests_cuda_backend.log") (rc $rc)" "$(secs $t) s"
+grep -E '^(FAIL|SKIP)' "$OUT_DIR/tests_cuda_backend.log" | tee -a "$LOG"
+
+step "compute-sanitizer memcheck on the op tests"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  t=$(date +%s)
+  timeout 300 compute-sanitizer --tool memcheck --leak-check no ./tests/run_tests --backend cuda ops_ >"$OUT_DIR/sanitizer.log" 2>&1
+  rc=$?
+  errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$OUT_DIR/sanitizer.log" | tail -1)
+  row "compute-sanitizer memcheck (ops_)" "${errs:-no summary} (rc $rc)" "$(secs $t) s"
+else
+  row "compute-sanitizer" "not installed" "-"
+fi
+
+step "demo on both backends"
+./sdxl demo --backend cpu --out "$OUT_DIR/demo_cpu.png" >>"$LOG" 2>&1
+./sdxl demo --backend cuda --out "$OUT_DIR/demo_cuda.png" >>"$LOG" 2>&1
+if cmp -s "$OUT_DIR/demo_cpu.png" "$OUT_DIR/demo_cuda.png"; then row "demo PNG, cuda vs cpu" "identical" "-"
+else row "demo PNG, cuda vs cpu" "DIFFERENT" "see $OUT_DIR"; fi
+
+step "bench matmul"
+./sdxl bench matmul --backend cuda --repeat 10 | tee "$OUT_DIR/bench_cuda.txt" | tee -a "$LOG"
+./sdxl bench matmul --backend cpu --max-size 2048 --repeat 2 | tee "$OUT_DIR/bench_cpu.txt" | tee -a "$LOG"
+gf() { awk -v s="$2" '$1 == s { print $3 }' "$1"; }
+row "matmul 4096^3 fp32, cuBLAS (TF32 off)" "$(gf "$OUT_DIR/bench_cuda.txt" 4096x4096x4096) GFLOP/s" "cuda"
+row "matmul 8192x5120x640 fp32, cuBLAS" "$(gf "$OUT_DIR/bench_cuda.txt" 8192x5120x640) GFLOP/s" "cuda"
+row "matmul 2048^3 fp32, CPU" "$(gf "$OUT_DIR/bench_cpu.txt" 2048x2048x2048) GFLOP/s" "$(nproc) cores"
+
+echo
+echo "| check | result | detail |"
+echo "|---|---|---|"
+printf '%s\n' "${rows[@]}"
+{ echo; echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; } >>"$LOG"
