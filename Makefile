@@ -8,6 +8,7 @@
 #   make test CUDA=1     the same tests; CUDA-against-CPU tests run when a device is visible
 #   make debug           ASan + UBSan build (./sdxl_debug, tests/run_tests_debug), then runs the tests
 #   make bench           ./sdxl bench matmul
+#   make fuzz            libFuzzer on the JSON, safetensors and PNG parsers (clang; FUZZ_SECONDS=20)
 #   make demo            everything that exists, end to end, to demo_out/ (see README)
 #   make golden          regenerate tests/golden/ (needs Python with torch; never needed by `test`)
 #   make clean
@@ -66,7 +67,7 @@ TEST_OBJ = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%.o)
 MODE_STAMP = build/mode
 $(shell mkdir -p build; echo "$(BUILD)" | cmp -s - $(MODE_STAMP) || echo "$(BUILD)" > $(MODE_STAMP))
 
-.PHONY: all test debug bench demo golden clean
+.PHONY: all test debug bench demo golden fuzz clean
 all: sdxl tests/run_tests
 
 sdxl: $(CLI_OBJ) $(LIB_OBJ) $(MODE_STAMP)
@@ -117,6 +118,25 @@ debug: sdxl_debug tests/run_tests_debug
 
 bench: sdxl
 	./sdxl bench matmul
+
+# libFuzzer targets for the parsers (clang): make fuzz FUZZ_SECONDS=60. Seeds come from the
+# goldens; crashes are written to build/fuzz/ as crash-* files.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS = json safetensors png
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -ffp-contract=off
+fuzz:
+	@mkdir -p build/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c common.c tensor.c ops.c gemm.c json.c safetensors.c png.c -lz -lm || exit 1; \
+	  mkdir -p build/fuzz/corpus_$$t; \
+	done
+	@cp tests/golden/st/*.safetensors tests/golden/st/sharded/*.safetensors build/fuzz/corpus_safetensors/
+	@cp tests/golden/st/sharded/*.json build/fuzz/corpus_json/
+	@cp tests/golden/png/*.png build/fuzz/corpus_png/ 2>/dev/null || true
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t 2>&1 | tail -4) || exit 1; \
+	done
 
 # Until the SDXL pipeline lands (issue 3), the demo runs what exists end to end: seed-42 latent
 # noise identical to torch.randn, through the op core, to a 1365x768 PNG with A1111 parameters.
