@@ -19,6 +19,7 @@
 // section does, first. Only the `_cuda` functions and backend internals have C linkage.
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
+#include <curand_kernel.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@
 extern "C" {
 #include "common.h"
 #include "ops.h"
+#include "rng.h"
 }
 
 // ----------------------------------------------------------------------------
@@ -897,6 +899,52 @@ void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim,
     timestep_embedding_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(
         out, t, dim, flip_sin_to_cos, freq_shift, neg_log_period, total);
     CHECK_LAUNCH();
+}
+
+} // extern "C"
+
+// ----------------------------------------------------------------------------
+// Random numbers on the device
+// ---- CUDA kernels
+
+// torch's distribution_elementwise_grid_stride_kernel specialised to randn (unroll 4): thread idx
+// owns curand's Philox subsequence idx; each curand_normal4 call gives the elements
+// idx + threads*(4m + r), r = 0..3, of pass m. transformation::normal is rand * 1 + 0: exact.
+__global__ static void randn_philox_kernel(float* out, size_t n, unsigned long long seed,
+                                           unsigned long long offset) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t threads = (size_t)gridDim.x * blockDim.x;
+    curandStatePhilox4_32_10_t state;
+    curand_init(seed, idx, offset, &state);
+    size_t rounded = ((n - 1) / (threads * 4) + 1) * threads * 4;
+    for (size_t base = idx; base < rounded; base += threads * 4) {
+        float4 r = curand_normal4(&state);
+        const float values[4] = {r.x, r.y, r.z, r.w};
+        for (int k = 0; k < 4; k++) {
+            size_t i = base + threads * k;
+            if (i < n) out[i] = values[k];
+        }
+    }
+}
+
+// ---- launchers
+
+extern "C" {
+
+void randn_philox_forward_cuda(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads) {
+    if (n == 0) return;
+    if (threads == 0 || threads % 256 != 0)
+        fatal("randn_philox_forward: threads must be a positive multiple of 256 (got %zu)", threads);
+    randn_philox_kernel<<<(unsigned int)(threads / 256), 256>>>(out, n, seed, offset);
+    CHECK_LAUNCH();
+}
+
+size_t cuda_torch_randn_threads(size_t n) {
+    int device, sms, max_threads;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&max_threads, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+    return philox_torch_threads(n, sms, max_threads);
 }
 
 } // extern "C"

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "rng.h"
 
 // ----------------------------------------------------------------------------
 // Backends and memory
@@ -518,6 +519,15 @@ void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, 
 }
 
 // ----------------------------------------------------------------------------
+// Random numbers on the device
+
+void randn_philox_forward_cpu(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads) {
+    if (threads == 0 || threads % 256 != 0)
+        fatal("randn_philox_forward: threads must be a positive multiple of 256 (got %zu)", threads);
+    philox_randn(seed, offset, threads, out, n);
+}
+
+// ----------------------------------------------------------------------------
 // Storage conversion
 
 static int is_float_storage(DType t) { return t == DT_F32 || t == DT_F16 || t == DT_BF16; }
@@ -730,6 +740,20 @@ void timestep_embedding_forward(float* out, const float* t, int N, int dim, int 
     if (g_backend == BACKEND_CUDA) { timestep_embedding_forward_cuda(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period); return; }
 #endif
     timestep_embedding_forward_cpu(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period);
+}
+
+void randn_philox_forward(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { randn_philox_forward_cuda(out, n, seed, offset, threads); return; }
+#endif
+    randn_philox_forward_cpu(out, n, seed, offset, threads);
+}
+
+size_t randn_philox_threads(size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_torch_randn_threads(n);
+#endif
+    return philox_torch_threads(n, 132, 2048);
 }
 
 void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {

@@ -276,6 +276,26 @@ void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim,
                                      float freq_shift, float max_period);
 
 // ----------------------------------------------------------------------------
+// Random numbers on the device
+
+// randn_philox_forward: torch.randn(n, device="cuda", generator=g) in float32, for a CUDA
+// generator seeded `seed` whose Philox offset is `offset` (0 when fresh), launched the way torch
+// launches it on a grid of `threads` threads, a multiple of 256 (randn_philox_threads below).
+// Thread idx runs
+// curand_init(seed, idx, offset) and fills elements idx + threads*(4m + r) with component r of
+// its m-th curand_normal4. Afterwards torch's offset has advanced by philox_offset_step(n, threads).
+//   out (n)   (=)
+// CUDA calls curand itself: bit-exact with torch on the same GPU. The CPU reference computes the
+// same Philox4x32-10 stream and Box-Muller with libm's logf/sinf/cosf, where the GPU uses
+// __sincosf: the two agree to a few units in the last place, not bit for bit.
+void randn_philox_forward(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads);
+void randn_philox_forward_cpu(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads);
+void randn_philox_forward_cuda(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads);
+// The grid torch launches for n values on the current backend's device; on the CPU backend, that
+// of an H100 SXM (132 SMs of 2048 threads), the card sdxl.c targets.
+size_t randn_philox_threads(size_t n);
+
+// ----------------------------------------------------------------------------
 // Storage conversion
 
 // cast_forward: converts n values between f32, f16 and bf16 storage with round-to-nearest-even,
@@ -297,3 +317,4 @@ void cuda_memset_zero(void* p, size_t bytes);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 void cuda_synchronize(void);
+size_t cuda_torch_randn_threads(size_t n); // torch's randn grid for n values on the current device

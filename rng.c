@@ -275,3 +275,12 @@ void philox_randn(uint64_t seed, uint64_t offset, size_t threads, float* out, si
         }
     }
 }
+
+size_t philox_torch_threads(size_t n, int sm_count, int max_threads_per_sm) {
+    const size_t block = 256;
+    size_t blocks = (n + block - 1) / block;
+    size_t max_blocks = (size_t)sm_count * (size_t)(max_threads_per_sm / (int)block);
+    return (blocks < max_blocks ? blocks : max_blocks) * block;
+}
+
+uint64_t philox_offset_step(size_t n, size_t threads) { return ((n - 1) / (threads * 4) + 1) * 4; }

@@ -12,8 +12,8 @@
 // Philox4x32-10 is the counter-based generator behind `torch.Generator("cuda")` (through
 // curand). philox4x32_10 is the bare block function (checked against Random123's known-answer
 // vectors); philox_randn lays its output out the way torch's CUDA randn does. On the CPU the
-// Box-Muller step uses libm's logf/sinf, which can differ from the GPU's by an ulp; the CUDA
-// backend calls curand itself (kernels.cu) for bit-exact GPU noise.
+// Box-Muller step uses libm's logf/sinf, which can differ from the GPU's __sincosf by a few ulp;
+// the op randn_philox_forward (ops.h) runs curand itself on the CUDA backend.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -45,3 +45,11 @@ void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]
 // 256 * min(ceil(n / 256), SMs * maxThreadsPerSM / 256) (e.g. 132 SMs * 2048 / 256 = 1056 blocks
 // on an H100). Element i = idx + threads * r comes from thread idx, component r of curand_normal4.
 void philox_randn(uint64_t seed, uint64_t offset, size_t threads, float* out, size_t n);
+
+// The thread count torch's CUDA randn launches for n values (calc_execution_policy in
+// ATen/native/cuda/DistributionTemplates.h): blocks of 256, at most SMs * maxThreadsPerSM / 256
+// blocks. An H100 SXM has 132 SMs of 2048 threads.
+size_t philox_torch_threads(size_t n, int sm_count, int max_threads_per_sm);
+// How far one such randn call moves the generator's Philox offset: 4 per curand_normal4 call each
+// thread makes.
+uint64_t philox_offset_step(size_t n, size_t threads);

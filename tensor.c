@@ -2,6 +2,7 @@
 #include "tensor.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common.h"
@@ -168,3 +169,8 @@ float* arena_floats(Arena* a, size_t count, const char* what) { return arena_all
 size_t arena_mark(const Arena* a) { return a->used; }
 void arena_release(Arena* a, size_t mark) { a->used = mark; }
 void arena_reset(Arena* a) { a->used = 0; }
+
+void arena_report(const Arena* a) {
+    printf("arena '%s': peak %.1f MiB of %.1f MiB (%s)\n", a->name, a->high_water / 1048576.0, a->capacity / 1048576.0,
+           a->on_device ? "device" : "host");
+}

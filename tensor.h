@@ -59,3 +59,5 @@ float* arena_floats(Arena* a, size_t count, const char* what);
 size_t arena_mark(const Arena* a);
 void arena_release(Arena* a, size_t mark);
 void arena_reset(Arena* a);
+// One line for logs and benchmarks: "arena 'unet activations': peak 812.4 MiB of 1024.0 MiB (host)".
+void arena_report(const Arena* a);

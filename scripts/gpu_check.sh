@@ -3,7 +3,8 @@
 #
 #   scripts/gpu_check.sh
 #
-# 1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set);
+# 1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set), and has torch (when it is there) write its
+#    CUDA randn for seed 42 etc., so our curand kernel is checked bit for bit against it;
 # 2. runs the whole test suite on the CPU backend: with a device present, the ops_cuda_* tests
 #    now compare every CUDA kernel against its CPU reference on fresh random inputs;
 # 3. runs the suite again with --backend cuda: the op goldens (PyTorch outputs) on the GPU;
@@ -25,7 +26,7 @@ step() { echo "== $*" | tee -a "$LOG"; }
 secs() { echo $(( $(date +%s) - $1 )); }
 
 step "device"
-device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 echo "$device" | tee -a "$LOG"
 row "device" "${device:-none}" "$(date -u +%Y-%m-%dT%H:%MZ)"
 
@@ -34,8 +35,17 @@ t=$(date +%s)
 if make -j"$(nproc)" CUDA=1 all >>"$LOG" 2>&1; then row "build CUDA=1 (${CUDA_ARCH:-sm_90})" "ok" "$(secs $t) s"
 else row "build CUDA=1" "FAILED" "see $LOG"; tail -30 "$LOG"; printf '%s\n' "${rows[@]}"; exit 1; fi
 
-summary() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1; }
+# the runner's last line, or the error that stopped it
+summary() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1 | grep . || { echo -n "did not finish: "; grep -m1 '^error:' "$1"; }; }
 skipped() { grep -E '^[0-9]+ skipped' "$1" | sed 's/:.*//' | tail -1; }
+
+step "torch's CUDA randn golden (made here: it depends on the GPU)"
+if python3 scripts/make_golden_torch_cuda_randn.py "$OUT_DIR/torch_cuda_randn.safetensors" >>"$LOG" 2>&1; then
+  export SDXL_TORCH_CUDA_RANDN="$OUT_DIR/torch_cuda_randn.safetensors"
+  row "torch CUDA randn golden" "made" "$(python3 -c 'import torch; print("torch", torch.__version__)' 2>/dev/null)"
+else
+  row "torch CUDA randn golden" "not made (no torch with CUDA?)" "rng_cuda_philox_vs_torch skips"
+fi
 
 step "tests on the CPU backend (with CUDA-vs-CPU comparisons)"
 t=$(date +%s)
@@ -63,9 +73,9 @@ else
 fi
 
 step "demo on both backends"
-./sdxl demo --backend cpu --out "$OUT_DIR/demo_cpu.png" >>"$LOG" 2>&1
-./sdxl demo --backend cuda --out "$OUT_DIR/demo_cuda.png" >>"$LOG" 2>&1
-if cmp -s "$OUT_DIR/demo_cpu.png" "$OUT_DIR/demo_cuda.png"; then row "demo PNG, cuda vs cpu" "identical" "-"
+if ! ./sdxl demo --backend cpu --out "$OUT_DIR/demo_cpu.png" >>"$LOG" 2>&1; then row "demo PNG, cpu" "FAILED" "see $LOG"
+elif ! ./sdxl demo --backend cuda --out "$OUT_DIR/demo_cuda.png" >>"$LOG" 2>&1; then row "demo PNG, cuda" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
+elif cmp -s "$OUT_DIR/demo_cpu.png" "$OUT_DIR/demo_cuda.png"; then row "demo PNG, cuda vs cpu" "identical" "-"
 else row "demo PNG, cuda vs cpu" "DIFFERENT" "see $OUT_DIR"; fi
 
 step "bench matmul"

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common.h"
+#include "../ops.h"
 #include "../rng.h"
 #include "check.h"
 
@@ -158,6 +159,74 @@ static void test_rng_philox_randn_layout_and_moments(void) {
     free(y);
 }
 
+// torch's CUDA launch rule (calc_execution_policy): blocks of 256, at most SMs * 2048 / 256.
+static void test_rng_philox_torch_launch_rule(void) {
+    // H100 SXM: 132 SMs of 2048 threads -> at most 1056 blocks
+    check_true(philox_torch_threads(65664, 132, 2048) == 257 * 256, "1368x768 latent: 257 blocks, one value per thread");
+    check_true(philox_torch_threads(10000000, 132, 2048) == 1056 * 256, "10M values: the grid is capped at 1056 blocks");
+    check_true(philox_offset_step(65664, 257 * 256) == 4, "one curand_normal4 per thread moves the offset by 4");
+    check_true(philox_offset_step(10000000, 1056 * 256) == 40, "10M values on 270336 threads: 10 calls, offset 40");
+    // the op on the CPU backend is philox_randn; the same stream with a non-multiple of 256 is refused
+    float a[300], b[300];
+    randn_philox_forward_cpu(a, 300, 42, 8, 512);
+    philox_randn(42, 8, 512, b, 300);
+    check_bytes_equal("randn_philox_forward_cpu is philox_randn", a, b, sizeof(a));
+}
+
+// CUDA's curand against the CPU emulation of its stream.
+static void test_rng_cuda_philox_vs_cpu(void) {
+    if (!test_require_cuda()) return;
+    size_t n = 2 * 4 * 128 * 128 + 5;
+    Backend saved = backend_current();
+    backend_select(BACKEND_CUDA);
+    size_t threads = randn_philox_threads(n);
+    float* d = device_malloc(sizeof(float) * n);
+    randn_philox_forward(d, n, 42, 0, threads);
+    float* gpu = xmalloc(sizeof(float) * n);
+    copy_to_host(gpu, d, sizeof(float) * n);
+    device_free(d);
+    backend_select(saved);
+    float* cpu = xmalloc(sizeof(float) * n);
+    randn_philox_forward_cpu(cpu, n, 42, 0, threads);
+    printf("  torch's grid on this device: %zu threads\n", threads);
+    // the Philox words are identical; Box-Muller differs only by __sincosf/logf vs libm (a few
+    // ulp of 2*pi in the angle, times a radius up to ~6)
+    check_close("curand_normal4 vs CPU emulation", gpu, cpu, n, 3e-5f, 1e-5f);
+    free(gpu);
+    free(cpu);
+}
+
+// Bit-exact against torch's own CUDA randn, when scripts/gpu_check.sh made the golden on this GPU
+// (SDXL_TORCH_CUDA_RANDN=path): torch.Generator("cuda") depends on the device, so it is not committed.
+static void test_rng_cuda_philox_vs_torch(void) {
+    if (!test_require_cuda()) return;
+    const char* path = getenv("SDXL_TORCH_CUDA_RANDN");
+    if (!path) {
+        test_skip("no torch CUDA golden; scripts/gpu_check.sh makes one");
+        return;
+    }
+    SafeTensors st;
+    char err[ERR_MAX];
+    if (!check_true(safetensors_open(&st, path, err) == 0, "open %s", path)) return;
+    Backend saved = backend_current();
+    backend_select(BACKEND_CUDA);
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        unsigned long long seed, offset;
+        if (sscanf(t->name, "randn_cuda.%llu.%llu.", &seed, &offset) != 2) continue;
+        size_t n = safetensor_numel(t);
+        float* d = device_malloc(sizeof(float) * n);
+        randn_philox_forward(d, n, seed, offset, randn_philox_threads(n));
+        float* got = xmalloc(sizeof(float) * n);
+        copy_to_host(got, d, sizeof(float) * n);
+        device_free(d);
+        check_bytes_equal(t->name, got, t->data, sizeof(float) * n);
+        free(got);
+    }
+    backend_select(saved);
+    safetensors_close(&st);
+}
+
 const TestCase tests_rng[] = {
     {"rng_randn_matches_torch", test_rng_randn_matches_torch},
     {"rng_uniform_int_perm_match_torch", test_rng_uniform_int_perm_match_torch},
@@ -165,5 +234,8 @@ const TestCase tests_rng[] = {
     {"rng_seed42_first_values", test_rng_seed42_first_values},
     {"rng_philox_known_answers", test_rng_philox_known_answers},
     {"rng_philox_randn_layout_and_moments", test_rng_philox_randn_layout_and_moments},
+    {"rng_philox_torch_launch_rule", test_rng_philox_torch_launch_rule},
+    {"rng_cuda_philox_vs_cpu", test_rng_cuda_philox_vs_cpu},
+    {"rng_cuda_philox_vs_torch", test_rng_cuda_philox_vs_torch},
     {NULL, NULL},
 };

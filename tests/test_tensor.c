@@ -58,6 +58,7 @@ static void test_tensor_arena(void) {
     check_true(a.high_water == 256 + 512 + 2048, "high-water mark %zu", a.high_water);
     arena_release(&a, mark);
     check_true(a.used == mark && a.high_water == 256 + 512 + 2048, "release keeps the high-water mark");
+    arena_report(&a);
     arena_reset(&a);
     check_true(a.used == 0, "reset");
     arena_free(&a);
