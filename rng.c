@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "tensor.h"
 
 // ----------------------------------------------------------------------------
 // MT19937
@@ -96,25 +97,13 @@ static double normal_double(TorchGenerator* g) {
 // ----------------------------------------------------------------------------
 // The AVX2 Box-Muller transform of torch.randn (avx_mathfun.h log256_ps / sincos256_ps), scalar.
 
-static uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
-
-static float float_of(uint32_t u) {
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
-
 // Natural log (Cephes logf): split x = m * 2^e with m in [sqrt(1/2), sqrt(2)), then a degree-8
 // polynomial in m - 1. The fmaf() calls are where GCC fused the intrinsics in torch's build.
 static float avx2_log(float x) {
-    const float min_normal = float_of(0x00800000u);
+    const float min_normal = f32_from_bits(0x00800000u);
     if (x < min_normal) x = min_normal;
-    int32_t exponent = (int32_t)(bits_of(x) >> 23) - 0x7f;
-    x = float_of((bits_of(x) & ~0x7f800000u) | bits_of(0.5f)); // mantissa in [0.5, 1)
+    int32_t exponent = (int32_t)(f32_to_bits(x) >> 23) - 0x7f;
+    x = f32_from_bits((f32_to_bits(x) & ~0x7f800000u) | f32_to_bits(0.5f)); // mantissa in [0.5, 1)
     float e = (float)exponent + 1.0f;
     int below_sqrt_half = x < 0.707106781186547524f;
     float tmp = below_sqrt_half ? x : 0.0f;
@@ -140,8 +129,8 @@ static float avx2_log(float x) {
 // sin and cos together (Cephes sinf/cosf): reduce by multiples of pi/4 in three parts (DP1..3),
 // evaluate the sine or cosine polynomial by octant, and fix the signs.
 static void avx2_sincos(float xin, float* sin_out, float* cos_out) {
-    uint32_t sign_sin = bits_of(xin) & 0x80000000u;
-    float x = float_of(bits_of(xin) & 0x7fffffffu);
+    uint32_t sign_sin = f32_to_bits(xin) & 0x80000000u;
+    float x = f32_from_bits(f32_to_bits(xin) & 0x7fffffffu);
     int32_t j = (int32_t)(x * 1.27323954473516f); // 4/pi, truncated as cvttps does
     j = (j + 1) & ~1;
     float y = (float)j;
@@ -162,8 +151,8 @@ static void avx2_sincos(float xin, float* sin_out, float* cos_out) {
     ys = fmaf(ys, x, x);
     float s = use_sin_poly ? ys : yc;
     float c = use_sin_poly ? yc : ys;
-    *sin_out = float_of(bits_of(s) ^ sign_sin);
-    *cos_out = float_of(bits_of(c) ^ sign_cos);
+    *sin_out = f32_from_bits(f32_to_bits(s) ^ sign_sin);
+    *cos_out = f32_from_bits(f32_to_bits(c) ^ sign_cos);
 }
 
 // normal_fill_16_AVX2: 16 uniforms in place -> 16 normals; element j pairs with j + 8.

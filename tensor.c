@@ -27,13 +27,13 @@ int dtype_from_name(const char* name) {
     return -1;
 }
 
-static uint32_t float_bits(float x) {
+uint32_t f32_to_bits(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
     return u;
 }
 
-static float bits_float(uint32_t u) {
+float f32_from_bits(uint32_t u) {
     float x;
     memcpy(&x, &u, 4);
     return x;
@@ -42,7 +42,7 @@ static float bits_float(uint32_t u) {
 // f32 -> f16, round to nearest, ties to even, done on the bit pattern so it does not depend on
 // the compiler or the FPU. f16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
 uint16_t f32_to_f16(float x) {
-    uint32_t u = float_bits(x);
+    uint32_t u = f32_to_bits(x);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t exp = (u >> 23) & 0xffu;
     uint32_t man = u & 0x7fffffu;
@@ -71,25 +71,25 @@ float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
-    if (exp == 0x1fu) return bits_float(sign | 0x7f800000u | (man ? 0x400000u : 0u) | (man << 13)); // NaN comes out quiet, as F16C does
+    if (exp == 0x1fu) return f32_from_bits(sign | 0x7f800000u | (man ? 0x400000u : 0u) | (man << 13)); // NaN comes out quiet, as F16C does
     if (exp == 0) {
-        if (man == 0) return bits_float(sign);
+        if (man == 0) return f32_from_bits(sign);
         // subnormal: man * 2^-24, exact in f32
         float v = (float)man * 5.9604644775390625e-08f;
         return sign ? -v : v;
     }
-    return bits_float(sign | ((exp - 15 + 127) << 23) | (man << 13));
+    return f32_from_bits(sign | ((exp - 15 + 127) << 23) | (man << 13));
 }
 
 // bf16 is the top half of an f32; rounding adds 0x7fff plus the lowest kept bit (ties to even).
 uint16_t f32_to_bf16(float x) {
-    uint32_t u = float_bits(x);
+    uint32_t u = f32_to_bits(x);
     if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return 0xffffu; // NaN: what torch 2.x's .bfloat16() gives
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
 
-float bf16_to_f32(uint16_t b) { return bits_float((uint32_t)b << 16); }
+float bf16_to_f32(uint16_t b) { return f32_from_bits((uint32_t)b << 16); }
 
 // Converts n <= CONVERT_BLOCK elements from an aligned buffer.
 static void convert_block_to_f32(float* out, const void* inp, DType t, size_t n) {

@@ -22,6 +22,10 @@ size_t dtype_size(DType t);            // bytes per element
 const char* dtype_name(DType t);       // the safetensors spelling: "F32", "BF16", "I64", ...
 int dtype_from_name(const char* name); // the DType, or -1 for a name we do not know
 
+// The bit pattern of an f32 and back (memcpy, so no aliasing rule is broken).
+uint32_t f32_to_bits(float x);
+float f32_from_bits(uint32_t u);
+
 // Scalar conversions. f16/bf16 values travel as their raw uint16_t bit patterns.
 uint16_t f32_to_f16(float x);
 float f16_to_f32(uint16_t h);

@@ -171,64 +171,59 @@ static void expect_rejected(const char* what, uint8_t* buf, size_t size, const c
     if (rc == 0) safetensors_close(&st);
 }
 
+// Malformed headers: (what, header JSON, bytes of data after it, text the error must contain).
+static const struct {
+    const char *what, *header;
+    size_t data_bytes;
+    const char* needle;
+} malformed[] = {
+    {"truncated data section", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, "past the data section"},
+    {"offsets out of range", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 8, "past the data section"},
+    {"overlapping tensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                            "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlaps"},
+    {"a gap before the first tensor", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "unused bytes"},
+    {"bytes after the last tensor", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, "unused bytes"},
+    {"unknown dtype", "{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, "unsupported dtype 'F8_E4M3'"},
+    {"size that does not match shape x dtype", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "needs 12"},
+    {"invalid JSON (unclosed object)", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, "invalid JSON"},
+    {"junk after the JSON", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, "invalid JSON"},
+    {"header is an array", "[1, 2]", 0, "not a JSON object"},
+    {"negative dimension", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "bad shape"},
+    {"begin after end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "begin after end"},
+    {"no data_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "bad data_offsets"},
+    {"no dtype", "{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "no dtype"},
+    {"duplicate tensor name", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                              "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "appears twice"},
+    {"non-string metadata", "{\"__metadata__\":{\"k\":1},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+     "not a string"},
+    {"shape whose size overflows",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}", 8, "overflows"},
+    {"rank above 8", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "bad shape"},
+};
+
 static void test_safetensors_rejects_malformed(void) {
     size_t size;
     uint8_t* buf;
-    const char* ok_header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
-
-    // a valid file first, so the mutations below are known to be the only problem
+    // a valid file first, so each case below is known to differ from an accepted file only in its flaw
     SafeTensors st;
     char err[ERR_MAX];
-    buf = make_file(ok_header, 8, &size);
+    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, &size);
     check_true(safetensors_open_buffer(&st, "good.safetensors", buf, size, err) == 0, "the unmutated file is accepted");
     safetensors_close(&st);
 
+    for (size_t c = 0; c < sizeof(malformed) / sizeof(malformed[0]); c++) {
+        buf = make_file(malformed[c].header, malformed[c].data_bytes, &size);
+        expect_rejected(malformed[c].what, buf, size, malformed[c].needle);
+    }
+    // broken length prefixes
     buf = xcalloc(1, 5);
     expect_rejected("5-byte file", buf, 5, "too small");
-    buf = make_file(ok_header, 8, &size);
+    buf = make_file("{}", 0, &size);
     store_le64(buf, 1000);
     expect_rejected("header length past the end", buf, size, "past the end");
-    buf = make_file(ok_header, 8, &size);
+    buf = make_file("{}", 0, &size);
     store_le64(buf, 1ull << 40);
     expect_rejected("header length of a terabyte", buf, size, "limit");
-    buf = make_file(ok_header, 4, &size);
-    expect_rejected("truncated data section", buf, size, "past the data section");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 8, &size);
-    expect_rejected("offsets out of range", buf, size, "past the data section");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                    "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, &size);
-    expect_rejected("overlapping tensors", buf, size, "overlaps");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, &size);
-    expect_rejected("a gap before the first tensor", buf, size, "unused bytes");
-    buf = make_file(ok_header, 12, &size);
-    expect_rejected("bytes after the last tensor", buf, size, "unused bytes");
-    buf = make_file("{\"a\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, &size);
-    expect_rejected("unknown dtype", buf, size, "unsupported dtype 'F8_E4M3'");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, &size);
-    expect_rejected("size that does not match shape x dtype", buf, size, "needs 12");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, &size);
-    expect_rejected("invalid JSON (unclosed object)", buf, size, "invalid JSON");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, &size);
-    expect_rejected("junk after the JSON", buf, size, "invalid JSON");
-    buf = make_file("[1, 2]", 0, &size);
-    expect_rejected("header is an array", buf, size, "not a JSON object");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, &size);
-    expect_rejected("negative dimension", buf, size, "bad shape");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, &size);
-    expect_rejected("begin after end", buf, size, "begin after end");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, &size);
-    expect_rejected("no data_offsets", buf, size, "bad data_offsets");
-    buf = make_file("{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, &size);
-    expect_rejected("no dtype", buf, size, "no dtype");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                    "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, &size);
-    expect_rejected("duplicate tensor name", buf, size, "appears twice");
-    buf = make_file("{\"__metadata__\":{\"k\":1},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, &size);
-    expect_rejected("non-string metadata", buf, size, "not a string");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}", 8, &size);
-    expect_rejected("shape whose size overflows", buf, size, "overflows");
-    buf = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, &size);
-    expect_rejected("rank above 8", buf, size, "bad shape");
 
     // files on disk: missing, and a directory
     int rc = safetensors_open(&st, "tests/golden/st/no_such_file.safetensors", err);
