@@ -41,3 +41,55 @@ def save(tensors, filename, script, seed, extra=None):
     size = os.path.getsize(path)
     print(f"wrote {path}: {len(tensors)} tensors, {size / 1024:.1f} KiB")
     return path
+
+
+def clip_bpe_merges():
+    """The 48,894 merges of OpenAI's CLIP BPE (SD/SDXL tokenizers), from open_clip's packaged
+    bpe_simple_vocab_16e6.txt.gz (pip install open_clip_torch --no-deps; it is found without
+    importing open_clip, which would pull in torchvision)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        raise SystemExit("needs open_clip_torch for the CLIP BPE merges: pip install --no-deps open_clip_torch")
+    path = os.path.join(spec.submodule_search_locations[0], "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    # openai/CLIP simple_tokenizer: merges = lines[1 : 49152 - 256 - 2 + 1]
+    return [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible byte -> printable character table, used by CLIP's BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_clip_tokenizer_files(folder, n_merges=None):
+    """vocab.json and merges.txt as the HF CLIP tokenizer folders hold them, derived from the merges
+    as openai/CLIP does: 256 byte symbols, the same with </w>, one entry per merge, then the two
+    special tokens. n_merges keeps only the first n merges (a tiny vocabulary for tiny models)."""
+    import json
+
+    merges = clip_bpe_merges()
+    if n_merges is not None:
+        merges = merges[:n_merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({tok: i for i, tok in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for a, b in merges:
+            f.write(f"{a} {b}\n")
+    return len(vocab)

@@ -1,0 +1,56 @@
+// layers.h: the parameterised building blocks every network here shares, as plain structs.
+//
+// Each block has a `_build` function that declares its parameters (weights.h: called once per
+// build pass, it returns the struct with NULL pointers in pass 1 and real ones in pass 2) under a
+// name prefix, and a forward function that runs it through the op dispatchers (ops.h), so it
+// works on either backend. Names are those of the PyTorch modules: `linear_build(w, "...to_q",
+// ...)` declares "...to_q.weight" (and ".bias").
+#pragma once
+#include "tensor.h"
+#include "weights.h"
+
+typedef struct {
+    float* weight; // (out, in)
+    float* bias;   // (out) or NULL
+    int in, out;
+} Linear;
+
+typedef struct {
+    float* weight; // (out, in, k, k)
+    float* bias;   // (out) or NULL
+    int in, out, k, stride, pad;
+} Conv2d;
+
+typedef struct {
+    float* weight; // (C)
+    float* bias;   // (C)
+    int C, groups;
+    float eps;
+} GroupNorm;
+
+typedef struct {
+    float* weight; // (C)
+    float* bias;   // (C)
+    int C;
+    float eps;
+} LayerNorm;
+
+// Declares prefix.weight (and prefix.bias when has_bias).
+Linear linear_build(Weights* w, const char* prefix, int in, int out, int has_bias);
+Conv2d conv2d_build(Weights* w, const char* prefix, int in, int out, int k, int stride, int pad, int has_bias);
+GroupNorm group_norm_build(Weights* w, const char* prefix, int C, int groups, float eps);
+LayerNorm layer_norm_build(Weights* w, const char* prefix, int C, float eps);
+// A bare tensor parameter (embedding tables, positional embeddings): declares prefix as is.
+float* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape);
+
+// Forward passes. inp/out are on the backend; N rows (linear, layer_norm) or images (conv, norm).
+void linear(const Linear* l, float* out, const float* inp, int N);
+// The conv's im2col scratch comes from `scratch` and is released before returning.
+void conv2d(const Conv2d* c, float* out, const float* inp, int N, int H, int W, Arena* scratch);
+int conv2d_out_size(const Conv2d* c, int in);
+void group_norm(const GroupNorm* g, float* out, const float* inp, int N, int HW);
+void layer_norm(const LayerNorm* l, float* out, const float* inp, int N);
+
+#define NAME_MAX_LEN 200
+// Formats a parameter name into a caller's buffer of NAME_MAX_LEN bytes: name_fmt(buf, "%s.resnets.%d", prefix, j).
+const char* name_fmt(char* buf, const char* fmt, ...) __attribute__((format(printf, 2, 3)));

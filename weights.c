@@ -1,0 +1,251 @@
+// weights.c: two-pass parameter tables, strict loading, random init, saving. See weights.h.
+#include "weights.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "ops.h"
+
+void weights_init(Weights* w, const char* what) {
+    memset(w, 0, sizeof(*w));
+    w->what = what;
+    w->pass = 1;
+}
+
+void weights_free(Weights* w) {
+    arena_free(&w->arena);
+    free(w->params);
+    memset(w, 0, sizeof(*w));
+}
+
+static size_t shape_numel(int rank, const int64_t* shape) {
+    size_t n = 1;
+    for (int i = 0; i < rank; i++) n *= (size_t)shape[i];
+    return n;
+}
+
+float* weights_param(Weights* w, const char* name, int rank, const int64_t* shape) {
+    if (rank < 1 || rank > WEIGHTS_MAX_RANK) fatal("%s: parameter '%s' has rank %d", w->what, name, rank);
+    if (w->pass == 1) {
+        if (strlen(name) >= WEIGHTS_NAME_MAX) fatal("%s: parameter name too long: %s", w->what, name);
+        if (w->count == w->capacity) {
+            w->capacity = w->capacity ? 2 * w->capacity : 256;
+            w->params = xrealloc(w->params, sizeof(Param) * w->capacity);
+        }
+        Param* p = &w->params[w->count++];
+        memset(p, 0, sizeof(*p));
+        snprintf(p->name, sizeof(p->name), "%s", name);
+        p->rank = rank;
+        memcpy(p->shape, shape, sizeof(int64_t) * rank);
+        p->numel = shape_numel(rank, shape);
+        // each tensor starts on an ARENA_ALIGN boundary, like arena_alloc would place it
+        size_t align = ARENA_ALIGN / sizeof(float);
+        p->offset = w->total;
+        w->total += (p->numel + align - 1) / align * align;
+        return NULL;
+    }
+    // pass 2: the same calls in the same order
+    if (w->cursor >= w->count || strcmp(w->params[w->cursor].name, name) != 0)
+        fatal("%s: the second build pass asked for '%s', the first declared '%s' here", w->what, name,
+              w->cursor < w->count ? w->params[w->cursor].name : "(nothing)");
+    return w->params[w->cursor++].data;
+}
+
+void weights_allocate(Weights* w) {
+    if (w->pass != 1) fatal("%s: weights_allocate called twice", w->what);
+    arena_init(&w->arena, w->what, sizeof(float) * (w->total ? w->total : 1), backend_current() == BACKEND_CUDA);
+    arena_alloc(&w->arena, sizeof(float) * w->total, "parameters");
+    for (int i = 0; i < w->count; i++) w->params[i].data = (float*)w->arena.base + w->params[i].offset;
+    w->pass = 2;
+    w->cursor = 0;
+}
+
+void weights_finish(Weights* w) {
+    if (w->pass != 2 || w->cursor != w->count)
+        fatal("%s: the second build pass declared %d of %d parameters", w->what, w->cursor, w->count);
+}
+
+const Param* weights_find(const Weights* w, const char* name) {
+    for (int i = 0; i < w->count; i++)
+        if (strcmp(w->params[i].name, name) == 0) return &w->params[i];
+    return NULL;
+}
+
+// ----------------------------------------------------------------------------
+// Loading
+
+typedef struct {
+    const char* prefix;
+} PrefixCtx;
+
+static int prefix_map(const char* name, ParamSource* src, void* ctx) {
+    const PrefixCtx* p = ctx;
+    memset(src, 0, sizeof(*src));
+    snprintf(src->key, sizeof(src->key), "%s%s", p->prefix, name);
+    return 0;
+}
+
+int weights_load(Weights* w, const SafeTensors* st, const char* prefix, char* err) {
+    PrefixCtx ctx = {prefix};
+    return weights_load_mapped(w, st, prefix_map, &ctx, err);
+}
+
+// The stored tensor's shape after the source's slicing/transposing, for the shape check.
+static void source_shape(const SafeTensor* t, const ParamSource* src, int* rank, int64_t* shape) {
+    *rank = t->rank;
+    memcpy(shape, t->shape, sizeof(int64_t) * t->rank);
+    if (src->row_end > src->row_begin) shape[0] = src->row_end - src->row_begin;
+    if (src->transpose && *rank == 2) {
+        int64_t tmp = shape[0];
+        shape[0] = shape[1];
+        shape[1] = tmp;
+    }
+}
+
+// Equal shapes, allowing trailing 1s on either side ([512, 512, 1, 1] holds a [512, 512] linear).
+static int shapes_match(int ra, const int64_t* a, int rb, const int64_t* b) {
+    while (ra > 1 && a[ra - 1] == 1) ra--;
+    while (rb > 1 && b[rb - 1] == 1) rb--;
+    if (ra != rb) return 0;
+    for (int i = 0; i < ra; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err) {
+    if (w->pass != 2) fatal("%s: weights_load before weights_allocate", w->what);
+    size_t staging_n = 0;
+    for (int i = 0; i < w->count; i++) staging_n = w->params[i].numel > staging_n ? w->params[i].numel : staging_n;
+    float* staging = xmalloc(sizeof(float) * (staging_n ? staging_n : 1));
+    float* whole = NULL; // a whole stored tensor, when the parameter is a slice or a transpose of it
+    size_t whole_n = 0;
+    int rc = 0;
+    for (int i = 0; i < w->count && rc == 0; i++) {
+        Param* p = &w->params[i];
+        ParamSource src;
+        if (map(p->name, &src, ctx) != 0) {
+            rc = set_error(err, "%s: no tensor in this format holds %s parameter '%s'", st->path, w->what, p->name);
+            break;
+        }
+        const SafeTensor* t = safetensors_find(st, src.key);
+        if (!t) {
+            rc = set_error(err, "%s: missing tensor '%s'", st->path, src.key);
+            break;
+        }
+        const char* file = st->files[t->file].path;
+        if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16) {
+            rc = set_error(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", file, src.key, dtype_name(t->dtype));
+            break;
+        }
+        int rank;
+        int64_t shape[SAFETENSORS_MAX_RANK];
+        source_shape(t, &src, &rank, shape);
+        int rows_ok = src.row_end <= src.row_begin || (t->rank >= 1 && src.row_end <= t->shape[0]);
+        if (!rows_ok || !shapes_match(rank, shape, p->rank, p->shape)) {
+            char have[256], want[256];
+            rc = set_error(err, "%s: tensor '%s' has shape %s, expected %s%s", file, src.key,
+                           shape_string(have, sizeof(have), t->rank, t->shape), shape_string(want, sizeof(want), p->rank, p->shape),
+                           src.row_end > src.row_begin ? " (after taking its rows)" : "");
+            break;
+        }
+        if (!src.transpose && src.row_end <= src.row_begin) {
+            convert_to_f32(staging, t->data, t->dtype, p->numel);
+        } else {
+            size_t n = safetensor_numel(t);
+            if (n > whole_n) {
+                whole = xrealloc(whole, sizeof(float) * n);
+                whole_n = n;
+            }
+            convert_to_f32(whole, t->data, t->dtype, n);
+            size_t row_len = t->rank >= 2 ? n / (size_t)t->shape[0] : 1;
+            const float* rows = whole + (size_t)src.row_begin * row_len;
+            if (src.transpose) { // stored (R, C) -> parameter (C, R)
+                int64_t R = t->shape[0], C = t->shape[1];
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t c = 0; c < C; c++) staging[c * R + r] = whole[r * C + c];
+            } else {
+                memcpy(staging, rows, sizeof(float) * p->numel);
+            }
+        }
+        copy_to_device(p->data, staging, sizeof(float) * p->numel);
+    }
+    free(staging);
+    free(whole);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// Random init and saving
+
+static int ends_with(const char* s, const char* suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+void weights_fill_random(Weights* w, uint64_t seed) {
+    size_t max_n = 0;
+    for (int i = 0; i < w->count; i++) max_n = w->params[i].numel > max_n ? w->params[i].numel : max_n;
+    float* host = xmalloc(sizeof(float) * (max_n ? max_n : 1));
+    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int i = 0; i < w->count; i++) {
+        Param* p = &w->params[i];
+        // norm scales are named "...norm....weight" or "..._norm.weight" / "ln_..." and are 1-D
+        int is_norm_scale = p->rank == 1 && ends_with(p->name, ".weight") &&
+                            (strstr(p->name, "norm") != NULL || strstr(p->name, "layer_norm") != NULL);
+        if (ends_with(p->name, ".bias")) {
+            for (size_t j = 0; j < p->numel; j++) host[j] = 0.0f;
+        } else if (is_norm_scale) {
+            for (size_t j = 0; j < p->numel; j++) host[j] = 1.0f;
+        } else {
+            size_t fan_in = p->numel / (size_t)p->shape[0];
+            float bound = 1.0f / sqrtf((float)(fan_in ? fan_in : 1));
+            for (size_t j = 0; j < p->numel; j++) {
+                state = state * 6364136223846793005ull + 1442695040888963407ull; // PCG's LCG step
+                float u = (float)(state >> 40) * (1.0f / 16777216.0f);         // [0, 1)
+                host[j] = (2.0f * u - 1.0f) * bound;
+            }
+        }
+        copy_to_device(p->data, host, sizeof(float) * p->numel);
+    }
+    free(host);
+}
+
+int weights_save(const Weights* w, const char* path, const char* prefix, DType dtype, char* err) {
+    SafeTensorOut* out = xcalloc((size_t)w->count + 1, sizeof(SafeTensorOut));
+    char** names = xcalloc((size_t)w->count + 1, sizeof(char*));
+    void** data = xcalloc((size_t)w->count + 1, sizeof(void*));
+    for (int i = 0; i < w->count; i++) {
+        const Param* p = &w->params[i];
+        size_t len = strlen(prefix) + strlen(p->name) + 1;
+        names[i] = xmalloc(len);
+        snprintf(names[i], len, "%s%s", prefix, p->name);
+        float* host = xmalloc(sizeof(float) * p->numel);
+        copy_to_host(host, p->data, sizeof(float) * p->numel);
+        if (dtype == DT_F32) {
+            data[i] = host;
+        } else {
+            data[i] = xmalloc(dtype_size(dtype) * p->numel);
+            convert_from_f32(data[i], dtype, host, p->numel);
+            free(host);
+        }
+        out[i].name = names[i];
+        out[i].dtype = dtype;
+        out[i].rank = p->rank;
+        memcpy(out[i].shape, p->shape, sizeof(int64_t) * p->rank);
+        out[i].data = data[i];
+    }
+    const char* keys[1] = {"format"};
+    const char* values[1] = {"pt"}; // what transformers/diffusers expect in their files
+    int rc = safetensors_write(path, out, w->count, keys, values, 1, err);
+    for (int i = 0; i < w->count; i++) {
+        free(names[i]);
+        free(data[i]);
+    }
+    free(names);
+    free(data);
+    free(out);
+    return rc;
+}

@@ -1,0 +1,77 @@
+// weights.h: a model's parameters, in one allocation, filled strictly from safetensors.
+//
+// A model declares its parameters by walking its own config: one `weights_param` call per tensor,
+// with the tensor's internal name (the diffusers / transformers key, e.g.
+// "down_blocks.1.attentions.0.proj_in.weight") and shape. The walk runs twice, llm.c's
+// fill_in_parameter_sizes + malloc_and_point_parameters in one function:
+//
+//   weights_init(&w, "unet");
+//   unet_build(&unet, &w);   // pass 1: records names and shapes, hands out NULL
+//   weights_allocate(&w);    // one arena on the current backend, sized from pass 1
+//   unet_build(&unet, &w);   // pass 2: the same calls, now handing out pointers into the arena
+//   weights_finish(&w);      // checks pass 2 asked for exactly what pass 1 did
+//
+// Then weights_load fills every parameter from a SafeTensors set: a missing tensor, a wrong shape
+// or a non-float dtype is a one-line error naming the tensor and the file. The file's key for a
+// parameter comes from a KeyMap callback, which is how one model reads both diffusers folders
+// (key = name) and single-file SGM checkpoints (key = the SGM spelling, maybe a slice or a
+// transpose of a stored tensor). weights_fill_random gives the random weights of `make demo` and
+// `sdxl bench`, and weights_save writes a model back out (the demo's model folder).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+#include "tensor.h"
+
+#define WEIGHTS_MAX_RANK 4
+#define WEIGHTS_NAME_MAX 200
+
+typedef struct {
+    char name[WEIGHTS_NAME_MAX]; // internal name
+    int rank;
+    int64_t shape[WEIGHTS_MAX_RANK];
+    size_t numel;
+    size_t offset; // in floats, from the start of the arena
+    float* data;   // on the backend the arena lives on (NULL in pass 1)
+} Param;
+
+typedef struct {
+    const char* what; // "unet", "vae", "text_encoder_2": for messages
+    Param* params;
+    int count, capacity;
+    int pass;     // 1: sizing, 2: handing out pointers
+    int cursor;   // next parameter pass 2 expects
+    size_t total; // floats
+    Arena arena;  // the one allocation
+} Weights;
+
+void weights_init(Weights* w, const char* what);
+void weights_free(Weights* w);
+// Declares (pass 1) or returns (pass 2) the parameter `name` of the given shape.
+float* weights_param(Weights* w, const char* name, int rank, const int64_t* shape);
+void weights_allocate(Weights* w);
+void weights_finish(Weights* w);
+const Param* weights_find(const Weights* w, const char* name);
+
+// Where a parameter's values are in a file: tensor `key`, optionally transposed (2-D), or only
+// rows [row_begin, row_end) of it (a fused q/k/v projection split three ways). A stored shape
+// that differs from the parameter's only by trailing 1s (a 1x1 conv kept as a linear) is accepted.
+typedef struct {
+    char key[WEIGHTS_NAME_MAX + 64];
+    int transpose;
+    int64_t row_begin, row_end; // both 0: all rows
+} ParamSource;
+// Fills src for the parameter `name`; returns 0, or -1 when the file cannot hold it.
+typedef int (*KeyMap)(const char* name, ParamSource* src, void* ctx);
+
+// key = prefix + name (prefix may be ""), the diffusers layout.
+int weights_load(Weights* w, const SafeTensors* st, const char* prefix, char* err);
+// key from map(name): other layouts.
+int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err);
+
+// Deterministic random values for weight-free runs: biases 0, norm scales 1, other tensors
+// uniform in +-1/sqrt(fan_in) (fan_in = numel / shape[0]), as PyTorch's default init bounds.
+void weights_fill_random(Weights* w, uint64_t seed);
+// Writes every parameter as `prefix + name` to a safetensors file (dtype F32 or F16).
+int weights_save(const Weights* w, const char* path, const char* prefix, DType dtype, char* err);
