@@ -36,7 +36,8 @@ ifeq ($(OMP),1)
   $(info ✓ OpenMP on (OMP=0 to turn off))
 endif
 
-LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c weights.c layers.c
+LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c weights.c layers.c \
+          tokenizer.c sample.c vae.c clip.c sdxl.c
 CLI_SRC = main.c cli.c bench.c
 TEST_SRC = $(wildcard tests/*.c)
 HEADERS = $(wildcard *.h tests/*.h)

@@ -172,6 +172,10 @@ void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+void cuda_copy_device_to_device(void* dst, const void* src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
 void cuda_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
 
 } // extern "C"

@@ -93,6 +93,13 @@ void copy_to_host(void* dst_host, const void* src, size_t bytes) {
     memmove(dst_host, src, bytes);
 }
 
+void copy_device_to_device(void* dst, const void* src, size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) { cuda_copy_device_to_device(dst, src, bytes); return; }
+#endif
+    memcpy(dst, src, bytes);
+}
+
 void device_synchronize(void) {
 #ifdef USE_CUDA
     if (g_backend == BACKEND_CUDA) cuda_synchronize();

@@ -37,6 +37,7 @@ void device_free(void* p);
 void device_memset_zero(void* p, size_t bytes);
 void copy_to_device(void* dst, const void* src_host, size_t bytes);
 void copy_to_host(void* dst_host, const void* src, size_t bytes);
+void copy_device_to_device(void* dst, const void* src, size_t bytes); // regions must not overlap
 void device_synchronize(void);
 
 // Aligned host memory (for the CPU backend's allocations and the GEMM's packing buffers).
@@ -316,5 +317,6 @@ void cuda_free(void* p);
 void cuda_memset_zero(void* p, size_t bytes);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
+void cuda_copy_device_to_device(void* dst, const void* src, size_t bytes);
 void cuda_synchronize(void);
 size_t cuda_torch_randn_threads(size_t n); // torch's randn grid for n values on the current device

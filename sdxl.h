@@ -1,0 +1,106 @@
+// sdxl.h: the SDXL UNet (diffusers UNet2DConditionModel as SDXL configures it).
+//
+// The architecture is read from unet/config.json, so the real model and the tiny test model of
+// the same structure run through the same code: conv_in; a time embedding plus the "text_time"
+// added conditioning (pooled text + six size/crop ids, each through a sinusoidal embedding);
+// down blocks of ResNet blocks, optional Transformer2D blocks (self-attention, cross-attention to
+// the text, GEGLU feed-forward) and a stride-2 downsampler; a mid block; up blocks that
+// concatenate the skip connections; GroupNorm, SiLU, conv_out. Only what SDXL uses is supported
+// (DownBlock2D / CrossAttnDownBlock2D, linear projections, no class embedding): anything else in a
+// config is a one-line error rather than a silently different network.
+#pragma once
+#include <stdint.h>
+
+#include "layers.h"
+#include "safetensors.h"
+#include "weights.h"
+
+#define UNET_MAX_LEVELS 4
+
+typedef struct {
+    int in_channels, out_channels;
+    int levels;                                 // len(block_out_channels)
+    int block_out[UNET_MAX_LEVELS];             // block_out_channels: 320, 640, 1280
+    int has_attention[UNET_MAX_LEVELS];         // CrossAttnDownBlock2D at this level
+    int transformer_depth[UNET_MAX_LEVELS];     // transformer_layers_per_block: 1, 2, 10
+    int heads[UNET_MAX_LEVELS];                 // attention_head_dim (diffusers' name for the head count)
+    int up_transformer_depth[UNET_MAX_LEVELS];  // reverse_transformer_layers_per_block (defaults to the reverse of the above)
+    int layers_per_block;                       // 2
+    int cross_attention_dim;                    // 2048
+    int groups;                                 // norm_num_groups: 32
+    float norm_eps;                             // 1e-5 (the transformers' GroupNorm uses 1e-6)
+    int flip_sin_to_cos;                        // 1
+    float freq_shift;                           // 0
+    int addition_time_embed_dim;                // 256
+    int projection_class_embeddings_input_dim;  // 2816 = pooled text 1280 + 6 * 256
+    int time_embed_dim;                         // 4 * block_out[0] = 1280
+} UnetConfig;
+
+typedef struct {
+    GroupNorm norm1;      // norm1                (SGM in_layers.0)
+    Conv2d conv1;         // conv1                (in_layers.2)
+    Linear time_emb_proj; // time_emb_proj        (emb_layers.1)
+    GroupNorm norm2;      // norm2                (out_layers.0)
+    Conv2d conv2;         // conv2                (out_layers.3)
+    Conv2d shortcut;      // conv_shortcut 1x1    (skip_connection), when in != out
+    int has_shortcut, in, out;
+} UnetResBlock;
+
+typedef struct {
+    LayerNorm norm1, norm2, norm3;
+    Linear q1, k1, v1, out1; // attn1: self-attention, q/k/v without bias
+    Linear q2, k2, v2, out2; // attn2: cross-attention, k/v from the text (cross_attention_dim wide)
+    Linear ff_in, ff_out;    // ff.net.0.proj (C -> 8C, GEGLU), ff.net.2 (4C -> C)
+} UnetTransformerBlock;
+
+typedef struct {
+    GroupNorm norm;       // GroupNorm(groups, C, eps 1e-6)
+    Linear proj_in, proj_out;
+    UnetTransformerBlock* blocks;
+    int depth, C, heads;
+} UnetSpatialTransformer;
+
+typedef struct {
+    UnetResBlock* resnets;            // layers_per_block (down) or layers_per_block + 1 (up)
+    UnetSpatialTransformer* attentions; // the same count when the level has attention, else NULL
+    Conv2d sampler;                   // downsamplers.0.conv (stride 2) or upsamplers.0.conv
+    int has_sampler;
+} UnetBlock;
+
+typedef struct {
+    UnetConfig cfg;
+    Conv2d conv_in;
+    Linear time_linear_1, time_linear_2; // time_embedding.linear_{1,2}
+    Linear add_linear_1, add_linear_2;   // add_embedding.linear_{1,2}
+    UnetBlock down[UNET_MAX_LEVELS];
+    UnetResBlock mid_res0, mid_res1;
+    UnetSpatialTransformer mid_attn;
+    UnetBlock up[UNET_MAX_LEVELS];
+    GroupNorm norm_out; // conv_norm_out
+    Conv2d conv_out;
+    Weights w;
+} Unet;
+
+int unet_config_read(UnetConfig* c, const char* path, char* err);
+void unet_config_sdxl(UnetConfig* c); // SDXL base 1.0, for single-file checkpoints and benchmarks
+
+// A diffusers folder `unet/` (config.json + diffusion_pytorch_model[.variant].safetensors, sharded or not).
+int unet_load(Unet* u, const char* folder, const char* variant, char* err);
+// The UNet of an SGM single-file checkpoint (model.diffusion_model.*), with the given config.
+int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, char* err);
+void unet_init_random(Unet* u, const UnetConfig* cfg, uint64_t seed);
+void unet_free(Unet* u);
+
+// The SGM (and kohya LoRA) name of a diffusers UNet parameter name, e.g.
+// "down_blocks.1.attentions.0.proj_in.weight" -> "input_blocks.4.1.proj_in.weight" (no
+// "model.diffusion_model." prefix). Returns 0, or -1 for a name outside the architecture.
+int unet_sgm_name(const UnetConfig* c, const char* diffusers_name, char* out, size_t cap);
+
+// One evaluation for N latents of h x w:
+//   sample (N, 4, h, w)   t (N) timesteps   context (N, Lctx, cross_attention_dim)
+//   text_embeds (N, pooled)   time_ids (N, 6)   out (N, 4, h, w) = the predicted noise
+// All on the backend but t and time_ids, which are host arrays. act holds the activations and is
+// released before returning; size it with unet_activation_floats.
+void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
+                  const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act);
+size_t unet_activation_floats(const UnetConfig* c, int N, int h, int w, int Lctx);
