@@ -62,6 +62,93 @@ static void check_text_encoder(const char* folder, const char* ids_name, const c
     safetensors_close(&ref);
 }
 
+// The same encoder read from the SGM single-file layout (tests/golden/sgm/tiny_sdxl_te.safetensors,
+// whose renaming diffusers' own converters validated): CLIP-L in transformers names under
+// conditioner.embedders.0.transformer., bigG in open_clip names (fused in_proj, P transposed).
+static void check_text_encoder_sgm(const char* folder, int open_clip, const char* ids_name, const char* penult_name,
+                                   const char* pooled_name) {
+    SafeTensors ref, st;
+    char err[ERR_MAX] = "", path[4200];
+    if (!golden_open(&ref, "tiny_sdxl_ref.safetensors")) return;
+    if (!golden_open(&st, "sgm/tiny_sdxl_te.safetensors")) return;
+    ClipTextConfig cfg;
+    snprintf(path, sizeof(path), "%s/config.json", tiny(folder));
+    if (!check_true(clip_text_config_read(&cfg, path, err) == 0, "config %s", err)) return;
+    ClipText m;
+    const char* prefix = open_clip ? "conditioner.embedders.1.model." : "conditioner.embedders.0.transformer.";
+    if (!check_true(clip_text_load_from(&m, &cfg, &st, prefix, open_clip, err) == 0, "load %s from the SGM layout: %s",
+                    folder, err))
+        return;
+    const SafeTensor* ids_t = safetensors_find(&ref, ids_name);
+    int32_t ids[2 * 77];
+    memcpy(ids, ids_t->data, sizeof(ids));
+    Arena scratch;
+    arena_init(&scratch, "clip scratch", sizeof(float) * clip_text_scratch_floats(&cfg, 2, 77), backend_current() == BACKEND_CUDA);
+    float* penult = backend_alloc((size_t)2 * 77 * cfg.hidden);
+    float* pooled = pooled_name ? backend_alloc((size_t)2 * cfg.projection_dim) : NULL;
+    clip_text_forward(&m, ids, 2, 77, penult, pooled, &scratch);
+    float* got = from_backend(penult, (size_t)2 * 77 * cfg.hidden);
+    float* want = golden_f32(&ref, penult_name, NULL);
+    char label[128];
+    snprintf(label, sizeof(label), "%s from SGM layout: hidden_states[-2]", folder);
+    if (want) check_close(label, got, want, (size_t)2 * 77 * cfg.hidden, 1e-5f, 1e-4f);
+    free(got);
+    free(want);
+    if (pooled_name) {
+        got = from_backend(pooled, (size_t)2 * cfg.projection_dim);
+        want = golden_f32(&ref, pooled_name, NULL);
+        if (want) check_close("bigG from SGM layout: text_embeds (P transposed)", got, want, (size_t)2 * cfg.projection_dim,
+                              1e-5f, 1e-4f);
+        free(got);
+        free(want);
+    }
+    arena_free(&scratch);
+    clip_text_free(&m);
+    safetensors_close(&st);
+    safetensors_close(&ref);
+}
+
+static void test_sdxl_text_encoders_sgm_layout(void) {
+    check_text_encoder_sgm("text_encoder", 0, "te1.ids", "te1.penultimate", NULL);
+    check_text_encoder_sgm("text_encoder_2", 1, "te2.ids", "te2.penultimate", "te2.text_embeds");
+}
+
+// unet_sgm_name against every {SGM key: diffusers name} pair of the tiny UNet, as diffusers'
+// convert_ldm_unet_checkpoint confirmed them (tests/golden/sgm/unet_keys.json).
+static void test_sdxl_unet_sgm_names(void) {
+    JsonDoc doc;
+    char err[ERR_MAX] = "";
+    if (!check_true(json_read_file(&doc, golden_path("sgm/unet_keys.json"), err) == 0, "read unet_keys.json: %s", err)) return;
+    UnetConfig cfg;
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/config.json", tiny("unet"));
+    if (!check_true(unet_config_read(&cfg, path, err) == 0, "unet config: %s", err)) return;
+    int wrong = 0;
+    for (size_t i = 0; i < doc.root.length; i++) {
+        char got[256];
+        const char* diffusers = doc.root.items[i].string;
+        if (unet_sgm_name(&cfg, diffusers, got, sizeof(got)) != 0 || strcmp(got, doc.root.keys[i]) != 0) {
+            if (wrong++ < 5) printf("    %s -> %s, diffusers says %s\n", diffusers, got, doc.root.keys[i]);
+        }
+    }
+    check_true(doc.root.length > 700 && wrong == 0, "%zu UNet names map to diffusers' SGM keys (%d wrong)", doc.root.length, wrong);
+    // and our parameter table declares exactly those tensors
+    Unet u;
+    unet_init_random(&u, &cfg, 1);
+    int unknown = 0;
+    for (int i = 0; i < u.w.count; i++) {
+        int found = 0;
+        for (size_t j = 0; j < doc.root.length && !found; j++) found = strcmp(doc.root.items[j].string, u.w.params[i].name) == 0;
+        unknown += !found;
+    }
+    check_true(u.w.count == (int)doc.root.length && unknown == 0, "our UNet declares the same %d tensors (%d unknown)",
+               u.w.count, unknown);
+    char sgm[256];
+    check_true(unet_sgm_name(&cfg, "not_a_block.weight", sgm, sizeof(sgm)) == -1, "an unknown name is refused");
+    unet_free(&u);
+    json_free(&doc);
+}
+
 static void test_sdxl_text_encoder_1(void) { check_text_encoder("text_encoder", "te1.ids", "te1.penultimate", NULL); }
 static void test_sdxl_text_encoder_2(void) {
     check_text_encoder("text_encoder_2", "te2.ids", "te2.penultimate", "te2.text_embeds");
@@ -115,6 +202,8 @@ static void test_sdxl_unet_square_latent(void) { check_unet("unet_8x8"); }
 const TestCase tests_sdxl[] = {
     {"sdxl_text_encoder_1", test_sdxl_text_encoder_1},
     {"sdxl_text_encoder_2", test_sdxl_text_encoder_2},
+    {"sdxl_text_encoders_sgm_layout", test_sdxl_text_encoders_sgm_layout},
+    {"sdxl_unet_sgm_names", test_sdxl_unet_sgm_names},
     {"sdxl_unet_odd_latent", test_sdxl_unet_odd_latent},
     {"sdxl_unet_square_latent", test_sdxl_unet_square_latent},
     {NULL, NULL},
