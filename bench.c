@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "common.h"
 #include "ops.h"
+#include "sdxl.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -96,11 +97,81 @@ static int bench_matmul(int argc, char** argv) {
     return 0;
 }
 
+// sdxl bench unet: seconds per UNet evaluation for the full-size SDXL architecture with random
+// weights (no download): conv_in to conv_out at --size x --size pixels (latent size / 8), batch
+// --batch (2 is one classifier-free-guidance step), 77 text tokens. scripts/bench_torch.py runs
+// diffusers on PyTorch the same way for docs/PERF.md.
+static int bench_unet(int argc, char** argv) {
+    const char* backend = "cpu";
+    int size = 512, batch = 1, repeat = 2;
+    Option options[] = {
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--size", OPT_INT, &size, "image side in pixels (latent side = size / 8)"},
+        {"--batch", OPT_INT, &batch, "latents per evaluation (2 = one CFG step)"},
+        {"--repeat", OPT_INT, &repeat, "timed evaluations after one warm-up; the best is reported"},
+    };
+    if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl bench unet [options]")) return 0;
+    if (size < 64 || size % 8 != 0 || size > 4096) fatal("--size must be a multiple of 8 in [64, 4096] (got %d)", size);
+    if (batch < 1 || batch > 16) fatal("--batch must be in [1, 16] (got %d)", batch);
+    if (repeat < 1) fatal("--repeat must be at least 1 (got %d)", repeat);
+    backend_select_by_name(backend);
+    UnetConfig cfg;
+    unet_config_sdxl(&cfg);
+    Unet u;
+    double t0 = now_seconds();
+    unet_init_random(&u, &cfg, 42);
+    size_t params = 0;
+    for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
+    printf("sdxl bench unet: SDXL base UNet, %zu parameters (%.1f GiB f32), random weights in %.1f s, backend %s\n",
+           params, params * 4.0 / (1 << 30), now_seconds() - t0, backend_name(backend_current()));
+    int h = size / 8, w = size / 8, L = 77;
+    size_t n = (size_t)batch * 4 * h * w, n_ctx = (size_t)batch * L * cfg.cross_attention_dim;
+    float* host = xmalloc(sizeof(float) * (n_ctx > n ? n_ctx : n));
+    float *sample = device_malloc(sizeof(float) * n), *out = device_malloc(sizeof(float) * n);
+    float *ctx = device_malloc(sizeof(float) * n_ctx), *text = device_malloc(sizeof(float) * batch * 1280);
+    for (size_t i = 0; i < n_ctx; i++) host[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+    copy_to_device(sample, host, sizeof(float) * n);
+    copy_to_device(ctx, host, sizeof(float) * n_ctx);
+    copy_to_device(text, host, sizeof(float) * batch * 1280);
+    float t[16], ids[16 * 6];
+    for (int b = 0; b < batch; b++) {
+        t[b] = 500.0f;
+        float id[6] = {(float)size, (float)size, 0, 0, (float)size, (float)size};
+        memcpy(ids + 6 * b, id, sizeof(id));
+    }
+    Arena act;
+    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&cfg, batch, h, w, L),
+               backend_current() == BACKEND_CUDA);
+    unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act); // warm-up
+    device_synchronize();
+    double best = 1e30;
+    for (int r = 0; r < repeat; r++) {
+        double t1 = now_seconds();
+        unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act);
+        device_synchronize();
+        double dt = now_seconds() - t1;
+        best = dt < best ? dt : best;
+    }
+    printf("unet %dx%d px (latent %dx%d), batch %d: %.3f s per evaluation (best of %d)\n", size, size, h, w, batch, best,
+           repeat);
+    arena_report(&act);
+    arena_free(&act);
+    device_free(sample);
+    device_free(out);
+    device_free(ctx);
+    device_free(text);
+    free(host);
+    unet_free(&u);
+    return 0;
+}
+
 int bench_main(int argc, char** argv) {
     if (argc < 3 || strcmp(argv[2], "--help") == 0) {
-        printf("usage: sdxl bench <what> [options]\n\n  matmul   GEMM throughput on the CPU or CUDA backend\n");
+        printf("usage: sdxl bench <what> [options]\n\n  matmul   GEMM throughput on the CPU or CUDA backend\n"
+               "  unet     seconds per full-size SDXL UNet evaluation, random weights\n");
         return argc < 3 ? 1 : 0;
     }
     if (strcmp(argv[2], "matmul") == 0) return bench_matmul(argc, argv);
-    fatal("unknown benchmark '%s' (available: matmul)", argv[2]);
+    if (strcmp(argv[2], "unet") == 0) return bench_unet(argc, argv);
+    fatal("unknown benchmark '%s' (available: matmul, unet)", argv[2]);
 }
