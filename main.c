@@ -7,6 +7,7 @@
 //
 // Text-to-image (`generate`), LoRA training (`train`) and evaluation (`eval`) arrive with their
 // issues; README.md keeps the table of what works today.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "ops.h"
 #include "png.h"
 #include "rng.h"
+#include "sdxl.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -132,13 +134,90 @@ static int demo_main(int argc, char** argv) {
 }
 
 // ----------------------------------------------------------------------------
+// sdxl verify unet: our UNet against a reference evaluation written by another implementation
+// (scripts/check_full_size.py writes one from diffusers for the full-size architecture).
+
+static float* read_ref(const SafeTensors* st, const char* name, size_t* n) {
+    const SafeTensor* t = safetensors_find(st, name);
+    if (!t) fatal("%s: missing tensor '%s'", st->path, name);
+    *n = safetensor_numel(t);
+    float* x = xmalloc(sizeof(float) * *n);
+    convert_to_f32(x, t->data, t->dtype, *n);
+    return x;
+}
+
+static int verify_main(int argc, char** argv) {
+    const char* unet_dir = NULL;
+    const char* ref_path = NULL;
+    const char* backend = "cpu";
+    float rtol = 1e-3f;
+    Option options[] = {
+        {"--unet", OPT_STRING, &unet_dir, "a diffusers unet/ folder"},
+        {"--ref", OPT_STRING, &ref_path, "safetensors with sample, t, ctx, text_embeds, time_ids and the expected out"},
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--rtol", OPT_FLOAT, &rtol, "pass when max |ours - ref| <= rtol * max |ref|"},
+    };
+    if (argc < 3 || strcmp(argv[2], "unet") != 0) fatal("usage: sdxl verify unet --unet DIR --ref FILE");
+    if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl verify unet [options]")) return 0;
+    if (!unet_dir || !ref_path) fatal("sdxl verify unet needs --unet and --ref");
+    backend_select_by_name(backend);
+    char err[ERR_MAX];
+    double t0 = now_seconds();
+    Unet u;
+    if (unet_load(&u, unet_dir, NULL, err) != 0) fatal("%s", err);
+    size_t params = 0;
+    for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
+    printf("loaded %s: %d tensors, %zu parameters, in %.1f s\n", unet_dir, u.w.count, params, now_seconds() - t0);
+    SafeTensors ref;
+    if (safetensors_open(&ref, ref_path, err) != 0) fatal("%s", err);
+    const SafeTensor* s = safetensors_find(&ref, "sample");
+    if (!s || s->rank != 4) fatal("%s: missing 4-D tensor 'sample'", ref_path);
+    int N = (int)s->shape[0], h = (int)s->shape[2], w = (int)s->shape[3];
+    size_t n, n_t, n_ctx, n_text, n_ids, n_want;
+    float *sample = read_ref(&ref, "sample", &n), *t = read_ref(&ref, "t", &n_t), *ctx = read_ref(&ref, "ctx", &n_ctx);
+    float *text = read_ref(&ref, "text_embeds", &n_text), *ids = read_ref(&ref, "time_ids", &n_ids);
+    float* want = read_ref(&ref, "out", &n_want);
+    int Lctx = (int)(n_ctx / ((size_t)N * u.cfg.cross_attention_dim));
+    float *d_sample = device_malloc(sizeof(float) * n), *d_ctx = device_malloc(sizeof(float) * n_ctx);
+    float *d_text = device_malloc(sizeof(float) * n_text), *d_out = device_malloc(sizeof(float) * n);
+    copy_to_device(d_sample, sample, sizeof(float) * n);
+    copy_to_device(d_ctx, ctx, sizeof(float) * n_ctx);
+    copy_to_device(d_text, text, sizeof(float) * n_text);
+    Arena act;
+    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&u.cfg, N, h, w, Lctx),
+               backend_current() == BACKEND_CUDA);
+    t0 = now_seconds();
+    unet_forward(&u, d_out, d_sample, t, d_ctx, Lctx, d_text, ids, N, h, w, &act);
+    device_synchronize();
+    double dt = now_seconds() - t0;
+    float* got = xmalloc(sizeof(float) * n);
+    copy_to_host(got, d_out, sizeof(float) * n);
+    double max_abs = 0, max_ref = 0, sum_abs = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        max_abs = d > max_abs ? d : max_abs;
+        sum_abs += d;
+        max_ref = fabs(want[i]) > max_ref ? fabs(want[i]) : max_ref;
+    }
+    int pass = max_abs <= rtol * max_ref && n == n_want;
+    printf("unet forward, latent %dx%d, batch %d, %d text tokens: %.2f s on %s\n", h, w, N, Lctx, dt,
+           backend_name(backend_current()));
+    printf("max |ours - ref| %.3e, mean %.3e, max |ref| %.4f: relative to max |ref| %.2e (tolerance %.0e): %s\n", max_abs,
+           sum_abs / n, max_ref, max_abs / max_ref, rtol, pass ? "PASS" : "FAIL");
+    arena_report(&act);
+    return pass ? 0 : 1;
+}
+
+// ----------------------------------------------------------------------------
 
 static void usage(void) {
     printf("usage: sdxl <command> [options]\n\n"
            "commands:\n"
            "  info           what this binary was built with and the devices it sees\n"
            "  demo           seed-42 latent noise through the op core to a PNG (no weights needed)\n"
-           "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n\n"
+           "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n"
+           "  bench unet     seconds per full-size SDXL UNet evaluation (random weights)\n"
+           "  verify unet    our UNet against a reference evaluation (scripts/check_full_size.sh)\n\n"
            "`sdxl <command> --help` lists a command's options.\n");
 }
 
@@ -151,5 +230,6 @@ int main(int argc, char** argv) {
     if (strcmp(argv[1], "info") == 0) return info_main();
     if (strcmp(argv[1], "demo") == 0) return demo_main(argc, argv);
     if (strcmp(argv[1], "bench") == 0) return bench_main(argc, argv);
+    if (strcmp(argv[1], "verify") == 0) return verify_main(argc, argv);
     fatal("unknown command '%s' (try sdxl --help)", argv[1]);
 }

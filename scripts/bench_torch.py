@@ -22,41 +22,46 @@ SDXL_UNET = dict(
     projection_class_embeddings_input_dim=2816, upcast_attention=False,
 )
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--size", type=int, default=512)
-ap.add_argument("--batch", type=int, default=1)
-ap.add_argument("--repeat", type=int, default=2)
-ap.add_argument("--device", default="cpu")
-ap.add_argument("--dtype", default="float32")
-args = ap.parse_args()
-dtype = getattr(torch, args.dtype)
-t0 = time.time()
-with torch.device(args.device):
-    unet = UNet2DConditionModel(**SDXL_UNET).to(dtype).eval()
-n_params = sum(p.numel() for p in unet.parameters())
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}: "
-      f"SDXL UNet {n_params} parameters, built in {time.time() - t0:.1f} s")
-h = w = args.size // 8
-B = args.batch
-g = torch.Generator().manual_seed(0)
-sample = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
-ctx = torch.randn(B, 77, 2048, generator=g).to(args.device, dtype)
-added = {"text_embeds": torch.randn(B, 1280, generator=g).to(args.device, dtype),
-         "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * B, dtype=dtype, device=args.device)}
-t = torch.full((B,), 500.0, device=args.device)
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    t0 = time.time()
+    with torch.device(args.device):
+        unet = UNet2DConditionModel(**SDXL_UNET).to(dtype).eval()
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}: "
+          f"SDXL UNet {n_params} parameters, built in {time.time() - t0:.1f} s")
+    h = w = args.size // 8
+    B = args.batch
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
+    ctx = torch.randn(B, 77, 2048, generator=g).to(args.device, dtype)
+    added = {"text_embeds": torch.randn(B, 1280, generator=g).to(args.device, dtype),
+             "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * B, dtype=dtype, device=args.device)}
+    t = torch.full((B,), 500.0, device=args.device)
 
 
-def run():
-    with torch.no_grad():
-        unet(sample, t, encoder_hidden_states=ctx, added_cond_kwargs=added)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
+    def run():
+        with torch.no_grad():
+            unet(sample, t, encoder_hidden_states=ctx, added_cond_kwargs=added)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
 
-run()
-best = 1e30
-for _ in range(args.repeat):
-    t1 = time.time()
     run()
-    best = min(best, time.time() - t1)
-print(f"unet {args.size}x{args.size} px (latent {h}x{w}), batch {B}: {best:.3f} s per evaluation (best of {args.repeat})")
+    best = 1e30
+    for _ in range(args.repeat):
+        t1 = time.time()
+        run()
+        best = min(best, time.time() - t1)
+    print(f"unet {args.size}x{args.size} px (latent {h}x{w}), batch {B}: {best:.3f} s per evaluation (best of {args.repeat})")
+
+
+if __name__ == "__main__":
+    main()
