@@ -37,7 +37,7 @@ ifeq ($(OMP),1)
 endif
 
 LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c weights.c layers.c \
-          tokenizer.c sample.c vae.c clip.c sdxl.c
+          tokenizer.c sample.c vae.c clip.c sdxl.c lora.c pipeline.c
 CLI_SRC = main.c cli.c bench.c
 TEST_SRC = $(wildcard tests/*.c)
 HEADERS = $(wildcard *.h tests/*.h)
@@ -145,7 +145,9 @@ demo: sdxl
 	./sdxl demo --out demo_out/latent_seed42.png
 
 golden:
-	cd scripts && python3 make_golden_ops.py && python3 make_golden_rng.py && python3 make_golden_safetensors.py && python3 make_golden_png.py
+	cd scripts && python3 make_golden_ops.py && python3 make_golden_rng.py && python3 make_golden_safetensors.py && \
+	  python3 make_golden_png.py && python3 make_golden_tokenizer.py && python3 make_golden_sample.py && \
+	  python3 make_golden_sdxl.py && python3 make_golden_sgm.py && python3 make_golden_vae.py && python3 make_golden_lora.py
 
 clean:
 	rm -rf build demo_out sdxl sdxl_debug tests/run_tests tests/run_tests_debug

@@ -71,6 +71,28 @@ int clip_text_config_read(ClipTextConfig* c, const char* path, char* err) {
     return rc;
 }
 
+void clip_text_config_sdxl(ClipTextConfig* c, int which) {
+    memset(c, 0, sizeof(*c));
+    c->vocab_size = 49408;
+    c->max_positions = 77;
+    c->eps = 1e-5f;
+    c->eos_token_id = 2; // the legacy value in both SDXL configs: pooled row = argmax(ids)
+    if (which == 1) {
+        c->hidden = 768;
+        c->intermediate = 3072;
+        c->layers = 12;
+        c->heads = 12;
+        c->act = CLIP_ACT_QUICK_GELU;
+    } else {
+        c->hidden = 1280;
+        c->intermediate = 5120;
+        c->layers = 32;
+        c->heads = 20;
+        c->act = CLIP_ACT_GELU;
+        c->projection_dim = 1280;
+    }
+}
+
 // ----------------------------------------------------------------------------
 // Parameters
 

@@ -42,6 +42,9 @@ typedef struct {
     Weights w;
 } ClipText;
 
+// SDXL base's encoders, for single-file checkpoints that carry no config: which 1 = CLIP ViT-L/14
+// (text_encoder), 2 = OpenCLIP ViT-bigG/14 (text_encoder_2).
+void clip_text_config_sdxl(ClipTextConfig* c, int which);
 // Reads a transformers CLIP text config.json (CLIPTextConfig fields).
 int clip_text_config_read(ClipTextConfig* c, const char* path, char* err);
 

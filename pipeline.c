@@ -1,0 +1,441 @@
+// pipeline.c: SDXL text-to-image end to end. See pipeline.h.
+//
+// Mirrors diffusers' pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py (encode_prompt,
+// prepare_latents, _get_add_time_ids, the denoising loop with classifier-free guidance, the VAE
+// decode and image_processor.postprocess), with one deliberate difference: prompts are read as
+// AUTOMATIC1111 reads them (modules/sd_hijack_clip.py): emphasis weights such as (((word))), and
+// prompts longer than 75 tokens split into 77-token chunks that are encoded separately and
+// concatenated, the negative prompt padded with empty chunks to the same count. A plain prompt of
+// at most 75 tokens gives exactly diffusers' token ids and conditioning.
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "ops.h"
+
+const char* const STORYBOARD_NEGATIVE =
+    "(((colors))), (((color))), (((colorful))), (((colourful))), mature content, double body, double face, "
+    "double features, incorrect posture, two heads, two faces, extra limbs, missing limbs, bad anatomy, "
+    "bad proportions, deformed, disfigured, mutated hands, extra fingers, fused fingers, poorly drawn face, "
+    "poorly drawn hands, blurry, noisy, messy lines, photorealistic, photograph, 3d render, watermark, "
+    "signature, text, lowres, jpeg artifacts";
+
+// ----------------------------------------------------------------------------
+// Loading
+
+static int is_dir(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static int file_exists(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static void base_name(char* out, size_t cap, const char* path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    size_t n = strlen(tmp);
+    while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0; // "model/" -> "model"
+    const char* slash = strrchr(tmp, '/');
+    snprintf(out, cap, "%s", slash ? slash + 1 : tmp);
+    char* dot = strrchr(out, '.');
+    if (dot && strcmp(dot, ".safetensors") == 0) *dot = 0;
+}
+
+// The weights variant of a component folder: the caller's, else the plain files when present, else fp16.
+static const char* pick_variant(const char* dir, const char* stem, const char* asked) {
+    if (asked) return asked;
+    char single[4400], index[4400];
+    snprintf(single, sizeof(single), "%s/%s.safetensors", dir, stem);
+    snprintf(index, sizeof(index), "%s/%s.safetensors.index.json", dir, stem);
+    return file_exists(single) || file_exists(index) ? NULL : "fp16";
+}
+
+static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, char* err) {
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/model_index.json", root);
+    JsonDoc index;
+    if (json_read_file(&index, path, err) != 0) return -1;
+    const char* cls = json_get_string(&index.root, "_class_name");
+    if (!cls || strcmp(cls, "StableDiffusionXLPipeline") != 0) {
+        set_error(err, "%s: _class_name is \"%s\", expected StableDiffusionXLPipeline", path, cls ? cls : "(none)");
+        json_free(&index);
+        return -1;
+    }
+    m->force_zeros_for_empty_prompt = 1; // diffusers' default for SDXL
+    json_get_bool(&index.root, "force_zeros_for_empty_prompt", &m->force_zeros_for_empty_prompt);
+    json_free(&index);
+
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/tokenizer", root);
+    if (tokenizer_load(&m->tok1, dir, err) != 0) return -1;
+    snprintf(dir, sizeof(dir), "%s/tokenizer_2", root);
+    if (tokenizer_load(&m->tok2, dir, err) != 0) return -1;
+    snprintf(dir, sizeof(dir), "%s/text_encoder", root);
+    if (clip_text_load(&m->te1, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
+    snprintf(dir, sizeof(dir), "%s/text_encoder_2", root);
+    if (clip_text_load(&m->te2, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
+    snprintf(dir, sizeof(dir), "%s/unet", root);
+    if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), err) != 0) return -1;
+    snprintf(dir, sizeof(dir), "%s/vae", root);
+    if (vae_load(&m->vae, dir, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", root);
+    if (file_exists(path)) return scheduler_config_read(&m->sched, path, err);
+    scheduler_config_sdxl(&m->sched);
+    return 0;
+}
+
+static int load_single_file(SdxlModel* m, const char* file, const char* tokenizer_dir, char* err) {
+    if (!tokenizer_dir)
+        return set_error(err, "%s is a single-file checkpoint, which holds no tokenizer: give --tokenizer DIR "
+                              "(a folder with vocab.json and merges.txt, e.g. an SDXL diffusers folder's tokenizer/)", file);
+    SafeTensors st;
+    if (safetensors_open(&st, file, err) != 0) return -1;
+    int rc = -1;
+    if (!safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight") ||
+        !safetensors_find(&st, "conditioner.embedders.1.model.positional_embedding")) {
+        set_error(err, "%s: not an SDXL checkpoint in SGM layout (no model.diffusion_model.* or conditioner.embedders.1.model.*)", file);
+        goto done;
+    }
+    // both SDXL tokenizers share the vocabulary; the second pads with "!" (id 0), as diffusers'
+    // tokenizer_2 config says, which the loader picks up when the folder is a tokenizer_2/
+    if (tokenizer_load(&m->tok1, tokenizer_dir, err) != 0) goto done;
+    if (tokenizer_load(&m->tok2, tokenizer_dir, err) != 0) goto done;
+    m->tok2.pad_id = tokenizer_token_id(&m->tok2, "!");
+    ClipTextConfig c1, c2;
+    clip_text_config_sdxl(&c1, 1);
+    clip_text_config_sdxl(&c2, 2);
+    if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, err) != 0) goto done;
+    if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, err) != 0) goto done;
+    UnetConfig uc;
+    unet_config_sdxl(&uc);
+    if (unet_load_sgm(&m->unet, &uc, &st, err) != 0) goto done;
+    VaeConfig vc;
+    vae_config_sdxl(&vc);
+    if (vae_load_with_config(&m->vae, &vc, file, err) != 0) goto done;
+    scheduler_config_sdxl(&m->sched);
+    m->force_zeros_for_empty_prompt = 1;
+    rc = 0;
+done:
+    safetensors_close(&st);
+    return rc;
+}
+
+int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* tokenizer_dir, char* err) {
+    memset(m, 0, sizeof(*m));
+    base_name(m->name, sizeof(m->name), path);
+    int rc;
+    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, err);
+    else if (file_exists(path)) rc = load_single_file(m, path, tokenizer_dir, err);
+    else rc = set_error(err, "%s: no such file or folder", path);
+    if (rc != 0) sdxl_model_free(m);
+    return rc;
+}
+
+void sdxl_model_free(SdxlModel* m) {
+    if (m->tok1.id_to_token) tokenizer_free(&m->tok1);
+    if (m->tok2.id_to_token) tokenizer_free(&m->tok2);
+    if (m->te1.layers) clip_text_free(&m->te1);
+    if (m->te2.layers) clip_text_free(&m->te2);
+    if (m->unet.w.params) unet_free(&m->unet);
+    if (m->vae.weights.params) vae_free(&m->vae);
+    memset(m, 0, sizeof(*m));
+}
+
+// ----------------------------------------------------------------------------
+// Text conditioning
+
+// AUTOMATIC1111's "Original" emphasis (sd_emphasis.py EmphasisOriginal) on one chunk's encoder
+// output z (77, C): scale each token by its multiplier, then rescale the whole chunk so its mean
+// is what it was, so emphasis shifts attention between tokens without changing the overall level.
+static void apply_emphasis(float* z, const float* multipliers, int tokens, int C) {
+    int all_one = 1;
+    for (int i = 0; i < tokens; i++) all_one &= multipliers[i] == 1.0f;
+    if (all_one) return; // z * 1 and a mean ratio of exactly 1 would change nothing
+    double before = 0, after = 0;
+    for (size_t i = 0; i < (size_t)tokens * C; i++) before += z[i];
+    for (int t = 0; t < tokens; t++)
+        for (int c = 0; c < C; c++) z[(size_t)t * C + c] *= multipliers[t];
+    for (size_t i = 0; i < (size_t)tokens * C; i++) after += z[i];
+    float ratio = (float)((before / ((double)tokens * C)) / (after / ((double)tokens * C)));
+    for (size_t i = 0; i < (size_t)tokens * C; i++) z[i] *= ratio;
+}
+
+// Encodes [negative, positive] into context (2, n*77, C1 + C2) and pooled (2, P), host memory.
+// n is the largest chunk count of the four (two prompts x two tokenizers); shorter ones are padded
+// with empty chunks. A zeroed negative (force_zeros_for_empty_prompt) gives zeros in row 0.
+static int encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context_out,
+                          float** pooled_out, int* tokens_out, char* err) {
+    int zero_negative = m->force_zeros_for_empty_prompt && negative[0] == 0;
+    PromptChunks chunks[2][2]; // [prompt: 0 negative, 1 positive][tokenizer]
+    memset(chunks, 0, sizeof(chunks));
+    const char* texts[2] = {negative, positive};
+    const Tokenizer* toks[2] = {&m->tok1, &m->tok2};
+    int n = 1, rc = 0;
+    for (int p = 0; p < 2 && rc == 0; p++)
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            rc = prompt_chunks_build(toks[k], texts[p], &chunks[p][k], err);
+            if (rc == 0 && chunks[p][k].n_chunks > n) n = chunks[p][k].n_chunks;
+        }
+    if (rc != 0) {
+        for (int p = 0; p < 2; p++)
+            for (int k = 0; k < 2; k++) prompt_chunks_free(&chunks[p][k]);
+        return -1;
+    }
+    for (int p = 0; p < 2; p++)
+        for (int k = 0; k < 2; k++) prompt_chunks_pad(toks[k], &chunks[p][k], n);
+
+    const ClipText* encoders[2] = {&m->te1, &m->te2};
+    int C[2] = {m->te1.cfg.hidden, m->te2.cfg.hidden}, Ctot = C[0] + C[1], P = m->te2.cfg.projection_dim;
+    int L = n * CLIP_CONTEXT;
+    float* context = xcalloc((size_t)2 * L * Ctot, sizeof(float));
+    float* pooled = xcalloc((size_t)2 * P, sizeof(float));
+    int B = 2 * n; // every chunk of both prompts in one encoder call
+    int32_t* ids = xmalloc(sizeof(int32_t) * B * CLIP_CONTEXT);
+    for (int k = 0; k < 2; k++) {
+        const ClipText* te = encoders[k];
+        for (int p = 0; p < 2; p++)
+            for (int c = 0; c < n; c++)
+                memcpy(ids + (size_t)(p * n + c) * CLIP_CONTEXT, chunks[p][k].chunks[c].ids, sizeof(int32_t) * CLIP_CONTEXT);
+        Arena scratch;
+        arena_init(&scratch, "text encoder scratch", sizeof(float) * clip_text_scratch_floats(&te->cfg, B, CLIP_CONTEXT),
+                   backend_current() == BACKEND_CUDA);
+        float* d_hidden = device_malloc(sizeof(float) * B * CLIP_CONTEXT * C[k]);
+        float* d_pooled = k == 1 ? device_malloc(sizeof(float) * B * P) : NULL;
+        clip_text_forward(te, ids, B, CLIP_CONTEXT, d_hidden, d_pooled, &scratch);
+        float* hidden = xmalloc(sizeof(float) * B * CLIP_CONTEXT * C[k]);
+        copy_to_host(hidden, d_hidden, sizeof(float) * B * CLIP_CONTEXT * C[k]);
+        if (k == 1) { // A1111 and SGM pool the first chunk only
+            float* all_pooled = xmalloc(sizeof(float) * B * P);
+            copy_to_host(all_pooled, d_pooled, sizeof(float) * B * P);
+            for (int p = 0; p < 2; p++) memcpy(pooled + (size_t)p * P, all_pooled + (size_t)(p * n) * P, sizeof(float) * P);
+            free(all_pooled);
+            device_free(d_pooled);
+        }
+        for (int p = 0; p < 2; p++) {
+            for (int c = 0; c < n; c++) {
+                float* z = hidden + (size_t)(p * n + c) * CLIP_CONTEXT * C[k];
+                apply_emphasis(z, chunks[p][k].chunks[c].multipliers, CLIP_CONTEXT, C[k]);
+                // token t of chunk c goes to row c*77 + t, channels [0, C1) for CLIP-L, [C1, C1+C2) for bigG
+                for (int t = 0; t < CLIP_CONTEXT; t++)
+                    memcpy(context + ((size_t)p * L + (size_t)c * CLIP_CONTEXT + t) * Ctot + (k ? C[0] : 0),
+                           z + (size_t)t * C[k], sizeof(float) * C[k]);
+            }
+        }
+        free(hidden);
+        device_free(d_hidden);
+        arena_free(&scratch);
+    }
+    if (zero_negative) { // diffusers: negative_prompt None -> zeros; A1111: "" -> zeros
+        memset(context, 0, sizeof(float) * L * Ctot);
+        memset(pooled, 0, sizeof(float) * P);
+    }
+    free(ids);
+    for (int p = 0; p < 2; p++)
+        for (int k = 0; k < 2; k++) prompt_chunks_free(&chunks[p][k]);
+    *context_out = context;
+    *pooled_out = pooled;
+    *tokens_out = L;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Denoising with classifier-free guidance
+
+typedef struct {
+    const Unet* unet;
+    const float* context; // (N, L, 2048) on the backend: [negative, positive], or the positive alone
+    const float* pooled;  // (N, pooled)
+    float time_ids[2 * 6];
+    int L, N, h, w;
+    float cfg;
+    float* x2;   // (N, 4, h, w): the model input, duplicated for the two prompts
+    float* eps2; // (N, 4, h, w)
+    Arena* act;
+    // progress
+    int quiet, steps;
+    double t_start;
+} Denoiser;
+
+// ModelFn (sample.h): eps = eps_negative + cfg * (eps_positive - eps_negative), one UNet call at batch 2.
+static void guided_eps(void* vctx, const float* model_input, float t, int step, float* out) {
+    Denoiser* d = vctx;
+    size_t n = (size_t)4 * d->h * d->w;
+    float ts[2] = {t, t};
+    for (int b = 0; b < d->N; b++) copy_device_to_device(d->x2 + b * n, model_input, sizeof(float) * n);
+    unet_forward(d->unet, d->N == 2 ? d->eps2 : out, d->x2, ts, d->context, d->L, d->pooled, d->time_ids, d->N, d->h, d->w,
+                 d->act);
+    if (d->N == 2) cfg_combine(out, d->eps2, d->eps2 + n, d->cfg, n);
+    if (!d->quiet) {
+        device_synchronize();
+        double elapsed = now_seconds() - d->t_start;
+        double per_step = elapsed / (step + 1);
+        fprintf(stderr, "\rstep %d/%d  %.2f s/it  ETA %.0f s   ", step + 1, d->steps, per_step,
+                per_step * (d->steps - step - 1));
+        if (step + 1 == d->steps) fputc('\n', stderr);
+    }
+}
+
+// ----------------------------------------------------------------------------
+
+char* storyboard_prompt(const char* prompt) {
+    size_t n = strlen(prompt) + strlen(STORYBOARD_STYLE) + 3;
+    char* s = xmalloc(n);
+    if (prompt[0]) snprintf(s, n, "%s, %s", prompt, STORYBOARD_STYLE);
+    else snprintf(s, n, "%s", STORYBOARD_STYLE);
+    return s;
+}
+
+char* a1111_parameters(const SdxlModel* m, const GenerateParams* p) {
+    static const char* sampler_a1111[] = {"Euler", "Euler a", "DDIM", "DPM++ 2M"};
+    size_t cap = strlen(p->prompt) + strlen(p->negative) + 1024;
+    char* s = xmalloc(cap);
+    size_t n = (size_t)snprintf(s, cap, "%s", p->prompt);
+    if (p->lora_name) n += (size_t)snprintf(s + n, cap - n, " <lora:%s:%g>", p->lora_name, p->lora_scale); // A1111's way
+    if (p->negative[0]) n += (size_t)snprintf(s + n, cap - n, "\nNegative prompt: %s", p->negative);
+    n += (size_t)snprintf(s + n, cap - n, "\nSteps: %d, Sampler: %s, %sCFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s, Version: sdxl.c",
+                          p->steps, sampler_a1111[p->sampler], p->sampler == SAMPLER_DPMPP_2M_KARRAS ? "Schedule type: Karras, " : "",
+                          p->cfg, (unsigned long long)p->seed, p->width, p->height, m->name);
+    return s;
+}
+
+void generate_trace_free(GenerateTrace* t) {
+    free(t->context);
+    free(t->pooled);
+    free(t->latents_final);
+    free(t->image);
+    memset(t, 0, sizeof(*t));
+}
+
+int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTrace* trace, char* err) {
+    memset(out, 0, sizeof(*out));
+    if (p->width < 8 || p->height < 8 || p->width > 4096 || p->height > 4096)
+        return set_error(err, "image size %dx%d is outside 8..4096", p->width, p->height);
+    if (p->steps < 1 || p->steps > 1000) return set_error(err, "steps must be in 1..1000 (got %d)", p->steps);
+    // SDXL works on multiples of 8 (the VAE's factor): generate at the next ones and crop (1365 -> 1368)
+    int gen_w = (p->width + 7) / 8 * 8, gen_h = (p->height + 7) / 8 * 8, h = gen_h / 8, w = gen_w / 8;
+    Schedule sched;
+    if (schedule_init(&sched, p->sampler, p->steps, &m->sched, err) != 0) return -1;
+
+    // text -> conditioning
+    float *context, *pooled;
+    int L;
+    if (encode_prompts(m, p->prompt, p->negative, &context, &pooled, &L, err) != 0) return -1;
+    int Ctot = m->te1.cfg.hidden + m->te2.cfg.hidden, P = m->te2.cfg.projection_dim;
+    if (Ctot != m->unet.cfg.cross_attention_dim || P + 6 * m->unet.cfg.addition_time_embed_dim !=
+                                                        m->unet.cfg.projection_class_embeddings_input_dim) {
+        free(context);
+        free(pooled);
+        return set_error(err, "%s: the text encoders give %d + %d values, the UNet expects %d and %d", m->name, Ctot, P,
+                         m->unet.cfg.cross_attention_dim, m->unet.cfg.projection_class_embeddings_input_dim);
+    }
+    int N = p->cfg > 1.0f ? 2 : 1; // diffusers skips guidance (and the negative prompt) at scale <= 1
+    size_t row = (size_t)L * Ctot;
+    float* d_context = device_malloc(sizeof(float) * N * row);
+    float* d_pooled = device_malloc(sizeof(float) * N * P);
+    copy_to_device(d_context, N == 2 ? context : context + row, sizeof(float) * N * row);
+    copy_to_device(d_pooled, N == 2 ? pooled : pooled + P, sizeof(float) * N * P);
+
+    // initial latents: torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(seed)) * init_noise_sigma
+    size_t n = (size_t)4 * h * w;
+    TorchGenerator gen;
+    torch_manual_seed(&gen, p->seed);
+    float* noise = xmalloc(sizeof(float) * n);
+    torch_randn(&gen, noise, n);
+    float* x = device_malloc(sizeof(float) * n);
+    copy_to_device(x, noise, sizeof(float) * n);
+    scale_forward(x, x, sched.init_noise_sigma, n);
+    free(noise);
+
+    // the denoising loop
+    Denoiser d = {0};
+    d.unet = &m->unet;
+    d.context = d_context;
+    d.pooled = d_pooled;
+    d.L = L;
+    d.N = N;
+    d.h = h;
+    d.w = w;
+    d.cfg = p->cfg;
+    // add_time_ids: original size, crop top-left, target size, the same for both prompts
+    float ids[6] = {(float)gen_h, (float)gen_w, 0.0f, 0.0f, (float)gen_h, (float)gen_w};
+    memcpy(d.time_ids, ids, sizeof(ids));
+    memcpy(d.time_ids + 6, ids, sizeof(ids));
+    d.x2 = device_malloc(sizeof(float) * N * n);
+    d.eps2 = device_malloc(sizeof(float) * N * n);
+    Arena act, scratch;
+    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&m->unet.cfg, N, h, w, L),
+               backend_current() == BACKEND_CUDA);
+    arena_init(&scratch, "sampler scratch", sample_scratch_bytes(n), backend_current() == BACKEND_CUDA);
+    d.act = &act;
+    d.quiet = p->quiet;
+    d.steps = p->steps;
+    d.t_start = now_seconds();
+    sample(&sched, x, n, guided_eps, &d, &gen, &scratch);
+    arena_free(&scratch);
+    arena_free(&act);
+    device_free(d.x2);
+    device_free(d.eps2);
+    device_free(d_context);
+    device_free(d_pooled);
+
+    if (trace) {
+        memset(trace, 0, sizeof(*trace));
+        trace->context = context;
+        trace->pooled = pooled;
+        trace->context_tokens = L;
+        trace->latents_final = xmalloc(sizeof(float) * n);
+        copy_to_host(trace->latents_final, x, sizeof(float) * n);
+        trace->gen_width = gen_w;
+        trace->gen_height = gen_h;
+    } else {
+        free(context);
+        free(pooled);
+    }
+
+    // latents / scaling_factor -> VAE decoder -> (1, 3, gen_h, gen_w) in about [-1, 1]
+    scale_forward(x, x, 1.0f / m->vae.config.scaling_factor, n);
+    size_t npix = (size_t)3 * gen_h * gen_w;
+    float* d_image = device_malloc(sizeof(float) * npix);
+    Arena vae_act;
+    arena_init(&vae_act, "vae activations", vae_decode_arena_bytes(&m->vae.config, 1, h, w), backend_current() == BACKEND_CUDA);
+    vae_decode(&m->vae, d_image, x, 1, h, w, &vae_act);
+    arena_free(&vae_act);
+    float* image = xmalloc(sizeof(float) * npix);
+    copy_to_host(image, d_image, sizeof(float) * npix);
+    device_free(d_image);
+    device_free(x);
+
+    // image_processor.postprocess: (x / 2 + 0.5).clamp(0, 1), then round(x * 255) to 8 bits
+    // (numpy rounds halves to even; rintf does too in the default rounding mode)
+    if (trace) trace->image = xmalloc(sizeof(float) * npix);
+    out->width = p->width;
+    out->height = p->height;
+    out->channels = 3;
+    out->depth = 8;
+    uint8_t* rgb = xmalloc((size_t)p->width * p->height * 3);
+    int x0 = (gen_w - p->width) / 2, y0 = (gen_h - p->height) / 2; // centre crop
+    for (int y = 0; y < gen_h; y++)
+        for (int xx = 0; xx < gen_w; xx++)
+            for (int c = 0; c < 3; c++) {
+                float v = image[(size_t)c * gen_h * gen_w + (size_t)y * gen_w + xx] / 2.0f + 0.5f;
+                v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+                if (trace) trace->image[((size_t)y * gen_w + xx) * 3 + c] = v;
+                int cx = xx - x0, cy = y - y0;
+                if (cx >= 0 && cx < p->width && cy >= 0 && cy < p->height)
+                    rgb[((size_t)cy * p->width + cx) * 3 + c] = (uint8_t)rintf(v * 255.0f);
+            }
+    free(image);
+    out->data = rgb;
+    char* params = a1111_parameters(m, p);
+    image_add_text(out, "parameters", params);
+    free(params);
+    return 0;
+}
