@@ -405,6 +405,17 @@ int vae_load(Vae* vae, const char* path, char* err) {
     return vae_load_with_config(vae, &cfg, path, err);
 }
 
+void vae_init_random(Vae* vae, const VaeConfig* cfg, uint64_t seed) {
+    memset(vae, 0, sizeof(*vae));
+    vae->config = *cfg;
+    weights_init(&vae->weights, "vae");
+    vae_build(vae, &vae->weights);
+    weights_allocate(&vae->weights);
+    vae_build(vae, &vae->weights);
+    weights_finish(&vae->weights);
+    weights_fill_random(&vae->weights, seed);
+}
+
 void vae_free(Vae* vae) {
     weights_free(&vae->weights);
     free(vae->modules);

@@ -122,6 +122,8 @@ int vae_load(Vae* vae, const char* folder_or_file, char* err);
 // The same with an explicit config (a single file of a non-SDXL-sized VAE, as the tests' tiny one).
 int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* folder_or_file, char* err);
 void vae_free(Vae* vae);
+// The VAE of a config with random weights (weights_fill_random), for the weight-free demo.
+void vae_init_random(Vae* vae, const VaeConfig* cfg, uint64_t seed);
 
 // Letters: N batch, h w latent size, H W image size (H = h * 2^(levels-1): 8x for SDXL).
 //
