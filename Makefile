@@ -38,7 +38,7 @@ endif
 
 LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c weights.c layers.c \
           tokenizer.c sample.c vae.c clip.c sdxl.c lora.c pipeline.c
-CLI_SRC = main.c cli.c bench.c
+CLI_SRC = main.c cli.c bench.c demo.c
 TEST_SRC = $(wildcard tests/*.c)
 HEADERS = $(wildcard *.h tests/*.h)
 
@@ -139,10 +139,10 @@ fuzz:
 	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t 2>&1 | tail -4) || exit 1; \
 	done
 
-# Until the SDXL pipeline lands (issue 3), the demo runs what exists end to end: seed-42 latent
-# noise identical to torch.randn, through the op core, to a 1365x768 PNG with A1111 parameters.
+# The whole pipeline with no download: a tiny random-weight SDXL written by C (demo_out/tiny_sdxl),
+# then `generate` with the storyboard defaults to demo_out/storyboard_demo.png (noise: random weights).
 demo: sdxl
-	./sdxl demo --out demo_out/latent_seed42.png
+	./sdxl demo
 
 golden:
 	cd scripts && python3 make_golden_ops.py && python3 make_golden_rng.py && python3 make_golden_safetensors.py && \

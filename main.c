@@ -1,12 +1,13 @@
 // main.c: the `sdxl` command line.
 //
+//   sdxl generate             prompt(s) to storyboard thumbnails with an SDXL model and a LoRA
+//   sdxl demo                 the whole pipeline on a tiny random-weight SDXL (no download)
 //   sdxl info                 what this binary was built with and what it can see
-//   sdxl demo                 the foundation end to end: torch-identical seed-42 latent noise
-//                             through the op core to a PNG with A1111 generation parameters
-//   sdxl bench matmul         GEMM throughput (GFLOP/s) on the CPU or CUDA backend
+//   sdxl bench matmul|unet    GEMM throughput; seconds per full-size UNet evaluation
+//   sdxl verify unet          our UNet against a reference evaluation from another implementation
 //
-// Text-to-image (`generate`), LoRA training (`train`) and evaluation (`eval`) arrive with their
-// issues; README.md keeps the table of what works today.
+// LoRA training (`train`) and evaluation (`eval`) arrive with their issues; README.md keeps the
+// table of what works today.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,10 @@
 
 #include "cli.h"
 #include "common.h"
+#include "demo.h"
+#include "lora.h"
 #include "ops.h"
+#include "pipeline.h"
 #include "png.h"
 #include "rng.h"
 #include "sdxl.h"
@@ -42,94 +46,223 @@ static int info_main(void) {
 }
 
 // ----------------------------------------------------------------------------
-// sdxl demo: what the foundation can do end to end, with no weights.
-//
-// 1. the initial latent of a 1368x768 SDXL generation, seed 42, exactly as
-//    torch.randn((1, 4, 96, 171), generator=torch.Generator("cpu").manual_seed(42)) gives it;
-// 2. through ops on the chosen backend: nearest 8x upsampling to pixel size and a scale/shift
-//    of its first three channels to [0, 1] (a view of the noise, not a decoded image);
-// 3. cropped to the storyboard's exact 1365x768 and written as a PNG whose `parameters` text
-//    chunk carries the settings in AUTOMATIC1111's form.
+// sdxl generate: prompt(s) to storyboard thumbnails
 
-static int demo_main(int argc, char** argv) {
-    int seed = 42;                      // torch CPU generator seed
-    int width = 1365, height = 768;     // the storyboard thumbnail size
-    const char* out_path = "demo_out/latent_seed42.png";
+// Reads a prompts file: one prompt per line; blank lines and lines starting with '#' are skipped.
+// Returns the count; *lines holds malloc'd strings.
+static int read_prompts(const char* path, char*** lines) {
+    uint8_t* text;
+    size_t size;
+    char err[ERR_MAX];
+    if (read_file(path, &text, &size, err) != 0) fatal("%s", err);
+    int count = 0, cap = 16;
+    *lines = xmalloc(sizeof(char*) * cap);
+    char* save = NULL;
+    for (char* line = strtok_r((char*)text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+        while (*line == ' ' || *line == '\t') line++;
+        if (!*line || *line == '#') continue;
+        if (count == cap) *lines = xrealloc(*lines, sizeof(char*) * (cap *= 2));
+        (*lines)[count++] = xstrdup(line);
+    }
+    free(text);
+    if (count == 0) fatal("%s: no prompts (one per line; '#' starts a comment)", path);
+    return count;
+}
+
+// Everything `generate` and `demo` share: the model is loaded, the LoRA merged; run every prompt.
+typedef struct {
+    const char* prompt;
+    const char* prompts_file;
+    const char* negative;     // NULL: the storyboard negative prompt (or "" with --no-style)
+    const char* lora;
+    float lora_scale;
+    const char* sampler;
+    int steps;
+    float cfg;
+    int seed;
+    int width, height;
+    const char* out;
+    int no_style;
+} GenerateOptions;
+
+static void make_parent_dir(const char* path) {
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char* slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = 0;
+        mkdir(dir, 0755); // an existing folder is fine; the PNG writer reports anything else
+    }
+}
+
+static int run_prompts(SdxlModel* model, const GenerateOptions* o) {
+    GenerateParams p = {0};
+    if (sampler_from_name(o->sampler, &p.sampler) != 0)
+        fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
+    p.width = o->width;
+    p.height = o->height;
+    p.steps = o->steps;
+    p.cfg = o->cfg;
+    p.seed = (uint64_t)o->seed;
+    p.lora_scale = o->lora_scale;
+    char lora_name[256] = "";
+    if (o->lora) {
+        const char* slash = strrchr(o->lora, '/');
+        snprintf(lora_name, sizeof(lora_name), "%s", slash ? slash + 1 : o->lora);
+        char* dot = strrchr(lora_name, '.');
+        if (dot) *dot = 0;
+        p.lora_name = lora_name;
+    }
+    char** prompts;
+    int n_prompts;
+    if (o->prompts_file) {
+        n_prompts = read_prompts(o->prompts_file, &prompts);
+    } else {
+        prompts = xmalloc(sizeof(char*));
+        prompts[0] = xstrdup(o->prompt);
+        n_prompts = 1;
+    }
+    const char* negative = o->negative ? o->negative : o->no_style ? "" : STORYBOARD_NEGATIVE;
+    for (int i = 0; i < n_prompts; i++) {
+        char* full = o->no_style ? xstrdup(prompts[i]) : storyboard_prompt(prompts[i]);
+        p.prompt = full;
+        p.negative = negative;
+        char path[4200];
+        if (o->prompts_file) snprintf(path, sizeof(path), "%s/%03d.png", o->out, i + 1);
+        else snprintf(path, sizeof(path), "%s", o->out);
+        printf("[%d/%d] %s\n", i + 1, n_prompts, full);
+        Image img;
+        char err[ERR_MAX];
+        double t0 = now_seconds();
+        if (sdxl_generate(model, &p, &img, NULL, err) != 0) fatal("%s", err);
+        make_parent_dir(path);
+        if (png_write(path, &img, err) != 0) fatal("%s", err);
+        printf("  wrote %s (%dx%d) in %.1f s\n", path, img.width, img.height, now_seconds() - t0);
+        image_free(&img);
+        free(full);
+        free(prompts[i]);
+    }
+    free(prompts);
+    return 0;
+}
+
+static void validate_generate_options(const GenerateOptions* o) {
+    if (o->steps < 1 || o->steps > 1000) fatal("--steps must be in 1..1000 (got %d)", o->steps);
+    if (!(o->cfg >= 0.0f && o->cfg <= 100.0f)) fatal("--cfg must be in 0..100 (got %g)", o->cfg);
+    if (o->width < 8 || o->width > 4096 || o->height < 8 || o->height > 4096)
+        fatal("--width and --height must be in 8..4096 (got %dx%d)", o->width, o->height);
+    if (o->seed < 0) fatal("--seed must be non-negative (got %d)", o->seed);
+    if (!(o->lora_scale >= -10.0f && o->lora_scale <= 10.0f)) fatal("--lora-scale must be in -10..10 (got %g)", o->lora_scale);
+    SamplerKind k;
+    if (sampler_from_name(o->sampler, &k) != 0)
+        fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
+}
+
+static void load_model(SdxlModel* model, const char* path, const char* variant, const char* tokenizer, const char* lora,
+                       float lora_scale) {
+    char err[ERR_MAX];
+    double t0 = now_seconds();
+    if (sdxl_model_load(model, path, variant, tokenizer, err) != 0) fatal("%s", err);
+    printf("loaded %s in %.1f s\n", path, now_seconds() - t0);
+    if (lora) {
+        Lora l;
+        if (lora_load(&l, lora, err) != 0) fatal("%s", err);
+        if (lora_merge(&l, lora_scale, &model->unet, &model->te1, &model->te2, err) != 0) fatal("%s", err);
+        printf("merged LoRA %s at scale %g (%d modules)\n", lora, lora_scale, l.count);
+        lora_free(&l);
+    }
+}
+
+// The job's defaults: one initialiser, each commented (README "What a run does").
+static GenerateOptions generate_defaults(void) {
+    GenerateOptions o = {0};
+    o.lora_scale = 0.4f;        // the fine-tuned storyboard LoRA at 0.4
+    o.sampler = "euler";        // diffusers' EulerDiscreteScheduler, SDXL's default
+    o.steps = 25;
+    o.cfg = 12.0f;              // strong guidance keeps the drawings black and white
+    o.seed = 42;
+    o.width = 1365;             // 16:9 storyboard thumbnail; generated at 1368x768, centre-cropped
+    o.height = 768;
+    o.out = "storyboard.png";
+    return o;
+}
+
+static int generate_main(int argc, char** argv) {
+    GenerateOptions o = generate_defaults();
+    const char* model = NULL;
+    const char* variant = NULL;
+    const char* tokenizer = NULL;
     const char* backend = "cpu";
     Option options[] = {
-        {"--seed", OPT_INT, &seed, "seed of the torch-identical CPU generator"},
-        {"--width", OPT_INT, &width, "output width in pixels"},
-        {"--height", OPT_INT, &height, "output height in pixels"},
-        {"--out", OPT_STRING, &out_path, "PNG to write"},
-        {"--backend", OPT_STRING, &backend, "where the ops run: cpu or cuda"},
+        {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors"},
+        {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
+        {"--prompts", OPT_STRING, &o.prompts_file, "a file with one prompt per line; --out is then a folder"},
+        {"--negative", OPT_STRING, &o.negative, "negative prompt (default: the storyboard negative prompt)"},
+        {"--no-style", OPT_FLAG, &o.no_style, "no storyboard template appended, no default negative prompt"},
+        {"--lora", OPT_STRING, &o.lora, "a LoRA file (kohya, diffusers or PEFT) to merge"},
+        {"--lora-scale", OPT_FLOAT, &o.lora_scale, "LoRA strength"},
+        {"--sampler", OPT_STRING, &o.sampler, "one of euler, euler_a, ddim, dpmpp_2m_karras"},
+        {"--steps", OPT_INT, &o.steps, "denoising steps"},
+        {"--cfg", OPT_FLOAT, &o.cfg, "classifier-free guidance scale"},
+        {"--seed", OPT_INT, &o.seed, "seed of the torch-identical CPU generator"},
+        {"--width", OPT_INT, &o.width, "output width in pixels (any; generated at the next multiple of 8, centre-cropped)"},
+        {"--height", OPT_INT, &o.height, "output height in pixels"},
+        {"--out", OPT_STRING, &o.out, "PNG to write (a folder with --prompts)"},
+        {"--variant", OPT_STRING, &variant, "weights variant, e.g. fp16 (default: plain files when present, else fp16)"},
+        {"--tokenizer", OPT_STRING, &tokenizer, "tokenizer folder, for single-file checkpoints"},
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
-    if (options_parse(options, n_options, argc, argv, 2, "sdxl demo [options]")) return 0;
-    if (width < 8 || height < 8 || width > 8192 || height > 8192)
-        fatal("--width/--height must be between 8 and 8192 (got %dx%d)", width, height);
+    const char* usage = "sdxl generate --model PATH --prompt TEXT [options]";
+    if (options_parse(options, n_options, argc, argv, 2, usage)) return 0;
+    if (!model) fatal("--model is required (an SDXL diffusers folder or .safetensors file); see sdxl generate --help");
+    if (!o.prompt == !o.prompts_file) fatal("give exactly one of --prompt TEXT or --prompts FILE");
+    if (o.prompts_file && strcmp(o.out, "storyboard.png") == 0) o.out = "storyboard_out";
+    validate_generate_options(&o);
     backend_select_by_name(backend);
+    options_print_values(options, n_options);
+    SdxlModel m;
+    load_model(&m, model, variant, tokenizer, o.lora, o.lora_scale);
+    run_prompts(&m, &o);
+    sdxl_model_free(&m);
+    return 0;
+}
 
-    // SDXL works on multiples of 8: generate at the next multiple and crop (1365 -> 1368).
-    int gen_w = (width + 7) / 8 * 8, gen_h = (height + 7) / 8 * 8;
-    int lat_w = gen_w / 8, lat_h = gen_h / 8;
-    size_t n_latent = (size_t)4 * lat_h * lat_w;
-    printf("demo: seed %d, latent (1, 4, %d, %d), %dx%d cropped to %dx%d, backend %s\n", seed, lat_h, lat_w, gen_w, gen_h,
-           width, height, backend_name(backend_current()));
+// ----------------------------------------------------------------------------
+// sdxl demo: the whole pipeline with no weights to download. A tiny SDXL with random weights (same
+// structure, small widths) is written as a diffusers folder by demo.c, loaded back like any model,
+// and run with the storyboard defaults. The picture is noise, because the weights are random.
 
-    float* latent = xmalloc(sizeof(float) * n_latent);
-    TorchGenerator gen;
-    torch_manual_seed(&gen, (uint64_t)seed);
-    torch_randn(&gen, latent, n_latent);
-    printf("  latent[0:4] = %.7f %.7f %.7f %.7f (torch.randn gives the same bits)\n", latent[0], latent[1], latent[2],
-           latent[3]);
-
-    size_t n_pixels = (size_t)4 * gen_h * gen_w;
-    float* d_latent = device_malloc(sizeof(float) * n_latent);
-    float* d_pixels = device_malloc(sizeof(float) * n_pixels);
-    copy_to_device(d_latent, latent, sizeof(float) * n_latent);
-    upsample_nearest_forward(d_pixels, d_latent, 1, 4, lat_h, lat_w, gen_h, gen_w);
-    float* pixels = xmalloc(sizeof(float) * n_pixels);
-    copy_to_host(pixels, d_pixels, sizeof(float) * n_pixels);
-
-    Image img = {0};
-    img.width = width;
-    img.height = height;
-    img.channels = 3;
-    img.depth = 8;
-    uint8_t* rgb = xmalloc((size_t)width * height * 3);
-    int crop_x = (gen_w - width) / 2, crop_y = (gen_h - height) / 2; // centre crop
-    for (int y = 0; y < height; y++)
-        for (int x = 0; x < width; x++)
-            for (int c = 0; c < 3; c++) {
-                float v = pixels[(size_t)c * gen_h * gen_w + (size_t)(y + crop_y) * gen_w + (x + crop_x)];
-                v = v / 6.0f + 0.5f; // N(0, 1) noise: -3..3 sigma onto 0..1
-                v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
-                rgb[((size_t)y * width + x) * 3 + c] = (uint8_t)(v * 255.0f + 0.5f);
-            }
-    img.data = rgb;
-    char parameters[512];
-    snprintf(parameters, sizeof(parameters),
-             "initial latent noise (sdxl.c demo)\nSteps: 0, Sampler: none, CFG scale: 0, Seed: %d, Size: %dx%d, "
-             "Model: none, RNG: CPU",
-             seed, width, height);
-    image_add_text(&img, "parameters", parameters);
-
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", out_path);
-    char* slash = strrchr(dir, '/');
-    if (slash) {
-        *slash = 0;
-        mkdir(dir, 0755); // an existing folder is fine; png_write reports anything else
-    }
+static int demo_main(int argc, char** argv) {
+    GenerateOptions o = generate_defaults();
+    o.prompt = "a detective opens a door to a dark room";
+    o.out = "demo_out/storyboard_demo.png";
+    const char* folder = "demo_out/tiny_sdxl";
+    const char* backend = "cpu";
+    Option options[] = {
+        {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
+        {"--steps", OPT_INT, &o.steps, "denoising steps"},
+        {"--sampler", OPT_STRING, &o.sampler, "one of euler, euler_a, ddim, dpmpp_2m_karras"},
+        {"--seed", OPT_INT, &o.seed, "seed of the torch-identical CPU generator"},
+        {"--width", OPT_INT, &o.width, "output width in pixels"},
+        {"--height", OPT_INT, &o.height, "output height in pixels"},
+        {"--model-dir", OPT_STRING, &folder, "where the tiny model is written"},
+        {"--out", OPT_STRING, &o.out, "PNG to write"},
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+    };
+    if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 2, "sdxl demo [options]")) return 0;
+    validate_generate_options(&o);
+    backend_select_by_name(backend);
     char err[ERR_MAX];
-    if (png_write(out_path, &img, err) != 0) fatal("%s", err);
-    printf("  wrote %s (%dx%d RGB, 'parameters' text chunk)\n", out_path, width, height);
-
-    image_free(&img); // frees rgb and the text
-    device_free(d_latent);
-    device_free(d_pixels);
-    free(latent);
-    free(pixels);
+    make_parent_dir(folder);
+    double t0 = now_seconds();
+    if (demo_model_write(folder, 1, err) != 0) fatal("%s", err);
+    printf("wrote a tiny random-weight SDXL to %s in %.1f s (its images are noise: the weights are random)\n", folder,
+           now_seconds() - t0);
+    SdxlModel m;
+    load_model(&m, folder, NULL, NULL, NULL, 0.0f);
+    run_prompts(&m, &o);
+    sdxl_model_free(&m);
     return 0;
 }
 
@@ -213,8 +346,9 @@ static int verify_main(int argc, char** argv) {
 static void usage(void) {
     printf("usage: sdxl <command> [options]\n\n"
            "commands:\n"
+           "  generate       prompt(s) to storyboard thumbnails (sdxl generate --help)\n"
+           "  demo           the whole pipeline on a tiny random-weight SDXL, no download\n"
            "  info           what this binary was built with and the devices it sees\n"
-           "  demo           seed-42 latent noise through the op core to a PNG (no weights needed)\n"
            "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n"
            "  bench unet     seconds per full-size SDXL UNet evaluation (random weights)\n"
            "  verify unet    our UNet against a reference evaluation (scripts/check_full_size.sh)\n\n"
@@ -227,6 +361,7 @@ int main(int argc, char** argv) {
         usage();
         return argc < 2 ? 1 : 0;
     }
+    if (strcmp(argv[1], "generate") == 0) return generate_main(argc, argv);
     if (strcmp(argv[1], "info") == 0) return info_main();
     if (strcmp(argv[1], "demo") == 0) return demo_main(argc, argv);
     if (strcmp(argv[1], "bench") == 0) return bench_main(argc, argv);

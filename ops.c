@@ -330,59 +330,55 @@ void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
 // ----------------------------------------------------------------------------
 // Attention
 
-// Dot product with eight fixed partial sums: the lanes make the loop vectorisable without
-// reassociating anything, so the result is the same on every machine and compiler.
-static float dot8(const float* a, const float* b, int n) {
-    float lane[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) lane[l] += a[i + l] * b[i + l];
-    for (; i < n; i++) lane[i % 8] += a[i] * b[i];
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
+#define ATTENTION_QUERY_BLOCK 64 // queries per task: the score block is 64 x Lk floats
 
+// For each (n, head, block of up to 64 queries), with the CPU GEMM:
+//   S = Q_blk K^T * scale          (Bq, Lk)  scores of the block against every key
+//   P = softmax(S) per row         exact: row maximum subtracted, sum in double
+//   O_blk = P V / rowsum           (Bq, HS)
+// The score block is the only temporary (Bq x Lk floats per thread), so memory stays linear in L.
+// Heads are strided views of the (N, L, NH*HS) layout: leading dimension NH*HS, no copies.
 void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
                            int HS, int causal) {
     if (HS > ATTENTION_MAX_HS) fatal("attention_forward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
     if (causal && Lq != Lk) fatal("attention_forward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
     const int D = NH * HS;
     const float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for collapse(3) schedule(static)
-    for (int n = 0; n < N; n++) {
-        for (int h = 0; h < NH; h++) {
-            for (int i = 0; i < Lq; i++) {
-                const float* q_i = q + ((size_t)n * Lq + i) * D + h * HS;
-                float acc[ATTENTION_MAX_HS]; // sum_j p_j v_j, with p_j relative to running_max
-                for (int d = 0; d < HS; d++) acc[d] = 0.0f;
-                float running_max = -INFINITY, running_sum = 0.0f;
-                int keys = causal ? i + 1 : Lk;
-                for (int j0 = 0; j0 < keys; j0 += ATTENTION_KEY_BLOCK) {
-                    int jn = keys - j0 < ATTENTION_KEY_BLOCK ? keys - j0 : ATTENTION_KEY_BLOCK;
-                    float score[ATTENTION_KEY_BLOCK];
-                    float block_max = -INFINITY;
-                    for (int j = 0; j < jn; j++) {
-                        const float* k_j = k + ((size_t)n * Lk + j0 + j) * D + h * HS;
-                        score[j] = dot8(q_i, k_j, HS) * scale;
-                        block_max = score[j] > block_max ? score[j] : block_max;
-                    }
-                    // rescale what was accumulated under the old maximum
-                    float new_max = running_max > block_max ? running_max : block_max;
-                    float correction = expf(running_max - new_max); // 0 on the first block
-                    running_sum *= correction;
-                    for (int d = 0; d < HS; d++) acc[d] *= correction;
-                    for (int j = 0; j < jn; j++) {
-                        const float* v_j = v + ((size_t)n * Lk + j0 + j) * D + h * HS;
-                        float p = expf(score[j] - new_max);
-                        running_sum += p;
-                        for (int d = 0; d < HS; d++) acc[d] += p * v_j[d];
-                    }
-                    running_max = new_max;
+    const int blocks = (Lq + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK;
+    const long tasks = (long)N * NH * blocks;
+#pragma omp parallel
+    {
+        float* scores = aligned_host_malloc(sizeof(float) * ATTENTION_QUERY_BLOCK * (size_t)Lk);
+#pragma omp for schedule(dynamic)
+        for (long task = 0; task < tasks; task++) {
+            int n = (int)(task / ((long)NH * blocks)), h = (int)(task / blocks % NH), blk = (int)(task % blocks);
+            int i0 = blk * ATTENTION_QUERY_BLOCK;
+            int bq = Lq - i0 < ATTENTION_QUERY_BLOCK ? Lq - i0 : ATTENTION_QUERY_BLOCK;
+            int keys = causal ? i0 + bq : Lk; // a causal block needs keys up to its last query
+            const float* q_blk = q + ((size_t)n * Lq + i0) * D + (size_t)h * HS;
+            const float* k_h = k + (size_t)n * Lk * D + (size_t)h * HS;
+            const float* v_h = v + (size_t)n * Lk * D + (size_t)h * HS;
+            float* o_blk = out + ((size_t)n * Lq + i0) * D + (size_t)h * HS;
+            // S (bq, keys) = scale * Q_blk (bq, HS) @ K^T (HS, keys)
+            sgemm_cpu(0, 1, bq, keys, HS, scale, q_blk, D, k_h, D, 0.0f, scores, keys);
+            for (int r = 0; r < bq; r++) {
+                float* s = scores + (size_t)r * keys;
+                int visible = causal ? i0 + r + 1 : keys; // query i sees keys j <= i
+                float maxval = -INFINITY;
+                for (int j = 0; j < visible; j++) maxval = s[j] > maxval ? s[j] : maxval;
+                double sum = 0.0;
+                for (int j = 0; j < visible; j++) {
+                    s[j] = expf(s[j] - maxval);
+                    sum += s[j];
                 }
-                float* out_i = out + ((size_t)n * Lq + i) * D + h * HS;
-                float inv = 1.0f / running_sum;
-                for (int d = 0; d < HS; d++) out_i[d] = acc[d] * inv;
+                float inv = (float)(1.0 / sum);
+                for (int j = 0; j < visible; j++) s[j] *= inv;
+                for (int j = visible; j < keys; j++) s[j] = 0.0f;
             }
+            // O_blk (bq, HS) = P (bq, keys) @ V (keys, HS)
+            sgemm_cpu(0, 0, bq, HS, keys, 1.0f, scores, keys, v_h, D, 0.0f, o_blk, D);
         }
+        aligned_host_free(scores);
     }
 }
 

@@ -161,10 +161,11 @@ void softmax_forward_cuda(float* out, const float* inp, int N, int C);
 //   q   (N, Lq, NH*HS)   k, v (N, Lk, NH*HS)   out (N, Lq, NH*HS)   (=)
 //   causal: query i sees keys j <= i (needs Lq == Lk); the text encoders use it.
 //   HS <= ATTENTION_MAX_HS. out must not alias q, k or v.
-// Both backends use the streaming ("online") softmax: keys are visited in blocks, a running
-// maximum and sum are kept, and the L x L score matrix is never stored.
+// Neither backend stores the L x L score matrix: the CPU reference scores blocks of 64 queries
+// against all keys with its GEMM and takes an exact softmax per row; CUDA streams keys in blocks
+// with the "online" softmax (a running maximum and sum).
 #define ATTENTION_MAX_HS 512   // the VAE's single-head mid-block attention has HS = 512
-#define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update, in both backends
+#define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update (CUDA)
 void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
                        int HS, int causal);
 void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,

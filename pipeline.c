@@ -105,10 +105,10 @@ static int load_single_file(SdxlModel* m, const char* file, const char* tokenize
         goto done;
     }
     // both SDXL tokenizers share the vocabulary; the second pads with "!" (id 0), as diffusers'
-    // tokenizer_2 config says, which the loader picks up when the folder is a tokenizer_2/
+    // tokenizer_2 config says
     if (tokenizer_load(&m->tok1, tokenizer_dir, err) != 0) goto done;
     if (tokenizer_load(&m->tok2, tokenizer_dir, err) != 0) goto done;
-    m->tok2.pad_id = tokenizer_token_id(&m->tok2, "!");
+    if (tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // tokenizer_2's pad, split out as diffusers does
     ClipTextConfig c1, c2;
     clip_text_config_sdxl(&c1, 1);
     clip_text_config_sdxl(&c2, 2);
@@ -168,11 +168,8 @@ static void apply_emphasis(float* z, const float* multipliers, int tokens, int C
     for (size_t i = 0; i < (size_t)tokens * C; i++) z[i] *= ratio;
 }
 
-// Encodes [negative, positive] into context (2, n*77, C1 + C2) and pooled (2, P), host memory.
-// n is the largest chunk count of the four (two prompts x two tokenizers); shorter ones are padded
-// with empty chunks. A zeroed negative (force_zeros_for_empty_prompt) gives zeros in row 0.
-static int encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context_out,
-                          float** pooled_out, int* tokens_out, char* err) {
+int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context_out,
+                        float** pooled_out, int* tokens_out, char* err) {
     int zero_negative = m->force_zeros_for_empty_prompt && negative[0] == 0;
     PromptChunks chunks[2][2]; // [prompt: 0 negative, 1 positive][tokenizer]
     memset(chunks, 0, sizeof(chunks));
@@ -327,7 +324,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     // text -> conditioning
     float *context, *pooled;
     int L;
-    if (encode_prompts(m, p->prompt, p->negative, &context, &pooled, &L, err) != 0) return -1;
+    if (sdxl_encode_prompts(m, p->prompt, p->negative, &context, &pooled, &L, err) != 0) return -1;
     int Ctot = m->te1.cfg.hidden + m->te2.cfg.hidden, P = m->te2.cfg.projection_dim;
     if (Ctot != m->unet.cfg.cross_attention_dim || P + 6 * m->unet.cfg.addition_time_embed_dim !=
                                                         m->unet.cfg.projection_class_embeddings_input_dim) {

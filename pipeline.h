@@ -63,6 +63,12 @@ typedef struct {
     int gen_width, gen_height;
 } GenerateTrace;
 
+// Encodes [negative, positive] into context (2, n*77, 2048) and pooled (2, 1280), fresh host arrays:
+// n is the largest chunk count of the four (two prompts x two tokenizers); shorter ones are padded
+// with empty chunks. An empty negative prompt encodes as zeros when force_zeros_for_empty_prompt.
+int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context, float** pooled,
+                        int* tokens, char* err);
+
 // Runs the pipeline on the current backend. out receives an 8-bit RGB image of width x height
 // carrying the `parameters` text; trace may be NULL. Returns 0, or -1 with a one-line error.
 int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTrace* trace, char* err);

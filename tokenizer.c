@@ -1,0 +1,1273 @@
+// tokenizer.c: SDXL prompt text -> token ids (and A1111 per-token weights).
+//
+// 1. CLIP BPE, as diffusers gets it from transformers 5.24 (`CLIPTokenizer` is a `tokenizers`
+//    backend built in transformers/models/clip/tokenization_clip.py; the slow Python tokenizer with
+//    its ftfy/BasicTokenizer cleaning is gone). For each prompt:
+//      a. added tokens are split out of the raw text (AddedVocabulary: leftmost-longest match),
+//         those flagged "normalized" out of the normalized text (step b) instead;
+//      b. normalizer: NFC, every run of \s to one space, lowercase (Rust char::to_lowercase, per
+//         character: no final-sigma rule);
+//      c. pre-tokenizer Split, keeping the matches of
+//           <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
+//         then ByteLevel, which re-splits each piece with GPT-2's regex: that only ever cuts the
+//         two special-token spellings, into "<|", letters, "|>";
+//      d. each piece's UTF-8 bytes through GPT-2 bytes_to_unicode, "</w>" on the last symbol, BPE
+//         merges by rank (tokenizers models/bpe), symbols to ids.
+//    The Unicode facts are in unicode_tables.h, generated and checked against `tokenizers` by
+//    scripts/make_unicode_tables.py: classes and lowercase are Unicode 16.0 (Oniguruma, Rust std),
+//    NFC covers Unicode 9.0 only, as the unicode-normalization-alignments crate inside tokenizers
+//    does (a mark added later has class 0 and is never reordered or composed).
+//    Which tokens are "added", and their "normalized" flags, follow what transformers 5.24 does
+//    with a folder's tokenizer.json / tokenizer_config.json / special_tokens_map.json (found by
+//    experiment; see load_added_tokens). For SDXL's tokenizer_2 this makes a literal "!" in a
+//    prompt id 0, the pad token, exactly as in diffusers (diffusers issue #4153).
+// 2. AUTOMATIC1111 emphasis, modules/prompt_parser.py parse_prompt_attention: the same token
+//    regex, bracket stacks, multiplication order and merging of equal weights, so the weights are
+//    the same doubles.
+// 3. A1111 chunking, modules/sd_hijack_clip.py FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line
+//    (75-token chunks, comma backtrack 20, BREAK) and process_tokens (ids after the first EOS set to
+//    the pad id: 0 for OpenCLIP bigG, sd_hijack_open_clip's id_pad).
+//
+// Differences on purpose: A1111 tokenizes for OpenCLIP bigG with open_clip's own tokenizer, where
+// "!" is ordinary text (id 256); we use tokenizer_2 as diffusers does ("!" is id 0), which keeps a
+// short prompt identical to diffusers, but lets "wow!!!" be 1 token for CLIP-L and 3 for bigG, so
+// the caller pads the shorter list of chunks (prompt_chunks_pad). A1111's CLIP-L tokenizer
+// (transformers 4, slow) ran ftfy; transformers 5 does not, nor do we. Bytes that are not UTF-8
+// read as U+FFFD (a Python string cannot hold them).
+//
+// Not here: textual-inversion embeddings, prompt editing [a:b:when] and alternation [a|b] (A1111
+// resolves those before parse_prompt_attention), ftfy text fixing (transformers 5 has none).
+#include "tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "json.h"
+#include "unicode_tables.h"
+
+// ----------------------------------------------------------------------------
+// small growable arrays
+
+typedef struct {
+    uint32_t* v;
+    int n, cap;
+} U32Vec;
+
+static void u32_push(U32Vec* a, uint32_t x) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 64;
+        a->v = xrealloc(a->v, (size_t)a->cap * sizeof(uint32_t));
+    }
+    a->v[a->n++] = x;
+}
+
+typedef struct {
+    int32_t* v;
+    int n, cap;
+} I32Vec;
+
+static void i32_push(I32Vec* a, int32_t x) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 64;
+        a->v = xrealloc(a->v, (size_t)a->cap * sizeof(int32_t));
+    }
+    a->v[a->n++] = x;
+}
+
+// ----------------------------------------------------------------------------
+// UTF-8
+
+// Decodes s[0..len) to code points. An ill-formed sequence becomes one U+FFFD per maximal
+// subpart (the Unicode recommendation, and what Python's decode(errors="replace") does), so any
+// byte string maps to the text a Python caller would have passed.
+static void utf8_decode(const char* s, size_t len, U32Vec* out) {
+    const uint8_t* p = (const uint8_t*)s;
+    size_t i = 0;
+    while (i < len) {
+        uint8_t b = p[i];
+        if (b < 0x80) {
+            u32_push(out, b);
+            i++;
+            continue;
+        }
+        int need;
+        uint32_t cp;
+        uint8_t lo = 0x80, hi = 0xBF; // allowed range of the second byte
+        if (b >= 0xC2 && b <= 0xDF) { need = 1; cp = b & 0x1F; }
+        else if (b >= 0xE0 && b <= 0xEF) {
+            need = 2;
+            cp = b & 0x0F;
+            if (b == 0xE0) lo = 0xA0;  // no overlong forms
+            if (b == 0xED) hi = 0x9F;  // no surrogates
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            need = 3;
+            cp = b & 0x07;
+            if (b == 0xF0) lo = 0x90;
+            if (b == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
+        } else {
+            u32_push(out, 0xFFFD);
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        int ok = 1;
+        for (int k = 0; k < need; k++, j++) {
+            uint8_t c = j < len ? p[j] : 0;
+            uint8_t min = k == 0 ? lo : 0x80, max = k == 0 ? hi : 0xBF;
+            if (j >= len || c < min || c > max) {
+                ok = 0;
+                break;
+            }
+            cp = (cp << 6) | (c & 0x3F);
+        }
+        u32_push(out, ok ? cp : 0xFFFD);
+        i = j; // on failure j stops at the offending byte, which starts the next sequence
+    }
+}
+
+static int utf8_encode(uint32_t cp, char* out) {
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+// ----------------------------------------------------------------------------
+// Unicode classes, lowercase and NFC (tables in unicode_tables.h)
+
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+static int in_ranges(const UnicodeRange* r, int n, uint32_t cp) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < r[mid].first) hi = mid - 1;
+        else if (cp > r[mid].last) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+static int is_letter(uint32_t cp) {
+    if (cp < 0x80) return (cp | 0x20) >= 'a' && (cp | 0x20) <= 'z';
+    return in_ranges(unicode_letters, COUNT(unicode_letters), cp);
+}
+
+static int is_number(uint32_t cp) {
+    if (cp < 0x80) return cp >= '0' && cp <= '9';
+    return in_ranges(unicode_numbers, COUNT(unicode_numbers), cp);
+}
+
+static int in_list(const uint32_t* list, int n, uint32_t cp) {
+    for (int i = 0; i < n; i++)
+        if (list[i] == cp) return 1;
+    return 0;
+}
+
+// \s of the tokenizers regexes (Oniguruma: White_Space)
+static int is_space_onig(uint32_t cp) { return in_list(unicode_spaces_onig, COUNT(unicode_spaces_onig), cp); }
+// \s and \w of Python's re, for A1111's BREAK pattern
+static int is_space_python(uint32_t cp) { return in_list(unicode_spaces_python, COUNT(unicode_spaces_python), cp); }
+static int is_word_python(uint32_t cp) { return cp == '_' || is_letter(cp) || is_number(cp); }
+
+// Appends the lowercase of cp (one code point, or two for U+0130).
+static void lowercase_push(U32Vec* out, uint32_t cp) {
+    if (cp < 0x80) {
+        u32_push(out, cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+        return;
+    }
+    if (cp == 0x130) { // LATIN CAPITAL LETTER I WITH DOT ABOVE: "i" + COMBINING DOT ABOVE (SpecialCasing)
+        u32_push(out, 'i');
+        u32_push(out, 0x307);
+        return;
+    }
+    int lo = 0, hi = COUNT(unicode_lowercase) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        const UnicodeCaseRun* r = &unicode_lowercase[mid];
+        if (cp < r->first) hi = mid - 1;
+        else if (cp > r->last) lo = mid + 1;
+        else {
+            if ((cp - r->first) % r->stride == 0) cp = (uint32_t)((int32_t)cp + r->delta);
+            break;
+        }
+    }
+    u32_push(out, cp);
+}
+
+static uint32_t combining_class(uint32_t cp) {
+    if (cp < 0x300) return 0;
+    int lo = 0, hi = COUNT(unicode_combining) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < unicode_combining[mid].first) hi = mid - 1;
+        else if (cp > unicode_combining[mid].last) lo = mid + 1;
+        else return unicode_combining[mid].ccc;
+    }
+    return 0;
+}
+
+// Hangul syllables decompose and compose by arithmetic (Unicode ch. 3.12).
+enum { HANGUL_S = 0xAC00, HANGUL_L = 0x1100, HANGUL_V = 0x1161, HANGUL_T = 0x11A7,
+       HANGUL_NL = 19, HANGUL_NV = 21, HANGUL_NT = 28, HANGUL_NS = 19 * 21 * 28 };
+
+static void decompose_push(U32Vec* out, uint32_t cp) {
+    if (cp < 0xC0) { // nothing below U+00C0 decomposes
+        u32_push(out, cp);
+        return;
+    }
+    if (cp >= HANGUL_S && cp < HANGUL_S + HANGUL_NS) {
+        uint32_t s = cp - HANGUL_S;
+        u32_push(out, HANGUL_L + s / (HANGUL_NV * HANGUL_NT));
+        u32_push(out, HANGUL_V + (s % (HANGUL_NV * HANGUL_NT)) / HANGUL_NT);
+        if (s % HANGUL_NT) u32_push(out, HANGUL_T + s % HANGUL_NT);
+        return;
+    }
+    int lo = 0, hi = COUNT(unicode_pairs) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < unicode_pairs[mid].cp) hi = mid - 1;
+        else if (cp > unicode_pairs[mid].cp) lo = mid + 1;
+        else {
+            decompose_push(out, unicode_pairs[mid].first);
+            decompose_push(out, unicode_pairs[mid].second);
+            return;
+        }
+    }
+    lo = 0, hi = COUNT(unicode_singletons) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < unicode_singletons[mid].cp) hi = mid - 1;
+        else if (cp > unicode_singletons[mid].cp) lo = mid + 1;
+        else {
+            decompose_push(out, unicode_singletons[mid].to);
+            return;
+        }
+    }
+    u32_push(out, cp);
+}
+
+// The primary composite of a + b, or 0.
+static uint32_t compose_pair(uint32_t a, uint32_t b) {
+    if (a >= HANGUL_L && a < HANGUL_L + HANGUL_NL && b >= HANGUL_V && b < HANGUL_V + HANGUL_NV)
+        return HANGUL_S + ((a - HANGUL_L) * HANGUL_NV + (b - HANGUL_V)) * HANGUL_NT;
+    if (a >= HANGUL_S && a < HANGUL_S + HANGUL_NS && (a - HANGUL_S) % HANGUL_NT == 0 && b > HANGUL_T &&
+        b < HANGUL_T + HANGUL_NT)
+        return a + (b - HANGUL_T);
+    // A linear scan: this only runs for a combining character that follows a starter.
+    for (int i = 0; i < COUNT(unicode_pairs); i++) {
+        if (unicode_pairs[i].first != a || unicode_pairs[i].second != b) continue;
+        uint32_t cp = unicode_pairs[i].cp;
+        if (in_list(unicode_no_compose, COUNT(unicode_no_compose), cp)) return 0;
+        return cp;
+    }
+    return 0;
+}
+
+// NFC (UAX #15): canonical decomposition, canonical ordering of combining marks, composition.
+static void nfc(const uint32_t* in, int n, U32Vec* out) {
+    int simple = 1;
+    for (int i = 0; i < n && simple; i++) simple = in[i] < 0x300; // below U+0300 NFC changes nothing
+    if (simple) {
+        for (int i = 0; i < n; i++) u32_push(out, in[i]);
+        return;
+    }
+    U32Vec d = {0};
+    for (int i = 0; i < n; i++) decompose_push(&d, in[i]);
+    // canonical ordering: a stable insertion sort of each run of non-starters by class
+    for (int i = 1; i < d.n; i++) {
+        uint32_t c = d.v[i], cc = combining_class(c);
+        if (cc == 0) continue;
+        int j = i;
+        while (j > 0 && combining_class(d.v[j - 1]) > cc) {
+            d.v[j] = d.v[j - 1];
+            j--;
+        }
+        d.v[j] = c;
+    }
+    // composition: a character joins the last starter unless something between them blocks it
+    // (a starter, or a mark of the same or higher class)
+    int starter = -1;
+    int last_class = -1; // class of the last character kept after the starter; -1: none yet
+    for (int i = 0; i < d.n; i++) {
+        uint32_t c = d.v[i], cc = combining_class(c);
+        if (starter >= 0 && (last_class == -1 || (last_class != 0 && (int)cc > last_class))) {
+            uint32_t comp = compose_pair(out->v[starter], c);
+            if (comp) {
+                out->v[starter] = comp;
+                continue;
+            }
+        }
+        if (cc == 0) {
+            starter = out->n;
+            last_class = -1;
+        } else {
+            last_class = (int)cc;
+        }
+        u32_push(out, c);
+    }
+    free(d.v);
+}
+
+// The CLIPTokenizer normalizer: NFC, then each run of \s to one space, then lowercase.
+static void normalize_text(const uint32_t* in, int n, U32Vec* out) {
+    U32Vec a = {0};
+    nfc(in, n, &a);
+    for (int i = 0; i < a.n; i++) {
+        if (is_space_onig(a.v[i])) {
+            while (i + 1 < a.n && is_space_onig(a.v[i + 1])) i++;
+            u32_push(out, ' ');
+        } else {
+            lowercase_push(out, a.v[i]);
+        }
+    }
+    free(a.v);
+}
+
+// ----------------------------------------------------------------------------
+// hash tables: vocabulary (string -> id) and merges ((id, id) -> rank, id)
+
+static uint32_t hash_string(const char* s) {
+    uint32_t h = 2166136261u; // FNV-1a
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static uint32_t hash_u64(uint64_t x) {
+    x ^= x >> 33; // the splitmix64 finaliser
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+static uint32_t pow2_at_least(uint32_t n) {
+    uint32_t c = 16;
+    while (c < n) c *= 2;
+    return c;
+}
+
+int32_t tokenizer_token_id(const Tokenizer* tok, const char* token) {
+    if (!tok->vocab_slots) return -1;
+    uint32_t mask = tok->vocab_cap - 1;
+    for (uint32_t h = hash_string(token) & mask;; h = (h + 1) & mask) {
+        int32_t id = tok->vocab_slots[h];
+        if (id < 0) return -1;
+        if (strcmp(tok->id_to_token[id], token) == 0) return id;
+    }
+}
+
+const char* tokenizer_token_text(const Tokenizer* tok, int32_t id) {
+    if (id < 0 || id >= tok->n_vocab) return NULL;
+    return tok->id_to_token[id];
+}
+
+static void merge_insert(Tokenizer* tok, int32_t left, int32_t right, int32_t rank, int32_t result) {
+    uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
+    uint32_t mask = tok->merge_cap - 1;
+    for (uint32_t h = hash_u64(key) & mask;; h = (h + 1) & mask) {
+        if (tok->merge_keys[h] == UINT64_MAX || tok->merge_keys[h] == key) {
+            // a repeated pair keeps its last rank, as tokenizers' HashMap collect does
+            tok->merge_keys[h] = key;
+            tok->merge_rank[h] = rank;
+            tok->merge_result[h] = result;
+            return;
+        }
+    }
+}
+
+static int merge_find(const Tokenizer* tok, int32_t left, int32_t right, int32_t* rank, int32_t* result) {
+    if (left < 0 || right < 0) return 0;
+    uint64_t key = ((uint64_t)(uint32_t)left << 32) | (uint32_t)right;
+    uint32_t mask = tok->merge_cap - 1;
+    for (uint32_t h = hash_u64(key) & mask;; h = (h + 1) & mask) {
+        if (tok->merge_keys[h] == UINT64_MAX) return 0;
+        if (tok->merge_keys[h] == key) {
+            *rank = tok->merge_rank[h];
+            *result = tok->merge_result[h];
+            return 1;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// loading
+
+static int file_exists(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static int load_json(const char* path, JsonDoc* doc, char* err) {
+    uint8_t* data;
+    size_t size;
+    if (read_file(path, &data, &size, err) != 0) return -1;
+    char jerr[ERR_MAX];
+    int rc = json_parse(doc, (const char*)data, size, jerr);
+    free(data);
+    if (rc != 0) return set_error(err, "%s: %s", path, jerr);
+    return 0;
+}
+
+// Fills the vocabulary from a JSON object token -> id (vocab.json, or tokenizer.json's model.vocab).
+static int load_vocab(Tokenizer* tok, const JsonValue* obj, const char* path, char* err) {
+    if (!obj || obj->type != JSON_OBJECT) return set_error(err, "%s: expected a JSON object of token -> id", path);
+    if (obj->length == 0) return set_error(err, "%s: the vocabulary is empty", path);
+    int32_t max_id = -1;
+    size_t pool_bytes = 0;
+    for (size_t i = 0; i < obj->length; i++) {
+        const JsonValue* v = &obj->items[i];
+        // 1<<24 is far above any CLIP vocabulary and keeps a corrupt id from sizing a huge table
+        if (v->type != JSON_NUMBER || !v->is_integer || v->integer < 0 || v->integer >= (1 << 24))
+            return set_error(err, "%s: token '%s' has id that is not an integer in [0, 2^24)", path, obj->keys[i]);
+        if (v->integer > max_id) max_id = (int32_t)v->integer;
+        pool_bytes += strlen(obj->keys[i]) + 1;
+    }
+    tok->n_vocab = max_id + 1;
+    tok->id_to_token = xcalloc((size_t)tok->n_vocab, sizeof(char*));
+    tok->pool = xmalloc(pool_bytes);
+    tok->vocab_cap = pow2_at_least((uint32_t)obj->length * 2);
+    tok->vocab_slots = xmalloc(tok->vocab_cap * sizeof(int32_t));
+    for (uint32_t h = 0; h < tok->vocab_cap; h++) tok->vocab_slots[h] = -1;
+    char* p = tok->pool;
+    for (size_t i = 0; i < obj->length; i++) {
+        int32_t id = (int32_t)obj->items[i].integer;
+        if (tok->id_to_token[id]) return set_error(err, "%s: id %d is used twice ('%s' and '%s')", path, id, tok->id_to_token[id], obj->keys[i]);
+        size_t len = strlen(obj->keys[i]);
+        memcpy(p, obj->keys[i], len + 1);
+        tok->id_to_token[id] = p;
+        p += len + 1;
+        uint32_t mask = tok->vocab_cap - 1;
+        uint32_t h = hash_string(tok->id_to_token[id]) & mask;
+        while (tok->vocab_slots[h] >= 0) h = (h + 1) & mask; // JSON object keys are unique in practice;
+        tok->vocab_slots[h] = id;                            // a duplicate key finds its first entry
+    }
+    return 0;
+}
+
+// Adds merge number `rank` "left right". The merged token must be in the vocabulary, as tokenizers
+// requires (Error::MergeTokenOutOfVocabulary). On failure msg says which token is missing.
+static int add_merge(Tokenizer* tok, const char* left, const char* right, int32_t rank, char* msg) {
+    int32_t a = tokenizer_token_id(tok, left), b = tokenizer_token_id(tok, right);
+    if (a < 0) return set_error(msg, "merge token '%s' is not in the vocabulary", left);
+    if (b < 0) return set_error(msg, "merge token '%s' is not in the vocabulary", right);
+    size_t la = strlen(left), lb = strlen(right);
+    char stack_buf[256];
+    char* joined = la + lb + 1 <= sizeof(stack_buf) ? stack_buf : xmalloc(la + lb + 1);
+    memcpy(joined, left, la);
+    memcpy(joined + la, right, lb + 1);
+    int32_t m = tokenizer_token_id(tok, joined);
+    if (m < 0) set_error(msg, "merged token '%s' is not in the vocabulary", joined);
+    if (joined != stack_buf) free(joined);
+    if (m < 0) return -1;
+    merge_insert(tok, a, b, rank, m);
+    return 0;
+}
+
+static void alloc_merges(Tokenizer* tok, size_t count) {
+    tok->merge_cap = pow2_at_least((uint32_t)count * 2 + 1);
+    tok->merge_keys = xmalloc(tok->merge_cap * sizeof(uint64_t));
+    tok->merge_rank = xmalloc(tok->merge_cap * sizeof(int32_t));
+    tok->merge_result = xmalloc(tok->merge_cap * sizeof(int32_t));
+    for (uint32_t h = 0; h < tok->merge_cap; h++) tok->merge_keys[h] = UINT64_MAX;
+}
+
+// merges.txt as tokenizers' BPE::read_file reads it: lines starting with "#version" are skipped,
+// every other line is exactly two tokens separated by one space (CRLF endings allowed).
+static int load_merges_txt(Tokenizer* tok, const char* path, char* err) {
+    uint8_t* data;
+    size_t size;
+    if (read_file(path, &data, &size, err) != 0) return -1;
+    size_t lines = 1;
+    for (size_t i = 0; i < size; i++) lines += data[i] == '\n';
+    alloc_merges(tok, lines);
+    char* s = (char*)data;
+    int line_no = 0, rc = 0;
+    size_t pos = 0;
+    while (pos < size) {
+        char* line = s + pos;
+        char* nl = memchr(line, '\n', size - pos);
+        size_t len = nl ? (size_t)(nl - line) : size - pos;
+        pos += len + (nl ? 1 : 0);
+        line_no++;
+        if (len > 0 && line[len - 1] == '\r') len--;
+        line[len] = 0;
+        if (strncmp(line, "#version", 8) == 0) continue;
+        char* space = strchr(line, ' ');
+        if (!space || space == line || space[1] == 0 || strchr(space + 1, ' ')) {
+            rc = set_error(err, "%s:%d: expected two tokens separated by one space", path, line_no);
+            break;
+        }
+        *space = 0;
+        char msg[ERR_MAX];
+        if (add_merge(tok, line, space + 1, tok->n_merges, msg) != 0) {
+            rc = set_error(err, "%s:%d: %s", path, line_no, msg);
+            break;
+        }
+        tok->n_merges++;
+    }
+    free(data);
+    return rc;
+}
+
+// tokenizer.json's model.merges: "left right" strings (older files) or ["left", "right"] pairs.
+static int load_merges_json(Tokenizer* tok, const JsonValue* merges, const char* path, char* err) {
+    if (!merges || merges->type != JSON_ARRAY) return set_error(err, "%s: model.merges is not an array", path);
+    alloc_merges(tok, merges->length);
+    for (size_t i = 0; i < merges->length; i++) {
+        const JsonValue* m = &merges->items[i];
+        char msg[ERR_MAX];
+        int rc;
+        if (m->type == JSON_STRING) {
+            char* copy = xstrdup(m->string);
+            char* space = strchr(copy, ' ');
+            if (!space || strchr(space + 1, ' ')) rc = set_error(msg, "expected \"left right\"");
+            else {
+                *space = 0;
+                rc = add_merge(tok, copy, space + 1, tok->n_merges, msg);
+            }
+            free(copy);
+        } else if (m->type == JSON_ARRAY && m->length == 2 && m->items[0].type == JSON_STRING &&
+                   m->items[1].type == JSON_STRING) {
+            rc = add_merge(tok, m->items[0].string, m->items[1].string, tok->n_merges, msg);
+        } else {
+            rc = set_error(msg, "expected a string or a pair of strings");
+        }
+        if (rc != 0) return set_error(err, "%s: model.merges[%zu]: %s", path, i, msg);
+        tok->n_merges++;
+    }
+    return 0;
+}
+
+// One special-token setting: a plain string, or an AddedToken object {"content", "normalized", ...}.
+typedef struct {
+    char content[256];
+    int normalized;
+} SpecialSpec;
+
+static int read_special(const JsonValue* v, SpecialSpec* spec, const char* path, const char* key, char* err) {
+    const char* content = NULL;
+    int normalized = 0; // a plain string is an AddedToken with normalized=False in transformers 5
+    if (v->type == JSON_STRING) content = v->string;
+    else if (v->type == JSON_OBJECT) {
+        content = json_get_string(v, "content");
+        json_get_bool(v, "normalized", &normalized);
+    } else if (v->type == JSON_NULL) {
+        return 0; // "pad_token": null leaves the default
+    }
+    if (!content) return set_error(err, "%s: %s is neither a string nor an object with \"content\"", path, key);
+    if (strlen(content) >= sizeof(spec->content)) return set_error(err, "%s: %s is too long", path, key);
+    strcpy(spec->content, content);
+    spec->normalized = normalized;
+    return 0;
+}
+
+static int find_added(const AddedToken* list, int n, const char* content) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i].content, content) == 0) return i;
+    return -1;
+}
+
+static int push_added(Tokenizer* tok, const char* content, int32_t id, int normalized, const char* path, char* err) {
+    int i = find_added(tok->added, tok->n_added, content);
+    if (i >= 0) { // the later setting wins, as when transformers adds the same token twice
+        tok->added[i].id = id;
+        tok->added[i].normalized = normalized;
+        return 0;
+    }
+    if (content[0] == 0) return set_error(err, "%s: an added token is empty", path);
+    if (tok->n_added == TOKENIZER_MAX_ADDED) return set_error(err, "%s: more than %d added tokens", path, TOKENIZER_MAX_ADDED);
+    AddedToken* t = &tok->added[tok->n_added++];
+    t->content = xstrdup(content);
+    U32Vec cps = {0};
+    utf8_decode(content, strlen(content), &cps);
+    t->cps = cps.v;
+    t->n_cps = cps.n;
+    t->id = id;
+    t->normalized = normalized;
+    return 0;
+}
+
+// The id transformers gives an added token: the vocabulary's when the text is there, else the one
+// the file states (a token appended after the vocabulary), else an error.
+static int added_id(const Tokenizer* tok, const char* content, int64_t stated, const char* path, char* err, int32_t* id) {
+    *id = tokenizer_token_id(tok, content);
+    if (*id >= 0) return 0;
+    if (stated >= 0 && stated < (1 << 24)) {
+        *id = (int32_t)stated;
+        return 0;
+    }
+    return set_error(err, "%s: token '%s' is not in the vocabulary", path, content);
+}
+
+// Which tokens are split out before BPE, and how they are matched. transformers 5.24 (found by
+// loading folder variants, see scripts/make_golden_tokenizer.py):
+//   - the base list is tokenizer_config.json's "added_tokens_decoder" if present, otherwise the
+//     "added_tokens" of tokenizer.json if that file exists, otherwise empty;
+//   - bos/eos/unk/pad come from tokenizer_config.json, each overridden by special_tokens_map.json
+//     only when the config has no "added_tokens_decoder" (the legacy path); defaults
+//     <|startoftext|> and <|endoftext|>;
+//   - each of them, in the order bos, eos, unk, pad, is added with the base list's "normalized"
+//     flag when its text is in the base list and with its own flag otherwise (a plain string is
+//     not normalized); a later one overrides an earlier one with the same text.
+// SDXL's tokenizer_2 has pad "!", so "!" is split out of prompts there and becomes id 0.
+static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
+    char path[4096], tj_path[4096], stm_path[4096];
+    snprintf(path, sizeof(path), "%s/tokenizer_config.json", folder);
+    snprintf(tj_path, sizeof(tj_path), "%s/tokenizer.json", folder);
+    snprintf(stm_path, sizeof(stm_path), "%s/special_tokens_map.json", folder);
+    static const char* keys[4] = {"bos_token", "eos_token", "unk_token", "pad_token"};
+    SpecialSpec spec[4] = {{"<|startoftext|>", 0}, {"<|endoftext|>", 0}, {"<|endoftext|>", 0}, {"<|endoftext|>", 0}};
+    AddedToken base[TOKENIZER_MAX_ADDED];
+    int n_base = 0, rc = 0, has_decoder = 0;
+
+    JsonDoc config = {0};
+    int have_config = file_exists(path);
+    if (have_config && load_json(path, &config, err) != 0) return -1;
+    const JsonValue* decoder = have_config ? json_get(&config.root, "added_tokens_decoder") : NULL;
+    if (decoder && decoder->type == JSON_OBJECT) {
+        has_decoder = 1;
+        for (size_t i = 0; i < decoder->length && rc == 0; i++) {
+            const JsonValue* t = &decoder->items[i];
+            const char* content = json_get_string(t, "content");
+            char* end;
+            long stated = strtol(decoder->keys[i], &end, 10);
+            if (!content || *end || n_base == TOKENIZER_MAX_ADDED) {
+                rc = set_error(err, "%s: bad added_tokens_decoder entry '%s'", path, decoder->keys[i]);
+                break;
+            }
+            int normalized = 0;
+            json_get_bool(t, "normalized", &normalized);
+            base[n_base] = (AddedToken){.content = (char*)content, .normalized = normalized};
+            rc = added_id(tok, content, stated, path, err, &base[n_base].id);
+            n_base++;
+        }
+    }
+    for (int k = 0; k < 4 && rc == 0 && have_config; k++) {
+        const JsonValue* v = json_get(&config.root, keys[k]);
+        if (v) rc = read_special(v, &spec[k], path, keys[k], err);
+    }
+
+    JsonDoc tj = {0}, stm = {0};
+    int have_tj = 0, have_stm = 0;
+    if (rc == 0 && !has_decoder && file_exists(tj_path)) {
+        have_tj = 1;
+        if (load_json(tj_path, &tj, err) != 0) rc = -1;
+        const JsonValue* list = rc == 0 ? json_get(&tj.root, "added_tokens") : NULL;
+        for (size_t i = 0; list && list->type == JSON_ARRAY && i < list->length && rc == 0; i++) {
+            const JsonValue* t = &list->items[i];
+            const char* content = json_get_string(t, "content");
+            int64_t stated = -1;
+            json_get_int(t, "id", &stated);
+            if (!content || n_base == TOKENIZER_MAX_ADDED) {
+                rc = set_error(err, "%s: bad added_tokens[%zu]", tj_path, i);
+                break;
+            }
+            int normalized = 0;
+            json_get_bool(t, "normalized", &normalized);
+            base[n_base] = (AddedToken){.content = (char*)content, .normalized = normalized};
+            rc = added_id(tok, content, stated, tj_path, err, &base[n_base].id);
+            n_base++;
+        }
+    }
+    if (rc == 0 && !has_decoder && file_exists(stm_path)) {
+        have_stm = 1;
+        if (load_json(stm_path, &stm, err) != 0) rc = -1;
+        for (int k = 0; k < 4 && rc == 0; k++) {
+            const JsonValue* v = json_get(&stm.root, keys[k]);
+            if (v) rc = read_special(v, &spec[k], stm_path, keys[k], err);
+        }
+    }
+
+    for (int i = 0; i < n_base && rc == 0; i++)
+        rc = push_added(tok, base[i].content, base[i].id, base[i].normalized, path, err);
+    int32_t ids[4] = {-1, -1, -1, -1};
+    for (int k = 0; k < 4 && rc == 0; k++) {
+        int b = find_added(base, n_base, spec[k].content);
+        const char* where = have_config ? path : folder;
+        if (b >= 0) ids[k] = base[b].id;
+        else rc = added_id(tok, spec[k].content, -1, where, err, &ids[k]);
+        if (rc == 0) rc = push_added(tok, spec[k].content, ids[k], b >= 0 ? base[b].normalized : spec[k].normalized, where, err);
+    }
+    tok->bos_id = ids[0];
+    tok->eos_id = ids[1];
+    tok->unk_id = ids[2];
+    tok->pad_id = ids[3];
+    if (have_config) json_free(&config);
+    if (have_tj) json_free(&tj);
+    if (have_stm) json_free(&stm);
+    return rc;
+}
+
+// GPT-2's bytes_to_unicode: the printable bytes ! .. ~, ¡ .. ¬, ® .. ÿ stand for themselves, the
+// other 68 bytes for U+0100, U+0101, ... in increasing byte order.
+static uint32_t byte_to_unicode(int b) {
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) return (uint32_t)b;
+    uint32_t n = 0;
+    for (int c = 0; c < b; c++)
+        if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) n++;
+    return 256 + n;
+}
+
+int tokenizer_load(Tokenizer* tok, const char* folder, char* err) {
+    memset(tok, 0, sizeof(*tok));
+    char vocab_path[4096], merges_path[4096], tj_path[4096];
+    snprintf(vocab_path, sizeof(vocab_path), "%s/vocab.json", folder);
+    snprintf(merges_path, sizeof(merges_path), "%s/merges.txt", folder);
+    snprintf(tj_path, sizeof(tj_path), "%s/tokenizer.json", folder);
+    int rc;
+    if (file_exists(vocab_path) || file_exists(merges_path) || !file_exists(tj_path)) {
+        // vocab.json + merges.txt, the files of a diffusers SDXL folder; a missing one is named
+        JsonDoc doc;
+        rc = load_json(vocab_path, &doc, err);
+        if (rc == 0) {
+            rc = load_vocab(tok, &doc.root, vocab_path, err);
+            json_free(&doc);
+        }
+        if (rc == 0) rc = load_merges_txt(tok, merges_path, err);
+    } else {
+        // transformers 5 saves only tokenizer.json: {"model": {"type": "BPE", "vocab", "merges"}}
+        JsonDoc doc;
+        rc = load_json(tj_path, &doc, err);
+        if (rc == 0) {
+            const JsonValue* model = json_get(&doc.root, "model");
+            const char* type = json_get_string(model, "type");
+            if (!model || (type && strcmp(type, "BPE") != 0))
+                rc = set_error(err, "%s: expected a BPE \"model\"", tj_path);
+            char where[4200];
+            snprintf(where, sizeof(where), "%s: model.vocab", tj_path);
+            if (rc == 0) rc = load_vocab(tok, json_get(model, "vocab"), where, err);
+            if (rc == 0) rc = load_merges_json(tok, json_get(model, "merges"), tj_path, err);
+            json_free(&doc);
+        }
+    }
+    if (rc == 0) rc = load_added_tokens(tok, folder, err);
+    if (rc == 0) {
+        for (int b = 0; b < 256; b++) {
+            char sym[16];
+            int n = utf8_encode(byte_to_unicode(b), sym);
+            sym[n] = 0;
+            tok->byte_id[b] = tokenizer_token_id(tok, sym);
+            strcpy(sym + n, "</w>");
+            tok->byte_eow_id[b] = tokenizer_token_id(tok, sym);
+        }
+        tok->comma_id = tokenizer_token_id(tok, ",</w>");
+    }
+    if (rc != 0) tokenizer_free(tok);
+    return rc;
+}
+
+int tokenizer_set_pad_token(Tokenizer* tok, const char* token, char* err) {
+    int32_t id = tokenizer_token_id(tok, token);
+    if (id < 0) return set_error(err, "pad token '%s' is not in the vocabulary", token);
+    if (push_added(tok, token, id, 0, "pad token", err) != 0) return -1;
+    tok->pad_id = id;
+    return 0;
+}
+
+void tokenizer_free(Tokenizer* tok) {
+    free(tok->id_to_token);
+    free(tok->vocab_slots);
+    free(tok->merge_keys);
+    free(tok->merge_rank);
+    free(tok->merge_result);
+    free(tok->pool);
+    for (int i = 0; i < tok->n_added; i++) {
+        free(tok->added[i].content);
+        free(tok->added[i].cps);
+    }
+    memset(tok, 0, sizeof(*tok));
+}
+
+// ----------------------------------------------------------------------------
+// encoding
+
+// BPE of one pre-token (its code points), appending ids. Symbols start as one per UTF-8 byte
+// (bytes_to_unicode), the last one with "</w>". Then, as long as some adjacent pair is a merge,
+// the pair with the lowest rank is merged everywhere, left to right. That is GPT-2's loop; the
+// priority queue of tokenizers' BPE::merge_word pops the same merges in the same order because a
+// merge's rank is always above the ranks of the merges that built its two halves.
+static void bpe_word(const Tokenizer* tok, const uint32_t* cps, int n, I32Vec* out) {
+    char small[256];
+    int cap = n * 4;
+    char* bytes = cap <= (int)sizeof(small) ? small : xmalloc((size_t)cap);
+    int nb = 0;
+    for (int i = 0; i < n; i++) nb += utf8_encode(cps[i], bytes + nb);
+    int32_t sym_small[256];
+    int32_t* sym = nb <= 256 ? sym_small : xmalloc((size_t)nb * sizeof(int32_t));
+    for (int i = 0; i < nb; i++) {
+        uint8_t b = (uint8_t)bytes[i];
+        sym[i] = i == nb - 1 ? tok->byte_eow_id[b] : tok->byte_id[b];
+    }
+    int ns = nb;
+    for (;;) {
+        int32_t best_rank = INT32_MAX, left = -1, right = -1, merged = -1;
+        for (int i = 0; i + 1 < ns; i++) {
+            int32_t rank, result;
+            if (merge_find(tok, sym[i], sym[i + 1], &rank, &result) && rank < best_rank) {
+                best_rank = rank;
+                left = sym[i];
+                right = sym[i + 1];
+                merged = result;
+            }
+        }
+        if (merged < 0) break;
+        int j = 0;
+        for (int i = 0; i < ns;) {
+            if (i + 1 < ns && sym[i] == left && sym[i + 1] == right) {
+                sym[j++] = merged;
+                i += 2;
+            } else {
+                sym[j++] = sym[i++];
+            }
+        }
+        ns = j;
+    }
+    // a symbol missing from the vocabulary (not possible with a CLIP vocabulary) is unk
+    for (int i = 0; i < ns; i++) i32_push(out, sym[i] >= 0 ? sym[i] : tok->unk_id);
+    if (bytes != small) free(bytes);
+    if (sym != sym_small) free(sym);
+}
+
+static int starts_with_ascii(const uint32_t* cps, int n, int i, const char* lit) {
+    for (int k = 0; lit[k]; k++)
+        if (i + k >= n || cps[i + k] != (uint8_t)lit[k]) return 0;
+    return 1;
+}
+
+// The Split pre-tokenizer over normalized text, then BPE on each piece.
+static void pretokenize_and_bpe(const Tokenizer* tok, const uint32_t* cps, int n, I32Vec* out) {
+    int i = 0;
+    while (i < n) {
+        uint32_t c = cps[i];
+        int end = i + 1;
+        int special = starts_with_ascii(cps, n, i, "<|startoftext|>") ? 15 : starts_with_ascii(cps, n, i, "<|endoftext|>") ? 13 : 0;
+        if (special) {
+            // The Split regex keeps "<|endoftext|>" whole, but the ByteLevel pre-tokenizer after it
+            // re-splits every piece with GPT-2's regex, which cuts this one (and only this kind)
+            // into "<|", the letters, and "|>".
+            bpe_word(tok, cps + i, 2, out);
+            bpe_word(tok, cps + i + 2, special - 4, out);
+            bpe_word(tok, cps + i + special - 2, 2, out);
+            i += special;
+            continue;
+        }
+        if (c == '\'' && i + 1 < n && (cps[i + 1] == 's' || cps[i + 1] == 't' || cps[i + 1] == 'm' || cps[i + 1] == 'd'))
+            end = i + 2;
+        else if (c == '\'' && (starts_with_ascii(cps, n, i, "'re") || starts_with_ascii(cps, n, i, "'ve") ||
+                               starts_with_ascii(cps, n, i, "'ll")))
+            end = i + 3;
+        else if (is_letter(c)) {
+            while (end < n && is_letter(cps[end])) end++;
+        } else if (is_number(c)) {
+            // [\p{N}]: one character per piece, so "123" is three tokens
+        } else if (is_space_onig(c)) {
+            i++; // whitespace only separates
+            continue;
+        } else {
+            while (end < n && !is_space_onig(cps[end]) && !is_letter(cps[end]) && !is_number(cps[end])) end++;
+        }
+        bpe_word(tok, cps + i, end - i, out);
+        i = end;
+    }
+}
+
+// Index of the leftmost-longest added token of the given kind in cps[from..n) (its position in
+// *at), or -1 when there is none.
+static int find_added_token(const Tokenizer* tok, const uint32_t* cps, int n, int from, int normalized, int* at) {
+    for (int i = from; i < n; i++) {
+        int best = -1;
+        for (int t = 0; t < tok->n_added; t++) {
+            const AddedToken* a = &tok->added[t];
+            if (a->normalized != normalized || a->cps[0] != cps[i] || i + a->n_cps > n) continue;
+            if (best >= 0 && a->n_cps <= tok->added[best].n_cps) continue;
+            if (memcmp(cps + i, a->cps, (size_t)a->n_cps * sizeof(uint32_t)) == 0) best = t;
+        }
+        if (best >= 0) {
+            *at = i;
+            return best;
+        }
+    }
+    return -1;
+}
+
+static void encode_normalized(const Tokenizer* tok, const uint32_t* cps, int n, I32Vec* out) {
+    int pos = 0, at;
+    for (;;) {
+        int t = find_added_token(tok, cps, n, pos, 1, &at);
+        int stop = t >= 0 ? at : n;
+        pretokenize_and_bpe(tok, cps + pos, stop - pos, out);
+        if (t < 0) break;
+        i32_push(out, tok->added[t].id);
+        pos = at + tok->added[t].n_cps;
+    }
+}
+
+static void encode_all(const Tokenizer* tok, const char* text, I32Vec* out) {
+    U32Vec cps = {0};
+    utf8_decode(text, strlen(text), &cps);
+    int pos = 0, at;
+    for (;;) {
+        int t = find_added_token(tok, cps.v, cps.n, pos, 0, &at);
+        int stop = t >= 0 ? at : cps.n;
+        if (stop > pos) {
+            U32Vec norm = {0};
+            normalize_text(cps.v + pos, stop - pos, &norm);
+            encode_normalized(tok, norm.v, norm.n, out);
+            free(norm.v);
+        }
+        if (t < 0) break;
+        i32_push(out, tok->added[t].id);
+        pos = at + tok->added[t].n_cps;
+    }
+    free(cps.v);
+}
+
+int tokenizer_encode(const Tokenizer* tok, const char* text, int32_t* ids, int max_ids) {
+    I32Vec v = {0};
+    encode_all(tok, text, &v);
+    for (int i = 0; i < v.n && i < max_ids; i++) ids[i] = v.v[i];
+    int n = v.n;
+    free(v.v);
+    return n;
+}
+
+int tokenizer_encode_padded(const Tokenizer* tok, const char* text, int32_t ids[CLIP_CONTEXT]) {
+    I32Vec v = {0};
+    encode_all(tok, text, &v);
+    // truncation=True keeps room for the two specials the post-processor adds
+    int keep = v.n < CLIP_CHUNK_TOKENS ? v.n : CLIP_CHUNK_TOKENS;
+    ids[0] = tok->bos_id;
+    for (int i = 0; i < keep; i++) ids[1 + i] = v.v[i];
+    ids[1 + keep] = tok->eos_id;
+    for (int i = 2 + keep; i < CLIP_CONTEXT; i++) ids[i] = tok->pad_id;
+    int n = v.n;
+    free(v.v);
+    return n;
+}
+
+// ----------------------------------------------------------------------------
+// A1111 emphasis: parse_prompt_attention
+
+typedef struct {
+    PromptSegment* v;
+    int n, cap;
+} SegVec;
+
+static void seg_push(SegVec* s, const char* text, size_t len, double weight) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 16;
+        s->v = xrealloc(s->v, (size_t)s->cap * sizeof(PromptSegment));
+    }
+    char* t = xmalloc(len + 1);
+    memcpy(t, text, len);
+    t[len] = 0;
+    s->v[s->n++] = (PromptSegment){t, weight};
+}
+
+typedef struct {
+    int* v;
+    int n, cap;
+} IntStack;
+
+static void stack_push(IntStack* s, int x) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 16;
+        s->v = xrealloc(s->v, (size_t)s->cap * sizeof(int));
+    }
+    s->v[s->n++] = x;
+}
+
+static void multiply_range(SegVec* res, int start, double m) {
+    for (int p = start; p < res->n; p++) res->v[p].weight *= m;
+}
+
+// The code point at byte i of a valid UTF-8 string, and its length in bytes.
+static uint32_t cp_at(const char* s, size_t i, int* len) {
+    const uint8_t* p = (const uint8_t*)s + i;
+    if (p[0] < 0x80) { *len = 1; return p[0]; }
+    if (p[0] < 0xE0) { *len = 2; return ((uint32_t)(p[0] & 0x1F) << 6) | (p[1] & 0x3F); }
+    if (p[0] < 0xF0) { *len = 3; return ((uint32_t)(p[0] & 0x0F) << 12) | ((uint32_t)(p[1] & 0x3F) << 6) | (p[2] & 0x3F); }
+    *len = 4;
+    return ((uint32_t)(p[0] & 0x07) << 18) | ((uint32_t)(p[1] & 0x3F) << 12) | ((uint32_t)(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+}
+
+// The code point that ends before byte i (i > 0) of a valid UTF-8 string.
+static uint32_t cp_before(const char* s, size_t i) {
+    size_t j = i - 1;
+    while (j > 0 && ((uint8_t)s[j] & 0xC0) == 0x80) j--;
+    int len;
+    return cp_at(s, j, &len);
+}
+
+// A match of `\s*\bBREAK\b\s*` (Python re) in text[0..len) starting exactly at byte i: its end, or 0.
+static size_t break_match_at(const char* text, size_t len, size_t i) {
+    size_t j = i;
+    int cl;
+    while (j < len && is_space_python(cp_at(text, j, &cl))) j += (size_t)cl;
+    if (j + 5 > len || memcmp(text + j, "BREAK", 5) != 0) return 0;
+    if (j > 0 && is_word_python(cp_before(text, j))) return 0; // \b before: 'B' is a word character
+    size_t k = j + 5;
+    if (k < len && is_word_python(cp_at(text, k, &cl))) return 0; // \b after 'K'
+    while (k < len && is_space_python(cp_at(text, k, &cl))) k += (size_t)cl;
+    return k;
+}
+
+// The else branch of parse_prompt_attention: re.split(re_break, text), a ("BREAK", -1) between parts.
+static void push_text(SegVec* res, const char* text, size_t len) {
+    size_t part = 0, i = 0;
+    int cl;
+    while (i < len) {
+        size_t end = break_match_at(text, len, i);
+        if (end) {
+            seg_push(res, text + part, i - part, 1.0);
+            seg_push(res, "BREAK", 5, PROMPT_BREAK_WEIGHT);
+            part = i = end;
+        } else {
+            cp_at(text, i, &cl);
+            i += (size_t)cl;
+        }
+    }
+    seg_push(res, text + part, len - part, 1.0);
+}
+
+// Python's float() on A1111's `[+-]?[.\d]+`: one '.' at most and at least one digit.
+static int parse_weight(const char* s, size_t len, double* out) {
+    size_t i = s[0] == '+' || s[0] == '-' ? 1 : 0;
+    int digits = 0, dots = 0;
+    for (size_t k = i; k < len; k++) {
+        if (s[k] == '.') dots++;
+        else digits++;
+    }
+    if (digits == 0 || dots > 1) return -1;
+    char buf[128];
+    if (len >= sizeof(buf)) return -1;
+    memcpy(buf, s, len);
+    buf[len] = 0;
+    *out = strtod(buf, NULL);
+    return 0;
+}
+
+int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err) {
+    out->segments = NULL;
+    out->n = 0;
+    // work on valid UTF-8 so the BREAK boundaries can look at whole characters
+    U32Vec cps = {0};
+    utf8_decode(prompt, strlen(prompt), &cps);
+    char* s = xmalloc((size_t)cps.n * 4 + 1);
+    size_t len = 0;
+    for (int i = 0; i < cps.n; i++) len += (size_t)utf8_encode(cps.v[i], s + len);
+    s[len] = 0;
+    free(cps.v);
+
+    const double round_mult = 1.1, square_mult = 1 / 1.1; // A1111's constants, as Python floats
+    SegVec res = {0};
+    IntStack round = {0}, square = {0};
+    int rc = 0;
+    size_t p = 0;
+    // One token per iteration, in the order of A1111's re_attention alternatives:
+    //   \( \) \[ \] \\  |  \  |  (  |  [  |  :weight)  |  )  |  ]  |  text run  |  :
+    while (p < len && rc == 0) {
+        char c = s[p];
+        if (c == '\\') {
+            char next = s[p + 1];
+            if (next == '(' || next == ')' || next == '[' || next == ']' || next == '\\') {
+                seg_push(&res, s + p + 1, 1, 1.0);
+                p += 2;
+            } else {
+                seg_push(&res, "", 0, 1.0); // a lone backslash: text[1:] of "\" is ""
+                p += 1;
+            }
+        } else if (c == '(') {
+            stack_push(&round, res.n);
+            p++;
+        } else if (c == '[') {
+            stack_push(&square, res.n);
+            p++;
+        } else if (c == ':') {
+            // `:([+-]?[.\d]+)\)`, else a lone ':' (plain text)
+            size_t q = p + 1;
+            if (s[q] == '+' || s[q] == '-') q++;
+            size_t run = q;
+            while (s[q] == '.' || (s[q] >= '0' && s[q] <= '9')) q++;
+            if (q > run && s[q] == ')') {
+                if (round.n > 0) {
+                    double w;
+                    if (parse_weight(s + p + 1, q - p - 1, &w) != 0) {
+                        rc = set_error(err, "prompt: bad emphasis weight '%.*s' (A1111 fails on it too)", (int)(q - p - 1), s + p + 1);
+                        break;
+                    }
+                    multiply_range(&res, round.v[--round.n], w);
+                } else {
+                    push_text(&res, s + p, q + 1 - p); // ":1.5)" with no "(" open is text
+                }
+                p = q + 1;
+            } else {
+                push_text(&res, ":", 1);
+                p++;
+            }
+        } else if (c == ')' && round.n > 0) {
+            multiply_range(&res, round.v[--round.n], round_mult);
+            p++;
+        } else if (c == ']' && square.n > 0) {
+            multiply_range(&res, square.v[--square.n], square_mult);
+            p++;
+        } else if (c == ')' || c == ']') {
+            push_text(&res, s + p, 1); // unmatched closer: plain text
+            p++;
+        } else {
+            size_t q = p;
+            while (q < len && !strchr("\\()[]:", s[q])) q++;
+            push_text(&res, s + p, q - p);
+            p = q;
+        }
+    }
+    if (rc == 0) {
+        // brackets still open at the end apply to everything after them
+        for (int i = 0; i < round.n; i++) multiply_range(&res, round.v[i], round_mult);
+        for (int i = 0; i < square.n; i++) multiply_range(&res, square.v[i], square_mult);
+        if (res.n == 0) seg_push(&res, "", 0, 1.0);
+        // merge runs of identical weights
+        int i = 0;
+        while (i + 1 < res.n) {
+            if (res.v[i].weight == res.v[i + 1].weight) {
+                size_t la = strlen(res.v[i].text), lb = strlen(res.v[i + 1].text);
+                res.v[i].text = xrealloc(res.v[i].text, la + lb + 1);
+                memcpy(res.v[i].text + la, res.v[i + 1].text, lb + 1);
+                free(res.v[i + 1].text);
+                memmove(&res.v[i + 1], &res.v[i + 2], (size_t)(res.n - i - 2) * sizeof(PromptSegment));
+                res.n--;
+            } else {
+                i++;
+            }
+        }
+        out->segments = res.v;
+        out->n = res.n;
+    } else {
+        for (int i = 0; i < res.n; i++) free(res.v[i].text);
+        free(res.v);
+    }
+    free(round.v);
+    free(square.v);
+    free(s);
+    return rc;
+}
+
+void prompt_attention_free(PromptAttention* pa) {
+    for (int i = 0; i < pa->n; i++) free(pa->segments[i].text);
+    free(pa->segments);
+    pa->segments = NULL;
+    pa->n = 0;
+}
+
+// ----------------------------------------------------------------------------
+// A1111 chunking: tokenize_line + process_tokens
+
+#define COMMA_PADDING_BACKTRACK 20 // A1111 option comma_padding_backtrack, default 20
+
+typedef struct {
+    int32_t ids[CLIP_CHUNK_TOKENS];
+    double weights[CLIP_CHUNK_TOKENS];
+    int n;
+} ChunkBuilder;
+
+static void chunks_push(PromptChunks* pc, const PromptChunk* c) {
+    pc->chunks = xrealloc(pc->chunks, (size_t)(pc->n_chunks + 1) * sizeof(PromptChunk));
+    pc->chunks[pc->n_chunks++] = *c;
+}
+
+// next_chunk: pad the tokens with EOS to 75, wrap them in BOS/EOS, and (process_tokens) set every
+// id after the first EOS to the pad id, which changes nothing when pad == EOS (CLIP-L).
+static void finish_chunk(const Tokenizer* tok, PromptChunks* pc, ChunkBuilder* b, int is_last) {
+    pc->token_count += is_last ? b->n : CLIP_CHUNK_TOKENS;
+    PromptChunk c;
+    c.ids[0] = tok->bos_id;
+    c.multipliers[0] = 1.0f;
+    for (int i = 0; i < CLIP_CHUNK_TOKENS; i++) {
+        c.ids[1 + i] = i < b->n ? b->ids[i] : tok->eos_id;
+        c.multipliers[1 + i] = i < b->n ? (float)b->weights[i] : 1.0f;
+    }
+    c.ids[CLIP_CONTEXT - 1] = tok->eos_id;
+    c.multipliers[CLIP_CONTEXT - 1] = 1.0f;
+    int first_eos = 0;
+    while (c.ids[first_eos] != tok->eos_id) first_eos++;
+    for (int i = first_eos + 1; i < CLIP_CONTEXT; i++) c.ids[i] = tok->pad_id;
+    chunks_push(pc, &c);
+    b->n = 0;
+}
+
+int prompt_chunks_build(const Tokenizer* tok, const char* prompt, PromptChunks* out, char* err) {
+    memset(out, 0, sizeof(*out));
+    PromptAttention pa;
+    if (prompt_parse_attention(prompt, &pa, err) != 0) return -1;
+    ChunkBuilder b = {.n = 0};
+    int last_comma = -1; // index in b of the last comma, -1 when none since the chunk began
+    for (int s = 0; s < pa.n; s++) {
+        const PromptSegment* seg = &pa.segments[s];
+        if (strcmp(seg->text, "BREAK") == 0 && seg->weight == PROMPT_BREAK_WEIGHT) {
+            finish_chunk(tok, out, &b, 0);
+            last_comma = -1;
+            continue;
+        }
+        I32Vec ids = {0};
+        encode_all(tok, seg->text, &ids);
+        for (int i = 0; i < ids.n; i++) {
+            int32_t id = ids.v[i];
+            if (id == tok->comma_id) {
+                last_comma = b.n;
+            } else if (b.n == CLIP_CHUNK_TOKENS && last_comma != -1 && b.n - last_comma <= COMMA_PADDING_BACKTRACK) {
+                // the chunk is full: move what follows its last comma to the next chunk
+                ChunkBuilder moved = {.n = 0};
+                for (int k = last_comma + 1; k < b.n; k++) {
+                    moved.ids[moved.n] = b.ids[k];
+                    moved.weights[moved.n++] = b.weights[k];
+                }
+                b.n = last_comma + 1;
+                finish_chunk(tok, out, &b, 0);
+                b = moved;
+                last_comma = -1;
+            }
+            if (b.n == CLIP_CHUNK_TOKENS) {
+                finish_chunk(tok, out, &b, 0);
+                last_comma = -1;
+            }
+            b.ids[b.n] = id;
+            b.weights[b.n++] = seg->weight;
+        }
+        free(ids.v);
+    }
+    if (b.n > 0 || out->n_chunks == 0) finish_chunk(tok, out, &b, 1);
+    prompt_attention_free(&pa);
+    return 0;
+}
+
+void prompt_chunks_pad(const Tokenizer* tok, PromptChunks* pc, int n_chunks) {
+    while (pc->n_chunks < n_chunks) {
+        ChunkBuilder empty = {.n = 0};
+        int count = pc->token_count;
+        finish_chunk(tok, pc, &empty, 1); // A1111's empty_chunk(): [BOS] + [EOS] * 76, then padding
+        pc->token_count = count;
+    }
+}
+
+void prompt_chunks_free(PromptChunks* pc) {
+    free(pc->chunks);
+    memset(pc, 0, sizeof(*pc));
+}
