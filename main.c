@@ -86,7 +86,7 @@ typedef struct {
 } GenerateOptions;
 
 static void make_parent_dir(const char* path) {
-    char dir[4096];
+    char dir[4400];
     snprintf(dir, sizeof(dir), "%s", path);
     char* slash = strrchr(dir, '/');
     if (slash && slash != dir) {
@@ -236,6 +236,7 @@ static int generate_main(int argc, char** argv) {
 static int demo_main(int argc, char** argv) {
     GenerateOptions o = generate_defaults();
     o.prompt = "a detective opens a door to a dark room";
+    o.steps = 10; // the job's 25 would take ~30 s on 2 cores; the demo is here to show every stage run
     o.out = "demo_out/storyboard_demo.png";
     const char* folder = "demo_out/tiny_sdxl";
     const char* backend = "cpu";

@@ -148,6 +148,8 @@ size_t conv2d_scratch_floats(int C_in, int H, int W, int K, int stride, int pad)
 
 // im2col for output pixels [p0, p0 + cols): col (C_in*K*K, cols), row r = (c*K + ky)*K + kx holds
 // the input value each output pixel sees through kernel tap (ky, kx) of channel c (0 in padding).
+// Walks output rows and columns rather than dividing the pixel index: this is the conv's
+// memory-bound half, and a division per element would dominate it.
 static void im2col_cpu(float* col, const float* inp_n, int C_in, int H, int W, int K, int stride, int pad, int W_out,
                        int p0, int cols) {
     int rows = C_in * K * K;
@@ -156,11 +158,22 @@ static void im2col_cpu(float* col, const float* inp_n, int C_in, int H, int W, i
         int c = r / (K * K), ky = (r / K) % K, kx = r % K;
         const float* inp_c = inp_n + (size_t)c * H * W;
         float* col_r = col + (size_t)r * cols;
-        for (int i = 0; i < cols; i++) {
-            int p = p0 + i;
-            int y = (p / W_out) * stride - pad + ky;
-            int x = (p % W_out) * stride - pad + kx;
-            col_r[i] = (y >= 0 && y < H && x >= 0 && x < W) ? inp_c[(size_t)y * W + x] : 0.0f;
+        int oy = p0 / W_out, ox = p0 % W_out;
+        for (int i = 0; i < cols;) {
+            int run = W_out - ox < cols - i ? W_out - ox : cols - i; // the rest of this output row
+            int y = oy * stride - pad + ky;
+            if (y < 0 || y >= H) {
+                for (int j = 0; j < run; j++) col_r[i + j] = 0.0f;
+            } else {
+                const float* row = inp_c + (size_t)y * W;
+                for (int j = 0; j < run; j++) {
+                    int x = (ox + j) * stride - pad + kx;
+                    col_r[i + j] = (x >= 0 && x < W) ? row[x] : 0.0f;
+                }
+            }
+            i += run;
+            ox = 0;
+            oy++;
         }
     }
 }
@@ -310,18 +323,57 @@ void layer_norm_forward_cpu(float* out, float* mean, float* rstd, const float* i
     }
 }
 
+// exp(x) for the arguments of a softmax, x <= 0, in branch-free arithmetic the compiler vectorises
+// (libm's expf is a call per element, and the softmax over long rows is where the CPU spends its
+// time in attention). x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact), then a
+// degree-7 Taylor polynomial for e^r (truncation error below 1e-8 relative) and 2^n from the
+// exponent bits: within 2 ulp of the exact value, and the same bits on every machine. Arguments
+// below -87 are taken as -87 (e^-87 is 1.6e-38: next to the row maximum's 1 it is nothing).
+static float exp_nonpositive(float x) {
+    x = x > -87.0f ? x : -87.0f;
+    // n = round(x / ln2): adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties
+    // to even) in plain arithmetic, which vectorises even where rintf would be a library call
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f; // ln2, high part: 16 significant bits, so n * it is exact
+    r = r - n * 1.42860682030941723212e-6f; // ln2, low part
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f + r * (8.33333333e-3f +
+                                                     r * (1.38888889e-3f + r * 1.98412698e-4f))))));
+    // 2^n from its exponent bits (n >= -126, so a normal number); a union, because GCC does not
+    // vectorise the loop around a memcpy of the bits
+    union { uint32_t u; float f; } scale = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+// max and sum of a row with eight fixed lanes: the loops vectorise without reassociating
+// anything the compiler would have to prove safe, and the result is the same on every machine.
+static float row_max8(const float* x, int n) {
+    float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+    for (; i < n; i++) lane[0] = x[i] > lane[0] ? x[i] : lane[0];
+    float m = lane[0];
+    for (int l = 1; l < 8; l++) m = lane[l] > m ? lane[l] : m;
+    return m;
+}
+
+static double row_sum8(const float* x, int n) {
+    double lane[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] += x[i + l];
+    for (; i < n; i++) lane[0] += x[i];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
         float* y = out + (size_t)n * C;
-        float maxval = -INFINITY;
-        for (int c = 0; c < C; c++) maxval = x[c] > maxval ? x[c] : maxval;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            y[c] = expf(x[c] - maxval);
-            sum += y[c];
-        }
+        float maxval = row_max8(x, C);
+        for (int c = 0; c < C; c++) y[c] = exp_nonpositive(x[c] - maxval);
+        double sum = row_sum8(y, C);
         float inv = (float)(1.0 / sum);
         for (int c = 0; c < C; c++) y[c] *= inv;
     }
@@ -364,13 +416,9 @@ void attention_forward_cpu(float* out, const float* q, const float* k, const flo
             for (int r = 0; r < bq; r++) {
                 float* s = scores + (size_t)r * keys;
                 int visible = causal ? i0 + r + 1 : keys; // query i sees keys j <= i
-                float maxval = -INFINITY;
-                for (int j = 0; j < visible; j++) maxval = s[j] > maxval ? s[j] : maxval;
-                double sum = 0.0;
-                for (int j = 0; j < visible; j++) {
-                    s[j] = expf(s[j] - maxval);
-                    sum += s[j];
-                }
+                float maxval = row_max8(s, visible);
+                for (int j = 0; j < visible; j++) s[j] = exp_nonpositive(s[j] - maxval);
+                double sum = row_sum8(s, visible);
                 float inv = (float)(1.0 / sum);
                 for (int j = 0; j < visible; j++) s[j] *= inv;
                 for (int j = visible; j < keys; j++) s[j] = 0.0f;
