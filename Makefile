@@ -95,7 +95,7 @@ $(BUILD)/kernels.o: kernels.cu ops.h tensor.h common.h rng.h $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
-test: tests/run_tests
+test: tests/run_tests sdxl
 	./tests/run_tests
 
 # Sanitizer build: its own objects, CPU only, no OpenMP (ASan and libgomp's thread pool do not

@@ -32,7 +32,10 @@ void options_print_help(const Option* options, int count, const char* usage) {
         const char* arg = options[i].type == OPT_INT ? " N" : options[i].type == OPT_FLOAT ? " F" : options[i].type == OPT_STRING ? " S" : "";
         char left[64];
         snprintf(left, sizeof(left), "%s%s", options[i].name, arg);
-        printf("  %-22s %s (default: %s)\n", left, options[i].help, def);
+        // a string option without a value has its default described in its help text
+        int unset = options[i].type == OPT_STRING && !*(const char**)options[i].target;
+        if (unset || options[i].type == OPT_FLAG) printf("  %-22s %s\n", left, options[i].help);
+        else printf("  %-22s %s (default: %s)\n", left, options[i].help, def);
     }
     printf("  %-22s show this help\n", "--help");
 }

@@ -168,7 +168,10 @@ static void load_model(SdxlModel* model, const char* path, const char* variant, 
         Lora l;
         if (lora_load(&l, lora, err) != 0) fatal("%s", err);
         if (lora_merge(&l, lora_scale, &model->unet, &model->te1, &model->te2, err) != 0) fatal("%s", err);
-        printf("merged LoRA %s at scale %g (%d modules)\n", lora, lora_scale, l.count);
+        char desc[512];
+        lora_describe(&l, desc, sizeof(desc));
+        printf("merged LoRA %s at scale %g: %s\n", lora, lora_scale, desc);
+        if (l.note[0]) printf("note: %s\n", l.note);
         lora_free(&l);
     }
 }
@@ -194,18 +197,18 @@ static int generate_main(int argc, char** argv) {
     const char* tokenizer = NULL;
     const char* backend = "cpu";
     Option options[] = {
-        {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors"},
-        {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
+        {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors (required)"},
+        {"--prompt", OPT_STRING, &o.prompt, "what to draw; the storyboard template is appended"},
         {"--prompts", OPT_STRING, &o.prompts_file, "a file with one prompt per line; --out is then a folder"},
-        {"--negative", OPT_STRING, &o.negative, "negative prompt (default: the storyboard negative prompt)"},
+        {"--negative", OPT_STRING, &o.negative, "negative prompt (default: the storyboard one; \"\" encodes as zeros)"},
         {"--no-style", OPT_FLAG, &o.no_style, "no storyboard template appended, no default negative prompt"},
-        {"--lora", OPT_STRING, &o.lora, "a LoRA file (kohya, diffusers or PEFT) to merge"},
+        {"--lora", OPT_STRING, &o.lora, "a LoRA (kohya, diffusers or PEFT file or folder) to merge"},
         {"--lora-scale", OPT_FLOAT, &o.lora_scale, "LoRA strength"},
         {"--sampler", OPT_STRING, &o.sampler, "one of euler, euler_a, ddim, dpmpp_2m_karras"},
         {"--steps", OPT_INT, &o.steps, "denoising steps"},
         {"--cfg", OPT_FLOAT, &o.cfg, "classifier-free guidance scale"},
         {"--seed", OPT_INT, &o.seed, "seed of the torch-identical CPU generator"},
-        {"--width", OPT_INT, &o.width, "output width in pixels (any; generated at the next multiple of 8, centre-cropped)"},
+        {"--width", OPT_INT, &o.width, "output width in pixels; generated at the next multiple of 8, centre-cropped"},
         {"--height", OPT_INT, &o.height, "output height in pixels"},
         {"--out", OPT_STRING, &o.out, "PNG to write (a folder with --prompts)"},
         {"--variant", OPT_STRING, &variant, "weights variant, e.g. fp16 (default: plain files when present, else fp16)"},

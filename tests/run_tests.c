@@ -17,12 +17,12 @@
 #include "harness.h"
 
 extern const TestCase tests_json[], tests_safetensors[], tests_tensor[], tests_rng[], tests_gemm[], tests_ops[],
-    tests_png[], tests_tokenizer[], tests_sample[], tests_vae[], tests_sdxl[], tests_lora[], tests_pipeline[];
+    tests_png[], tests_tokenizer[], tests_sample[], tests_vae[], tests_sdxl[], tests_lora[], tests_pipeline[], tests_cli[];
 
 static const TestCase* const all_tables[] = {tests_json, tests_safetensors, tests_tensor,    tests_rng,
                                             tests_gemm, tests_ops,         tests_png,       tests_tokenizer,
                                             tests_sample, tests_vae,       tests_sdxl,      tests_lora,
-                                            tests_pipeline};
+                                            tests_pipeline, tests_cli};
 
 static int selected(const char* name, int argc, char** argv, int first_filter) {
     if (first_filter >= argc) return 1;
