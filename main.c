@@ -158,11 +158,11 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
-static void load_model(SdxlModel* model, const char* path, const char* variant, const char* tokenizer, const char* lora,
-                       float lora_scale) {
+static void load_model(SdxlModel* model, const char* path, const char* variant, const char* config, const char* tokenizer,
+                       const char* lora, float lora_scale) {
     char err[ERR_MAX];
     double t0 = now_seconds();
-    if (sdxl_model_load(model, path, variant, tokenizer, err) != 0) fatal("%s", err);
+    if (sdxl_model_load(model, path, variant, config, tokenizer, err) != 0) fatal("%s", err);
     printf("loaded %s in %.1f s\n", path, now_seconds() - t0);
     if (lora) {
         Lora l;
@@ -195,6 +195,7 @@ static int generate_main(int argc, char** argv) {
     const char* model = NULL;
     const char* variant = NULL;
     const char* tokenizer = NULL;
+    const char* config = NULL;
     const char* backend = "cpu";
     Option options[] = {
         {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors (required)"},
@@ -212,7 +213,8 @@ static int generate_main(int argc, char** argv) {
         {"--height", OPT_INT, &o.height, "output height in pixels"},
         {"--out", OPT_STRING, &o.out, "PNG to write (a folder with --prompts)"},
         {"--variant", OPT_STRING, &variant, "weights variant, e.g. fp16 (default: plain files when present, else fp16)"},
-        {"--tokenizer", OPT_STRING, &tokenizer, "tokenizer folder, for single-file checkpoints"},
+        {"--config", OPT_STRING, &config, "single files: a diffusers folder with their configs and tokenizers"},
+        {"--tokenizer", OPT_STRING, &tokenizer, "single files: a tokenizer folder (vocab.json, merges.txt)"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
@@ -225,7 +227,7 @@ static int generate_main(int argc, char** argv) {
     backend_select_by_name(backend);
     options_print_values(options, n_options);
     SdxlModel m;
-    load_model(&m, model, variant, tokenizer, o.lora, o.lora_scale);
+    load_model(&m, model, variant, config, tokenizer, o.lora, o.lora_scale);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;
@@ -264,7 +266,7 @@ static int demo_main(int argc, char** argv) {
     printf("wrote a tiny random-weight SDXL to %s in %.1f s (its images are noise: the weights are random)\n", folder,
            now_seconds() - t0);
     SdxlModel m;
-    load_model(&m, folder, NULL, NULL, NULL, 0.0f);
+    load_model(&m, folder, NULL, NULL, NULL, NULL, 0.0f);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;

@@ -92,35 +92,65 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     return 0;
 }
 
-static int load_single_file(SdxlModel* m, const char* file, const char* tokenizer_dir, char* err) {
-    if (!tokenizer_dir)
+// The configs of a single-file checkpoint: SDXL base's, or those of a diffusers folder describing
+// the same architecture (diffusers' from_single_file(config=...) does the same).
+static int single_file_configs(const char* config_dir, UnetConfig* uc, ClipTextConfig* c1, ClipTextConfig* c2,
+                               VaeConfig* vc, SchedulerConfig* sc, char* err) {
+    if (!config_dir) {
+        unet_config_sdxl(uc);
+        clip_text_config_sdxl(c1, 1);
+        clip_text_config_sdxl(c2, 2);
+        vae_config_sdxl(vc);
+        scheduler_config_sdxl(sc);
+        return 0;
+    }
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/unet/config.json", config_dir);
+    if (unet_config_read(uc, path, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/text_encoder/config.json", config_dir);
+    if (clip_text_config_read(c1, path, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/text_encoder_2/config.json", config_dir);
+    if (clip_text_config_read(c2, path, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/vae/config.json", config_dir);
+    if (vae_config_read(vc, path, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", config_dir);
+    if (file_exists(path)) return scheduler_config_read(sc, path, err);
+    scheduler_config_sdxl(sc);
+    return 0;
+}
+
+static int load_single_file(SdxlModel* m, const char* file, const char* config_dir, const char* tokenizer_dir, char* err) {
+    char tok1_dir[4400], tok2_dir[4400];
+    if (tokenizer_dir) { // one folder for both: the second pads with "!" (id 0), as SDXL's tokenizer_2
+        snprintf(tok1_dir, sizeof(tok1_dir), "%s", tokenizer_dir);
+        snprintf(tok2_dir, sizeof(tok2_dir), "%s", tokenizer_dir);
+    } else if (config_dir) {
+        snprintf(tok1_dir, sizeof(tok1_dir), "%s/tokenizer", config_dir);
+        snprintf(tok2_dir, sizeof(tok2_dir), "%s/tokenizer_2", config_dir);
+    } else {
         return set_error(err, "%s is a single-file checkpoint, which holds no tokenizer: give --tokenizer DIR "
-                              "(a folder with vocab.json and merges.txt, e.g. an SDXL diffusers folder's tokenizer/)", file);
+                              "(a folder with vocab.json and merges.txt, e.g. an SDXL diffusers folder's tokenizer/) "
+                              "or --config DIR (an SDXL diffusers folder)", file);
+    }
     SafeTensors st;
     if (safetensors_open(&st, file, err) != 0) return -1;
     int rc = -1;
+    UnetConfig uc;
+    ClipTextConfig c1, c2;
+    VaeConfig vc;
     if (!safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight") ||
         !safetensors_find(&st, "conditioner.embedders.1.model.positional_embedding")) {
         set_error(err, "%s: not an SDXL checkpoint in SGM layout (no model.diffusion_model.* or conditioner.embedders.1.model.*)", file);
         goto done;
     }
-    // both SDXL tokenizers share the vocabulary; the second pads with "!" (id 0), as diffusers'
-    // tokenizer_2 config says
-    if (tokenizer_load(&m->tok1, tokenizer_dir, err) != 0) goto done;
-    if (tokenizer_load(&m->tok2, tokenizer_dir, err) != 0) goto done;
-    if (tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // tokenizer_2's pad, split out as diffusers does
-    ClipTextConfig c1, c2;
-    clip_text_config_sdxl(&c1, 1);
-    clip_text_config_sdxl(&c2, 2);
+    if (single_file_configs(config_dir, &uc, &c1, &c2, &vc, &m->sched, err) != 0) goto done;
+    if (tokenizer_load(&m->tok1, tok1_dir, err) != 0) goto done;
+    if (tokenizer_load(&m->tok2, tok2_dir, err) != 0) goto done;
+    if (tokenizer_dir && tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // split out, as diffusers does
     if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, err) != 0) goto done;
     if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, err) != 0) goto done;
-    UnetConfig uc;
-    unet_config_sdxl(&uc);
     if (unet_load_sgm(&m->unet, &uc, &st, err) != 0) goto done;
-    VaeConfig vc;
-    vae_config_sdxl(&vc);
     if (vae_load_with_config(&m->vae, &vc, file, err) != 0) goto done;
-    scheduler_config_sdxl(&m->sched);
     m->force_zeros_for_empty_prompt = 1;
     rc = 0;
 done:
@@ -128,12 +158,13 @@ done:
     return rc;
 }
 
-int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* tokenizer_dir, char* err) {
+int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
+                    char* err) {
     memset(m, 0, sizeof(*m));
     base_name(m->name, sizeof(m->name), path);
     int rc;
     if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, err);
-    else if (file_exists(path)) rc = load_single_file(m, path, tokenizer_dir, err);
+    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, err);
     else rc = set_error(err, "%s: no such file or folder", path);
     if (rc != 0) sdxl_model_free(m);
     return rc;

@@ -34,9 +34,12 @@ typedef struct {
 // Loads a diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/,
 // scheduler/; weights with or without the .fp16 variant: `variant` NULL picks the plain files when
 // present, else fp16) or an SGM single-file checkpoint (`*.safetensors`: model.diffusion_model.*,
-// conditioner.embedders.{0,1}.*, first_stage_model.*, SDXL base's configs), whose tokenizers come
-// from `tokenizer_dir` (a folder with vocab.json and merges.txt, e.g. a diffusers folder's tokenizer/).
-int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* tokenizer_dir, char* err);
+// conditioner.embedders.{0,1}.*, first_stage_model.*). A single file holds no configs and no
+// tokenizer: its architecture is SDXL base's unless `config_dir` names a diffusers folder whose
+// config.json files describe it (its weights are not read), and its tokenizers come from
+// `tokenizer_dir` (a folder with vocab.json and merges.txt) or else config_dir's tokenizer(_2)/.
+int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
+                    char* err);
 void sdxl_model_free(SdxlModel* m);
 
 typedef struct {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "../common.h"
 #include "../ops.h"
@@ -14,7 +15,7 @@
 
 static int load_tiny(SdxlModel* m) {
     char err[ERR_MAX] = "";
-    return check_true(sdxl_model_load(m, golden_path("tiny_sdxl"), NULL, NULL, err) == 0, "load tiny_sdxl %s", err);
+    return check_true(sdxl_model_load(m, golden_path("tiny_sdxl"), NULL, NULL, NULL, err) == 0, "load tiny_sdxl %s", err);
 }
 
 static void test_pipeline_matches_diffusers(void) {
@@ -100,14 +101,83 @@ static void test_pipeline_a1111_conditioning(void) {
     safetensors_close(&ref);
 }
 
+// A single-file SGM checkpoint of the tiny model, assembled from parts whose SGM names the
+// reference libraries confirmed: the UNet under unet_sgm_name (checked against diffusers'
+// converter for every tensor by sdxl_unet_sgm_names), the text encoders of
+// sgm/tiny_sdxl_te.safetensors and the VAE of vae_sgm.safetensors. Loaded with --config (the tiny
+// folder's configs and tokenizers), it must generate exactly what the folder generates.
+static void test_pipeline_single_file(void) {
+    char err[ERR_MAX] = "", path[4400];
+    SafeTensors unet, te, vae;
+    snprintf(path, sizeof(path), "%s/unet", golden_path("tiny_sdxl"));
+    if (!check_true(safetensors_open_dir(&unet, path, "diffusion_pytorch_model", NULL, err) == 0, "open unet: %s", err)) return;
+    if (!golden_open(&te, "sgm/tiny_sdxl_te.safetensors") || !golden_open(&vae, "vae_sgm.safetensors")) return;
+    UnetConfig uc;
+    snprintf(path, sizeof(path), "%s/unet/config.json", golden_path("tiny_sdxl"));
+    if (!check_true(unet_config_read(&uc, path, err) == 0, "unet config: %s", err)) return;
+    int total = unet.count + te.count + vae.count, n = 0;
+    SafeTensorOut* out = xcalloc((size_t)total, sizeof(SafeTensorOut));
+    char(*names)[256] = xcalloc((size_t)total, 256);
+    const SafeTensors* parts[3] = {&unet, &te, &vae};
+    for (int p = 0; p < 3; p++) {
+        for (int i = 0; i < parts[p]->count; i++) {
+            const SafeTensor* t = &parts[p]->tensors[i];
+            if (p == 0) {
+                char sgm[200];
+                if (unet_sgm_name(&uc, t->name, sgm, sizeof(sgm)) != 0) continue;
+                snprintf(names[n], 256, "model.diffusion_model.%s", sgm);
+            } else {
+                if (p == 2 && strncmp(t->name, "first_stage_model.", 18) != 0) continue; // its stray UNet tensor
+                snprintf(names[n], 256, "%s", t->name);
+            }
+            out[n].name = names[n];
+            out[n].dtype = t->dtype;
+            out[n].rank = t->rank;
+            memcpy(out[n].shape, t->shape, sizeof(int64_t) * t->rank);
+            out[n].data = t->data;
+            n++;
+        }
+    }
+    mkdir("build", 0755);
+    mkdir("build/test_pipeline", 0755);
+    const char* file = "build/test_pipeline/tiny_sdxl_sgm.safetensors";
+    int written = safetensors_write(file, out, n, NULL, NULL, 0, err) == 0;
+    free(out);
+    free(names);
+    safetensors_close(&unet);
+    safetensors_close(&te);
+    safetensors_close(&vae);
+    if (!check_true(written, "wrote %s (%d tensors): %s", file, n, err)) return;
+
+    SdxlModel single, folder;
+    int ok = check_true(sdxl_model_load(&single, file, NULL, golden_path("tiny_sdxl"), NULL, err) == 0,
+                        "load the single file with --config: %s", err);
+    if (!ok || !load_tiny(&folder)) return;
+    GenerateParams p = {.prompt = "a (door:1.2) opens", .negative = "blurry", .width = 40, .height = 32, .steps = 2,
+                        .cfg = 7.0f, .seed = 7, .sampler = SAMPLER_EULER_ANCESTRAL, .quiet = 1};
+    Image a, b;
+    int ga = sdxl_generate(&single, &p, &a, NULL, err) == 0;
+    int gb = ga && sdxl_generate(&folder, &p, &b, NULL, err) == 0;
+    if (check_true(ga && gb, "generate from both: %s", err)) {
+        check_bytes_equal("single file and folder give the same image", a.data, b.data, (size_t)40 * 32 * 3);
+        image_free(&a);
+        image_free(&b);
+    }
+    sdxl_model_free(&single);
+    sdxl_model_free(&folder);
+    // without --config, the file is read as SDXL base, whose shapes this tiny file does not have
+    int rc = sdxl_model_load(&single, file, NULL, NULL, golden_path("tiny_sdxl/tokenizer"), err);
+    check_true(rc == -1 && strstr(err, "shape"), "as SDXL base it is refused: %.100s", err);
+}
+
 static void test_pipeline_bad_input(void) {
     SdxlModel m;
     char err[ERR_MAX] = "";
-    int rc = sdxl_model_load(&m, "tests/golden/no_such_model", NULL, NULL, err);
+    int rc = sdxl_model_load(&m, "tests/golden/no_such_model", NULL, NULL, NULL, err);
     check_true(rc == -1 && strstr(err, "no_such_model"), "missing model: %s", err);
-    rc = sdxl_model_load(&m, golden_path("st"), NULL, NULL, err);
+    rc = sdxl_model_load(&m, golden_path("st"), NULL, NULL, NULL, err);
     check_true(rc == -1 && strstr(err, "model_index.json"), "a folder that is not a model: %s", err);
-    rc = sdxl_model_load(&m, golden_path("vae_sgm.safetensors"), NULL, NULL, err);
+    rc = sdxl_model_load(&m, golden_path("vae_sgm.safetensors"), NULL, NULL, NULL, err);
     check_true(rc == -1 && strstr(err, "--tokenizer"), "single file without a tokenizer: %s", err);
     if (!load_tiny(&m)) return;
     GenerateParams p = {.prompt = "x", .negative = "", .width = 64, .height = 64, .steps = 0, .cfg = 5, .seed = 1, .quiet = 1};
@@ -124,6 +194,7 @@ static void test_pipeline_bad_input(void) {
 const TestCase tests_pipeline[] = {
     {"pipeline_matches_diffusers", test_pipeline_matches_diffusers},
     {"pipeline_a1111_conditioning", test_pipeline_a1111_conditioning},
+    {"pipeline_single_file", test_pipeline_single_file},
     {"pipeline_bad_input", test_pipeline_bad_input},
     {NULL, NULL},
 };
