@@ -1,0 +1,2 @@
+// blip.c: placeholder while its owner writes it
+#include "blip.h"

@@ -1,0 +1,2 @@
+// blip.h: placeholder
+#pragma once

@@ -1,0 +1,2 @@
+// eval.h: placeholder
+#pragma once

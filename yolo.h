@@ -1,0 +1,2 @@
+// yolo.h: placeholder
+#pragma once
