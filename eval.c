@@ -1,2 +1,646 @@
-// eval.c: placeholder while its owner writes it
+// eval.c: style checks, the LLM-judge hook, and the evaluation report. See eval.h.
+//
+// Colourfulness: D. Hasler and S. Suesstrunk, "Measuring colourfulness in natural images",
+// Proc. SPIE 5007 (2003), metric M(3): rg = R - G, yb = (R + G)/2 - B on 8-bit sRGB,
+// M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2), population statistics.
+// Saturation: HSV S = (max - min) / max (0 for black), as colorsys / OpenCV (scaled to [0, 1]).
+#define _POSIX_C_SOURCE 200809L
 #include "eval.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "json.h"
+
+// ----------------------------------------------------------------------------
+// Style checks
+
+void style_check(const Image* rgb, int want_w, int want_h, StyleReport* out) {
+    memset(out, 0, sizeof(*out));
+    out->width = rgb->width;
+    out->height = rgb->height;
+    out->size_ok = rgb->width == want_w && rgb->height == want_h;
+    double aspect = (double)rgb->width / rgb->height;
+    out->aspect_ok = fabs(aspect / (16.0 / 9.0) - 1.0) <= 0.01;
+    size_t n = (size_t)rgb->width * rgb->height;
+    const uint8_t* px = rgb->data;
+    double sum_rg = 0, sum_yb = 0, sq_rg = 0, sq_yb = 0, sum_s = 0;
+    size_t coloured = 0;
+    for (size_t i = 0; i < n; i++) {
+        double R = px[3 * i], G = px[3 * i + 1], B = px[3 * i + 2];
+        double rg = R - G, yb = 0.5 * (R + G) - B;
+        sum_rg += rg;
+        sum_yb += yb;
+        sq_rg += rg * rg;
+        sq_yb += yb * yb;
+        double mx = R > G ? (R > B ? R : B) : (G > B ? G : B);
+        double mn = R < G ? (R < B ? R : B) : (G < B ? G : B);
+        double s = mx > 0 ? (mx - mn) / mx : 0.0;
+        sum_s += s;
+        coloured += s > BW_SATURATION;
+    }
+    double mean_rg = sum_rg / n, mean_yb = sum_yb / n;
+    double var_rg = sq_rg / n - mean_rg * mean_rg, var_yb = sq_yb / n - mean_yb * mean_yb;
+    // one-pass variance can dip a hair below zero for constant images
+    var_rg = var_rg > 0 ? var_rg : 0;
+    var_yb = var_yb > 0 ? var_yb : 0;
+    out->colourfulness = sqrt(var_rg + var_yb) + 0.3 * sqrt(mean_rg * mean_rg + mean_yb * mean_yb);
+    out->mean_saturation = sum_s / n;
+    out->colour_pixels = (double)coloured / n;
+    out->black_and_white = out->colourfulness < BW_MAX_COLOURFULNESS && out->colour_pixels < BW_MAX_COLOUR_PIXELS;
+}
+
+// ----------------------------------------------------------------------------
+// LLM judge
+
+static const char* skip_space(const char* s) {
+    while (*s == ' ' || *s == '\t' || *s == '\r') s++;
+    return s;
+}
+
+int judge_parse(const char* output, JudgeResult* out, char* err) {
+    memset(out, 0, sizeof(*out));
+    const char* line = output;
+    while (*line) {
+        const char* end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        const char* s = skip_space(line);
+        if (*s == '{') { // {"score": 7, "reason": "..."}
+            JsonDoc doc;
+            char jerr[ERR_MAX];
+            if (json_parse(&doc, s, len - (size_t)(s - line), jerr) == 0) {
+                double score;
+                int has = json_get_number(&doc.root, "score", &score);
+                const char* reason = json_get_string(&doc.root, "reason");
+                if (reason) snprintf(out->reason, sizeof(out->reason), "%s", reason);
+                json_free(&doc);
+                if (has) {
+                    out->score = score;
+                    goto check;
+                }
+            }
+        } else if (strncasecmp(s, "score", 5) == 0) { // score: 7
+            const char* v = skip_space(s + 5);
+            if (*v == ':' || *v == '=') {
+                char* num_end;
+                out->score = strtod(v + 1, &num_end);
+                if (num_end != v + 1) {
+                    if (end) { // the next non-empty line, if any, is the reason
+                        const char* r = end + 1;
+                        while (*r == '\n' || *r == '\r') r++;
+                        const char* r_end = strchr(r, '\n');
+                        size_t r_len = r_end ? (size_t)(r_end - r) : strlen(r);
+                        if (r_len >= sizeof(out->reason)) r_len = sizeof(out->reason) - 1;
+                        memcpy(out->reason, r, r_len);
+                        out->reason[r_len] = 0;
+                    }
+                    goto check;
+                }
+            }
+        }
+        if (!end) break;
+        line = end + 1;
+    }
+    return set_error(err, "judge printed no score (expected {\"score\": n, ...} or \"score: n\")");
+check:
+    if (!(out->score >= 1.0 && out->score <= 10.0)) return set_error(err, "judge score %g is outside 1..10", out->score);
+    return 0;
+}
+
+int judge_run(const char* cmd, const char* prompt, const char* image_path, JudgeResult* out, char* err) {
+    int to_child[2], from_child[2];
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) return set_error(err, "judge: pipe: %s", strerror(errno));
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return set_error(err, "judge: fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(to_child[0], 0);
+        dup2(from_child[1], 1);
+        close(to_child[1]);
+        close(from_child[0]);
+        setenv("SDXL_JUDGE_IMAGE", image_path, 1);
+        setenv("SDXL_JUDGE_PROMPT", prompt, 1);
+        execl("/bin/sh", "sh", "-c", cmd, (char*)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    // the prompt on stdin; a command that does not read it must not stall us
+    void (*old)(int) = signal(SIGPIPE, SIG_IGN);
+    ssize_t wrote = write(to_child[1], prompt, strlen(prompt));
+    (void)wrote;
+    close(to_child[1]);
+    signal(SIGPIPE, old);
+    size_t cap = 4096, n = 0;
+    char* text = xmalloc(cap);
+    ssize_t r;
+    while ((r = read(from_child[0], text + n, cap - 1 - n)) > 0) {
+        n += (size_t)r;
+        if (n + 1 == cap) text = xrealloc(text, cap *= 2);
+    }
+    text[n] = 0;
+    close(from_child[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    int rc;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        rc = set_error(err, "judge command exited with status %d", WIFEXITED(status) ? WEXITSTATUS(status) : 128);
+    else
+        rc = judge_parse(text, out, err);
+    free(text);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// Records
+
+void eval_record_init(EvalRecord* r, const char* path, const char* prompt) {
+    memset(r, 0, sizeof(*r));
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    const char* slash = strrchr(path, '/');
+    snprintf(r->name, sizeof(r->name), "%s", slash ? slash + 1 : path);
+    r->prompt = xstrdup(prompt ? prompt : "");
+}
+
+void eval_record_free(EvalRecord* r) {
+    free(r->prompt);
+    free(r->boxes);
+    free(r->objects);
+    free(r->caption_text);
+    free(r->interrogation);
+    free(r->judge_reason);
+    memset(r, 0, sizeof(*r));
+}
+
+static void field_set(EvalField* f, EvalStatus status, const char* fmt, va_list ap) {
+    f->status = status;
+    vsnprintf(f->note, sizeof(f->note), fmt, ap);
+}
+
+void eval_field_skip(EvalField* f, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    field_set(f, EVAL_SKIPPED, fmt, ap);
+    va_end(ap);
+}
+
+void eval_field_fail(EvalField* f, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    field_set(f, EVAL_FAILED, fmt, ap);
+    va_end(ap);
+}
+
+// ----------------------------------------------------------------------------
+// A growing text buffer for the report files
+
+typedef struct {
+    char* s;
+    size_t len, cap;
+} Text;
+
+static void text_add(Text* t, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_add(Text* t, const char* fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = t->cap - t->len;
+        int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? room : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) fatal("report: formatting failed");
+        if (t->s && (size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->cap = (t->cap + (size_t)n + 1) * 2;
+        t->s = xrealloc(t->s, t->cap);
+    }
+}
+
+static void text_json_string(Text* t, const char* s) {
+    size_t need = json_escape(NULL, 0, s ? s : "");
+    char* tmp = xmalloc(need + 1);
+    json_escape(tmp, need + 1, s ? s : "");
+    text_add(t, "%s", tmp);
+    free(tmp);
+}
+
+static void text_html(Text* t, const char* s) { // HTML-escaped text
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '<': text_add(t, "&lt;"); break;
+        case '>': text_add(t, "&gt;"); break;
+        case '&': text_add(t, "&amp;"); break;
+        case '"': text_add(t, "&quot;"); break;
+        default: text_add(t, "%c", *s);
+        }
+    }
+}
+
+static void text_csv(Text* t, const char* s) { // RFC 4180: quote always, double the quotes
+    text_add(t, "\"");
+    for (; s && *s; s++) text_add(t, *s == '"' ? "\"\"" : "%c", *s);
+    text_add(t, "\"");
+}
+
+static const char* status_name(EvalStatus s) { return s == EVAL_DONE ? "done" : s == EVAL_FAILED ? "failed" : "skipped"; }
+
+// ----------------------------------------------------------------------------
+// Summary
+
+typedef struct {
+    double sum;
+    int n;
+} Mean;
+
+static void mean_add(Mean* m, double v) {
+    m->sum += v;
+    m->n++;
+}
+
+typedef struct {
+    Mean clip_score, clip_cosine, objects_found, minilm, clip_text, judge, colourfulness, saturation, bw, size_ok;
+} Summary;
+
+static Summary summarize(const EvalRecord* r, int n) {
+    Summary s;
+    memset(&s, 0, sizeof(s));
+    for (int i = 0; i < n; i++) {
+        if (r[i].clip.status == EVAL_DONE) {
+            mean_add(&s.clip_score, r[i].clip_score);
+            mean_add(&s.clip_cosine, r[i].clip_cosine);
+        }
+        if (r[i].detection.status == EVAL_DONE && r[i].n_objects > 0) {
+            int found = 0;
+            for (int k = 0; k < r[i].n_objects; k++) found += r[i].objects[k].found;
+            mean_add(&s.objects_found, (double)found / r[i].n_objects);
+        }
+        if (r[i].similarity.status == EVAL_DONE) {
+            mean_add(&s.minilm, r[i].minilm_cosine);
+            if (r[i].has_clip_text_cosine) mean_add(&s.clip_text, r[i].clip_text_cosine);
+        }
+        if (r[i].judge.status == EVAL_DONE) mean_add(&s.judge, r[i].judge_score);
+        mean_add(&s.colourfulness, r[i].style.colourfulness);
+        mean_add(&s.saturation, r[i].style.mean_saturation);
+        mean_add(&s.bw, r[i].style.black_and_white);
+        mean_add(&s.size_ok, r[i].style.size_ok);
+    }
+    return s;
+}
+
+static const struct {
+    const char* key;
+    const char* title;
+    size_t offset;
+    const char* unit;
+} summary_rows[] = {
+    {"clip_score", "CLIP score (torchmetrics, 0-100)", offsetof(Summary, clip_score), ""},
+    {"clip_cosine", "CLIP image-prompt cosine", offsetof(Summary, clip_cosine), ""},
+    {"objects_found", "named objects found by YOLOv8", offsetof(Summary, objects_found), "%"},
+    {"caption_minilm_cosine", "prompt-caption cosine (MiniLM)", offsetof(Summary, minilm), ""},
+    {"caption_clip_text_cosine", "prompt-caption cosine (CLIP text)", offsetof(Summary, clip_text), ""},
+    {"judge_score", "LLM judge score (1-10)", offsetof(Summary, judge), ""},
+    {"colourfulness", "colourfulness (Hasler-Suesstrunk)", offsetof(Summary, colourfulness), ""},
+    {"mean_saturation", "mean HSV saturation", offsetof(Summary, saturation), ""},
+    {"black_and_white", "black-and-white verdicts", offsetof(Summary, bw), "%"},
+    {"size_ok", "exact size", offsetof(Summary, size_ok), "%"},
+};
+#define SUMMARY_ROWS ((int)(sizeof(summary_rows) / sizeof(summary_rows[0])))
+
+static const Mean* summary_mean(const Summary* s, int row) { return (const Mean*)((const char*)s + summary_rows[row].offset); }
+
+void eval_print_summary(const EvalRecord* records, int n) {
+    Summary s = summarize(records, n);
+    printf("\n%-40s %10s %8s\n", "summary over the images", "mean", "images");
+    for (int row = 0; row < SUMMARY_ROWS; row++) {
+        const Mean* m = summary_mean(&s, row);
+        if (m->n == 0) {
+            printf("%-40s %10s %8d\n", summary_rows[row].title, "skipped", 0);
+        } else if (summary_rows[row].unit[0] == '%') {
+            printf("%-40s %9.1f%% %8d\n", summary_rows[row].title, 100.0 * m->sum / m->n, m->n);
+        } else {
+            printf("%-40s %10.4f %8d\n", summary_rows[row].title, m->sum / m->n, m->n);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// report.json
+
+static void json_field(Text* t, const char* name, const EvalField* f) {
+    text_add(t, "\"%s\": {\"status\": \"%s\", \"note\": ", name, status_name(f->status));
+    text_json_string(t, f->note);
+}
+
+static void write_json(Text* t, const EvalRecord* records, int n, const char* settings) {
+    Summary s = summarize(records, n);
+    text_add(t, "{\n  \"tool\": \"sdxl.c eval\",\n  \"settings\": ");
+    text_json_string(t, settings);
+    text_add(t, ",\n  \"summary\": {");
+    for (int row = 0; row < SUMMARY_ROWS; row++) {
+        const Mean* m = summary_mean(&s, row);
+        text_add(t, "%s\n    \"%s\": ", row ? "," : "", summary_rows[row].key);
+        if (m->n) text_add(t, "{\"mean\": %.6g, \"images\": %d}", m->sum / m->n, m->n);
+        else text_add(t, "{\"mean\": null, \"images\": 0, \"note\": \"skipped\"}");
+    }
+    text_add(t, "\n  },\n  \"images\": [");
+    for (int i = 0; i < n; i++) {
+        const EvalRecord* r = &records[i];
+        const StyleReport* st = &r->style;
+        text_add(t, "%s\n    {\"file\": ", i ? "," : "");
+        text_json_string(t, r->path);
+        text_add(t, ", \"prompt\": ");
+        text_json_string(t, r->prompt);
+        text_add(t, ",\n     \"style\": {\"width\": %d, \"height\": %d, \"size_ok\": %s, \"aspect_16_9\": %s, "
+                    "\"colourfulness\": %.4f, \"mean_saturation\": %.4f, \"colour_pixels\": %.4f, \"black_and_white\": %s},",
+                 st->width, st->height, st->size_ok ? "true" : "false", st->aspect_ok ? "true" : "false",
+                 st->colourfulness, st->mean_saturation, st->colour_pixels, st->black_and_white ? "true" : "false");
+        text_add(t, "\n     ");
+        json_field(t, "clip", &r->clip);
+        if (r->clip.status == EVAL_DONE) text_add(t, ", \"score\": %.4f, \"cosine\": %.6f", r->clip_score, r->clip_cosine);
+        text_add(t, "},\n     ");
+        json_field(t, "detection", &r->detection);
+        if (r->detection.status == EVAL_DONE) {
+            text_add(t, ", \"objects\": [");
+            for (int k = 0; k < r->n_objects; k++) {
+                const EvalObject* o = &r->objects[k];
+                text_add(t, "%s{\"word\": ", k ? ", " : "");
+                text_json_string(t, o->word);
+                text_add(t, ", \"class\": ");
+                text_json_string(t, o->label);
+                text_add(t, ", \"found\": %s, \"best_confidence\": %.4f}", o->found ? "true" : "false", o->best_confidence);
+            }
+            text_add(t, "], \"boxes\": [");
+            for (int k = 0; k < r->n_boxes; k++) {
+                const EvalBox* b = &r->boxes[k];
+                text_add(t, "%s{\"class\": ", k ? ", " : "");
+                text_json_string(t, b->label);
+                text_add(t, ", \"confidence\": %.4f, \"xyxy\": [%.1f, %.1f, %.1f, %.1f]}", b->confidence, b->x0, b->y0, b->x1, b->y1);
+            }
+            text_add(t, "]");
+        }
+        text_add(t, "},\n     ");
+        json_field(t, "caption", &r->caption);
+        if (r->caption.status == EVAL_DONE) {
+            text_add(t, ", \"text\": ");
+            text_json_string(t, r->caption_text);
+        }
+        text_add(t, "},\n     ");
+        json_field(t, "similarity", &r->similarity);
+        if (r->similarity.status == EVAL_DONE) {
+            text_add(t, ", \"minilm_cosine\": %.6f", r->minilm_cosine);
+            if (r->has_clip_text_cosine) text_add(t, ", \"clip_text_cosine\": %.6f", r->clip_text_cosine);
+        }
+        text_add(t, "},\n     ");
+        json_field(t, "interrogator", &r->interrogator);
+        if (r->interrogator.status == EVAL_DONE) {
+            text_add(t, ", \"prompt\": ");
+            text_json_string(t, r->interrogation);
+        }
+        text_add(t, "},\n     ");
+        json_field(t, "judge", &r->judge);
+        if (r->judge.status == EVAL_DONE) {
+            text_add(t, ", \"score\": %.2f, \"reason\": ", r->judge_score);
+            text_json_string(t, r->judge_reason);
+        }
+        text_add(t, "}}");
+    }
+    text_add(t, "\n  ]\n}\n");
+}
+
+// ----------------------------------------------------------------------------
+// report.csv: one row per image; a skipped or failed evaluator's columns say so
+
+static void csv_number(Text* t, const EvalField* f, double v, const char* fmt) {
+    if (f->status == EVAL_DONE) text_add(t, fmt, v);
+    else text_add(t, "%s", status_name(f->status));
+}
+
+static void write_csv(Text* t, const EvalRecord* records, int n) {
+    text_add(t, "file,prompt,width,height,size_ok,aspect_16_9,colourfulness,mean_saturation,colour_pixels,black_and_white,"
+                "clip_score,clip_cosine,objects_found,objects_missing,detections,caption,minilm_cosine,clip_text_cosine,"
+                "interrogation,judge_score,judge_reason,notes\r\n");
+    for (int i = 0; i < n; i++) {
+        const EvalRecord* r = &records[i];
+        const StyleReport* st = &r->style;
+        text_csv(t, r->path);
+        text_add(t, ",");
+        text_csv(t, r->prompt);
+        text_add(t, ",%d,%d,%s,%s,%.4f,%.4f,%.4f,%s,", st->width, st->height, st->size_ok ? "yes" : "no",
+                 st->aspect_ok ? "yes" : "no", st->colourfulness, st->mean_saturation, st->colour_pixels,
+                 st->black_and_white ? "yes" : "no");
+        csv_number(t, &r->clip, r->clip_score, "%.4f");
+        text_add(t, ",");
+        csv_number(t, &r->clip, r->clip_cosine, "%.6f");
+        text_add(t, ",");
+        if (r->detection.status == EVAL_DONE) {
+            Text found = {0}, missing = {0}, boxes = {0};
+            text_add(&found, "%s", "");
+            text_add(&missing, "%s", "");
+            text_add(&boxes, "%s", "");
+            for (int k = 0; k < r->n_objects; k++) {
+                Text* dst = r->objects[k].found ? &found : &missing;
+                text_add(dst, "%s%s", dst->len ? "; " : "", r->objects[k].word);
+                if (r->objects[k].found) text_add(dst, " (%s %.2f)", r->objects[k].label, r->objects[k].best_confidence);
+            }
+            for (int k = 0; k < r->n_boxes; k++)
+                text_add(&boxes, "%s%s %.2f", boxes.len ? "; " : "", r->boxes[k].label, r->boxes[k].confidence);
+            text_csv(t, found.s);
+            text_add(t, ",");
+            text_csv(t, missing.s);
+            text_add(t, ",");
+            text_csv(t, boxes.s);
+            free(found.s);
+            free(missing.s);
+            free(boxes.s);
+        } else {
+            text_add(t, "%s,%s,%s", status_name(r->detection.status), status_name(r->detection.status),
+                     status_name(r->detection.status));
+        }
+        text_add(t, ",");
+        if (r->caption.status == EVAL_DONE) text_csv(t, r->caption_text);
+        else text_add(t, "%s", status_name(r->caption.status));
+        text_add(t, ",");
+        csv_number(t, &r->similarity, r->minilm_cosine, "%.6f");
+        text_add(t, ",");
+        if (r->similarity.status == EVAL_DONE && r->has_clip_text_cosine) text_add(t, "%.6f", r->clip_text_cosine);
+        else text_add(t, "skipped");
+        text_add(t, ",");
+        if (r->interrogator.status == EVAL_DONE) text_csv(t, r->interrogation);
+        else text_add(t, "%s", status_name(r->interrogator.status));
+        text_add(t, ",");
+        csv_number(t, &r->judge, r->judge_score, "%.2f");
+        text_add(t, ",");
+        if (r->judge.status == EVAL_DONE) text_csv(t, r->judge_reason);
+        else text_add(t, "%s", status_name(r->judge.status));
+        // the notes column: why each skipped or failed evaluator did not run
+        Text notes = {0};
+        text_add(&notes, "%s", "");
+        const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
+        const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
+        for (int k = 0; k < 6; k++)
+            if (fields[k]->status != EVAL_DONE && fields[k]->note[0])
+                text_add(&notes, "%s%s: %s", notes.len ? "; " : "", names[k], fields[k]->note);
+        text_add(t, ",");
+        text_csv(t, notes.s);
+        free(notes.s);
+        text_add(t, "\r\n");
+    }
+}
+
+// ----------------------------------------------------------------------------
+// report.html: a contact sheet
+
+static void base64(Text* t, const uint8_t* data, size_t n) {
+    static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < n ? (uint32_t)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
+        text_add(t, "%c%c%c%c", table[v >> 18 & 63], table[v >> 12 & 63], i + 1 < n ? table[v >> 6 & 63] : '=',
+                 i + 2 < n ? table[v & 63] : '=');
+    }
+}
+
+static void html_field_note(Text* t, const char* what, const EvalField* f) {
+    text_add(t, "<div class=\"row muted\"><b>%s</b> %s: ", what, status_name(f->status));
+    text_html(t, f->note);
+    text_add(t, "</div>\n");
+}
+
+static const char* HTML_STYLE =
+    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;background:#f4f4f2;color:#222}"
+    "h1{font-size:22px;margin:0 0 4px}p.sub{color:#666;margin:0 0 16px}"
+    "table.summary{border-collapse:collapse;margin:0 0 20px;background:#fff}"
+    "table.summary td,table.summary th{border:1px solid #ddd;padding:4px 10px;font-size:13px;text-align:left}"
+    "table.summary td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:16px}"
+    ".card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;font-size:13px}"
+    ".thumb{position:relative;line-height:0}.thumb img{width:100%;border:1px solid #ccc}"
+    ".thumb svg{position:absolute;left:0;top:0;width:100%;height:100%}"
+    ".name{font-weight:600;margin:8px 0 2px}.prompt{color:#333;margin:0 0 6px}"
+    ".row{margin:2px 0}.muted{color:#888}"
+    ".badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;margin-right:4px;color:#fff}"
+    ".ok{background:#2e7d32}.bad{background:#c62828}.skip{background:#999}"
+    ".found{color:#2e7d32}.missing{color:#c62828}";
+
+static void write_html(Text* t, const EvalRecord* records, int n, const Image* thumbs, const char* settings) {
+    Summary s = summarize(records, n);
+    text_add(t, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                "<title>sdxl.c evaluation report</title><style>%s</style></head><body>\n", HTML_STYLE);
+    text_add(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d images &middot; ", n);
+    text_html(t, settings);
+    text_add(t, "</p>\n<table class=\"summary\"><tr><th>measure</th><th>mean</th><th>images</th></tr>\n");
+    for (int row = 0; row < SUMMARY_ROWS; row++) {
+        const Mean* m = summary_mean(&s, row);
+        text_add(t, "<tr><td>%s</td>", summary_rows[row].title);
+        if (!m->n) text_add(t, "<td class=\"num muted\">skipped</td><td class=\"num\">0</td></tr>\n");
+        else if (summary_rows[row].unit[0] == '%') text_add(t, "<td class=\"num\">%.1f%%</td><td class=\"num\">%d</td></tr>\n", 100.0 * m->sum / m->n, m->n);
+        else text_add(t, "<td class=\"num\">%.4f</td><td class=\"num\">%d</td></tr>\n", m->sum / m->n, m->n);
+    }
+    text_add(t, "</table>\n<div class=\"grid\">\n");
+    for (int i = 0; i < n; i++) {
+        const EvalRecord* r = &records[i];
+        const StyleReport* st = &r->style;
+        text_add(t, "<div class=\"card\">\n<div class=\"thumb\">");
+        uint8_t* png = NULL;
+        size_t png_size = 0;
+        char err[ERR_MAX];
+        if (thumbs && thumbs[i].data && png_encode(&thumbs[i], &png, &png_size, err) == 0) {
+            text_add(t, "<img alt=\"");
+            text_html(t, r->name);
+            text_add(t, "\" src=\"data:image/png;base64,");
+            base64(t, png, png_size);
+            text_add(t, "\">");
+            free(png);
+            // detections in the image's own pixels; the viewBox scales them onto the thumbnail
+            if (r->detection.status == EVAL_DONE && r->n_boxes > 0) {
+                text_add(t, "<svg viewBox=\"0 0 %d %d\" preserveAspectRatio=\"none\">", st->width, st->height);
+                for (int k = 0; k < r->n_boxes; k++) {
+                    const EvalBox* b = &r->boxes[k];
+                    text_add(t, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#ff1744\" "
+                                "stroke-width=\"%.1f\"/><text x=\"%.1f\" y=\"%.1f\" fill=\"#ff1744\" font-size=\"%.0f\" "
+                                "font-family=\"sans-serif\">%s %.2f</text>",
+                             b->x0, b->y0, b->x1 - b->x0, b->y1 - b->y0, st->width / 300.0, b->x0 + 4, b->y0 + st->height / 22.0,
+                             st->height / 26.0, b->label, b->confidence);
+                }
+                text_add(t, "</svg>");
+            }
+        }
+        text_add(t, "</div>\n<div class=\"name\">");
+        text_html(t, r->name);
+        text_add(t, " &middot; %dx%d</div>\n<div class=\"prompt\">", st->width, st->height);
+        text_html(t, r->prompt);
+        text_add(t, "</div>\n<div class=\"row\"><span class=\"badge %s\">%s</span><span class=\"badge %s\">%s</span>"
+                    "<span class=\"badge %s\">16:9 %s</span></div>\n",
+                 st->black_and_white ? "ok" : "bad", st->black_and_white ? "black &amp; white" : "colour",
+                 st->size_ok ? "ok" : "bad", st->size_ok ? "exact size" : "wrong size", st->aspect_ok ? "ok" : "bad",
+                 st->aspect_ok ? "yes" : "no");
+        text_add(t, "<div class=\"row\">colourfulness %.2f &middot; mean saturation %.3f &middot; coloured pixels %.2f%%</div>\n",
+                 st->colourfulness, st->mean_saturation, 100.0 * st->colour_pixels);
+        if (r->clip.status == EVAL_DONE)
+            text_add(t, "<div class=\"row\"><b>CLIP score</b> %.2f (cosine %.4f)</div>\n", r->clip_score, r->clip_cosine);
+        else html_field_note(t, "CLIP score", &r->clip);
+        if (r->detection.status == EVAL_DONE) {
+            text_add(t, "<div class=\"row\"><b>objects</b> ");
+            if (r->n_objects == 0) text_add(t, "<span class=\"muted\">the prompt names no COCO object</span>");
+            for (int k = 0; k < r->n_objects; k++) {
+                const EvalObject* o = &r->objects[k];
+                text_add(t, "%s<span class=\"%s\">", k ? ", " : "", o->found ? "found" : "missing");
+                text_html(t, o->word);
+                if (o->found) text_add(t, " &#10003; %.2f</span>", o->best_confidence);
+                else text_add(t, " &#10007;</span>");
+            }
+            text_add(t, " &middot; %d detections</div>\n", r->n_boxes);
+        } else html_field_note(t, "objects", &r->detection);
+        if (r->caption.status == EVAL_DONE) {
+            text_add(t, "<div class=\"row\"><b>caption</b> &ldquo;");
+            text_html(t, r->caption_text);
+            text_add(t, "&rdquo;</div>\n");
+        } else html_field_note(t, "caption", &r->caption);
+        if (r->similarity.status == EVAL_DONE) {
+            text_add(t, "<div class=\"row\"><b>prompt&ndash;caption</b> MiniLM %.4f", r->minilm_cosine);
+            if (r->has_clip_text_cosine) text_add(t, " &middot; CLIP text %.4f", r->clip_text_cosine);
+            text_add(t, "</div>\n");
+        } else html_field_note(t, "prompt&ndash;caption", &r->similarity);
+        if (r->interrogator.status == EVAL_DONE) {
+            text_add(t, "<div class=\"row\"><b>interrogator</b> ");
+            text_html(t, r->interrogation);
+            text_add(t, "</div>\n");
+        } else html_field_note(t, "interrogator", &r->interrogator);
+        if (r->judge.status == EVAL_DONE) {
+            text_add(t, "<div class=\"row\"><b>judge</b> %.1f / 10 ", r->judge_score);
+            text_html(t, r->judge_reason);
+            text_add(t, "</div>\n");
+        } else html_field_note(t, "judge", &r->judge);
+        text_add(t, "</div>\n");
+    }
+    text_add(t, "</div>\n</body></html>\n");
+}
+
+int eval_write_reports(const char* dir, const EvalRecord* records, int n, const Image* thumbs, const char* settings,
+                       char* err) {
+    struct {
+        const char* file;
+        int kind;
+    } files[] = {{"report.json", 0}, {"report.csv", 1}, {"report.html", 2}};
+    for (int f = 0; f < 3; f++) {
+        Text t = {0};
+        if (files[f].kind == 0) write_json(&t, records, n, settings);
+        else if (files[f].kind == 1) write_csv(&t, records, n);
+        else write_html(&t, records, n, thumbs, settings);
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/%s", dir, files[f].file);
+        int rc = write_file_atomic(path, t.s, t.len, err);
+        free(t.s);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}

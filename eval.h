@@ -1,2 +1,122 @@
-// eval.h: placeholder
+// eval.h: judging generated storyboard thumbnails, and the report people read.
+//
+// The models (CLIP in clip.c, YOLOv8 in yolo.c, BLIP and MiniLM in blip.c) produce the numbers;
+// this file adds the checks no model is needed for, the LLM-judge hook, and the report:
+//   - style: colourfulness (Hasler & Suesstrunk 2003) and HSV saturation with a black-and-white
+//     verdict, and the exact-size / 16:9 check;
+//   - judge: a user command that rates prompt-image agreement from 1 to 10 (protocol below);
+//   - report: one EvalRecord per image, written as report.json, report.csv and report.html (a
+//     contact sheet with each thumbnail, its prompt, caption, scores, detection boxes and
+//     verdicts), plus a summary table of means. An evaluator whose weights were not given is
+//     recorded as skipped with the reason; nothing is left blank.
 #pragma once
+#include <stddef.h>
+
+#include "png.h"
+
+// ----------------------------------------------------------------------------
+// Style checks
+
+// The black-and-white verdict: an image is black and white when its colourfulness is below
+// BW_MAX_COLOURFULNESS (Hasler & Suesstrunk's "not colourful" anchor is 0, "slightly colourful"
+// 15; a gray image gives exactly 0) and fewer than BW_MAX_COLOUR_PIXELS of its pixels have an
+// HSV saturation above BW_SATURATION (a few tinted strokes are allowed, a coloured object is not).
+#define BW_MAX_COLOURFULNESS 8.0
+#define BW_SATURATION 0.15
+#define BW_MAX_COLOUR_PIXELS 0.01
+
+typedef struct {
+    int width, height;
+    int size_ok;             // exactly the expected width x height
+    int aspect_ok;           // width / height within 1% of 16:9
+    double colourfulness;    // M = sigma_rgyb + 0.3 mu_rgyb on 8-bit sRGB (0 for gray images)
+    double mean_saturation;  // mean HSV S = (max - min) / max, in [0, 1]
+    double colour_pixels;    // share of pixels with S > BW_SATURATION
+    int black_and_white;     // the verdict above
+} StyleReport;
+
+// rgb: 8-bit RGB. want_w/want_h: the expected size (1365 x 768 for the storyboard job).
+void style_check(const Image* rgb, int want_w, int want_h, StyleReport* out);
+
+// ----------------------------------------------------------------------------
+// LLM judge hook
+//
+// Protocol (README "LLM judge"): `--judge-cmd CMD` runs `/bin/sh -c CMD` once per image with
+//   SDXL_JUDGE_IMAGE   the image's path
+//   SDXL_JUDGE_PROMPT  the prompt it was generated from (plain text, emphasis removed)
+// in its environment, and the prompt also on its standard input. It must exit 0 and print its
+// verdict on standard output, either as a JSON object {"score": 7, "reason": "..."} on one line,
+// or as a line "score: 7" (optionally followed by a reason line). The score is a number from 1 to
+// 10; anything else is recorded as a judge failure for that image, not a fatal error.
+// scripts/judge_openai.sh is such a command for an OpenAI-compatible endpoint.
+
+typedef struct {
+    double score;      // 1..10
+    char reason[512];  // "" when the judge gave none
+} JudgeResult;
+
+// Returns 0 with out filled, or -1 with a one-line message (the command failed, printed no score...).
+int judge_run(const char* cmd, const char* prompt, const char* image_path, JudgeResult* out, char* err);
+// Parses a judge's output as the protocol says (exposed for tests).
+int judge_parse(const char* output, JudgeResult* out, char* err);
+
+// ----------------------------------------------------------------------------
+// Records and the report
+
+typedef enum { EVAL_SKIPPED = 0, EVAL_DONE, EVAL_FAILED } EvalStatus;
+
+typedef struct {
+    EvalStatus status;
+    char note[512]; // why it was skipped, or the error
+} EvalField;
+
+typedef struct {
+    char label[32];
+    float confidence;
+    float x0, y0, x1, y1; // pixels of the image
+} EvalBox;
+
+typedef struct {
+    char word[48];   // as the prompt says it ("men")
+    char label[32];  // the COCO class ("person")
+    int found;
+    float best_confidence;
+} EvalObject;
+
+typedef struct {
+    char path[4096];
+    char name[256];  // file name, for display
+    char* prompt;    // plain text
+    StyleReport style;
+    EvalField clip;          // CLIP score
+    double clip_score, clip_cosine;
+    EvalField detection;     // YOLOv8
+    EvalBox* boxes;
+    int n_boxes;
+    EvalObject* objects;
+    int n_objects;
+    EvalField caption;       // BLIP
+    char* caption_text;
+    EvalField similarity;    // prompt <-> caption
+    double minilm_cosine;    // all-MiniLM-L6-v2
+    double clip_text_cosine; // CLIP text embeddings (when CLIP is loaded)
+    int has_clip_text_cosine;
+    EvalField interrogator;
+    char* interrogation;
+    EvalField judge;
+    double judge_score;
+    char* judge_reason;
+} EvalRecord;
+
+void eval_record_init(EvalRecord* r, const char* path, const char* prompt);
+void eval_record_free(EvalRecord* r);
+void eval_field_skip(EvalField* f, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+void eval_field_fail(EvalField* f, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Writes report.json, report.csv and report.html into dir (each atomically). thumbs[i] is an 8-bit
+// RGB thumbnail of record i for the contact sheet (boxes are drawn over it, scaled from the
+// record's image size). Returns 0, or -1 with a one-line error.
+int eval_write_reports(const char* dir, const EvalRecord* records, int n, const Image* thumbs, const char* settings,
+                       char* err);
+// The summary table of means over the images each evaluator ran on, for the terminal.
+void eval_print_summary(const EvalRecord* records, int n);
