@@ -8,6 +8,7 @@
 #include "eval.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -15,11 +16,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "blip.h"
+#include "clip.h"
 #include "common.h"
+#include "image.h"
 #include "json.h"
+#include "ops.h"
+#include "tokenizer.h"
+#include "yolo.h"
 
 // ----------------------------------------------------------------------------
 // Style checks
@@ -167,7 +175,7 @@ void eval_record_init(EvalRecord* r, const char* path, const char* prompt) {
     memset(r, 0, sizeof(*r));
     snprintf(r->path, sizeof(r->path), "%s", path);
     const char* slash = strrchr(path, '/');
-    snprintf(r->name, sizeof(r->name), "%s", slash ? slash + 1 : path);
+    snprintf(r->name, sizeof(r->name), "%.255s", slash ? slash + 1 : path);
     r->prompt = xstrdup(prompt ? prompt : "");
 }
 
@@ -643,4 +651,404 @@ int eval_write_reports(const char* dir, const EvalRecord* records, int n, const 
         if (rc != 0) return -1;
     }
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// The whole evaluation
+
+char* eval_plain_prompt(const char* prompt) {
+    // A1111's parser resolves brackets, weights and escapes; the text of its segments is what the
+    // prompt says. <lora:name:w> tags are A1111 syntax too, not words of the prompt.
+    PromptAttention pa;
+    char err[ERR_MAX];
+    size_t cap = strlen(prompt) + 1, n = 0;
+    char* out = xcalloc(cap, 1);
+    if (prompt_parse_attention(prompt, &pa, err) != 0) { // an unparseable weight: keep the text
+        snprintf(out, cap, "%s", prompt);
+    } else {
+        for (int i = 0; i < pa.n; i++) {
+            if (pa.segments[i].weight == PROMPT_BREAK_WEIGHT) continue;
+            size_t len = strlen(pa.segments[i].text);
+            memcpy(out + n, pa.segments[i].text, len < cap - 1 - n ? len : cap - 1 - n);
+            n += len < cap - 1 - n ? len : cap - 1 - n;
+        }
+        out[n] = 0;
+        prompt_attention_free(&pa);
+    }
+    for (char* tag; (tag = strstr(out, "<lora:"));) { // drop <lora:...>
+        char* end = strchr(tag, '>');
+        if (!end) break;
+        memmove(tag, end + 1, strlen(end + 1) + 1);
+    }
+    // collapse the spaces and commas removal can leave
+    char* w = out;
+    for (char* r = out; *r; r++) {
+        if (*r == ' ' && (w == out || w[-1] == ' ')) continue;
+        *w++ = *r;
+    }
+    while (w > out && (w[-1] == ' ' || w[-1] == ',')) w--;
+    *w = 0;
+    return out;
+}
+
+// The prompt a PNG of `sdxl generate` (or AUTOMATIC1111) carries: its `parameters` text up to
+// the "Negative prompt:" or settings line.
+static char* prompt_from_png(const Image* img) {
+    const char* p = image_get_text(img, "parameters");
+    if (!p) return NULL;
+    const char* end = strstr(p, "\nNegative prompt:");
+    const char* steps = strstr(p, "\nSteps:");
+    if (!end || (steps && steps < end)) end = steps;
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    char* s = xmalloc(n + 1);
+    memcpy(s, p, n);
+    s[n] = 0;
+    return s;
+}
+
+static int has_png_suffix(const char* name) {
+    size_t n = strlen(name);
+    return n > 4 && strcasecmp(name + n - 4, ".png") == 0;
+}
+
+static int compare_names(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
+
+// The PNG files of dir, sorted by name.
+static int list_pngs(const char* dir, char*** out, int* count, char* err) {
+    DIR* d = opendir(dir);
+    if (!d) return set_error(err, "%s: %s", dir, strerror(errno));
+    int cap = 16, n = 0;
+    char** names = xmalloc(sizeof(char*) * cap);
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !has_png_suffix(e->d_name)) continue;
+        if (n == cap) names = xrealloc(names, sizeof(char*) * (cap *= 2));
+        names[n++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof(char*), compare_names);
+    *out = names;
+    *count = n;
+    if (n == 0) {
+        free(names);
+        return set_error(err, "%s: no .png images", dir);
+    }
+    return 0;
+}
+
+static int read_lines(const char* path, char*** out, int* count, char* err) {
+    uint8_t* text;
+    size_t size;
+    if (read_file(path, &text, &size, err) != 0) return -1;
+    int cap = 16, n = 0;
+    char** lines = xmalloc(sizeof(char*) * cap);
+    char* save = NULL;
+    for (char* line = strtok_r((char*)text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+        while (*line == ' ' || *line == '\t') line++;
+        if (!*line || *line == '#') continue;
+        if (n == cap) lines = xrealloc(lines, sizeof(char*) * (cap *= 2));
+        lines[n++] = xstrdup(line);
+    }
+    free(text);
+    *out = lines;
+    *count = n;
+    return 0;
+}
+
+// The loaded evaluators; a NULL path leaves one out.
+typedef struct {
+    ClipModel clip;
+    int has_clip;
+    Yolo yolo;
+    int has_yolo;
+    Blip blip;
+    int has_blip;
+    MiniLM minilm;
+    int has_minilm;
+    ClipLabelTable tables[5]; // mediums, artists, movements, trendings, flavors
+    int has_tables;
+    ClipInterrogator ci;
+} Evaluators;
+
+static int load_interrogator_lists(Evaluators* ev, const EvalOptions* o, char* err) {
+    static const char* files[5] = {"mediums.txt", "artists.txt", "movements.txt", NULL, "flavors.txt"};
+    static const char* names[5] = {"mediums", "artists", "movements", "trendings", "flavors"};
+    static const char* const artist_templates[2] = {"by {}", "inspired by {}"};
+    static const char* const trending_templates[4] = {"{}", "trending on {}", "featured on {}", "{} contest winner"};
+    char cache[4200];
+    snprintf(cache, sizeof(cache), "%s", o->cache_dir ? o->cache_dir : "");
+    if (!o->cache_dir) {
+        snprintf(cache, sizeof(cache), "%s/cache", o->lists_dir);
+        mkdir(cache, 0755); // an existing folder is fine; the cache writer reports anything else
+    }
+    for (int k = 0; k < 5; k++) {
+        char** labels;
+        int count;
+        if (files[k]) {
+            char path[4400];
+            snprintf(path, sizeof(path), "%s/%s", o->lists_dir, files[k]);
+            int rc = k == 1 ? clip_labels_read(path, artist_templates, 2, &labels, &count, err)
+                            : clip_labels_read(path, NULL, 0, &labels, &count, err);
+            if (rc != 0) return -1;
+        } else { // trendings: 0.6.0 builds them from its list of sites
+            count = 18 * 4;
+            labels = xmalloc(sizeof(char*) * count);
+            for (int t = 0; t < 4; t++)
+                for (int s = 0; s < 18; s++) {
+                    char buf[256];
+                    const char* tpl = trending_templates[t];
+                    const char* at = strstr(tpl, "{}");
+                    snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - tpl), tpl, CLIP_INTERROGATOR_SITES[s], at + 2);
+                    labels[t * 18 + s] = xstrdup(buf);
+                }
+        }
+        int rc = clip_label_table_build(&ev->tables[k], &ev->clip, names[k], (const char* const*)labels, count, cache, err);
+        clip_labels_free(labels, count);
+        if (rc != 0) return -1;
+    }
+    ev->ci.mediums = &ev->tables[0];
+    ev->ci.artists = &ev->tables[1];
+    ev->ci.movements = &ev->tables[2];
+    ev->ci.trendings = &ev->tables[3];
+    ev->ci.flavors = &ev->tables[4];
+    ev->ci.chunk_size = 2048;
+    ev->has_tables = 1;
+    return 0;
+}
+
+static void evaluators_free(Evaluators* ev) {
+    if (ev->has_tables)
+        for (int k = 0; k < 5; k++) clip_label_table_free(&ev->tables[k]);
+    if (ev->has_clip) clip_model_free(&ev->clip);
+    if (ev->has_yolo) yolo_free(&ev->yolo);
+    if (ev->has_blip) blip_free(&ev->blip);
+    if (ev->has_minilm) minilm_free(&ev->minilm);
+}
+
+#define EVAL_MAX_DETECTIONS 300 // ultralytics' max_det
+#define EVAL_MAX_OBJECTS 64
+#define THUMB_WIDTH 480
+
+static void evaluate_one(const Evaluators* ev, const EvalOptions* o, const Image* rgb, EvalRecord* r) {
+    char err[ERR_MAX];
+    style_check(rgb, o->width, o->height, &r->style);
+    // CLIP: cosine of image and prompt embeddings, and torchmetrics' score of the one pair
+    float image_embed[2048], prompt_embed[2048];
+    int clip_dim = ev->has_clip ? ev->clip.vision.cfg.projection_dim : 0;
+    int have_image_embed = 0, have_prompt_embed = 0;
+    if (!ev->has_clip) {
+        eval_field_skip(&r->clip, "no --clip model given");
+    } else if (clip_dim > 2048) {
+        eval_field_fail(&r->clip, "projection_dim %d is larger than this build handles", clip_dim);
+    } else {
+        const Image* imgs[1] = {rgb};
+        const char* texts[1] = {r->prompt};
+        int n_tokens = 0;
+        if (clip_encode_images(&ev->clip, imgs, 1, CLIP_CROP_FLOOR, image_embed, err) != 0 ||
+            clip_encode_texts(&ev->clip, texts, 1, CLIP_PROMPT_TRUNCATE, prompt_embed, &n_tokens, err) != 0) {
+            eval_field_fail(&r->clip, "%s", err);
+        } else {
+            have_image_embed = have_prompt_embed = 1;
+            r->clip_cosine = clip_cosine(image_embed, prompt_embed, clip_dim);
+            float cos = (float)r->clip_cosine;
+            r->clip_score = clip_score_from_cosines(&cos, 1);
+            r->clip.status = EVAL_DONE;
+            if (n_tokens > 75) snprintf(r->clip.note, sizeof(r->clip.note), "prompt of %d tokens cut to CLIP's 75", n_tokens);
+        }
+    }
+    // YOLOv8: what the prompt names, found or not
+    if (!ev->has_yolo) {
+        eval_field_skip(&r->detection, "no --yolo model given");
+    } else {
+        YoloDetection* dets = xmalloc(sizeof(YoloDetection) * EVAL_MAX_DETECTIONS);
+        int n = yolo_detect(&ev->yolo, rgb, dets, EVAL_MAX_DETECTIONS, NULL, err);
+        if (n < 0) {
+            eval_field_fail(&r->detection, "%s", err);
+        } else {
+            r->boxes = xcalloc((size_t)n + 1, sizeof(EvalBox));
+            r->n_boxes = n;
+            for (int k = 0; k < n; k++) {
+                EvalBox* b = &r->boxes[k];
+                snprintf(b->label, sizeof(b->label), "%s", ev->yolo.names ? ev->yolo.names[dets[k].cls] : yolo_coco_name(dets[k].cls));
+                b->confidence = dets[k].conf;
+                b->x0 = dets[k].x1;
+                b->y0 = dets[k].y1;
+                b->x1 = dets[k].x2;
+                b->y1 = dets[k].y2;
+            }
+            YoloObject objs[EVAL_MAX_OBJECTS];
+            int n_objs = yolo_prompt_objects(r->prompt, objs, EVAL_MAX_OBJECTS);
+            yolo_object_presence(objs, n_objs, dets, n, (const char* const*)ev->yolo.names, ev->yolo.cfg.nc);
+            r->objects = xcalloc((size_t)n_objs + 1, sizeof(EvalObject));
+            r->n_objects = n_objs;
+            for (int k = 0; k < n_objs; k++) {
+                snprintf(r->objects[k].word, sizeof(r->objects[k].word), "%s", objs[k].word);
+                snprintf(r->objects[k].label, sizeof(r->objects[k].label), "%s", yolo_coco_name(objs[k].cls));
+                r->objects[k].found = objs[k].found;
+                r->objects[k].best_confidence = objs[k].best_conf;
+            }
+            r->detection.status = EVAL_DONE;
+        }
+        free(dets);
+    }
+    // BLIP caption, and how close it is to the prompt
+    if (!ev->has_blip) {
+        eval_field_skip(&r->caption, "no --blip model given");
+    } else {
+        char caption[1024];
+        BlipGenerateParams gp = blip_default_params();
+        gp.num_beams = o->beams;
+        if (blip_caption(&ev->blip, rgb, NULL, &gp, caption, sizeof(caption), err) != 0) eval_field_fail(&r->caption, "%s", err);
+        else {
+            r->caption_text = xstrdup(caption);
+            r->caption.status = EVAL_DONE;
+        }
+    }
+    if (r->caption.status != EVAL_DONE) {
+        eval_field_skip(&r->similarity, "no caption (%s)", r->caption.status == EVAL_FAILED ? "BLIP failed" : "no --blip model given");
+    } else if (!ev->has_minilm && !ev->has_clip) {
+        eval_field_skip(&r->similarity, "no --minilm or --clip model given");
+    } else {
+        if (ev->has_minilm) r->minilm_cosine = minilm_similarity(&ev->minilm, r->prompt, r->caption_text);
+        else snprintf(r->similarity.note, sizeof(r->similarity.note), "MiniLM skipped: no --minilm model given");
+        if (have_prompt_embed) {
+            float caption_embed[2048];
+            const char* texts[1] = {r->caption_text};
+            if (clip_encode_texts(&ev->clip, texts, 1, CLIP_PROMPT_TRUNCATE, caption_embed, NULL, err) == 0) {
+                r->clip_text_cosine = clip_cosine(prompt_embed, caption_embed, clip_dim);
+                r->has_clip_text_cosine = 1;
+            }
+        }
+        if (!ev->has_minilm) r->minilm_cosine = NAN;
+        r->similarity.status = EVAL_DONE;
+    }
+    // CLIP interrogator, with the caption when there is one
+    if (!ev->has_tables) {
+        eval_field_skip(&r->interrogator, ev->has_clip ? "no --interrogator-lists given" : "needs --clip and --interrogator-lists");
+    } else if (!have_image_embed) {
+        eval_field_skip(&r->interrogator, "no image embedding (CLIP failed)");
+    } else {
+        float features[2048];
+        memcpy(features, image_embed, sizeof(float) * clip_dim);
+        clip_normalize(features, 1, clip_dim);
+        char* prompt = NULL;
+        const char* caption = r->caption_text ? r->caption_text : "";
+        int rc = strcmp(o->interrogate, "classic") == 0
+                     ? clip_interrogate_classic(&ev->clip, &ev->ci, features, caption, 3, &prompt, err)
+                     : clip_interrogate_fast(&ev->clip, &ev->ci, features, caption, 32, &prompt, err);
+        if (rc != 0) eval_field_fail(&r->interrogator, "%s", err);
+        else {
+            r->interrogation = prompt;
+            r->interrogator.status = EVAL_DONE;
+        }
+    }
+    // the LLM judge
+    if (!o->judge_cmd) {
+        eval_field_skip(&r->judge, "no --judge-cmd given");
+    } else {
+        JudgeResult j;
+        if (judge_run(o->judge_cmd, r->prompt, r->path, &j, err) != 0) eval_field_fail(&r->judge, "%s", err);
+        else {
+            r->judge_score = j.score;
+            r->judge_reason = xstrdup(j.reason);
+            r->judge.status = EVAL_DONE;
+        }
+    }
+}
+
+int eval_run(const EvalOptions* o, char* err) {
+    char** files = NULL;
+    int n = 0;
+    if (list_pngs(o->images_dir, &files, &n, err) != 0) return -1;
+    char** prompts = NULL;
+    int n_prompts = 0;
+    if (o->prompts_file) {
+        if (read_lines(o->prompts_file, &prompts, &n_prompts, err) != 0) return -1;
+        if (n_prompts != n)
+            return set_error(err, "%s: %d prompts for %d images in %s (one prompt per line, in the images' name order)",
+                             o->prompts_file, n_prompts, n, o->images_dir);
+    }
+    Evaluators ev;
+    memset(&ev, 0, sizeof(ev));
+    int rc = 0;
+    double t0 = now_seconds();
+    if (o->clip && (rc = clip_model_load(&ev.clip, o->clip, NULL, err)) == 0) ev.has_clip = 1;
+    if (rc == 0 && o->yolo && (rc = yolo_load(&ev.yolo, o->yolo, err)) == 0) ev.has_yolo = 1;
+    if (rc == 0 && o->blip && (rc = blip_load(&ev.blip, o->blip, err)) == 0) ev.has_blip = 1;
+    if (rc == 0 && o->minilm && (rc = minilm_load(&ev.minilm, o->minilm, err)) == 0) ev.has_minilm = 1;
+    if (rc == 0 && o->lists_dir) {
+        if (!ev.has_clip) rc = set_error(err, "--interrogator-lists needs --clip (the labels are ranked with CLIP)");
+        else rc = load_interrogator_lists(&ev, o, err);
+    }
+    if (rc != 0) {
+        evaluators_free(&ev);
+        return -1;
+    }
+    if (!o->quiet)
+        printf("evaluators loaded in %.1f s: clip %s, yolo %s, blip %s, minilm %s, interrogator %s, judge %s\n", now_seconds() - t0,
+               ev.has_clip ? "yes" : "skipped", ev.has_yolo ? "yes" : "skipped", ev.has_blip ? "yes" : "skipped",
+               ev.has_minilm ? "yes" : "skipped", ev.has_tables ? o->interrogate : "skipped", o->judge_cmd ? "yes" : "skipped");
+
+    EvalRecord* records = xcalloc((size_t)n, sizeof(EvalRecord));
+    Image* thumbs = xcalloc((size_t)n, sizeof(Image));
+    t0 = now_seconds();
+    for (int i = 0; i < n; i++) {
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", o->images_dir, files[i]);
+        Image png, rgb;
+        char ierr[ERR_MAX];
+        if (png_read(&png, path, ierr) != 0 || image_to_rgb8_over_white(&png, &rgb, ierr) != 0) {
+            eval_record_init(&records[i], path, prompts ? prompts[i] : "");
+            records[i].style.width = records[i].style.height = 0;
+            const char* why = ierr;
+            eval_field_fail(&records[i].clip, "%s", why);
+            eval_field_fail(&records[i].detection, "%s", why);
+            eval_field_fail(&records[i].caption, "%s", why);
+            eval_field_fail(&records[i].similarity, "%s", why);
+            eval_field_fail(&records[i].interrogator, "%s", why);
+            eval_field_fail(&records[i].judge, "%s", why);
+            if (png.data) image_free(&png);
+            continue;
+        }
+        char* raw = prompts ? xstrdup(prompts[i]) : prompt_from_png(&png);
+        char* plain = eval_plain_prompt(raw ? raw : "");
+        eval_record_init(&records[i], path, plain);
+        if (!raw) eval_field_skip(&records[i].judge, "no prompt (no --prompts file and no parameters text in the PNG)");
+        evaluate_one(&ev, o, &rgb, &records[i]);
+        int tw = rgb.width < THUMB_WIDTH ? rgb.width : THUMB_WIDTH;
+        int th = (int)((double)rgb.height * tw / rgb.width + 0.5);
+        if (image_resize_pil(&rgb, tw, th > 0 ? th : 1, RESAMPLE_BICUBIC, &thumbs[i], ierr) != 0) memset(&thumbs[i], 0, sizeof(Image));
+        free(raw);
+        free(plain);
+        image_free(&png);
+        image_free(&rgb);
+        if (!o->quiet) {
+            double per = (now_seconds() - t0) / (i + 1);
+            fprintf(stderr, "\rimage %d/%d  %.2f s/image  ETA %.0f s   ", i + 1, n, per, per * (n - i - 1));
+            if (i + 1 == n) fputc('\n', stderr);
+        }
+    }
+    char settings[1024];
+    snprintf(settings, sizeof(settings), "images %s; expected size %dx%d; clip %s; yolo %s; blip %s (beams %d); minilm %s; "
+             "interrogator %s; judge %s", o->images_dir, o->width, o->height, o->clip ? o->clip : "none", o->yolo ? o->yolo : "none",
+             o->blip ? o->blip : "none", o->beams, o->minilm ? o->minilm : "none", o->lists_dir ? o->interrogate : "none",
+             o->judge_cmd ? o->judge_cmd : "none");
+    mkdir(o->out_dir, 0755); // an existing folder is fine; the report writer reports anything else
+    rc = eval_write_reports(o->out_dir, records, n, thumbs, settings, err);
+    if (rc == 0 && !o->quiet) {
+        eval_print_summary(records, n);
+        printf("\nwrote %s/report.json, report.csv, report.html\n", o->out_dir);
+    }
+    for (int i = 0; i < n; i++) {
+        eval_record_free(&records[i]);
+        if (thumbs[i].data) image_free(&thumbs[i]);
+        free(files[i]);
+        if (prompts) free(prompts[i]);
+    }
+    free(records);
+    free(thumbs);
+    free(files);
+    free(prompts);
+    evaluators_free(&ev);
+    return rc;
 }

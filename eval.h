@@ -84,7 +84,7 @@ typedef struct {
 } EvalObject;
 
 typedef struct {
-    char path[4096];
+    char path[4400];
     char name[256];  // file name, for display
     char* prompt;    // plain text
     StyleReport style;
@@ -120,3 +120,31 @@ int eval_write_reports(const char* dir, const EvalRecord* records, int n, const 
                        char* err);
 // The summary table of means over the images each evaluator ran on, for the terminal.
 void eval_print_summary(const EvalRecord* records, int n);
+
+// ----------------------------------------------------------------------------
+// The whole evaluation (`sdxl eval`)
+
+typedef struct {
+    const char* images_dir;   // the PNGs to judge (sorted by name)
+    const char* prompts_file; // one prompt per line, in the images' order; NULL: each PNG's `parameters` text
+    const char* out_dir;      // report.json, report.csv, report.html
+    const char* clip;         // a transformers CLIPModel folder (openai/clip-vit-large-patch14), or NULL
+    const char* yolo;         // a YOLOv8 safetensors file (scripts/convert_yolo.py), or NULL
+    const char* blip;         // a transformers BlipForConditionalGeneration folder, or NULL
+    const char* minilm;       // a sentence-transformers all-MiniLM-L6-v2 folder, or NULL
+    const char* lists_dir;    // clip-interrogator label lists (mediums/artists/movements/flavors.txt), or NULL
+    const char* cache_dir;    // where label embeddings are cached (default: <lists_dir>/cache)
+    const char* interrogate;  // "fast" or "classic"
+    const char* judge_cmd;    // the LLM judge command, or NULL
+    int width, height;        // the size every image should have (1365 x 768)
+    int beams;                // BLIP beam count (3, the BLIP paper's; 1 is greedy)
+    int quiet;
+} EvalOptions;
+
+// Runs every evaluator the options give weights for over every image, writes the reports and
+// prints the summary. Returns 0, or -1 with a one-line error (bad folder, unreadable model...);
+// an image that cannot be read is recorded as failed, not fatal.
+int eval_run(const EvalOptions* o, char* err);
+// The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK dropped,
+// <lora:...> tags removed. malloc'd.
+char* eval_plain_prompt(const char* prompt);

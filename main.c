@@ -1,13 +1,13 @@
 // main.c: the `sdxl` command line.
 //
 //   sdxl generate             prompt(s) to storyboard thumbnails with an SDXL model and a LoRA
+//   sdxl eval                 judge a folder of thumbnails and write report.json/csv/html
 //   sdxl demo                 the whole pipeline on a tiny random-weight SDXL (no download)
 //   sdxl info                 what this binary was built with and what it can see
 //   sdxl bench matmul|unet    GEMM throughput; seconds per full-size UNet evaluation
 //   sdxl verify unet          our UNet against a reference evaluation from another implementation
 //
-// LoRA training (`train`) and evaluation (`eval`) arrive with their issues; README.md keeps the
-// table of what works today.
+// LoRA training (`train`) arrives with its issue; README.md keeps the table of what works today.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "common.h"
 #include "demo.h"
+#include "eval.h"
 #include "lora.h"
 #include "ops.h"
 #include "pipeline.h"
@@ -273,6 +274,48 @@ static int demo_main(int argc, char** argv) {
 }
 
 // ----------------------------------------------------------------------------
+// sdxl eval: judge a folder of thumbnails (eval.h)
+
+static int eval_main(int argc, char** argv) {
+    EvalOptions o = {0};
+    o.out_dir = "eval_report";
+    o.interrogate = "fast";  // clip-interrogator's quick mode
+    o.width = 1365;          // the storyboard thumbnail size
+    o.height = 768;
+    o.beams = 3;             // the BLIP paper's captioning: 3 beams, 5 to 20 tokens
+    const char* backend = "cpu";
+    Option options[] = {
+        {"--images", OPT_STRING, &o.images_dir, "the folder of PNGs to judge (required)"},
+        {"--prompts", OPT_STRING, &o.prompts_file, "one prompt per line in the images' name order (default: each PNG's parameters text)"},
+        {"--out", OPT_STRING, &o.out_dir, "folder for report.json, report.csv and report.html"},
+        {"--clip", OPT_STRING, &o.clip, "CLIP score: a transformers CLIPModel folder (openai/clip-vit-large-patch14)"},
+        {"--yolo", OPT_STRING, &o.yolo, "object presence: a YOLOv8 safetensors (scripts/convert_yolo.py)"},
+        {"--blip", OPT_STRING, &o.blip, "captions: a BlipForConditionalGeneration folder (Salesforce/blip-image-captioning-*)"},
+        {"--minilm", OPT_STRING, &o.minilm, "prompt-caption similarity: an all-MiniLM-L6-v2 folder"},
+        {"--interrogator-lists", OPT_STRING, &o.lists_dir, "clip-interrogator lists: mediums/artists/movements/flavors.txt"},
+        {"--interrogate", OPT_STRING, &o.interrogate, "interrogator mode: fast or classic"},
+        {"--cache", OPT_STRING, &o.cache_dir, "label-embedding cache folder (default: <lists>/cache)"},
+        {"--judge-cmd", OPT_STRING, &o.judge_cmd, "LLM judge command (protocol in README), e.g. scripts/judge_openai.sh"},
+        {"--width", OPT_INT, &o.width, "expected image width"},
+        {"--height", OPT_INT, &o.height, "expected image height"},
+        {"--beams", OPT_INT, &o.beams, "BLIP beam search width (1 = greedy)"},
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+    };
+    int n_options = sizeof(options) / sizeof(options[0]);
+    if (options_parse(options, n_options, argc, argv, 2, "sdxl eval --images DIR [options]")) return 0;
+    if (!o.images_dir) fatal("--images is required (a folder of PNGs); see sdxl eval --help");
+    if (strcmp(o.interrogate, "fast") != 0 && strcmp(o.interrogate, "classic") != 0)
+        fatal("--interrogate: expected fast or classic, got '%s'", o.interrogate);
+    if (o.beams < 1 || o.beams > 16) fatal("--beams must be in 1..16 (got %d)", o.beams);
+    if (o.width < 1 || o.height < 1) fatal("--width and --height must be positive (got %dx%d)", o.width, o.height);
+    backend_select_by_name(backend);
+    options_print_values(options, n_options);
+    char err[ERR_MAX];
+    if (eval_run(&o, err) != 0) fatal("%s", err);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // sdxl verify unet: our UNet against a reference evaluation written by another implementation
 // (scripts/check_full_size.py writes one from diffusers for the full-size architecture).
 
@@ -353,6 +396,7 @@ static void usage(void) {
     printf("usage: sdxl <command> [options]\n\n"
            "commands:\n"
            "  generate       prompt(s) to storyboard thumbnails (sdxl generate --help)\n"
+           "  eval           judge a folder of thumbnails: CLIP score, YOLOv8, BLIP, style, report\n"
            "  demo           the whole pipeline on a tiny random-weight SDXL, no download\n"
            "  info           what this binary was built with and the devices it sees\n"
            "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n"
@@ -368,6 +412,7 @@ int main(int argc, char** argv) {
         return argc < 2 ? 1 : 0;
     }
     if (strcmp(argv[1], "generate") == 0) return generate_main(argc, argv);
+    if (strcmp(argv[1], "eval") == 0) return eval_main(argc, argv);
     if (strcmp(argv[1], "info") == 0) return info_main();
     if (strcmp(argv[1], "demo") == 0) return demo_main(argc, argv);
     if (strcmp(argv[1], "bench") == 0) return bench_main(argc, argv);
