@@ -15,8 +15,8 @@
 //      The character classes below were read off tokenizers 0.23 itself, one code point at a time
 //      (normalize_str / pre_tokenize_str over U+0000..U+10FFFF). They come from the Rust crate
 //      unicode_categories, an older Unicode than Python's: U+0890 (Cf since Unicode 14) is kept,
-//      not dropped. NFD and lowercase use unicode_tables.h (tokenizer.c's tables, also checked
-//      against tokenizers). tests/test_blip.c runs the whole normalizer on 5,600 code points.
+//      not dropped. NFD and lowercase come from unicode.c (shared with the CLIP tokenizer, also
+//      checked against tokenizers). tests/test_blip.c runs the whole normalizer on 5,600 code points.
 //   2. BERT layers: models/blip/modeling_blip_text.py (BlipTextEmbeddings, BlipTextLayer:
 //      self-attention, cross-attention, feed-forward, each "LayerNorm(x + sublayer(x))", i.e.
 //      post-LN) and models/bert/modeling_bert.py (BertModel: the same layer without cross-attention,
@@ -63,7 +63,7 @@
 #include "json.h"
 #include "ops.h"
 #include "safetensors.h"
-#include "unicode_tables.h"
+#include "unicode.h"
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -168,38 +168,15 @@ static const UnicodeRange bert_cjk[] = {
     {0x2B920, 0x2CEAF}, {0x2F800, 0x2FA1F},
 };
 
-static int in_ranges(const UnicodeRange* r, int n, uint32_t cp) {
-    int lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < r[mid].first) hi = mid - 1;
-        else if (cp > r[mid].last) lo = mid + 1;
-        else return 1;
-    }
-    return 0;
-}
 
-static int is_removed(uint32_t cp) { return in_ranges(bert_removed, COUNT(bert_removed), cp); }
-static int is_space(uint32_t cp) { return cp == ' ' || in_ranges(bert_spaces, COUNT(bert_spaces), cp); }
-static int is_punctuation(uint32_t cp) { return in_ranges(bert_punctuation, COUNT(bert_punctuation), cp); }
-static int is_nonspacing_mark(uint32_t cp) { return cp >= 0x300 && in_ranges(bert_nonspacing_marks, COUNT(bert_nonspacing_marks), cp); }
-static int is_cjk(uint32_t cp) { return cp >= 0x3400 && in_ranges(bert_cjk, COUNT(bert_cjk), cp); }
+static int is_removed(uint32_t cp) { return unicode_in_ranges(bert_removed, COUNT(bert_removed), cp); }
+static int is_space(uint32_t cp) { return cp == ' ' || unicode_in_ranges(bert_spaces, COUNT(bert_spaces), cp); }
+static int is_punctuation(uint32_t cp) { return unicode_in_ranges(bert_punctuation, COUNT(bert_punctuation), cp); }
+static int is_nonspacing_mark(uint32_t cp) { return cp >= 0x300 && unicode_in_ranges(bert_nonspacing_marks, COUNT(bert_nonspacing_marks), cp); }
+static int is_cjk(uint32_t cp) { return cp >= 0x3400 && unicode_in_ranges(bert_cjk, COUNT(bert_cjk), cp); }
 
 // ----------------------------------------------------------------------------
-// Small growable arrays and strings
-
-typedef struct {
-    uint32_t* v;
-    int n, cap;
-} CodePoints;
-
-static void cp_push(CodePoints* a, uint32_t x) {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? 2 * a->cap : 64;
-        a->v = xrealloc(a->v, sizeof(uint32_t) * (size_t)a->cap);
-    }
-    a->v[a->n++] = x;
-}
+// Growable strings
 
 typedef struct {
     char* s; // NUL-terminated
@@ -239,176 +216,6 @@ static size_t str_export(const Str* s, char* out, size_t cap) {
         out[n] = 0;
     }
     return s->n;
-}
-
-// ----------------------------------------------------------------------------
-// UTF-8 (tokenizer.c has the same two functions; both follow Python's decode(errors="replace"))
-
-// Decodes s[0..len); an ill-formed sequence becomes one U+FFFD per maximal subpart, so any byte
-// string maps to the text a Python caller would have passed.
-static void utf8_decode(const char* s, size_t len, CodePoints* out) {
-    const uint8_t* p = (const uint8_t*)s;
-    size_t i = 0;
-    while (i < len) {
-        uint8_t b = p[i];
-        if (b < 0x80) {
-            cp_push(out, b);
-            i++;
-            continue;
-        }
-        int need;
-        uint32_t cp;
-        uint8_t lo = 0x80, hi = 0xBF; // allowed range of the second byte
-        if (b >= 0xC2 && b <= 0xDF) {
-            need = 1;
-            cp = b & 0x1F;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            need = 2;
-            cp = b & 0x0F;
-            if (b == 0xE0) lo = 0xA0; // no overlong forms
-            if (b == 0xED) hi = 0x9F; // no surrogates
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            need = 3;
-            cp = b & 0x07;
-            if (b == 0xF0) lo = 0x90;
-            if (b == 0xF4) hi = 0x8F; // nothing above U+10FFFF
-        } else {
-            cp_push(out, 0xFFFD);
-            i++;
-            continue;
-        }
-        size_t j = i + 1;
-        int ok = 1;
-        for (int k = 0; k < need; k++, j++) {
-            uint8_t min = k == 0 ? lo : 0x80, max = k == 0 ? hi : 0xBF;
-            if (j >= len || p[j] < min || p[j] > max) {
-                ok = 0;
-                break;
-            }
-            cp = (cp << 6) | (p[j] & 0x3F);
-        }
-        cp_push(out, ok ? cp : 0xFFFD);
-        i = j; // on failure j stops at the offending byte, which starts the next sequence
-    }
-}
-
-static int utf8_encode(uint32_t cp, char* out) {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-// ----------------------------------------------------------------------------
-// NFD and lowercase from unicode_tables.h (the same lookups as tokenizer.c's NFC)
-
-// Rust char::to_lowercase: one code point, or "i" + U+0307 for U+0130.
-static void lowercase_push(CodePoints* out, uint32_t cp) {
-    if (cp < 0x80) {
-        cp_push(out, cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
-        return;
-    }
-    if (cp == 0x130) { // LATIN CAPITAL LETTER I WITH DOT ABOVE (SpecialCasing)
-        cp_push(out, 'i');
-        cp_push(out, 0x307);
-        return;
-    }
-    int lo = 0, hi = COUNT(unicode_lowercase) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        const UnicodeCaseRun* r = &unicode_lowercase[mid];
-        if (cp < r->first) hi = mid - 1;
-        else if (cp > r->last) lo = mid + 1;
-        else {
-            if ((cp - r->first) % r->stride == 0) cp = (uint32_t)((int32_t)cp + r->delta);
-            break;
-        }
-    }
-    cp_push(out, cp);
-}
-
-static uint32_t combining_class(uint32_t cp) {
-    if (cp < 0x300) return 0;
-    int lo = 0, hi = COUNT(unicode_combining) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_combining[mid].first) hi = mid - 1;
-        else if (cp > unicode_combining[mid].last) lo = mid + 1;
-        else return unicode_combining[mid].ccc;
-    }
-    return 0;
-}
-
-// Hangul syllables decompose by arithmetic (Unicode ch. 3.12).
-enum { HANGUL_S = 0xAC00, HANGUL_L = 0x1100, HANGUL_V = 0x1161, HANGUL_T = 0x11A7,
-       HANGUL_NV = 21, HANGUL_NT = 28, HANGUL_NS = 19 * 21 * 28 };
-
-// Appends the full canonical decomposition of cp.
-static void decompose_push(CodePoints* out, uint32_t cp) {
-    if (cp < 0xC0) { // nothing below U+00C0 decomposes
-        cp_push(out, cp);
-        return;
-    }
-    if (cp >= HANGUL_S && cp < HANGUL_S + HANGUL_NS) {
-        uint32_t s = cp - HANGUL_S;
-        cp_push(out, HANGUL_L + s / (HANGUL_NV * HANGUL_NT));
-        cp_push(out, HANGUL_V + (s % (HANGUL_NV * HANGUL_NT)) / HANGUL_NT);
-        if (s % HANGUL_NT) cp_push(out, HANGUL_T + s % HANGUL_NT);
-        return;
-    }
-    int lo = 0, hi = COUNT(unicode_pairs) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_pairs[mid].cp) hi = mid - 1;
-        else if (cp > unicode_pairs[mid].cp) lo = mid + 1;
-        else {
-            decompose_push(out, unicode_pairs[mid].first);
-            decompose_push(out, unicode_pairs[mid].second);
-            return;
-        }
-    }
-    lo = 0, hi = COUNT(unicode_singletons) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_singletons[mid].cp) hi = mid - 1;
-        else if (cp > unicode_singletons[mid].cp) lo = mid + 1;
-        else {
-            decompose_push(out, unicode_singletons[mid].to);
-            return;
-        }
-    }
-    cp_push(out, cp);
-}
-
-// NFD: decomposition, then canonical ordering (a stable sort of each run of marks by class).
-static void nfd(const uint32_t* in, int n, CodePoints* out) {
-    for (int i = 0; i < n; i++) decompose_push(out, in[i]);
-    for (int i = 1; i < out->n; i++) {
-        uint32_t c = out->v[i], cc = combining_class(c);
-        if (cc == 0) continue;
-        int j = i;
-        while (j > 0 && combining_class(out->v[j - 1]) > cc) {
-            out->v[j] = out->v[j - 1];
-            j--;
-        }
-        out->v[j] = c;
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -575,27 +382,27 @@ static void normalize_cps(const BertTokenizer* tok, const uint32_t* in, int n, C
         if (is_removed(c)) continue;
         if (is_space(c)) c = ' ';
         if (tok->chinese_chars && is_cjk(c)) {
-            cp_push(&a, ' ');
-            cp_push(&a, c);
-            cp_push(&a, ' ');
+            codepoints_push(&a, ' ');
+            codepoints_push(&a, c);
+            codepoints_push(&a, ' ');
         } else {
-            cp_push(&a, c);
+            codepoints_push(&a, c);
         }
     }
     CodePoints b = {0};
     if (tok->strip_accents) {
         CodePoints d = {0};
-        nfd(a.v, a.n, &d);
+        unicode_nfd(a.v, a.n, &d);
         for (int i = 0; i < d.n; i++)
-            if (!is_nonspacing_mark(d.v[i])) cp_push(&b, d.v[i]);
+            if (!is_nonspacing_mark(d.v[i])) codepoints_push(&b, d.v[i]);
         free(d.v);
     } else {
         b = a;
         a.v = NULL;
     }
     for (int i = 0; i < b.n; i++) {
-        if (tok->lowercase) lowercase_push(out, b.v[i]);
-        else cp_push(out, b.v[i]);
+        if (tok->lowercase) unicode_lowercase_push(out, b.v[i]);
+        else codepoints_push(out, b.v[i]);
     }
     free(a.v);
     free(b.v);

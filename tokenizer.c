@@ -13,7 +13,7 @@
 //         two special-token spellings, into "<|", letters, "|>";
 //      d. each piece's UTF-8 bytes through GPT-2 bytes_to_unicode, "</w>" on the last symbol, BPE
 //         merges by rank (tokenizers models/bpe), symbols to ids.
-//    The Unicode facts are in unicode_tables.h, generated and checked against `tokenizers` by
+//    The Unicode facts are in unicode.c (tables in unicode_tables.h), generated and checked against `tokenizers` by
 //    scripts/make_unicode_tables.py: classes and lowercase are Unicode 16.0 (Oniguruma, Rust std),
 //    NFC covers Unicode 9.0 only, as the unicode-normalization-alignments crate inside tokenizers
 //    does (a mark added later has class 0 and is never reordered or composed).
@@ -46,23 +46,10 @@
 
 #include "common.h"
 #include "json.h"
-#include "unicode_tables.h"
+#include "unicode.h"
 
 // ----------------------------------------------------------------------------
 // small growable arrays
-
-typedef struct {
-    uint32_t* v;
-    int n, cap;
-} U32Vec;
-
-static void u32_push(U32Vec* a, uint32_t x) {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? 2 * a->cap : 64;
-        a->v = xrealloc(a->v, (size_t)a->cap * sizeof(uint32_t));
-    }
-    a->v[a->n++] = x;
-}
 
 typedef struct {
     int32_t* v;
@@ -77,264 +64,16 @@ static void i32_push(I32Vec* a, int32_t x) {
     a->v[a->n++] = x;
 }
 
-// ----------------------------------------------------------------------------
-// UTF-8
-
-// Decodes s[0..len) to code points. An ill-formed sequence becomes one U+FFFD per maximal
-// subpart (the Unicode recommendation, and what Python's decode(errors="replace") does), so any
-// byte string maps to the text a Python caller would have passed.
-static void utf8_decode(const char* s, size_t len, U32Vec* out) {
-    const uint8_t* p = (const uint8_t*)s;
-    size_t i = 0;
-    while (i < len) {
-        uint8_t b = p[i];
-        if (b < 0x80) {
-            u32_push(out, b);
-            i++;
-            continue;
-        }
-        int need;
-        uint32_t cp;
-        uint8_t lo = 0x80, hi = 0xBF; // allowed range of the second byte
-        if (b >= 0xC2 && b <= 0xDF) { need = 1; cp = b & 0x1F; }
-        else if (b >= 0xE0 && b <= 0xEF) {
-            need = 2;
-            cp = b & 0x0F;
-            if (b == 0xE0) lo = 0xA0;  // no overlong forms
-            if (b == 0xED) hi = 0x9F;  // no surrogates
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            need = 3;
-            cp = b & 0x07;
-            if (b == 0xF0) lo = 0x90;
-            if (b == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-        } else {
-            u32_push(out, 0xFFFD);
-            i++;
-            continue;
-        }
-        size_t j = i + 1;
-        int ok = 1;
-        for (int k = 0; k < need; k++, j++) {
-            uint8_t c = j < len ? p[j] : 0;
-            uint8_t min = k == 0 ? lo : 0x80, max = k == 0 ? hi : 0xBF;
-            if (j >= len || c < min || c > max) {
-                ok = 0;
-                break;
-            }
-            cp = (cp << 6) | (c & 0x3F);
-        }
-        u32_push(out, ok ? cp : 0xFFFD);
-        i = j; // on failure j stops at the offending byte, which starts the next sequence
-    }
-}
-
-static int utf8_encode(uint32_t cp, char* out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-// ----------------------------------------------------------------------------
-// Unicode classes, lowercase and NFC (tables in unicode_tables.h)
-
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-static int in_ranges(const UnicodeRange* r, int n, uint32_t cp) {
-    int lo = 0, hi = n - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < r[mid].first) hi = mid - 1;
-        else if (cp > r[mid].last) lo = mid + 1;
-        else return 1;
-    }
-    return 0;
-}
-
-static int is_letter(uint32_t cp) {
-    if (cp < 0x80) return (cp | 0x20) >= 'a' && (cp | 0x20) <= 'z';
-    return in_ranges(unicode_letters, COUNT(unicode_letters), cp);
-}
-
-static int is_number(uint32_t cp) {
-    if (cp < 0x80) return cp >= '0' && cp <= '9';
-    return in_ranges(unicode_numbers, COUNT(unicode_numbers), cp);
-}
-
-static int in_list(const uint32_t* list, int n, uint32_t cp) {
-    for (int i = 0; i < n; i++)
-        if (list[i] == cp) return 1;
-    return 0;
-}
-
-// \s of the tokenizers regexes (Oniguruma: White_Space)
-static int is_space_onig(uint32_t cp) { return in_list(unicode_spaces_onig, COUNT(unicode_spaces_onig), cp); }
-// \s and \w of Python's re, for A1111's BREAK pattern
-static int is_space_python(uint32_t cp) { return in_list(unicode_spaces_python, COUNT(unicode_spaces_python), cp); }
-static int is_word_python(uint32_t cp) { return cp == '_' || is_letter(cp) || is_number(cp); }
-
-// Appends the lowercase of cp (one code point, or two for U+0130).
-static void lowercase_push(U32Vec* out, uint32_t cp) {
-    if (cp < 0x80) {
-        u32_push(out, cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
-        return;
-    }
-    if (cp == 0x130) { // LATIN CAPITAL LETTER I WITH DOT ABOVE: "i" + COMBINING DOT ABOVE (SpecialCasing)
-        u32_push(out, 'i');
-        u32_push(out, 0x307);
-        return;
-    }
-    int lo = 0, hi = COUNT(unicode_lowercase) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        const UnicodeCaseRun* r = &unicode_lowercase[mid];
-        if (cp < r->first) hi = mid - 1;
-        else if (cp > r->last) lo = mid + 1;
-        else {
-            if ((cp - r->first) % r->stride == 0) cp = (uint32_t)((int32_t)cp + r->delta);
-            break;
-        }
-    }
-    u32_push(out, cp);
-}
-
-static uint32_t combining_class(uint32_t cp) {
-    if (cp < 0x300) return 0;
-    int lo = 0, hi = COUNT(unicode_combining) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_combining[mid].first) hi = mid - 1;
-        else if (cp > unicode_combining[mid].last) lo = mid + 1;
-        else return unicode_combining[mid].ccc;
-    }
-    return 0;
-}
-
-// Hangul syllables decompose and compose by arithmetic (Unicode ch. 3.12).
-enum { HANGUL_S = 0xAC00, HANGUL_L = 0x1100, HANGUL_V = 0x1161, HANGUL_T = 0x11A7,
-       HANGUL_NL = 19, HANGUL_NV = 21, HANGUL_NT = 28, HANGUL_NS = 19 * 21 * 28 };
-
-static void decompose_push(U32Vec* out, uint32_t cp) {
-    if (cp < 0xC0) { // nothing below U+00C0 decomposes
-        u32_push(out, cp);
-        return;
-    }
-    if (cp >= HANGUL_S && cp < HANGUL_S + HANGUL_NS) {
-        uint32_t s = cp - HANGUL_S;
-        u32_push(out, HANGUL_L + s / (HANGUL_NV * HANGUL_NT));
-        u32_push(out, HANGUL_V + (s % (HANGUL_NV * HANGUL_NT)) / HANGUL_NT);
-        if (s % HANGUL_NT) u32_push(out, HANGUL_T + s % HANGUL_NT);
-        return;
-    }
-    int lo = 0, hi = COUNT(unicode_pairs) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_pairs[mid].cp) hi = mid - 1;
-        else if (cp > unicode_pairs[mid].cp) lo = mid + 1;
-        else {
-            decompose_push(out, unicode_pairs[mid].first);
-            decompose_push(out, unicode_pairs[mid].second);
-            return;
-        }
-    }
-    lo = 0, hi = COUNT(unicode_singletons) - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (cp < unicode_singletons[mid].cp) hi = mid - 1;
-        else if (cp > unicode_singletons[mid].cp) lo = mid + 1;
-        else {
-            decompose_push(out, unicode_singletons[mid].to);
-            return;
-        }
-    }
-    u32_push(out, cp);
-}
-
-// The primary composite of a + b, or 0.
-static uint32_t compose_pair(uint32_t a, uint32_t b) {
-    if (a >= HANGUL_L && a < HANGUL_L + HANGUL_NL && b >= HANGUL_V && b < HANGUL_V + HANGUL_NV)
-        return HANGUL_S + ((a - HANGUL_L) * HANGUL_NV + (b - HANGUL_V)) * HANGUL_NT;
-    if (a >= HANGUL_S && a < HANGUL_S + HANGUL_NS && (a - HANGUL_S) % HANGUL_NT == 0 && b > HANGUL_T &&
-        b < HANGUL_T + HANGUL_NT)
-        return a + (b - HANGUL_T);
-    // A linear scan: this only runs for a combining character that follows a starter.
-    for (int i = 0; i < COUNT(unicode_pairs); i++) {
-        if (unicode_pairs[i].first != a || unicode_pairs[i].second != b) continue;
-        uint32_t cp = unicode_pairs[i].cp;
-        if (in_list(unicode_no_compose, COUNT(unicode_no_compose), cp)) return 0;
-        return cp;
-    }
-    return 0;
-}
-
-// NFC (UAX #15): canonical decomposition, canonical ordering of combining marks, composition.
-static void nfc(const uint32_t* in, int n, U32Vec* out) {
-    int simple = 1;
-    for (int i = 0; i < n && simple; i++) simple = in[i] < 0x300; // below U+0300 NFC changes nothing
-    if (simple) {
-        for (int i = 0; i < n; i++) u32_push(out, in[i]);
-        return;
-    }
-    U32Vec d = {0};
-    for (int i = 0; i < n; i++) decompose_push(&d, in[i]);
-    // canonical ordering: a stable insertion sort of each run of non-starters by class
-    for (int i = 1; i < d.n; i++) {
-        uint32_t c = d.v[i], cc = combining_class(c);
-        if (cc == 0) continue;
-        int j = i;
-        while (j > 0 && combining_class(d.v[j - 1]) > cc) {
-            d.v[j] = d.v[j - 1];
-            j--;
-        }
-        d.v[j] = c;
-    }
-    // composition: a character joins the last starter unless something between them blocks it
-    // (a starter, or a mark of the same or higher class)
-    int starter = -1;
-    int last_class = -1; // class of the last character kept after the starter; -1: none yet
-    for (int i = 0; i < d.n; i++) {
-        uint32_t c = d.v[i], cc = combining_class(c);
-        if (starter >= 0 && (last_class == -1 || (last_class != 0 && (int)cc > last_class))) {
-            uint32_t comp = compose_pair(out->v[starter], c);
-            if (comp) {
-                out->v[starter] = comp;
-                continue;
-            }
-        }
-        if (cc == 0) {
-            starter = out->n;
-            last_class = -1;
-        } else {
-            last_class = (int)cc;
-        }
-        u32_push(out, c);
-    }
-    free(d.v);
-}
-
 // The CLIPTokenizer normalizer: NFC, then each run of \s to one space, then lowercase.
-static void normalize_text(const uint32_t* in, int n, U32Vec* out) {
-    U32Vec a = {0};
-    nfc(in, n, &a);
+static void normalize_text(const uint32_t* in, int n, CodePoints* out) {
+    CodePoints a = {0};
+    unicode_nfc(in, n, &a);
     for (int i = 0; i < a.n; i++) {
-        if (is_space_onig(a.v[i])) {
-            while (i + 1 < a.n && is_space_onig(a.v[i + 1])) i++;
-            u32_push(out, ' ');
+        if (unicode_is_space(a.v[i])) {
+            while (i + 1 < a.n && unicode_is_space(a.v[i + 1])) i++;
+            codepoints_push(out, ' ');
         } else {
-            lowercase_push(out, a.v[i]);
+            unicode_lowercase_push(out, a.v[i]);
         }
     }
     free(a.v);
@@ -596,7 +335,7 @@ static int push_added(Tokenizer* tok, const char* content, int32_t id, int norma
     if (tok->n_added == TOKENIZER_MAX_ADDED) return set_error(err, "%s: more than %d added tokens", path, TOKENIZER_MAX_ADDED);
     AddedToken* t = &tok->added[tok->n_added++];
     t->content = xstrdup(content);
-    U32Vec cps = {0};
+    CodePoints cps = {0};
     utf8_decode(content, strlen(content), &cps);
     t->cps = cps.v;
     t->n_cps = cps.n;
@@ -874,15 +613,15 @@ static void pretokenize_and_bpe(const Tokenizer* tok, const uint32_t* cps, int n
         else if (c == '\'' && (starts_with_ascii(cps, n, i, "'re") || starts_with_ascii(cps, n, i, "'ve") ||
                                starts_with_ascii(cps, n, i, "'ll")))
             end = i + 3;
-        else if (is_letter(c)) {
-            while (end < n && is_letter(cps[end])) end++;
-        } else if (is_number(c)) {
+        else if (unicode_is_letter(c)) {
+            while (end < n && unicode_is_letter(cps[end])) end++;
+        } else if (unicode_is_number(c)) {
             // [\p{N}]: one character per piece, so "123" is three tokens
-        } else if (is_space_onig(c)) {
+        } else if (unicode_is_space(c)) {
             i++; // whitespace only separates
             continue;
         } else {
-            while (end < n && !is_space_onig(cps[end]) && !is_letter(cps[end]) && !is_number(cps[end])) end++;
+            while (end < n && !unicode_is_space(cps[end]) && !unicode_is_letter(cps[end]) && !unicode_is_number(cps[end])) end++;
         }
         bpe_word(tok, cps + i, end - i, out);
         i = end;
@@ -921,14 +660,14 @@ static void encode_normalized(const Tokenizer* tok, const uint32_t* cps, int n, 
 }
 
 static void encode_all(const Tokenizer* tok, const char* text, I32Vec* out) {
-    U32Vec cps = {0};
+    CodePoints cps = {0};
     utf8_decode(text, strlen(text), &cps);
     int pos = 0, at;
     for (;;) {
         int t = find_added_token(tok, cps.v, cps.n, pos, 0, &at);
         int stop = t >= 0 ? at : cps.n;
         if (stop > pos) {
-            U32Vec norm = {0};
+            CodePoints norm = {0};
             normalize_text(cps.v + pos, stop - pos, &norm);
             encode_normalized(tok, norm.v, norm.n, out);
             free(norm.v);
@@ -1021,12 +760,12 @@ static uint32_t cp_before(const char* s, size_t i) {
 static size_t break_match_at(const char* text, size_t len, size_t i) {
     size_t j = i;
     int cl;
-    while (j < len && is_space_python(cp_at(text, j, &cl))) j += (size_t)cl;
+    while (j < len && unicode_is_space_python(cp_at(text, j, &cl))) j += (size_t)cl;
     if (j + 5 > len || memcmp(text + j, "BREAK", 5) != 0) return 0;
-    if (j > 0 && is_word_python(cp_before(text, j))) return 0; // \b before: 'B' is a word character
+    if (j > 0 && unicode_is_word_python(cp_before(text, j))) return 0; // \b before: 'B' is a word character
     size_t k = j + 5;
-    if (k < len && is_word_python(cp_at(text, k, &cl))) return 0; // \b after 'K'
-    while (k < len && is_space_python(cp_at(text, k, &cl))) k += (size_t)cl;
+    if (k < len && unicode_is_word_python(cp_at(text, k, &cl))) return 0; // \b after 'K'
+    while (k < len && unicode_is_space_python(cp_at(text, k, &cl))) k += (size_t)cl;
     return k;
 }
 
@@ -1069,7 +808,7 @@ int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err) 
     out->segments = NULL;
     out->n = 0;
     // work on valid UTF-8 so the BREAK boundaries can look at whole characters
-    U32Vec cps = {0};
+    CodePoints cps = {0};
     utf8_decode(prompt, strlen(prompt), &cps);
     char* s = xmalloc((size_t)cps.n * 4 + 1);
     size_t len = 0;
