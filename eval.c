@@ -293,7 +293,7 @@ static Summary summarize(const EvalRecord* r, int n) {
             mean_add(&s.objects_found, (double)found / r[i].n_objects);
         }
         if (r[i].similarity.status == EVAL_DONE) {
-            mean_add(&s.minilm, r[i].minilm_cosine);
+            if (!isnan(r[i].minilm_cosine)) mean_add(&s.minilm, r[i].minilm_cosine);
             if (r[i].has_clip_text_cosine) mean_add(&s.clip_text, r[i].clip_text_cosine);
         }
         if (r[i].judge.status == EVAL_DONE) mean_add(&s.judge, r[i].judge_score);
@@ -405,7 +405,7 @@ static void write_json(Text* t, const EvalRecord* records, int n, const char* se
         text_add(t, "},\n     ");
         json_field(t, "similarity", &r->similarity);
         if (r->similarity.status == EVAL_DONE) {
-            text_add(t, ", \"minilm_cosine\": %.6f", r->minilm_cosine);
+            if (!isnan(r->minilm_cosine)) text_add(t, ", \"minilm_cosine\": %.6f", r->minilm_cosine);
             if (r->has_clip_text_cosine) text_add(t, ", \"clip_text_cosine\": %.6f", r->clip_text_cosine);
         }
         text_add(t, "},\n     ");
@@ -478,7 +478,8 @@ static void write_csv(Text* t, const EvalRecord* records, int n) {
         if (r->caption.status == EVAL_DONE) text_csv(t, r->caption_text);
         else text_add(t, "%s", status_name(r->caption.status));
         text_add(t, ",");
-        csv_number(t, &r->similarity, r->minilm_cosine, "%.6f");
+        if (r->similarity.status == EVAL_DONE && isnan(r->minilm_cosine)) text_add(t, "skipped");
+        else csv_number(t, &r->similarity, r->minilm_cosine, "%.6f");
         text_add(t, ",");
         if (r->similarity.status == EVAL_DONE && r->has_clip_text_cosine) text_add(t, "%.6f", r->clip_text_cosine);
         else text_add(t, "skipped");
@@ -614,13 +615,20 @@ static void write_html(Text* t, const EvalRecord* records, int n, const Image* t
             text_add(t, "&rdquo;</div>\n");
         } else html_field_note(t, "caption", &r->caption);
         if (r->similarity.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>prompt&ndash;caption</b> MiniLM %.4f", r->minilm_cosine);
+            text_add(t, "<div class=\"row\"><b>prompt&ndash;caption</b> ");
+            if (isnan(r->minilm_cosine)) text_add(t, "MiniLM <span class=\"muted\">skipped</span>");
+            else text_add(t, "MiniLM %.4f", r->minilm_cosine);
             if (r->has_clip_text_cosine) text_add(t, " &middot; CLIP text %.4f", r->clip_text_cosine);
             text_add(t, "</div>\n");
         } else html_field_note(t, "prompt&ndash;caption", &r->similarity);
         if (r->interrogator.status == EVAL_DONE) {
             text_add(t, "<div class=\"row\"><b>interrogator</b> ");
             text_html(t, r->interrogation);
+            if (r->interrogator.note[0]) {
+                text_add(t, " <span class=\"muted\">(");
+                text_html(t, r->interrogator.note);
+                text_add(t, ")</span>");
+            }
             text_add(t, "</div>\n");
         } else html_field_note(t, "interrogator", &r->interrogator);
         if (r->judge.status == EVAL_DONE) {
@@ -888,6 +896,7 @@ static void evaluate_one(const Evaluators* ev, const EvalOptions* o, const Image
                 r->objects[k].best_confidence = objs[k].best_conf;
             }
             r->detection.status = EVAL_DONE;
+            if (n_objs == 0) snprintf(r->detection.note, sizeof(r->detection.note), "the prompt names no COCO object");
         }
         free(dets);
     }
@@ -938,6 +947,12 @@ static void evaluate_one(const Evaluators* ev, const EvalOptions* o, const Image
                      : clip_interrogate_fast(&ev->clip, &ev->ci, features, caption, 32, &prompt, err);
         if (rc != 0) eval_field_fail(&r->interrogator, "%s", err);
         else {
+            // clip-interrogator always has a caption; without --blip ours starts with the labels
+            if (!caption[0] && strncmp(prompt, ", ", 2) == 0) memmove(prompt, prompt + 2, strlen(prompt + 2) + 1);
+            if (!caption[0])
+                snprintf(r->interrogator.note, sizeof(r->interrogator.note), "labels only: no BLIP caption to start from");
+            else if (strcmp(prompt, caption) == 0)
+                snprintf(r->interrogator.note, sizeof(r->interrogator.note), "the caption fills CLIP's 77 tokens: no label fits");
             r->interrogation = prompt;
             r->interrogator.status = EVAL_DONE;
         }

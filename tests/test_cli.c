@@ -1,7 +1,9 @@
 // tests/test_cli.c: the `sdxl` command itself, run as a user runs it (the binary `make test`
 // builds beside the runner): every bad argument gives one line on stderr and a non-zero exit,
-// `generate` writes a PNG with its parameters, a prompts file reuses one loaded model, and the
-// `generate --help` block in README.md is the binary's own output.
+// `generate` writes a PNG with its parameters, a prompts file reuses one loaded model, `eval` on
+// generated frames writes the three reports with every field filled or skipped with a reason, and
+// the `generate --help` block in README.md is the binary's own output.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,12 +11,13 @@
 #include <sys/wait.h>
 
 #include "../common.h"
+#include "../json.h"
 #include "../png.h"
 #include "check.h"
 
 // Runs a shell command; returns its exit status and its stderr (and stdout when both) in out.
 static int run(const char* cmd, char* out, size_t cap) {
-    char full[8192];
+    char full[16384];
     snprintf(full, sizeof(full), "%s 2>&1", cmd);
     FILE* p = popen(full, "r");
     if (!p) return -1;
@@ -135,6 +138,184 @@ static void test_cli_prompts_file_reuses_model(void) {
     }
 }
 
+// The fields of one report.json record that an evaluator fills; each is "done" or says why not.
+static const char* const eval_fields[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
+
+// Reads build/test_cli/<dir>/report.json; returns its "images" array (NULL on failure, checked).
+static const JsonValue* read_report(JsonDoc* doc, const char* dir, int expect_images) {
+    char path[512], err[ERR_MAX];
+    snprintf(path, sizeof(path), "%s/report.json", dir);
+    uint8_t* text;
+    size_t size;
+    if (read_file(path, &text, &size, err) != 0) {
+        check_true(0, "read %s", err);
+        return NULL;
+    }
+    int rc = json_parse(doc, (const char*)text, size, err);
+    free(text);
+    if (!check_true(rc == 0, "%s is valid JSON: %s", path, rc ? err : "ok")) return NULL;
+    const JsonValue* images = json_get(&doc->root, "images");
+    if (!check_true(images && images->type == JSON_ARRAY && (int)images->length == expect_images,
+                    "%s holds %d images", path, expect_images))
+        return NULL;
+    return images;
+}
+
+// `sdxl eval` with every evaluator (the tiny goldens, a stand-in judge) on frames `generate` made.
+static void test_cli_eval_writes_reports(void) {
+    if (!have_binary()) return;
+    mkdir("build", 0755);
+    mkdir("build/test_cli", 0755);
+    char err[ERR_MAX], cmd[8192], out[32768];
+    int status;
+    const char* prompts = "a man walks a dog past a car\ntwo cats on a bench\n";
+    write_file_atomic("build/test_cli/eval_prompts.txt", prompts, strlen(prompts), err);
+    remove("build/test_cli/eval_frames/001.png");
+    remove("build/test_cli/eval_frames/002.png");
+    snprintf(cmd, sizeof(cmd),
+             "./sdxl generate --model %s --prompts build/test_cli/eval_prompts.txt --steps 1 --width 96 --height 54 "
+             "--out build/test_cli/eval_frames", golden_path("tiny_sdxl"));
+    status = run(cmd, out, sizeof(out));
+    if (!check_true(status == 0, "generate two 96x54 frames (%.200s)", status ? out : "ok")) return;
+    // the stand-in judge: reads the prompt on stdin, answers with the image path it was given
+    const char* judge = "read prompt\necho \"{\\\"score\\\": 7, \\\"reason\\\": \\\"saw $SDXL_JUDGE_IMAGE\\\"}\"\n";
+    write_file_atomic("build/test_cli/judge.sh", judge, strlen(judge), err);
+
+    // golden_path returns one static buffer: copy each path before asking for the next
+    const char* names[5] = {"clip_vision/tiny_clip", "clip_vision/labels", "yolo/tiny.safetensors", "blip/tiny_blip", "blip/tiny_minilm"};
+    char paths[5][512];
+    for (int k = 0; k < 5; k++) snprintf(paths[k], sizeof(paths[k]), "%s", golden_path(names[k]));
+    snprintf(cmd, sizeof(cmd),
+             "./sdxl eval --images build/test_cli/eval_frames --out build/test_cli/eval_full --width 96 --height 54 "
+             "--clip %s --interrogator-lists %s --cache build/test_cli/label_cache --yolo %s --blip %s --minilm %s "
+             "--judge-cmd 'sh build/test_cli/judge.sh'",
+             paths[0], paths[1], paths[2], paths[3], paths[4]);
+    status = run(cmd, out, sizeof(out));
+    if (!check_true(status == 0, "eval with every evaluator exits 0 (%.300s)", status ? out : "ok")) return;
+    check_true(strstr(out, "image 2/2") && strstr(out, "ETA") && strstr(out, "CLIP score (torchmetrics, 0-100)") &&
+                   strstr(out, "wrote build/test_cli/eval_full/report.json"),
+               "progress with ETA, the summary table, the files written");
+    JsonDoc doc;
+    const JsonValue* images = read_report(&doc, "build/test_cli/eval_full", 2);
+    if (images) {
+        for (int i = 0; i < 2; i++) {
+            const JsonValue* r = &images->items[i];
+            int done = 0;
+            for (size_t f = 0; f < sizeof(eval_fields) / sizeof(eval_fields[0]); f++) {
+                const char* st = json_get_string(json_get(r, eval_fields[f]), "status");
+                done += st && strcmp(st, "done") == 0;
+            }
+            check_true(done == 6, "image %d: all six evaluator fields done (%d)", i + 1, done);
+            const char* prompt = json_get_string(r, "prompt");
+            check_true(prompt && strstr(prompt, i == 0 ? "a man walks a dog past a car, black and white in the style of storyboard"
+                                                       : "two cats on a bench, black and white"),
+                       "image %d: the prompt read from the PNG, emphasis removed: %.60s", i + 1, prompt ? prompt : "(none)");
+            double score, minilm, cosine;
+            int size_ok = 0;
+            const JsonValue* style = json_get(r, "style");
+            check_true(json_get_number(json_get(r, "clip"), "score", &score) && score >= 0 && score <= 100 &&
+                           json_get_number(json_get(r, "clip"), "cosine", &cosine) && fabs(cosine) <= 1 &&
+                           json_get_number(json_get(r, "similarity"), "minilm_cosine", &minilm) && fabs(minilm) <= 1.0001 &&
+                           json_get_bool(style, "size_ok", &size_ok) && size_ok,
+                       "image %d: CLIP score in [0, 100], cosines in [-1, 1], size 96x54 ok", i + 1);
+            const char* caption = json_get_string(json_get(r, "caption"), "text");
+            const char* reason = json_get_string(json_get(r, "judge"), "reason");
+            check_true(caption && caption[0] && reason && strstr(reason, i == 0 ? "eval_frames/001.png" : "eval_frames/002.png") &&
+                           json_get_number(json_get(r, "judge"), "score", &score) && score == 7,
+                       "image %d: a caption, and the judge's score 7 with the image path it was given", i + 1);
+        }
+        // the prompts name COCO objects: man -> person, dog, car; cats -> cat, bench
+        const char* want[2][3] = {{"person", "dog", "car"}, {"cat", "bench", NULL}};
+        int ok = 1, boxes_inside = 1;
+        for (int i = 0; i < 2; i++) {
+            const JsonValue* det = json_get(&images->items[i], "detection");
+            const JsonValue* objects = json_get(det, "objects");
+            const JsonValue* boxes = json_get(det, "boxes");
+            size_t n = i == 0 ? 3 : 2;
+            if (!objects || objects->type != JSON_ARRAY || objects->length != n || !boxes || boxes->type != JSON_ARRAY) {
+                ok = 0;
+                continue;
+            }
+            for (size_t k = 0; k < n; k++) {
+                const char* label = json_get_string(&objects->items[k], "class");
+                ok &= label && strcmp(label, want[i][k]) == 0;
+            }
+            for (size_t k = 0; k < boxes->length; k++) {
+                const JsonValue* xyxy = json_get(&boxes->items[k], "xyxy");
+                if (!xyxy || xyxy->type != JSON_ARRAY || xyxy->length != 4) { boxes_inside = 0; continue; }
+                double x0 = xyxy->items[0].number, y0 = xyxy->items[1].number, x1 = xyxy->items[2].number, y1 = xyxy->items[3].number;
+                boxes_inside &= 0 <= x0 && x0 <= x1 && x1 <= 96 && 0 <= y0 && y0 <= y1 && y1 <= 54;
+            }
+        }
+        check_true(ok, "object presence: person, dog, car for frame 1; cat, bench for frame 2");
+        check_true(boxes_inside, "every detection box lies inside its 96x54 frame");
+        json_free(&doc);
+    }
+    uint8_t* text;
+    size_t size;
+    if (check_true(read_file("build/test_cli/eval_full/report.csv", &text, &size, err) == 0, "read report.csv")) {
+        int lines = 0;
+        for (size_t k = 0; k < size; k++) lines += text[k] == '\n';
+        check_true(lines == 3 && strncmp((char*)text, "file,prompt,width,height", 24) == 0, "report.csv: a header and two rows (%d lines)", lines);
+        free(text);
+    }
+    if (check_true(read_file("build/test_cli/eval_full/report.html", &text, &size, err) == 0, "read report.html")) {
+        int thumbs = 0;
+        for (const char* s = (char*)text; (s = strstr(s, "src=\"data:image/png;base64,")); s++) thumbs++;
+        check_true(thumbs == 2 && strstr((char*)text, "</html>"), "report.html: two embedded thumbnails (%d), complete", thumbs);
+        free(text);
+    }
+
+    // No evaluator weights: every model field says it was skipped and why; the style checks still run.
+    snprintf(cmd, sizeof(cmd), "./sdxl eval --images build/test_cli/eval_frames --prompts build/test_cli/eval_prompts.txt "
+                               "--out build/test_cli/eval_none");
+    status = run(cmd, out, sizeof(out));
+    if (!check_true(status == 0, "eval with no evaluators exits 0 (%.300s)", status ? out : "ok")) return;
+    images = read_report(&doc, "build/test_cli/eval_none", 2);
+    if (images) {
+        int skipped = 0, noted = 0;
+        for (size_t f = 0; f < sizeof(eval_fields) / sizeof(eval_fields[0]); f++) {
+            const JsonValue* field = json_get(&images->items[1], eval_fields[f]);
+            const char* st = json_get_string(field, "status");
+            const char* note = json_get_string(field, "note");
+            skipped += st && strcmp(st, "skipped") == 0;
+            noted += note && note[0];
+        }
+        int size_ok = 1;
+        const char* prompt = json_get_string(&images->items[1], "prompt");
+        check_true(skipped == 6 && noted == 6, "all six fields skipped with a note (%d, %d)", skipped, noted);
+        check_true(prompt && strcmp(prompt, "two cats on a bench") == 0 &&
+                       json_get_bool(json_get(&images->items[1], "style"), "size_ok", &size_ok) && !size_ok,
+                   "--prompts overrides the PNG text; 96x54 is not the default 1365x768");
+        json_free(&doc);
+    }
+
+    // Bad input: one line naming the problem, non-zero exit, no report.
+    const char* short_prompts = "only one line\n";
+    write_file_atomic("build/test_cli/one_prompt.txt", short_prompts, strlen(short_prompts), err);
+    struct { const char* args; const char* needle; } cases[] = {
+        {"--out build/test_cli/eval_bad", "--images is required"},
+        {"--images build/test_cli/eval_frames --interrogate slow", "--interrogate"},
+        {"--images build/test_cli/eval_frames --prompts build/test_cli/one_prompt.txt", "one_prompt.txt"},
+        {"--images no/such/frames", "no/such/frames"},
+        {"--images build/test_cli/eval_frames --clip no/such/clip", "no/such/clip"},
+        {"--images build/test_cli/eval_frames --interrogator-lists x", "--clip"},
+        {"--images build/test_cli/eval_frames --beams 0", "--beams"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        snprintf(cmd, sizeof(cmd), "./sdxl eval --out build/test_cli/eval_bad %s", cases[c].args);
+        status = run(cmd, out, sizeof(out));
+        char* last = out + strlen(out);
+        while (last > out && last[-1] == '\n') *--last = 0;
+        char* line = strrchr(out, '\n');
+        line = line ? line + 1 : out;
+        check_true(status != 0 && strncmp(line, "error: ", 7) == 0 && strstr(line, cases[c].needle),
+                   "sdxl eval %.50s -> exit %d: %.100s", cases[c].args, status, line);
+    }
+    struct stat sb;
+    check_true(stat("build/test_cli/eval_bad/report.json", &sb) != 0, "no report from a failed run");
+}
+
 // README.md holds the `sdxl generate --help` output between two marker lines; it must be current.
 static void test_cli_readme_help_is_current(void) {
     if (!have_binary()) return;
@@ -158,6 +339,7 @@ const TestCase tests_cli[] = {
     {"cli_bad_arguments_one_line", test_cli_bad_arguments_one_line},
     {"cli_generate_writes_png", test_cli_generate_writes_png},
     {"cli_prompts_file_reuses_model", test_cli_prompts_file_reuses_model},
+    {"cli_eval_writes_reports", test_cli_eval_writes_reports},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
 };
