@@ -146,9 +146,16 @@ fuzz:
 	done
 
 # The whole pipeline with no download: a tiny random-weight SDXL written by C (demo_out/tiny_sdxl),
-# then `generate` with the storyboard defaults to demo_out/storyboard_demo.png (noise: random weights).
+# `generate` with the storyboard defaults to demo_out/frames/storyboard_demo.png (noise: random
+# weights), then `eval` on that frame with the tiny random-weight evaluators of tests/golden (CLIP,
+# interrogator labels, YOLOv8, BLIP, MiniLM) to demo_out/eval/report.{json,csv,html}. The judge is
+# left out: it needs a real LLM endpoint (scripts/judge_openai.sh), and the report says so.
+DEMO_EVALUATORS = --clip tests/golden/clip_vision/tiny_clip --interrogator-lists tests/golden/clip_vision/labels \
+                  --cache demo_out/label_cache --yolo tests/golden/yolo/tiny.safetensors \
+                  --blip tests/golden/blip/tiny_blip --minilm tests/golden/blip/tiny_minilm
 demo: sdxl
-	./sdxl demo
+	./sdxl demo --out demo_out/frames/storyboard_demo.png
+	./sdxl eval --images demo_out/frames --out demo_out/eval $(DEMO_EVALUATORS)
 
 golden:
 	cd scripts && python3 make_golden_ops.py && python3 make_golden_rng.py && python3 make_golden_safetensors.py && \

@@ -127,12 +127,19 @@ check:
 int judge_run(const char* cmd, const char* prompt, const char* image_path, JudgeResult* out, char* err) {
     int to_child[2], from_child[2];
     if (pipe(to_child) != 0 || pipe(from_child) != 0) return set_error(err, "judge: pipe: %s", strerror(errno));
+    // its stderr goes to a temporary file, so a failure can be reported with the command's own words
+    FILE* errors = tmpfile();
+    if (!errors) return set_error(err, "judge: tmpfile: %s", strerror(errno));
     fflush(stdout);
     pid_t pid = fork();
-    if (pid < 0) return set_error(err, "judge: fork: %s", strerror(errno));
+    if (pid < 0) {
+        fclose(errors);
+        return set_error(err, "judge: fork: %s", strerror(errno));
+    }
     if (pid == 0) {
         dup2(to_child[0], 0);
         dup2(from_child[1], 1);
+        dup2(fileno(errors), 2);
         close(to_child[1]);
         close(from_child[0]);
         setenv("SDXL_JUDGE_IMAGE", image_path, 1);
@@ -159,9 +166,18 @@ int judge_run(const char* cmd, const char* prompt, const char* image_path, Judge
     close(from_child[0]);
     int status;
     waitpid(pid, &status, 0);
+    // the last non-empty line the command wrote to stderr
+    char line[256] = "", last[256] = "";
+    rewind(errors);
+    while (fgets(line, sizeof(line), errors)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (line[0]) snprintf(last, sizeof(last), "%s", line);
+    }
+    fclose(errors);
     int rc;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        rc = set_error(err, "judge command exited with status %d", WIFEXITED(status) ? WEXITSTATUS(status) : 128);
+        rc = set_error(err, "judge command exited with status %d%s%s", WIFEXITED(status) ? WEXITSTATUS(status) : 128,
+                       last[0] ? ": " : "", last);
     else
         rc = judge_parse(text, out, err);
     free(text);
@@ -332,7 +348,7 @@ void eval_print_summary(const EvalRecord* records, int n) {
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
         if (m->n == 0) {
-            printf("%-40s %10s %8d\n", summary_rows[row].title, "skipped", 0);
+            printf("%-40s %10s %8d\n", summary_rows[row].title, "n/a", 0); // skipped, or nothing to measure
         } else if (summary_rows[row].unit[0] == '%') {
             printf("%-40s %9.1f%% %8d\n", summary_rows[row].title, 100.0 * m->sum / m->n, m->n);
         } else {
@@ -358,7 +374,7 @@ static void write_json(Text* t, const EvalRecord* records, int n, const char* se
         const Mean* m = summary_mean(&s, row);
         text_add(t, "%s\n    \"%s\": ", row ? "," : "", summary_rows[row].key);
         if (m->n) text_add(t, "{\"mean\": %.6g, \"images\": %d}", m->sum / m->n, m->n);
-        else text_add(t, "{\"mean\": null, \"images\": 0, \"note\": \"skipped\"}");
+        else text_add(t, "{\"mean\": null, \"images\": 0, \"note\": \"no image has this value: evaluator skipped, or nothing to measure\"}");
     }
     text_add(t, "\n  },\n  \"images\": [");
     for (int i = 0; i < n; i++) {
@@ -544,13 +560,13 @@ static void write_html(Text* t, const EvalRecord* records, int n, const Image* t
     Summary s = summarize(records, n);
     text_add(t, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 "<title>sdxl.c evaluation report</title><style>%s</style></head><body>\n", HTML_STYLE);
-    text_add(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d images &middot; ", n);
+    text_add(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d image%s &middot; ", n, n == 1 ? "" : "s");
     text_html(t, settings);
     text_add(t, "</p>\n<table class=\"summary\"><tr><th>measure</th><th>mean</th><th>images</th></tr>\n");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
         text_add(t, "<tr><td>%s</td>", summary_rows[row].title);
-        if (!m->n) text_add(t, "<td class=\"num muted\">skipped</td><td class=\"num\">0</td></tr>\n");
+        if (!m->n) text_add(t, "<td class=\"num muted\">n/a</td><td class=\"num\">0</td></tr>\n");
         else if (summary_rows[row].unit[0] == '%') text_add(t, "<td class=\"num\">%.1f%%</td><td class=\"num\">%d</td></tr>\n", 100.0 * m->sum / m->n, m->n);
         else text_add(t, "<td class=\"num\">%.4f</td><td class=\"num\">%d</td></tr>\n", m->sum / m->n, m->n);
     }
@@ -572,14 +588,35 @@ static void write_html(Text* t, const EvalRecord* records, int n, const Image* t
             // detections in the image's own pixels; the viewBox scales them onto the thumbnail
             if (r->detection.status == EVAL_DONE && r->n_boxes > 0) {
                 text_add(t, "<svg viewBox=\"0 0 %d %d\" preserveAspectRatio=\"none\">", st->width, st->height);
+                double font = st->height / 26.0, line = font * 1.15;
+                double* label_top = xmalloc(sizeof(double) * 4 * (size_t)r->n_boxes); // x0, y0, x1, y1 of placed labels
                 for (int k = 0; k < r->n_boxes; k++) {
                     const EvalBox* b = &r->boxes[k];
+                    // each label starts at its box's top-left corner and moves down a line while it
+                    // would cover a label already drawn (overlapping boxes share corners)
+                    double lx0 = b->x0 + 4, lx1 = lx0 + font * 0.6 * (strlen(b->label) + 5), ly0 = b->y0 + 2;
+                    for (int moved = 1; moved && ly0 + line < st->height;) {
+                        moved = 0;
+                        for (int q = 0; q < k; q++) {
+                            const double* o = &label_top[4 * q];
+                            if (lx0 < o[2] && o[0] < lx1 && ly0 < o[3] && o[1] < ly0 + line) {
+                                ly0 = o[3];
+                                moved = 1;
+                            }
+                        }
+                    }
+                    label_top[4 * k + 0] = lx0;
+                    label_top[4 * k + 1] = ly0;
+                    label_top[4 * k + 2] = lx1;
+                    label_top[4 * k + 3] = ly0 + line;
+                    // a white halo under the letters keeps them readable on any picture
                     text_add(t, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#ff1744\" "
-                                "stroke-width=\"%.1f\"/><text x=\"%.1f\" y=\"%.1f\" fill=\"#ff1744\" font-size=\"%.0f\" "
-                                "font-family=\"sans-serif\">%s %.2f</text>",
-                             b->x0, b->y0, b->x1 - b->x0, b->y1 - b->y0, st->width / 300.0, b->x0 + 4, b->y0 + st->height / 22.0,
-                             st->height / 26.0, b->label, b->confidence);
+                                "stroke-width=\"%.1f\"/><text x=\"%.1f\" y=\"%.1f\" fill=\"#ff1744\" stroke=\"#fff\" "
+                                "stroke-width=\"%.1f\" paint-order=\"stroke\" font-size=\"%.1f\" font-family=\"sans-serif\">%s %.2f</text>",
+                             b->x0, b->y0, b->x1 - b->x0, b->y1 - b->y0, st->width / 300.0, lx0, ly0 + font * 0.9,
+                             font / 5.0, font, b->label, b->confidence);
                 }
+                free(label_top);
                 text_add(t, "</svg>");
             }
         }

@@ -241,9 +241,9 @@ static int generate_main(int argc, char** argv) {
 
 static int demo_main(int argc, char** argv) {
     GenerateOptions o = generate_defaults();
-    o.prompt = "a detective opens a door to a dark room";
+    o.prompt = "a man with an umbrella steps out of a car at night";
     o.steps = 10; // the job's 25 would take ~30 s on 2 cores; the demo is here to show every stage run
-    o.out = "demo_out/storyboard_demo.png";
+    o.out = "demo_out/frames/storyboard_demo.png";
     const char* folder = "demo_out/tiny_sdxl";
     const char* backend = "cpu";
     Option options[] = {

@@ -28,7 +28,17 @@ print(json.dumps({"model": model, "temperature": 0, "max_tokens": 200,
 PY
 response=$(curl -sS --max-time 120 "$BASE/chat/completions" -H "Content-Type: application/json" \
   ${OPENAI_API_KEY:+-H "Authorization: Bearer $OPENAI_API_KEY"} --data-binary @"$body")
-# the model's answer is choices[0].message.content; print it as one JSON line
+# the model's answer is choices[0].message.content; print it as one JSON line, or one line saying
+# what went wrong (sdxl eval records it as this image's judge failure)
 python3 -c 'import json, sys
-r = json.loads(sys.argv[1]); c = r["choices"][0]["message"]["content"]
-print(json.dumps(json.loads(c)))' "$response"
+try:
+    r = json.loads(sys.argv[1])
+except ValueError:
+    sys.exit("judge_openai.sh: the endpoint answered with something that is not JSON: " + sys.argv[1][:200].replace("\n", " "))
+if "error" in r:
+    sys.exit("judge_openai.sh: the endpoint refused: " + json.dumps(r["error"])[:200])
+c = r["choices"][0]["message"]["content"]
+try:
+    print(json.dumps(json.loads(c)))
+except ValueError:
+    print(c.strip().replace("\n", " "))   # not JSON: sdxl eval still accepts a "score: n" answer' "$response"

@@ -96,6 +96,8 @@ static void test_eval_judge_protocol(void) {
     check_true(rc == -1 && strstr(err, "status 3"), "a failing command -> %s", err);
     rc = judge_run("true", "p", "x.png", &j, err);
     check_true(rc == -1 && strstr(err, "no score"), "a silent command -> %s", err);
+    rc = judge_run("echo 'first' >&2; echo 'endpoint refused: bad key' >&2; exit 2", "p", "x.png", &j, err);
+    check_true(rc == -1 && strstr(err, "status 2: endpoint refused: bad key"), "its last stderr line is in the error -> %s", err);
 }
 
 static void test_eval_reports(void) {
