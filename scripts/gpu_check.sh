@@ -10,7 +10,8 @@
 # 3. runs the suite again with --backend cuda: the op goldens (PyTorch outputs) on the GPU;
 # 4. runs the op goldens under compute-sanitizer (memcheck), when it is installed;
 # 5. runs `sdxl demo` (the whole tiny pipeline) on both backends and compares the pictures;
-# 6. benchmarks matmul on the GPU (fp32 cuBLAS, TF32 off) and the CPU, and one full-size UNet
+# 6. runs `sdxl eval` with every tiny evaluator on both backends and compares the reports;
+# 7. benchmarks matmul on the GPU (fp32 cuBLAS, TF32 off) and the CPU, and one full-size UNet
 #    evaluation (fp32) beside diffusers on the same card;
 # then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/.
 # Everything is sized to finish in a few minutes on an H100.
@@ -83,6 +84,24 @@ import sys; from PIL import Image; import numpy as np
 a = np.asarray(Image.open(sys.argv[1]), dtype=int); b = np.asarray(Image.open(sys.argv[2]), dtype=int)
 print(f'max pixel difference {abs(a - b).max()} of 255, mean {abs(a - b).mean():.3f}')" "$OUT_DIR/demo_cpu.png" "$OUT_DIR/demo_cuda.png" 2>&1 | tail -1)
   row "demo 1365x768, 4 steps: cuda vs cpu" "${diff:-compare failed}" "-"
+fi
+
+step "eval (every tiny evaluator) on both backends"
+mkdir -p "$OUT_DIR/frames"
+cp "$OUT_DIR/demo_cpu.png" "$OUT_DIR/frames/" 2>/dev/null
+EVALUATORS="--clip tests/golden/clip_vision/tiny_clip --interrogator-lists tests/golden/clip_vision/labels --cache $OUT_DIR/label_cache --yolo tests/golden/yolo/tiny.safetensors --blip tests/golden/blip/tiny_blip --minilm tests/golden/blip/tiny_minilm"
+if ./sdxl eval --backend cpu --images "$OUT_DIR/frames" --out "$OUT_DIR/eval_cpu" $EVALUATORS >>"$LOG" 2>&1 &&
+   ./sdxl eval --backend cuda --images "$OUT_DIR/frames" --out "$OUT_DIR/eval_cuda" $EVALUATORS >>"$LOG" 2>&1; then
+  cmp=$(python3 -c "
+import json, sys
+a, b = (json.load(open(f))['images'][0] for f in sys.argv[1:3])
+d = max(abs(a['clip']['cosine'] - b['clip']['cosine']), abs(a['similarity']['minilm_cosine'] - b['similarity']['minilm_cosine']))
+same = a['caption']['text'] == b['caption']['text'] and len(a['detection']['boxes']) == len(b['detection']['boxes'])
+word = 'identical' if same else 'DIFFER'
+print(f'cosines within {d:.1e}; caption and detection count {word}')" "$OUT_DIR/eval_cpu/report.json" "$OUT_DIR/eval_cuda/report.json" 2>&1 | tail -1)
+  row "eval, tiny evaluators: cuda vs cpu" "${cmp:-compare failed}" "-"
+else
+  row "eval on both backends" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
 fi
 
 step "bench matmul"

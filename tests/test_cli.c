@@ -2,7 +2,7 @@
 // builds beside the runner): every bad argument gives one line on stderr and a non-zero exit,
 // `generate` writes a PNG with its parameters, a prompts file reuses one loaded model, `eval` on
 // generated frames writes the three reports with every field filled or skipped with a reason, and
-// the `generate --help` block in README.md is the binary's own output.
+// the `generate --help` and `eval --help` blocks in README.md are the binary's own output.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -316,21 +316,28 @@ static void test_cli_eval_writes_reports(void) {
     check_true(stat("build/test_cli/eval_bad/report.json", &sb) != 0, "no report from a failed run");
 }
 
-// README.md holds the `sdxl generate --help` output between two marker lines; it must be current.
+// README.md holds the `sdxl generate --help` and `sdxl eval --help` outputs between marker lines;
+// they must be current.
 static void test_cli_readme_help_is_current(void) {
     if (!have_binary()) return;
     uint8_t* readme;
     size_t size;
     char err[ERR_MAX], out[16384];
     if (!check_true(read_file("README.md", &readme, &size, err) == 0, "read README.md: %s", err)) return;
-    const char* begin = strstr((char*)readme, "<!-- generate-help-begin -->\n```\n");
-    const char* end = begin ? strstr(begin, "```\n<!-- generate-help-end -->") : NULL;
-    if (check_true(begin && end, "README.md has the generate --help block")) {
-        begin += strlen("<!-- generate-help-begin -->\n```\n");
-        int status = run("./sdxl generate --help", out, sizeof(out));
+    const char* commands[2] = {"generate", "eval"};
+    for (int c = 0; c < 2; c++) {
+        char begin_mark[64], end_mark[64], cmd[64];
+        snprintf(begin_mark, sizeof(begin_mark), "<!-- %s-help-begin -->\n```\n", commands[c]);
+        snprintf(end_mark, sizeof(end_mark), "```\n<!-- %s-help-end -->", commands[c]);
+        const char* begin = strstr((char*)readme, begin_mark);
+        const char* end = begin ? strstr(begin, end_mark) : NULL;
+        if (!check_true(begin && end, "README.md has the %s --help block", commands[c])) continue;
+        begin += strlen(begin_mark);
+        snprintf(cmd, sizeof(cmd), "./sdxl %s --help", commands[c]);
+        int status = run(cmd, out, sizeof(out));
         size_t n = (size_t)(end - begin);
         check_true(status == 0 && strlen(out) == n && memcmp(out, begin, n) == 0,
-                   "README's block equals `sdxl generate --help` (update README.md if not)");
+                   "README's block equals `sdxl %s --help` (update README.md if not)", commands[c]);
     }
     free(readme);
 }
