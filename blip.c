@@ -176,46 +176,31 @@ static int is_nonspacing_mark(uint32_t cp) { return cp >= 0x300 && unicode_in_ra
 static int is_cjk(uint32_t cp) { return cp >= 0x3400 && unicode_in_ranges(bert_cjk, COUNT(bert_cjk), cp); }
 
 // ----------------------------------------------------------------------------
-// Growable strings
-
-typedef struct {
-    char* s; // NUL-terminated
-    size_t n, cap;
-} Str;
-
-static void str_append(Str* s, const char* text, size_t len) {
-    if (s->n + len + 1 > s->cap) {
-        s->cap = (s->n + len + 1) * 2;
-        s->s = xrealloc(s->s, s->cap);
-    }
-    memcpy(s->s + s->n, text, len);
-    s->n += len;
-    s->s[s->n] = 0;
-}
+// String helpers (StrBuf is in common.h)
 
 // Python's str.replace(from, to) on s, in place.
-static void str_replace_all(Str* s, const char* from, const char* to) {
+static void str_replace_all(StrBuf* s, const char* from, const char* to) {
     size_t nf = strlen(from), nt = strlen(to);
     if (!s->s || !strstr(s->s, from)) return;
-    Str r = {0};
+    StrBuf r = {0};
     const char* p = s->s;
     for (const char* hit; (hit = strstr(p, from)); p = hit + nf) {
-        str_append(&r, p, (size_t)(hit - p));
-        str_append(&r, to, nt);
+        strbuf_append(&r, p, (size_t)(hit - p));
+        strbuf_append(&r, to, nt);
     }
-    str_append(&r, p, strlen(p));
+    strbuf_append(&r, p, strlen(p));
     free(s->s);
     *s = r;
 }
 
 // Copies s into out (cap bytes, NUL-terminated, truncated) and returns its full length.
-static size_t str_export(const Str* s, char* out, size_t cap) {
+static size_t str_export(const StrBuf* s, char* out, size_t cap) {
     if (cap > 0) {
-        size_t n = s->n < cap - 1 ? s->n : cap - 1;
+        size_t n = s->len < cap - 1 ? s->len : cap - 1;
         if (n) memcpy(out, s->s, n);
         out[n] = 0;
     }
-    return s->n;
+    return s->len;
 }
 
 // ----------------------------------------------------------------------------
@@ -412,9 +397,9 @@ size_t bert_normalize(const BertTokenizer* tok, const char* text, char* out, siz
     CodePoints in = {0}, norm = {0};
     utf8_decode(text, strlen(text), &in);
     normalize_cps(tok, in.v, in.n, &norm);
-    Str s = {0};
+    StrBuf s = {0};
     char buf[4];
-    for (int i = 0; i < norm.n; i++) str_append(&s, buf, (size_t)utf8_encode(norm.v[i], buf));
+    for (int i = 0; i < norm.n; i++) strbuf_append(&s, buf, (size_t)utf8_encode(norm.v[i], buf));
     size_t n = str_export(&s, out, cap);
     free(s.s);
     free(in.v);
@@ -554,24 +539,24 @@ size_t bert_decode(const BertTokenizer* tok, const int32_t* ids, int n, int skip
         {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"},
         {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
     };
-    Str text = {0};
-    str_append(&text, "", 0);
+    StrBuf text = {0};
+    strbuf_append(&text, "", 0);
     int first = 1;
     for (int i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= tok->n_vocab) continue;
         if (skip_special && is_special(tok, id)) continue;
         const char* t = tok->id_to_token[id];
-        Str piece = {0};
-        if (first) str_append(&piece, t, strlen(t)); // the first token keeps even a leading "##"
-        else if (strncmp(t, "##", 2) == 0) str_append(&piece, t + 2, strlen(t) - 2);
+        StrBuf piece = {0};
+        if (first) strbuf_append(&piece, t, strlen(t)); // the first token keeps even a leading "##"
+        else if (strncmp(t, "##", 2) == 0) strbuf_append(&piece, t + 2, strlen(t) - 2);
         else {
-            str_append(&piece, " ", 1);
-            str_append(&piece, t, strlen(t));
+            strbuf_append(&piece, " ", 1);
+            strbuf_append(&piece, t, strlen(t));
         }
         for (int r = 0; r < COUNT(wordpiece_cleanup); r++)
             str_replace_all(&piece, wordpiece_cleanup[r][0], wordpiece_cleanup[r][1]);
-        str_append(&text, piece.s, piece.n);
+        strbuf_append(&text, piece.s, piece.len);
         free(piece.s);
         first = 0;
     }

@@ -1065,23 +1065,6 @@ int clip_label_rank(const ClipLabelTable* const* tables, int n_tables, const flo
     return top_count;
 }
 
-// A growable string.
-typedef struct {
-    char* s;
-    size_t n, cap;
-} Str;
-
-static void str_add(Str* b, const char* s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->s = xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-
-static void str_cat(Str* b, const char* s) { str_add(b, s, strlen(s)); }
 
 // Length of the part of s before the first ", " (or the end).
 static size_t part_length(const char* s) {
@@ -1093,19 +1076,19 @@ static size_t part_length(const char* s) {
 char* clip_truncate_to_fit(const Tokenizer* tok, const char* text, int max_tokens) {
     // parts = text.split(", "); new_text = parts[0]; then, per part, stop when
     // _prompt_at_max_len(new_text + part) (no separator in the test: 0.6.0's own quirk)
-    Str out = {0}, probe = {0};
+    StrBuf out = {0}, probe = {0};
     size_t len = part_length(text);
-    str_add(&out, text, len);
+    strbuf_append(&out, text, len);
     for (const char* p = text + len; *p; p += len) {
         p += 2; // the ", "
         len = part_length(p);
-        probe.n = 0;
-        str_add(&probe, out.s, out.n);
-        str_add(&probe, p, len);
+        probe.len = 0;
+        strbuf_append(&probe, out.s, out.len);
+        strbuf_append(&probe, p, len);
         // at max length: BOS + tokens + EOS fill the context (open_clip's tokens[-1] != 0)
         if (tokenizer_encode(tok, probe.s, NULL, 0) >= max_tokens) break;
-        str_add(&out, ", ", 2);
-        str_add(&out, p, len);
+        strbuf_append(&out, ", ", 2);
+        strbuf_append(&out, p, len);
     }
     free(probe.s);
     return out.s;
@@ -1130,23 +1113,23 @@ int clip_interrogate_classic(const ClipModel* m, const ClipInterrogator* ci, con
     const char* movement = top_label(ci->movements, image_features, ci->chunk_size);
     int* top = xmalloc(sizeof(int) * (max_flavors > 0 ? max_flavors : 1));
     int n = clip_label_rank(&ci->flavors, 1, image_features, max_flavors, ci->chunk_size, top);
-    Str s = {0};
-    str_cat(&s, caption);
+    StrBuf s = {0};
+    strbuf_cat(&s, caption);
     if (strncmp(caption, medium, strlen(medium)) != 0) { // caption.startswith(medium)
-        str_cat(&s, ", ");
-        str_cat(&s, medium);
+        strbuf_cat(&s, ", ");
+        strbuf_cat(&s, medium);
     }
-    str_cat(&s, " ");
-    str_cat(&s, artist);
+    strbuf_cat(&s, " ");
+    strbuf_cat(&s, artist);
     const char* rest[2] = {trending, movement};
     for (int i = 0; i < 2; i++) {
-        str_cat(&s, ", ");
-        str_cat(&s, rest[i]);
+        strbuf_cat(&s, ", ");
+        strbuf_cat(&s, rest[i]);
     }
-    str_cat(&s, ", ");
+    strbuf_cat(&s, ", ");
     for (int i = 0; i < n; i++) {
-        if (i) str_cat(&s, ", ");
-        str_cat(&s, ci->flavors->labels[top[i]]);
+        if (i) strbuf_cat(&s, ", ");
+        strbuf_cat(&s, ci->flavors->labels[top[i]]);
     }
     free(top);
     *prompt = clip_truncate_to_fit(&m->tok, s.s, CLIP_CHUNK_TOKENS);
@@ -1163,12 +1146,12 @@ int clip_interrogate_fast(const ClipModel* m, const ClipInterrogator* ci, const 
         if (!merged[i]) return set_error(err, "interrogator: a label table is missing");
     int* top = xmalloc(sizeof(int) * (max_flavors > 0 ? max_flavors : 1));
     int n = clip_label_rank(merged, 5, image_features, max_flavors, ci->chunk_size, top);
-    Str s = {0};
-    str_cat(&s, caption);
-    str_cat(&s, ", ");
+    StrBuf s = {0};
+    strbuf_cat(&s, caption);
+    strbuf_cat(&s, ", ");
     for (int i = 0; i < n; i++) {
-        if (i) str_cat(&s, ", ");
-        str_cat(&s, clip_label_at(merged, 5, top[i]));
+        if (i) strbuf_cat(&s, ", ");
+        strbuf_cat(&s, clip_label_at(merged, 5, top[i]));
     }
     free(top);
     *prompt = clip_truncate_to_fit(&m->tok, s.s, CLIP_CHUNK_TOKENS);

@@ -48,6 +48,35 @@ void* xrealloc(void* p, size_t bytes) {
     return q;
 }
 
+void strbuf_append(StrBuf* b, const char* s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    if (n) memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
+void strbuf_cat(StrBuf* b, const char* s) { strbuf_append(b, s, strlen(s)); }
+
+void strbuf_printf(StrBuf* b, const char* fmt, ...) {
+    for (;;) { // format into the free space; when it does not fit, grow and format again
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = b->cap - b->len;
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? room : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) fatal("strbuf_printf: cannot format \"%s\"", fmt);
+        if (b->s && (size_t)n < room) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = (b->cap + (size_t)n + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+}
+
 char* xstrdup(const char* s) {
     size_t n = strlen(s) + 1;
     char* d = xmalloc(n);
@@ -105,6 +134,25 @@ int read_file(const char* path, uint8_t** data, size_t* size, char* err) {
     buf[len] = 0;
     *data = buf;
     *size = (size_t)len;
+    return 0;
+}
+
+int read_lines(const char* path, char*** out, int* count, char* err) {
+    uint8_t* text;
+    size_t size;
+    if (read_file(path, &text, &size, err) != 0) return -1;
+    int cap = 16, n = 0;
+    char** lines = xmalloc(sizeof(char*) * cap);
+    char* save = NULL;
+    for (char* line = strtok_r((char*)text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
+        while (*line == ' ' || *line == '\t') line++;
+        if (!*line || *line == '#') continue;
+        if (n == cap) lines = xrealloc(lines, sizeof(char*) * (cap *= 2));
+        lines[n++] = xstrdup(line);
+    }
+    free(text);
+    *out = lines;
+    *count = n;
     return 0;
 }
 

@@ -28,6 +28,16 @@ void* xmalloc(size_t bytes);
 void* xcalloc(size_t count, size_t size);
 void* xrealloc(void* p, size_t bytes);
 char* xstrdup(const char* s);
+
+// A growable NUL-terminated string: zero-initialise, append, free(b.s) when done. s stays NULL
+// until the first append.
+typedef struct {
+    char* s;
+    size_t len, cap;
+} StrBuf;
+void strbuf_append(StrBuf* b, const char* s, size_t n); // n bytes of s (may hold NULs)
+void strbuf_cat(StrBuf* b, const char* s);              // a NUL-terminated s
+void strbuf_printf(StrBuf* b, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 FILE* xfopen(const char* path, const char* mode);
 void xfread(void* dst, size_t size, size_t count, FILE* f, const char* path);
 void xfwrite(const void* src, size_t size, size_t count, FILE* f, const char* path);
@@ -36,6 +46,11 @@ void xfclose(FILE* f, const char* path);
 // Reads a whole file into a fresh buffer (NUL-terminated, so text can be parsed in place).
 // Returns 0, or -1 with err filled ("path: No such file or directory").
 int read_file(const char* path, uint8_t** data, size_t* size, char* err);
+
+// Reads a list file: one entry per line (\n, \r\n or \r), leading blanks trimmed, empty lines and
+// lines starting with '#' skipped (prompts files, for generate and eval). *lines and each entry
+// are malloc'd; *count may be 0. Returns 0, or -1 with err filled.
+int read_lines(const char* path, char*** lines, int* count, char* err);
 
 // Atomic output. out_open() opens "<path>.tmp"; out_commit() flushes, closes and renames it onto
 // path, checking each step; out_abort() closes and removes the temporary file.

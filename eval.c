@@ -225,55 +225,32 @@ void eval_field_fail(EvalField* f, const char* fmt, ...) {
 }
 
 // ----------------------------------------------------------------------------
-// A growing text buffer for the report files
+// StrBuf helpers for the report files (StrBuf is in common.h)
 
-typedef struct {
-    char* s;
-    size_t len, cap;
-} Text;
-
-static void text_add(Text* t, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-static void text_add(Text* t, const char* fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = t->cap - t->len;
-        int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? room : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) fatal("report: formatting failed");
-        if (t->s && (size_t)n < room) {
-            t->len += (size_t)n;
-            return;
-        }
-        t->cap = (t->cap + (size_t)n + 1) * 2;
-        t->s = xrealloc(t->s, t->cap);
-    }
-}
-
-static void text_json_string(Text* t, const char* s) {
+static void text_json_string(StrBuf* t, const char* s) {
     size_t need = json_escape(NULL, 0, s ? s : "");
     char* tmp = xmalloc(need + 1);
     json_escape(tmp, need + 1, s ? s : "");
-    text_add(t, "%s", tmp);
+    strbuf_printf(t, "%s", tmp);
     free(tmp);
 }
 
-static void text_html(Text* t, const char* s) { // HTML-escaped text
+static void text_html(StrBuf* t, const char* s) { // HTML-escaped text
     for (; s && *s; s++) {
         switch (*s) {
-        case '<': text_add(t, "&lt;"); break;
-        case '>': text_add(t, "&gt;"); break;
-        case '&': text_add(t, "&amp;"); break;
-        case '"': text_add(t, "&quot;"); break;
-        default: text_add(t, "%c", *s);
+        case '<': strbuf_printf(t, "&lt;"); break;
+        case '>': strbuf_printf(t, "&gt;"); break;
+        case '&': strbuf_printf(t, "&amp;"); break;
+        case '"': strbuf_printf(t, "&quot;"); break;
+        default: strbuf_printf(t, "%c", *s);
         }
     }
 }
 
-static void text_csv(Text* t, const char* s) { // RFC 4180: quote always, double the quotes
-    text_add(t, "\"");
-    for (; s && *s; s++) text_add(t, *s == '"' ? "\"\"" : "%c", *s);
-    text_add(t, "\"");
+static void text_csv(StrBuf* t, const char* s) { // RFC 4180: quote always, double the quotes
+    strbuf_printf(t, "\"");
+    for (; s && *s; s++) strbuf_printf(t, *s == '"' ? "\"\"" : "%c", *s);
+    strbuf_printf(t, "\"");
 }
 
 static const char* status_name(EvalStatus s) { return s == EVAL_DONE ? "done" : s == EVAL_FAILED ? "failed" : "skipped"; }
@@ -360,184 +337,184 @@ void eval_print_summary(const EvalRecord* records, int n) {
 // ----------------------------------------------------------------------------
 // report.json
 
-static void json_field(Text* t, const char* name, const EvalField* f) {
-    text_add(t, "\"%s\": {\"status\": \"%s\", \"note\": ", name, status_name(f->status));
+static void json_field(StrBuf* t, const char* name, const EvalField* f) {
+    strbuf_printf(t, "\"%s\": {\"status\": \"%s\", \"note\": ", name, status_name(f->status));
     text_json_string(t, f->note);
 }
 
-static void write_json(Text* t, const EvalRecord* records, int n, const char* settings) {
+static void write_json(StrBuf* t, const EvalRecord* records, int n, const char* settings) {
     Summary s = summarize(records, n);
-    text_add(t, "{\n  \"tool\": \"sdxl.c eval\",\n  \"settings\": ");
+    strbuf_printf(t, "{\n  \"tool\": \"sdxl.c eval\",\n  \"settings\": ");
     text_json_string(t, settings);
-    text_add(t, ",\n  \"summary\": {");
+    strbuf_printf(t, ",\n  \"summary\": {");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
-        text_add(t, "%s\n    \"%s\": ", row ? "," : "", summary_rows[row].key);
-        if (m->n) text_add(t, "{\"mean\": %.6g, \"images\": %d}", m->sum / m->n, m->n);
-        else text_add(t, "{\"mean\": null, \"images\": 0, \"note\": \"no image has this value: evaluator skipped, or nothing to measure\"}");
+        strbuf_printf(t, "%s\n    \"%s\": ", row ? "," : "", summary_rows[row].key);
+        if (m->n) strbuf_printf(t, "{\"mean\": %.6g, \"images\": %d}", m->sum / m->n, m->n);
+        else strbuf_printf(t, "{\"mean\": null, \"images\": 0, \"note\": \"no image has this value: evaluator skipped, or nothing to measure\"}");
     }
-    text_add(t, "\n  },\n  \"images\": [");
+    strbuf_printf(t, "\n  },\n  \"images\": [");
     for (int i = 0; i < n; i++) {
         const EvalRecord* r = &records[i];
         const StyleReport* st = &r->style;
-        text_add(t, "%s\n    {\"file\": ", i ? "," : "");
+        strbuf_printf(t, "%s\n    {\"file\": ", i ? "," : "");
         text_json_string(t, r->path);
-        text_add(t, ", \"prompt\": ");
+        strbuf_printf(t, ", \"prompt\": ");
         text_json_string(t, r->prompt);
-        text_add(t, ",\n     \"style\": {\"width\": %d, \"height\": %d, \"size_ok\": %s, \"aspect_16_9\": %s, "
+        strbuf_printf(t, ",\n     \"style\": {\"width\": %d, \"height\": %d, \"size_ok\": %s, \"aspect_16_9\": %s, "
                     "\"colourfulness\": %.4f, \"mean_saturation\": %.4f, \"colour_pixels\": %.4f, \"black_and_white\": %s},",
                  st->width, st->height, st->size_ok ? "true" : "false", st->aspect_ok ? "true" : "false",
                  st->colourfulness, st->mean_saturation, st->colour_pixels, st->black_and_white ? "true" : "false");
-        text_add(t, "\n     ");
+        strbuf_printf(t, "\n     ");
         json_field(t, "clip", &r->clip);
-        if (r->clip.status == EVAL_DONE) text_add(t, ", \"score\": %.4f, \"cosine\": %.6f", r->clip_score, r->clip_cosine);
-        text_add(t, "},\n     ");
+        if (r->clip.status == EVAL_DONE) strbuf_printf(t, ", \"score\": %.4f, \"cosine\": %.6f", r->clip_score, r->clip_cosine);
+        strbuf_printf(t, "},\n     ");
         json_field(t, "detection", &r->detection);
         if (r->detection.status == EVAL_DONE) {
-            text_add(t, ", \"objects\": [");
+            strbuf_printf(t, ", \"objects\": [");
             for (int k = 0; k < r->n_objects; k++) {
                 const EvalObject* o = &r->objects[k];
-                text_add(t, "%s{\"word\": ", k ? ", " : "");
+                strbuf_printf(t, "%s{\"word\": ", k ? ", " : "");
                 text_json_string(t, o->word);
-                text_add(t, ", \"class\": ");
+                strbuf_printf(t, ", \"class\": ");
                 text_json_string(t, o->label);
-                text_add(t, ", \"found\": %s, \"best_confidence\": %.4f}", o->found ? "true" : "false", o->best_confidence);
+                strbuf_printf(t, ", \"found\": %s, \"best_confidence\": %.4f}", o->found ? "true" : "false", o->best_confidence);
             }
-            text_add(t, "], \"boxes\": [");
+            strbuf_printf(t, "], \"boxes\": [");
             for (int k = 0; k < r->n_boxes; k++) {
                 const EvalBox* b = &r->boxes[k];
-                text_add(t, "%s{\"class\": ", k ? ", " : "");
+                strbuf_printf(t, "%s{\"class\": ", k ? ", " : "");
                 text_json_string(t, b->label);
-                text_add(t, ", \"confidence\": %.4f, \"xyxy\": [%.1f, %.1f, %.1f, %.1f]}", b->confidence, b->x0, b->y0, b->x1, b->y1);
+                strbuf_printf(t, ", \"confidence\": %.4f, \"xyxy\": [%.1f, %.1f, %.1f, %.1f]}", b->confidence, b->x0, b->y0, b->x1, b->y1);
             }
-            text_add(t, "]");
+            strbuf_printf(t, "]");
         }
-        text_add(t, "},\n     ");
+        strbuf_printf(t, "},\n     ");
         json_field(t, "caption", &r->caption);
         if (r->caption.status == EVAL_DONE) {
-            text_add(t, ", \"text\": ");
+            strbuf_printf(t, ", \"text\": ");
             text_json_string(t, r->caption_text);
         }
-        text_add(t, "},\n     ");
+        strbuf_printf(t, "},\n     ");
         json_field(t, "similarity", &r->similarity);
         if (r->similarity.status == EVAL_DONE) {
-            if (!isnan(r->minilm_cosine)) text_add(t, ", \"minilm_cosine\": %.6f", r->minilm_cosine);
-            if (r->has_clip_text_cosine) text_add(t, ", \"clip_text_cosine\": %.6f", r->clip_text_cosine);
+            if (!isnan(r->minilm_cosine)) strbuf_printf(t, ", \"minilm_cosine\": %.6f", r->minilm_cosine);
+            if (r->has_clip_text_cosine) strbuf_printf(t, ", \"clip_text_cosine\": %.6f", r->clip_text_cosine);
         }
-        text_add(t, "},\n     ");
+        strbuf_printf(t, "},\n     ");
         json_field(t, "interrogator", &r->interrogator);
         if (r->interrogator.status == EVAL_DONE) {
-            text_add(t, ", \"prompt\": ");
+            strbuf_printf(t, ", \"prompt\": ");
             text_json_string(t, r->interrogation);
         }
-        text_add(t, "},\n     ");
+        strbuf_printf(t, "},\n     ");
         json_field(t, "judge", &r->judge);
         if (r->judge.status == EVAL_DONE) {
-            text_add(t, ", \"score\": %.2f, \"reason\": ", r->judge_score);
+            strbuf_printf(t, ", \"score\": %.2f, \"reason\": ", r->judge_score);
             text_json_string(t, r->judge_reason);
         }
-        text_add(t, "}}");
+        strbuf_printf(t, "}}");
     }
-    text_add(t, "\n  ]\n}\n");
+    strbuf_printf(t, "\n  ]\n}\n");
 }
 
 // ----------------------------------------------------------------------------
 // report.csv: one row per image; a skipped or failed evaluator's columns say so
 
-static void csv_number(Text* t, const EvalField* f, double v, const char* fmt) {
-    if (f->status == EVAL_DONE) text_add(t, fmt, v);
-    else text_add(t, "%s", status_name(f->status));
+static void csv_number(StrBuf* t, const EvalField* f, double v, const char* fmt) {
+    if (f->status == EVAL_DONE) strbuf_printf(t, fmt, v);
+    else strbuf_printf(t, "%s", status_name(f->status));
 }
 
-static void write_csv(Text* t, const EvalRecord* records, int n) {
-    text_add(t, "file,prompt,width,height,size_ok,aspect_16_9,colourfulness,mean_saturation,colour_pixels,black_and_white,"
+static void write_csv(StrBuf* t, const EvalRecord* records, int n) {
+    strbuf_printf(t, "file,prompt,width,height,size_ok,aspect_16_9,colourfulness,mean_saturation,colour_pixels,black_and_white,"
                 "clip_score,clip_cosine,objects_found,objects_missing,detections,caption,minilm_cosine,clip_text_cosine,"
                 "interrogation,judge_score,judge_reason,notes\r\n");
     for (int i = 0; i < n; i++) {
         const EvalRecord* r = &records[i];
         const StyleReport* st = &r->style;
         text_csv(t, r->path);
-        text_add(t, ",");
+        strbuf_printf(t, ",");
         text_csv(t, r->prompt);
-        text_add(t, ",%d,%d,%s,%s,%.4f,%.4f,%.4f,%s,", st->width, st->height, st->size_ok ? "yes" : "no",
+        strbuf_printf(t, ",%d,%d,%s,%s,%.4f,%.4f,%.4f,%s,", st->width, st->height, st->size_ok ? "yes" : "no",
                  st->aspect_ok ? "yes" : "no", st->colourfulness, st->mean_saturation, st->colour_pixels,
                  st->black_and_white ? "yes" : "no");
         csv_number(t, &r->clip, r->clip_score, "%.4f");
-        text_add(t, ",");
+        strbuf_printf(t, ",");
         csv_number(t, &r->clip, r->clip_cosine, "%.6f");
-        text_add(t, ",");
+        strbuf_printf(t, ",");
         if (r->detection.status == EVAL_DONE) {
-            Text found = {0}, missing = {0}, boxes = {0};
-            text_add(&found, "%s", "");
-            text_add(&missing, "%s", "");
-            text_add(&boxes, "%s", "");
+            StrBuf found = {0}, missing = {0}, boxes = {0};
+            strbuf_printf(&found, "%s", "");
+            strbuf_printf(&missing, "%s", "");
+            strbuf_printf(&boxes, "%s", "");
             for (int k = 0; k < r->n_objects; k++) {
-                Text* dst = r->objects[k].found ? &found : &missing;
-                text_add(dst, "%s%s", dst->len ? "; " : "", r->objects[k].word);
-                if (r->objects[k].found) text_add(dst, " (%s %.2f)", r->objects[k].label, r->objects[k].best_confidence);
+                StrBuf* dst = r->objects[k].found ? &found : &missing;
+                strbuf_printf(dst, "%s%s", dst->len ? "; " : "", r->objects[k].word);
+                if (r->objects[k].found) strbuf_printf(dst, " (%s %.2f)", r->objects[k].label, r->objects[k].best_confidence);
             }
             for (int k = 0; k < r->n_boxes; k++)
-                text_add(&boxes, "%s%s %.2f", boxes.len ? "; " : "", r->boxes[k].label, r->boxes[k].confidence);
+                strbuf_printf(&boxes, "%s%s %.2f", boxes.len ? "; " : "", r->boxes[k].label, r->boxes[k].confidence);
             text_csv(t, found.s);
-            text_add(t, ",");
+            strbuf_printf(t, ",");
             text_csv(t, missing.s);
-            text_add(t, ",");
+            strbuf_printf(t, ",");
             text_csv(t, boxes.s);
             free(found.s);
             free(missing.s);
             free(boxes.s);
         } else {
-            text_add(t, "%s,%s,%s", status_name(r->detection.status), status_name(r->detection.status),
+            strbuf_printf(t, "%s,%s,%s", status_name(r->detection.status), status_name(r->detection.status),
                      status_name(r->detection.status));
         }
-        text_add(t, ",");
+        strbuf_printf(t, ",");
         if (r->caption.status == EVAL_DONE) text_csv(t, r->caption_text);
-        else text_add(t, "%s", status_name(r->caption.status));
-        text_add(t, ",");
-        if (r->similarity.status == EVAL_DONE && isnan(r->minilm_cosine)) text_add(t, "skipped");
+        else strbuf_printf(t, "%s", status_name(r->caption.status));
+        strbuf_printf(t, ",");
+        if (r->similarity.status == EVAL_DONE && isnan(r->minilm_cosine)) strbuf_printf(t, "skipped");
         else csv_number(t, &r->similarity, r->minilm_cosine, "%.6f");
-        text_add(t, ",");
-        if (r->similarity.status == EVAL_DONE && r->has_clip_text_cosine) text_add(t, "%.6f", r->clip_text_cosine);
-        else text_add(t, "skipped");
-        text_add(t, ",");
+        strbuf_printf(t, ",");
+        if (r->similarity.status == EVAL_DONE && r->has_clip_text_cosine) strbuf_printf(t, "%.6f", r->clip_text_cosine);
+        else strbuf_printf(t, "skipped");
+        strbuf_printf(t, ",");
         if (r->interrogator.status == EVAL_DONE) text_csv(t, r->interrogation);
-        else text_add(t, "%s", status_name(r->interrogator.status));
-        text_add(t, ",");
+        else strbuf_printf(t, "%s", status_name(r->interrogator.status));
+        strbuf_printf(t, ",");
         csv_number(t, &r->judge, r->judge_score, "%.2f");
-        text_add(t, ",");
+        strbuf_printf(t, ",");
         if (r->judge.status == EVAL_DONE) text_csv(t, r->judge_reason);
-        else text_add(t, "%s", status_name(r->judge.status));
+        else strbuf_printf(t, "%s", status_name(r->judge.status));
         // the notes column: why each skipped or failed evaluator did not run
-        Text notes = {0};
-        text_add(&notes, "%s", "");
+        StrBuf notes = {0};
+        strbuf_printf(&notes, "%s", "");
         const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
         const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
         for (int k = 0; k < 6; k++)
             if (fields[k]->status != EVAL_DONE && fields[k]->note[0])
-                text_add(&notes, "%s%s: %s", notes.len ? "; " : "", names[k], fields[k]->note);
-        text_add(t, ",");
+                strbuf_printf(&notes, "%s%s: %s", notes.len ? "; " : "", names[k], fields[k]->note);
+        strbuf_printf(t, ",");
         text_csv(t, notes.s);
         free(notes.s);
-        text_add(t, "\r\n");
+        strbuf_printf(t, "\r\n");
     }
 }
 
 // ----------------------------------------------------------------------------
 // report.html: a contact sheet
 
-static void base64(Text* t, const uint8_t* data, size_t n) {
+static void base64(StrBuf* t, const uint8_t* data, size_t n) {
     static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for (size_t i = 0; i < n; i += 3) {
         uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < n ? (uint32_t)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
-        text_add(t, "%c%c%c%c", table[v >> 18 & 63], table[v >> 12 & 63], i + 1 < n ? table[v >> 6 & 63] : '=',
+        strbuf_printf(t, "%c%c%c%c", table[v >> 18 & 63], table[v >> 12 & 63], i + 1 < n ? table[v >> 6 & 63] : '=',
                  i + 2 < n ? table[v & 63] : '=');
     }
 }
 
-static void html_field_note(Text* t, const char* what, const EvalField* f) {
-    text_add(t, "<div class=\"row muted\"><b>%s</b> %s: ", what, status_name(f->status));
+static void html_field_note(StrBuf* t, const char* what, const EvalField* f) {
+    strbuf_printf(t, "<div class=\"row muted\"><b>%s</b> %s: ", what, status_name(f->status));
     text_html(t, f->note);
-    text_add(t, "</div>\n");
+    strbuf_printf(t, "</div>\n");
 }
 
 static const char* HTML_STYLE =
@@ -556,38 +533,38 @@ static const char* HTML_STYLE =
     ".ok{background:#2e7d32}.bad{background:#c62828}.skip{background:#999}"
     ".found{color:#2e7d32}.missing{color:#c62828}";
 
-static void write_html(Text* t, const EvalRecord* records, int n, const Image* thumbs, const char* settings) {
+static void write_html(StrBuf* t, const EvalRecord* records, int n, const Image* thumbs, const char* settings) {
     Summary s = summarize(records, n);
-    text_add(t, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    strbuf_printf(t, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 "<title>sdxl.c evaluation report</title><style>%s</style></head><body>\n", HTML_STYLE);
-    text_add(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d image%s &middot; ", n, n == 1 ? "" : "s");
+    strbuf_printf(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d image%s &middot; ", n, n == 1 ? "" : "s");
     text_html(t, settings);
-    text_add(t, "</p>\n<table class=\"summary\"><tr><th>measure</th><th>mean</th><th>images</th></tr>\n");
+    strbuf_printf(t, "</p>\n<table class=\"summary\"><tr><th>measure</th><th>mean</th><th>images</th></tr>\n");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
-        text_add(t, "<tr><td>%s</td>", summary_rows[row].title);
-        if (!m->n) text_add(t, "<td class=\"num muted\">n/a</td><td class=\"num\">0</td></tr>\n");
-        else if (summary_rows[row].unit[0] == '%') text_add(t, "<td class=\"num\">%.1f%%</td><td class=\"num\">%d</td></tr>\n", 100.0 * m->sum / m->n, m->n);
-        else text_add(t, "<td class=\"num\">%.4f</td><td class=\"num\">%d</td></tr>\n", m->sum / m->n, m->n);
+        strbuf_printf(t, "<tr><td>%s</td>", summary_rows[row].title);
+        if (!m->n) strbuf_printf(t, "<td class=\"num muted\">n/a</td><td class=\"num\">0</td></tr>\n");
+        else if (summary_rows[row].unit[0] == '%') strbuf_printf(t, "<td class=\"num\">%.1f%%</td><td class=\"num\">%d</td></tr>\n", 100.0 * m->sum / m->n, m->n);
+        else strbuf_printf(t, "<td class=\"num\">%.4f</td><td class=\"num\">%d</td></tr>\n", m->sum / m->n, m->n);
     }
-    text_add(t, "</table>\n<div class=\"grid\">\n");
+    strbuf_printf(t, "</table>\n<div class=\"grid\">\n");
     for (int i = 0; i < n; i++) {
         const EvalRecord* r = &records[i];
         const StyleReport* st = &r->style;
-        text_add(t, "<div class=\"card\">\n<div class=\"thumb\">");
+        strbuf_printf(t, "<div class=\"card\">\n<div class=\"thumb\">");
         uint8_t* png = NULL;
         size_t png_size = 0;
         char err[ERR_MAX];
         if (thumbs && thumbs[i].data && png_encode(&thumbs[i], &png, &png_size, err) == 0) {
-            text_add(t, "<img alt=\"");
+            strbuf_printf(t, "<img alt=\"");
             text_html(t, r->name);
-            text_add(t, "\" src=\"data:image/png;base64,");
+            strbuf_printf(t, "\" src=\"data:image/png;base64,");
             base64(t, png, png_size);
-            text_add(t, "\">");
+            strbuf_printf(t, "\">");
             free(png);
             // detections in the image's own pixels; the viewBox scales them onto the thumbnail
             if (r->detection.status == EVAL_DONE && r->n_boxes > 0) {
-                text_add(t, "<svg viewBox=\"0 0 %d %d\" preserveAspectRatio=\"none\">", st->width, st->height);
+                strbuf_printf(t, "<svg viewBox=\"0 0 %d %d\" preserveAspectRatio=\"none\">", st->width, st->height);
                 double font = st->height / 26.0, line = font * 1.15;
                 double* label_top = xmalloc(sizeof(double) * 4 * (size_t)r->n_boxes); // x0, y0, x1, y1 of placed labels
                 for (int k = 0; k < r->n_boxes; k++) {
@@ -610,72 +587,72 @@ static void write_html(Text* t, const EvalRecord* records, int n, const Image* t
                     label_top[4 * k + 2] = lx1;
                     label_top[4 * k + 3] = ly0 + line;
                     // a white halo under the letters keeps them readable on any picture
-                    text_add(t, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#ff1744\" "
+                    strbuf_printf(t, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#ff1744\" "
                                 "stroke-width=\"%.1f\"/><text x=\"%.1f\" y=\"%.1f\" fill=\"#ff1744\" stroke=\"#fff\" "
                                 "stroke-width=\"%.1f\" paint-order=\"stroke\" font-size=\"%.1f\" font-family=\"sans-serif\">%s %.2f</text>",
                              b->x0, b->y0, b->x1 - b->x0, b->y1 - b->y0, st->width / 300.0, lx0, ly0 + font * 0.9,
                              font / 5.0, font, b->label, b->confidence);
                 }
                 free(label_top);
-                text_add(t, "</svg>");
+                strbuf_printf(t, "</svg>");
             }
         }
-        text_add(t, "</div>\n<div class=\"name\">");
+        strbuf_printf(t, "</div>\n<div class=\"name\">");
         text_html(t, r->name);
-        text_add(t, " &middot; %dx%d</div>\n<div class=\"prompt\">", st->width, st->height);
+        strbuf_printf(t, " &middot; %dx%d</div>\n<div class=\"prompt\">", st->width, st->height);
         text_html(t, r->prompt);
-        text_add(t, "</div>\n<div class=\"row\"><span class=\"badge %s\">%s</span><span class=\"badge %s\">%s</span>"
+        strbuf_printf(t, "</div>\n<div class=\"row\"><span class=\"badge %s\">%s</span><span class=\"badge %s\">%s</span>"
                     "<span class=\"badge %s\">16:9 %s</span></div>\n",
                  st->black_and_white ? "ok" : "bad", st->black_and_white ? "black &amp; white" : "colour",
                  st->size_ok ? "ok" : "bad", st->size_ok ? "exact size" : "wrong size", st->aspect_ok ? "ok" : "bad",
                  st->aspect_ok ? "yes" : "no");
-        text_add(t, "<div class=\"row\">colourfulness %.2f &middot; mean saturation %.3f &middot; coloured pixels %.2f%%</div>\n",
+        strbuf_printf(t, "<div class=\"row\">colourfulness %.2f &middot; mean saturation %.3f &middot; coloured pixels %.2f%%</div>\n",
                  st->colourfulness, st->mean_saturation, 100.0 * st->colour_pixels);
         if (r->clip.status == EVAL_DONE)
-            text_add(t, "<div class=\"row\"><b>CLIP score</b> %.2f (cosine %.4f)</div>\n", r->clip_score, r->clip_cosine);
+            strbuf_printf(t, "<div class=\"row\"><b>CLIP score</b> %.2f (cosine %.4f)</div>\n", r->clip_score, r->clip_cosine);
         else html_field_note(t, "CLIP score", &r->clip);
         if (r->detection.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>objects</b> ");
-            if (r->n_objects == 0) text_add(t, "<span class=\"muted\">the prompt names no COCO object</span>");
+            strbuf_printf(t, "<div class=\"row\"><b>objects</b> ");
+            if (r->n_objects == 0) strbuf_printf(t, "<span class=\"muted\">the prompt names no COCO object</span>");
             for (int k = 0; k < r->n_objects; k++) {
                 const EvalObject* o = &r->objects[k];
-                text_add(t, "%s<span class=\"%s\">", k ? ", " : "", o->found ? "found" : "missing");
+                strbuf_printf(t, "%s<span class=\"%s\">", k ? ", " : "", o->found ? "found" : "missing");
                 text_html(t, o->word);
-                if (o->found) text_add(t, " &#10003; %.2f</span>", o->best_confidence);
-                else text_add(t, " &#10007;</span>");
+                if (o->found) strbuf_printf(t, " &#10003; %.2f</span>", o->best_confidence);
+                else strbuf_printf(t, " &#10007;</span>");
             }
-            text_add(t, " &middot; %d detections</div>\n", r->n_boxes);
+            strbuf_printf(t, " &middot; %d detections</div>\n", r->n_boxes);
         } else html_field_note(t, "objects", &r->detection);
         if (r->caption.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>caption</b> &ldquo;");
+            strbuf_printf(t, "<div class=\"row\"><b>caption</b> &ldquo;");
             text_html(t, r->caption_text);
-            text_add(t, "&rdquo;</div>\n");
+            strbuf_printf(t, "&rdquo;</div>\n");
         } else html_field_note(t, "caption", &r->caption);
         if (r->similarity.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>prompt&ndash;caption</b> ");
-            if (isnan(r->minilm_cosine)) text_add(t, "MiniLM <span class=\"muted\">skipped</span>");
-            else text_add(t, "MiniLM %.4f", r->minilm_cosine);
-            if (r->has_clip_text_cosine) text_add(t, " &middot; CLIP text %.4f", r->clip_text_cosine);
-            text_add(t, "</div>\n");
+            strbuf_printf(t, "<div class=\"row\"><b>prompt&ndash;caption</b> ");
+            if (isnan(r->minilm_cosine)) strbuf_printf(t, "MiniLM <span class=\"muted\">skipped</span>");
+            else strbuf_printf(t, "MiniLM %.4f", r->minilm_cosine);
+            if (r->has_clip_text_cosine) strbuf_printf(t, " &middot; CLIP text %.4f", r->clip_text_cosine);
+            strbuf_printf(t, "</div>\n");
         } else html_field_note(t, "prompt&ndash;caption", &r->similarity);
         if (r->interrogator.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>interrogator</b> ");
+            strbuf_printf(t, "<div class=\"row\"><b>interrogator</b> ");
             text_html(t, r->interrogation);
             if (r->interrogator.note[0]) {
-                text_add(t, " <span class=\"muted\">(");
+                strbuf_printf(t, " <span class=\"muted\">(");
                 text_html(t, r->interrogator.note);
-                text_add(t, ")</span>");
+                strbuf_printf(t, ")</span>");
             }
-            text_add(t, "</div>\n");
+            strbuf_printf(t, "</div>\n");
         } else html_field_note(t, "interrogator", &r->interrogator);
         if (r->judge.status == EVAL_DONE) {
-            text_add(t, "<div class=\"row\"><b>judge</b> %.1f / 10 ", r->judge_score);
+            strbuf_printf(t, "<div class=\"row\"><b>judge</b> %.1f / 10 ", r->judge_score);
             text_html(t, r->judge_reason);
-            text_add(t, "</div>\n");
+            strbuf_printf(t, "</div>\n");
         } else html_field_note(t, "judge", &r->judge);
-        text_add(t, "</div>\n");
+        strbuf_printf(t, "</div>\n");
     }
-    text_add(t, "</div>\n</body></html>\n");
+    strbuf_printf(t, "</div>\n</body></html>\n");
 }
 
 int eval_write_reports(const char* dir, const EvalRecord* records, int n, const Image* thumbs, const char* settings,
@@ -685,7 +662,7 @@ int eval_write_reports(const char* dir, const EvalRecord* records, int n, const 
         int kind;
     } files[] = {{"report.json", 0}, {"report.csv", 1}, {"report.html", 2}};
     for (int f = 0; f < 3; f++) {
-        Text t = {0};
+        StrBuf t = {0};
         if (files[f].kind == 0) write_json(&t, records, n, settings);
         else if (files[f].kind == 1) write_csv(&t, records, n);
         else write_html(&t, records, n, thumbs, settings);
@@ -778,25 +755,6 @@ static int list_pngs(const char* dir, char*** out, int* count, char* err) {
         free(names);
         return set_error(err, "%s: no .png images", dir);
     }
-    return 0;
-}
-
-static int read_lines(const char* path, char*** out, int* count, char* err) {
-    uint8_t* text;
-    size_t size;
-    if (read_file(path, &text, &size, err) != 0) return -1;
-    int cap = 16, n = 0;
-    char** lines = xmalloc(sizeof(char*) * cap);
-    char* save = NULL;
-    for (char* line = strtok_r((char*)text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
-        while (*line == ' ' || *line == '\t') line++;
-        if (!*line || *line == '#') continue;
-        if (n == cap) lines = xrealloc(lines, sizeof(char*) * (cap *= 2));
-        lines[n++] = xstrdup(line);
-    }
-    free(text);
-    *out = lines;
-    *count = n;
     return 0;
 }
 

@@ -49,23 +49,11 @@ static int info_main(void) {
 // ----------------------------------------------------------------------------
 // sdxl generate: prompt(s) to storyboard thumbnails
 
-// Reads a prompts file: one prompt per line; blank lines and lines starting with '#' are skipped.
-// Returns the count; *lines holds malloc'd strings.
+// Reads a prompts file (read_lines: one prompt per line, '#' comments); an empty one is an error.
 static int read_prompts(const char* path, char*** lines) {
-    uint8_t* text;
-    size_t size;
+    int count;
     char err[ERR_MAX];
-    if (read_file(path, &text, &size, err) != 0) fatal("%s", err);
-    int count = 0, cap = 16;
-    *lines = xmalloc(sizeof(char*) * cap);
-    char* save = NULL;
-    for (char* line = strtok_r((char*)text, "\r\n", &save); line; line = strtok_r(NULL, "\r\n", &save)) {
-        while (*line == ' ' || *line == '\t') line++;
-        if (!*line || *line == '#') continue;
-        if (count == cap) *lines = xrealloc(*lines, sizeof(char*) * (cap *= 2));
-        (*lines)[count++] = xstrdup(line);
-    }
-    free(text);
+    if (read_lines(path, lines, &count, err) != 0) fatal("%s", err);
     if (count == 0) fatal("%s: no prompts (one per line; '#' starts a comment)", path);
     return count;
 }

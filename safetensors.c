@@ -372,44 +372,28 @@ int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, cons
 // ----------------------------------------------------------------------------
 // Writing
 
-// A growing string buffer for the header.
-typedef struct {
-    char* s;
-    size_t len, cap;
-} StrBuf;
-
-static void sb_append(StrBuf* b, const char* s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->s = xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void sb_append_json_string(StrBuf* b, const char* s) {
+static void strbuf_append_json_string(StrBuf* b, const char* s) {
     size_t need = json_escape(NULL, 0, s);
     char* tmp = xmalloc(need + 1);
     json_escape(tmp, need + 1, s);
-    sb_append(b, tmp, need);
+    strbuf_append(b, tmp, need);
     free(tmp);
 }
 
 int safetensors_write(const char* path, const SafeTensorOut* tensors, int count, const char* const* meta_keys,
                       const char* const* meta_values, int meta_count, char* err) {
     StrBuf h = {0};
-    sb_append(&h, "{", 1);
+    strbuf_append(&h, "{", 1);
     int first = 1;
     if (meta_count > 0) {
-        sb_append(&h, "\"__metadata__\":{", 16);
+        strbuf_append(&h, "\"__metadata__\":{", 16);
         for (int i = 0; i < meta_count; i++) {
-            if (i) sb_append(&h, ",", 1);
-            sb_append_json_string(&h, meta_keys[i]);
-            sb_append(&h, ":", 1);
-            sb_append_json_string(&h, meta_values[i]);
+            if (i) strbuf_append(&h, ",", 1);
+            strbuf_append_json_string(&h, meta_keys[i]);
+            strbuf_append(&h, ":", 1);
+            strbuf_append_json_string(&h, meta_values[i]);
         }
-        sb_append(&h, "}", 1);
+        strbuf_append(&h, "}", 1);
         first = 0;
     }
     uint64_t offset = 0;
@@ -418,22 +402,22 @@ int safetensors_write(const char* path, const SafeTensorOut* tensors, int count,
         uint64_t bytes = dtype_size(t->dtype);
         for (int d = 0; d < t->rank; d++) bytes *= (uint64_t)t->shape[d];
         char buf[512];
-        if (!first) sb_append(&h, ",", 1);
+        if (!first) strbuf_append(&h, ",", 1);
         first = 0;
-        sb_append_json_string(&h, t->name);
+        strbuf_append_json_string(&h, t->name);
         int n = snprintf(buf, sizeof(buf), ":{\"dtype\":\"%s\",\"shape\":[", dtype_name(t->dtype));
-        sb_append(&h, buf, (size_t)n);
+        strbuf_append(&h, buf, (size_t)n);
         for (int d = 0; d < t->rank; d++) {
             n = snprintf(buf, sizeof(buf), "%s%lld", d ? "," : "", (long long)t->shape[d]);
-            sb_append(&h, buf, (size_t)n);
+            strbuf_append(&h, buf, (size_t)n);
         }
         n = snprintf(buf, sizeof(buf), "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
                      (unsigned long long)(offset + bytes));
-        sb_append(&h, buf, (size_t)n);
+        strbuf_append(&h, buf, (size_t)n);
         offset += bytes;
     }
-    sb_append(&h, "}", 1);
-    while (h.len % 8) sb_append(&h, " ", 1); // data section starts 8-byte aligned
+    strbuf_append(&h, "}", 1);
+    while (h.len % 8) strbuf_append(&h, " ", 1); // data section starts 8-byte aligned
 
     OutFile o;
     uint8_t len_bytes[8];

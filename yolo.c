@@ -901,6 +901,13 @@ void yolo_scale_boxes(YoloDetection* d, int n, const YoloLetterbox* lb) {
     }
 }
 
+void yolo_input_from_letterbox(const Image* boxed, float* chw) {
+    size_t HW = (size_t)boxed->width * boxed->height;
+    const uint8_t* px = boxed->data;
+    for (size_t p = 0; p < HW; p++)
+        for (int ch = 0; ch < 3; ch++) chw[ch * HW + p] = (float)px[p * 3 + ch] / 255.0f;
+}
+
 int yolo_detect(const Yolo* y, const Image* rgb, YoloDetection* out, int max, const YoloOptions* opt, char* err) {
     YoloOptions def;
     if (!opt) {
@@ -920,12 +927,9 @@ int yolo_detect(const Yolo* y, const Image* rgb, YoloDetection* out, int max, co
         image_free(&boxed);
         return set_error(err, "yolo: letterboxed input %dx%d is not a multiple of %d", W, H, YOLO_STRIDE);
     }
-    // preprocess: HWC -> CHW, uint8 -> f32 / 255 (the image is RGB already, so no BGR flip)
     size_t HW = (size_t)H * W;
     float* chw = xmalloc(sizeof(float) * 3 * HW);
-    const uint8_t* px = boxed.data;
-    for (size_t p = 0; p < HW; p++)
-        for (int c = 0; c < 3; c++) chw[c * HW + p] = (float)px[p * 3 + c] / 255.0f;
+    yolo_input_from_letterbox(&boxed, chw);
     image_free(&boxed);
     Arena act;
     arena_init(&act, "yolo activations", floats_bytes(3 * HW) + yolo_arena_bytes(y, H, W), backend_current() == BACKEND_CUDA);

@@ -135,6 +135,9 @@ typedef struct {
 void yolo_letterbox_params(int src_w, int src_h, int imgsz, int stride, int auto_rect, YoloLetterbox* lb);
 // The letterboxed 8-bit image (same channel order as rgb): cv2.resize INTER_LINEAR, then value-114 bars.
 int yolo_letterbox(const Image* rgb, int imgsz, int auto_rect, Image* out, YoloLetterbox* lb, char* err);
+// The network input from a letterboxed RGB image: HWC uint8 -> CHW f32 / 255 (ultralytics'
+// preprocess; our image is RGB already, so there is no BGR flip). chw holds 3 * h * w floats.
+void yolo_input_from_letterbox(const Image* boxed, float* chw);
 // cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR) for 8-bit images of 1 to 4 channels,
 // byte for byte (OpenCV 5.0's fixed-point path; see yolo.c). For the letterbox and its tests.
 int yolo_resize_linear(const Image* src, int w, int h, Image* dst, char* err);

@@ -111,6 +111,23 @@ const char* golden_path(const char* name) {
     return path;
 }
 
+const char* shown(const char* s) {
+    static char buf[96];
+    size_t j = 0;
+    for (size_t i = 0; s[i] && j < 48; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\n') j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\n");
+        else if (c == '\t') j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\t");
+        else if (c < 0x20 || c == 0x7F) j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\x%02x", c);
+        else buf[j++] = (char)c;
+    }
+    while (j > 0 && ((unsigned char)buf[j - 1] & 0xC0) == 0x80) j--; // do not cut a character in two
+    if (j > 0 && (unsigned char)buf[j - 1] >= 0xC0) j--;
+    buf[j] = 0;
+    if (strlen(s) > j) strcat(buf, "...");
+    return buf;
+}
+
 int golden_open(SafeTensors* st, const char* name) {
     char err[ERR_MAX];
     if (safetensors_open(st, golden_path(name), err) != 0) {

@@ -31,6 +31,11 @@ int test_require_cuda(void);
 
 // Path of a committed golden file: tests/golden/<name> (SDXL_GOLDEN_DIR overrides the folder).
 const char* golden_path(const char* name);
+
+// A string as a short printable label for check lines: \n, \t and other control characters
+// escaped, cut after 48 bytes (never inside a UTF-8 character) with "...". One static buffer:
+// use it once per call.
+const char* shown(const char* s);
 // Opens a golden safetensors file; a missing or bad file fails the test with the hint to
 // regenerate it, and returns 0.
 int golden_open(SafeTensors* st, const char* name);

@@ -77,22 +77,6 @@ static const char* nth_string(const char* list, int i) {
     return list;
 }
 
-// A string as a short printable label.
-static const char* shown(const char* s) {
-    static char buf[80];
-    size_t j = 0;
-    for (size_t i = 0; s[i] && j < 40; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20) j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\x%02x", c);
-        else buf[j++] = (char)c;
-    }
-    while (j > 0 && ((unsigned char)buf[j - 1] & 0xC0) == 0x80) j--; // do not cut a character in two
-    if (j > 0 && (unsigned char)buf[j - 1] >= 0xC0) j--;
-    buf[j] = 0;
-    if (strlen(s) > j) strcat(buf, "...");
-    return buf;
-}
-
 static int ids_equal(const int32_t* a, int na, const int32_t* b, int nb) {
     return na == nb && (na == 0 || memcmp(a, b, sizeof(int32_t) * (size_t)na) == 0);
 }

@@ -27,6 +27,15 @@ static int run(const char* cmd, char* out, size_t cap) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+// The last non-empty line of out (trailing newlines are cut off in place): where the one-line
+// error stands, after whatever option summary came before it.
+static const char* last_line(char* out) {
+    char* end = out + strlen(out);
+    while (end > out && end[-1] == '\n') *--end = 0;
+    char* line = strrchr(out, '\n');
+    return line ? line + 1 : out;
+}
+
 static int have_binary(void) {
     struct stat sb;
     if (stat("./sdxl", &sb) == 0) return 1;
@@ -70,11 +79,7 @@ static void test_cli_bad_arguments_one_line(void) {
         else
             snprintf(cmd, sizeof(cmd), "./sdxl %s", args);
         int status = run(cmd, out, sizeof(out));
-        // the output before the error may hold the option summary; the error is the last line
-        char* last = out + strlen(out);
-        while (last > out && last[-1] == '\n') *--last = 0;
-        char* line = strrchr(out, '\n');
-        line = line ? line + 1 : out;
+        const char* line = last_line(out);
         check_true(status != 0 && strncmp(line, "error: ", 7) == 0 && strstr(line, cases[c].needle),
                    "sdxl %.40s -> exit %d: %.90s", cases[c].args, status, line);
     }
@@ -305,10 +310,7 @@ static void test_cli_eval_writes_reports(void) {
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         snprintf(cmd, sizeof(cmd), "./sdxl eval --out build/test_cli/eval_bad %s", cases[c].args);
         status = run(cmd, out, sizeof(out));
-        char* last = out + strlen(out);
-        while (last > out && last[-1] == '\n') *--last = 0;
-        char* line = strrchr(out, '\n');
-        line = line ? line + 1 : out;
+        const char* line = last_line(out);
         check_true(status != 0 && strncmp(line, "error: ", 7) == 0 && strstr(line, cases[c].needle),
                    "sdxl eval %.50s -> exit %d: %.100s", cases[c].args, status, line);
     }

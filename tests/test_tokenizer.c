@@ -22,24 +22,6 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-// A prompt as a short printable label: escapes for control characters, cut at 40 bytes.
-static const char* shown(const char* s) {
-    static char buf[96];
-    size_t j = 0;
-    for (size_t i = 0; s[i] && j < 48; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\n') j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\n");
-        else if (c == '\t') j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\t");
-        else if (c < 0x20 || c == 0x7F) j += (size_t)snprintf(buf + j, sizeof(buf) - j, "\\x%02x", c);
-        else buf[j++] = (char)c;
-    }
-    while (j > 0 && ((unsigned char)buf[j - 1] & 0xC0) == 0x80) j--; // do not cut a character in two
-    if (j > 0 && (unsigned char)buf[j - 1] >= 0xC0) j--;
-    buf[j] = 0;
-    if (strlen(s) > j) strcat(buf, "...");
-    return buf;
-}
-
 static int load_ref(JsonDoc* doc) {
     char path[4096], err[ERR_MAX];
     snprintf(path, sizeof(path), "%s", golden_path("tokenizer_ref.json"));

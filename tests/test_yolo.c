@@ -92,9 +92,7 @@ static float* run_head(const Yolo* y, const Image* rgb, int* H_out, int* W_out) 
     int H = lb.out_h, W = lb.out_w, A = yolo_anchor_count(H, W);
     size_t HW = (size_t)H * W;
     float* chw = xmalloc(sizeof(float) * 3 * HW);
-    const uint8_t* px = boxed.data;
-    for (size_t p = 0; p < HW; p++)
-        for (int c = 0; c < 3; c++) chw[c * HW + p] = (float)px[p * 3 + c] / 255.0f;
+    yolo_input_from_letterbox(&boxed, chw);
     image_free(&boxed);
     Arena act;
     size_t need = yolo_arena_bytes(y, H, W);
