@@ -72,12 +72,12 @@ static int bench_matmul(int argc, char** argv) {
         copy_to_device(a, host, sizeof(float) * na);
         for (size_t i = 0; i < nb; i++) host[i] = (float)(i % 5) * 0.01f;
         copy_to_device(b, host, sizeof(float) * nb);
-        matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f); // warm-up
+        matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, DT_F32); // warm-up
         device_synchronize();
         double best = 1e30;
         for (int r = 0; r < repeat; r++) {
             double t0 = now_seconds();
-            matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f);
+            matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, DT_F32);
             device_synchronize();
             double dt = now_seconds() - t0;
             if (dt < best) best = dt;

@@ -689,15 +689,15 @@ static void bert_embed(const Bert* b, const int32_t* ids, int N, int L, float* x
         if (ids[i] < 0 || ids[i] >= c->vocab_size) fatal("bert: token id %d outside the vocabulary of %d", ids[i], c->vocab_size);
     int32_t* d_ids = arena_alloc(scratch, sizeof(int32_t) * T, "bert ids");
     copy_to_device(d_ids, ids, sizeof(int32_t) * T);
-    embedding_forward(x, d_ids, b->word_embeddings, (int)T, c->vocab_size, D);
-    for (int n = 0; n < N; n++) add_forward(x + (size_t)n * L * D, x + (size_t)n * L * D, b->position_embeddings, (size_t)L * D);
+    embedding_forward(x, d_ids, b->word_embeddings, (int)T, c->vocab_size, D, DT_F32);
+    for (int n = 0; n < N; n++) add_forward(x + (size_t)n * L * D, x + (size_t)n * L * D, b->position_embeddings, (size_t)L * D, DT_F32);
     if (b->token_type_embeddings) {
         // token_type_ids are all 0 for one sentence: add row 0 to every token (a gather of row 0)
         int32_t* zeros = arena_alloc(scratch, sizeof(int32_t) * T, "bert token types");
         device_memset_zero(zeros, sizeof(int32_t) * T);
         float* tt = arena_floats(scratch, T * D, "bert token type rows");
-        embedding_forward(tt, zeros, b->token_type_embeddings, (int)T, c->type_vocab_size, D);
-        add_forward(x, x, tt, T * D);
+        embedding_forward(tt, zeros, b->token_type_embeddings, (int)T, c->type_vocab_size, D, DT_F32);
+        add_forward(x, x, tt, T * D, DT_F32);
     }
     layer_norm(&b->emb_ln, x, x, (int)T);
     arena_release(scratch, mark);
@@ -722,23 +722,23 @@ static void bert_layer_forward(const Bert* b, const BertLayer* ly, float* x, int
     linear(&ly->q, q, x, (int)T);
     linear(&ly->k, k, x, (int)T);
     linear(&ly->v, v, x, (int)T);
-    attention_forward(a, q, k, v, N, NH, L, L, HS, causal);
+    attention_forward(a, q, k, v, N, NH, L, L, HS, causal, DT_F32);
     linear(&ly->attn_out, h, a, (int)T);
-    add_forward(x, x, h, T * D);
+    add_forward(x, x, h, T * D, DT_F32);
     layer_norm(&ly->attn_ln, x, x, (int)T);
     if (cross_k) {
         linear(&ly->cq, q, x, (int)T);
         for (int n = 0; n < N; n++) // every sequence against the same image tokens, no mask
-            attention_forward(a + (size_t)n * L * D, q + (size_t)n * L * D, cross_k, cross_v, 1, NH, L, Lk, HS, 0);
+            attention_forward(a + (size_t)n * L * D, q + (size_t)n * L * D, cross_k, cross_v, 1, NH, L, Lk, HS, 0, DT_F32);
         linear(&ly->cross_out, h, a, (int)T);
-        add_forward(x, x, h, T * D);
+        add_forward(x, x, h, T * D, DT_F32);
         layer_norm(&ly->cross_ln, x, x, (int)T);
     }
     float* f = arena_floats(scratch, T * c->intermediate, "bert intermediate");
     linear(&ly->inter, f, x, (int)T);
-    gelu_forward(f, f, T * c->intermediate);
+    gelu_forward(f, f, T * c->intermediate, DT_F32);
     linear(&ly->out, h, f, (int)T);
-    add_forward(x, x, h, T * D);
+    add_forward(x, x, h, T * D, DT_F32);
     layer_norm(&ly->out_ln, x, x, (int)T);
     arena_release(scratch, mark);
 }
@@ -884,7 +884,7 @@ static size_t blip_vision_scratch_floats(const Blip* m, int N) {
     int S = c->image_size, P = c->patch_size, G = S / P;
     size_t T = (size_t)N * (1 + G * G);
     // patches; x, h, qkv (3), q, kv (2), k, v, attention: 11 (T, D); the MLP (T, intermediate)
-    return (size_t)N * c->hidden * G * G + conv2d_scratch_floats(3, S, S, P, P, 0) + 11 * T * c->hidden +
+    return (size_t)N * c->hidden * G * G + conv2d_scratch_elems(3, S, S, P, P, 0) + 11 * T * c->hidden +
            T * c->intermediate + 16 * ARENA_ALIGN;
 }
 
@@ -902,8 +902,8 @@ static void vision_run(const Blip* m, const float* pixels, int N, int n_layers, 
     for (int n = 0; n < N; n++) {
         float* x_n = x + (size_t)n * T * D;
         copy_device_to_device(x_n, vis->class_embedding, sizeof(float) * D);
-        transpose_forward(x_n + D, patches + (size_t)n * D * GG, 1, D, GG);
-        add_forward(x_n, x_n, vis->position_embedding, (size_t)T * D);
+        transpose_forward(x_n + D, patches + (size_t)n * D * GG, 1, D, GG, DT_F32);
+        add_forward(x_n, x_n, vis->position_embedding, (size_t)T * D, DT_F32);
     }
     float* h = arena_floats(scratch, NT * D, "blip vision h");
     float* qkv = arena_floats(scratch, NT * 3 * D, "blip vision qkv");
@@ -918,17 +918,17 @@ static void vision_run(const Blip* m, const float* pixels, int N, int n_layers, 
         // x = x + projection(attention(layer_norm1(x))); qkv rows hold [q | k | v], each NH*HS wide
         layer_norm(&L->ln1, h, x, (int)NT);
         linear(&L->qkv, qkv, h, (int)NT);
-        split_forward(q, kv, qkv, (int)NT, D, 2 * D);
-        split_forward(k, v, kv, (int)NT, D, D);
-        attention_forward(a, q, k, v, N, c->heads, T, T, HS, 0);
+        split_forward(q, kv, qkv, (int)NT, D, 2 * D, DT_F32);
+        split_forward(k, v, kv, (int)NT, D, D, DT_F32);
+        attention_forward(a, q, k, v, N, c->heads, T, T, HS, 0, DT_F32);
         linear(&L->proj, h, a, (int)NT);
-        add_forward(x, x, h, NT * D);
+        add_forward(x, x, h, NT * D, DT_F32);
         // x = x + fc2(gelu(fc1(layer_norm2(x))))
         layer_norm(&L->ln2, h, x, (int)NT);
         linear(&L->fc1, f, h, (int)NT);
-        gelu_forward(f, f, NT * c->intermediate);
+        gelu_forward(f, f, NT * c->intermediate, DT_F32);
         linear(&L->fc2, h, f, (int)NT);
-        add_forward(x, x, h, NT * D);
+        add_forward(x, x, h, NT * D, DT_F32);
     }
     // last_hidden_state: post_layernorm on every token (the decoder attends to all of them)
     if (post_ln) layer_norm(&vis->post_ln, out, x, (int)NT);
@@ -988,7 +988,7 @@ static void decoder_head(const Blip* m, const float* hidden, int R, float* logit
     size_t mark = arena_mark(scratch);
     float* h = arena_floats(scratch, (size_t)R * c->hidden, "blip head");
     linear(&m->head_dense, h, hidden, R);
-    gelu_forward(h, h, (size_t)R * c->hidden);
+    gelu_forward(h, h, (size_t)R * c->hidden, DT_F32);
     layer_norm(&m->head_ln, h, h, R);
     Linear decoder = {m->decoder_weight, m->decoder_bias, c->hidden, c->vocab_size};
     linear(&decoder, logits, h, R);

@@ -290,17 +290,17 @@ static void clip_encoder_layer(const ClipLayer* L, float* x, int B, int Ltok, in
     linear(&L->q, q, h, (int)T);
     linear(&L->k, k, h, (int)T);
     linear(&L->v, v, h, (int)T);
-    attention_forward(a, q, k, v, B, heads, Ltok, Ltok, D / heads, causal);
+    attention_forward(a, q, k, v, B, heads, Ltok, Ltok, D / heads, causal, DT_F32);
     linear(&L->out, h, a, (int)T);
-    add_forward(x, x, h, T * D);
+    add_forward(x, x, h, T * D, DT_F32);
     // x = x + fc2(act(fc1(layer_norm2(x))))
     float* f = arena_floats(scratch, T * intermediate, "clip mlp");
     layer_norm(&L->ln2, h, x, (int)T);
     linear(&L->fc1, f, h, (int)T);                                 // (B, L, intermediate)
-    if (act == CLIP_ACT_QUICK_GELU) quick_gelu_forward(f, f, T * intermediate);
-    else gelu_forward(f, f, T * intermediate);
+    if (act == CLIP_ACT_QUICK_GELU) quick_gelu_forward(f, f, T * intermediate, DT_F32);
+    else gelu_forward(f, f, T * intermediate, DT_F32);
     linear(&L->fc2, h, f, (int)T);                                 // (B, L, D)
-    add_forward(x, x, h, T * D);
+    add_forward(x, x, h, T * D, DT_F32);
     arena_release(scratch, mark);
 }
 
@@ -316,9 +316,9 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
     copy_to_device(d_ids, ids, sizeof(int32_t) * T);
     float* x = arena_floats(scratch, T * c->hidden, "clip x");
     // x = token_embedding[ids] + position_embedding[0..L)          (B, L, hidden)
-    embedding_forward(x, d_ids, m->token_embedding, (int)T, c->vocab_size, c->hidden);
+    embedding_forward(x, d_ids, m->token_embedding, (int)T, c->vocab_size, c->hidden, DT_F32);
     for (int b = 0; b < B; b++) add_forward(x + (size_t)b * L * c->hidden, x + (size_t)b * L * c->hidden,
-                                            m->position_embedding, (size_t)L * c->hidden);
+                                            m->position_embedding, (size_t)L * c->hidden, DT_F32);
     for (int l = 0; l < c->layers; l++) {
         if (l == c->layers - 1) { // hidden_states[-2]: what enters the last layer
             if (penultimate) copy_device_to_device(penultimate, x, sizeof(float) * T * c->hidden);
@@ -348,7 +348,7 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
         int32_t* d_rows = arena_alloc(scratch, sizeof(int32_t) * B, "clip eos rows");
         copy_to_device(d_rows, rows, sizeof(int32_t) * B);
         float* eos = arena_floats(scratch, (size_t)B * c->hidden, "clip pooled rows");
-        embedding_forward(eos, d_rows, x, B, (int)T, c->hidden); // a row gather
+        embedding_forward(eos, d_rows, x, B, (int)T, c->hidden, DT_F32); // a row gather
         linear(&m->projection, pooled, eos, B);
     }
     arena_release(scratch, mark);
@@ -481,7 +481,7 @@ size_t clip_vision_scratch_floats(const ClipVisionConfig* c, int B) {
     // x; the conv output and its transpose; one encoder layer (5 x (T, D) + the MLP); the class
     // rows; the conv's im2col; alignment slack
     return T * D + 2 * B * G2 * D + 5 * T * D + T * c->intermediate + (size_t)B * D +
-           conv2d_scratch_floats(c->channels, c->image_size, c->image_size, c->patch_size, c->patch_size, 0) +
+           conv2d_scratch_elems(c->channels, c->image_size, c->image_size, c->patch_size, c->patch_size, 0) +
            16 * ARENA_ALIGN;
 }
 
@@ -496,13 +496,13 @@ void clip_vision_forward(const ClipVision* m, const float* pixels, int B, float*
     float* patches = arena_floats(scratch, (size_t)B * D * G2, "clip vision patches");
     conv2d(&m->patch_embedding, patches, pixels, B, S, S, scratch);
     float* tokens = arena_floats(scratch, (size_t)B * G2 * D, "clip vision tokens");
-    transpose_forward(tokens, patches, B, D, G2);
+    transpose_forward(tokens, patches, B, D, G2, DT_F32);
     // x = [class_embedding, tokens] + position_embedding                  (B, 1 + G2, D)
     for (int b = 0; b < B; b++) {
         float* x_b = x + (size_t)b * L * D;
         copy_device_to_device(x_b, m->class_embedding, sizeof(float) * D);
         copy_device_to_device(x_b + D, tokens + (size_t)b * G2 * D, sizeof(float) * G2 * D);
-        add_forward(x_b, x_b, m->position_embedding, (size_t)L * D);
+        add_forward(x_b, x_b, m->position_embedding, (size_t)L * D, DT_F32);
     }
     arena_release(scratch, mark_patches);
     layer_norm(&m->pre_ln, x, x, B * L);

@@ -4,21 +4,28 @@
 // ops.h: the same signature, shapes, layout, `=` or `+=`, aliasing rules and NULL handling. The
 // CPU version is the specification; where the two differ in rounding (nvcc contracts a*b+c to an
 // FMA by default, f32 instead of double accumulators in the norm statistics, a different summation
-// order in the block reductions and in cuBLAS) the CUDA-against-CPU tests allow for it. The one op
-// that must agree bit for bit, axpby, spells its roundings out with __fmul_rn/__fadd_rn.
+// order in the block reductions and in cuBLAS, 16-bit intermediates where ops.h names them) the
+// CUDA-against-CPU tests allow for it. The one op that must agree bit for bit, axpby, spells its
+// roundings out with __fmul_rn/__fadd_rn.
+//
+// Storage types. Each kernel is a template over T, the storage type of its tensors: float,
+// __half or __nv_bfloat16 (ops.h's DT_F32, DT_F16, DT_BF16). It reads with to_f32, computes in
+// f32, and writes with from_f32<T> (round to nearest even). The launchers turn the run-time dt
+// into T with `with_storage_type`. GEMMs go to cuBLAS with f32 compute for every T: tensor cores
+// for the 16-bit types, plain f32 (no TF32) for float.
 //
 // All pointers an op receives are device pointers. Everything runs on the default stream and one
 // cuBLAS handle (created by cuda_init), so ops execute in call order and results are the same on
-// every run. The kernels are the simple, correct versions (one kernel per op: grid-stride loops
-// for elementwise work, one thread block per row for reductions, one warp per query for
-// attention); making them fast is later work.
+// every run.
 //
 // Layout as llm.c's .cuh files: the error-check macros and shared helpers, then one section per
 // op group of ops.h in its order, each with `// ---- CUDA kernels` then `// ---- launchers`. The
 // backend internals (device count, init, memory) stand where ops.h's "Backends and their memory"
 // section does, first. Only the `_cuda` functions and backend internals have C linkage.
-#include <cuda_runtime.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <curand_kernel.h>
 #include <math.h>
 #include <stddef.h>
@@ -60,6 +67,39 @@ static void check_launch(const char* file, int line) {
 #endif
 }
 #define CHECK_LAUNCH() check_launch(__FILE__, __LINE__)
+
+// ----------------------------------------------------------------------------
+// Storage types
+
+__device__ __forceinline__ static float to_f32(float x) { return x; }
+__device__ __forceinline__ static float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ static float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ static T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Calls f(T()) with T the storage type of dt, so a launcher is written once for all three:
+//   with_storage_type(dt, "silu_forward", [&](auto zero) { using T = decltype(zero); ... });
+template <typename F> static void with_storage_type(DType dt, const char* op, F f) {
+    switch (dt) {
+    case DT_F32: f(float()); break;
+    case DT_F16: f(__half()); break;
+    case DT_BF16: f(__nv_bfloat16()); break;
+    default: fatal("%s: storage type %s is not F32, F16 or BF16", op, dtype_name(dt));
+    }
+}
+
+// The cuBLAS name of a storage type.
+static cudaDataType_t cublas_type(DType dt, const char* op) {
+    switch (dt) {
+    case DT_F32: return CUDA_R_32F;
+    case DT_F16: return CUDA_R_16F;
+    case DT_BF16: return CUDA_R_16BF;
+    default: fatal("%s: storage type %s is not F32, F16 or BF16", op, dtype_name(dt));
+    }
+}
 
 // ----------------------------------------------------------------------------
 // Launch configuration shared by the launchers
@@ -136,10 +176,11 @@ int cuda_device_count_impl(void) {
 void cuda_init(void) {
     if (g_cublas) return; // backend_select may be called more than once
     CUBLAS_CHECK(cublasCreate(&g_cublas));
-    // fp32 GEMMs with fp32 inputs and fp32 accumulation, no TF32. CUBLAS_DEFAULT_MATH already means
-    // that for cublasSgemm*; we set it explicitly so the choice is visible and survives a change of
-    // library default. Not CUBLAS_PEDANTIC_MATH: it exists for numerical studies, may pick slower
-    // kernels, and buys nothing here since the tests already allow for FMA and summation order.
+    // f32 GEMMs with f32 inputs and f32 accumulation, no TF32; 16-bit GEMMs on the tensor cores
+    // with f32 accumulation (CUBLAS_COMPUTE_32F in every call). CUBLAS_DEFAULT_MATH already means
+    // that; we set it explicitly so the choice is visible and survives a change of library
+    // default. Not CUBLAS_PEDANTIC_MATH: it exists for numerical studies, may pick slower kernels,
+    // and buys nothing here since the tests already allow for FMA and summation order.
     CUBLAS_CHECK(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
 }
 
@@ -181,22 +222,47 @@ void cuda_synchronize(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
 } // extern "C"
 
 // ----------------------------------------------------------------------------
-// Matrix products: cuBLAS SGEMM, then the bias
+// Matrix products: cuBLAS with f32 compute; the bias and a residual come in through beta = 1
 // ---- CUDA kernels
 
-// out[i] += bias[(i / inner) % C] over n values: the bias of linear (inner 1: out is (N, C)) and of
-// conv2d (inner = H_out*W_out: out is (N, C, H_out*W_out)). A separate pass after the GEMM, as on
-// the CPU, so the GEMM result is rounded before the bias is added in both backends.
-__global__ static void add_bias_kernel(float* out, const float* bias, size_t n, int C, size_t inner) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] += bias[(i / inner) % (size_t)C];
+// out[i] = bias[(i / inner) % C] (add 0) or out[i] += that (add 1), over n values: the bias of
+// linear (inner 1: out is (N, C)) and of conv2d (inner = H_out*W_out: out is (N, C, P)), written
+// before the GEMM, which then adds its product with beta = 1. So the bias costs no rounding of
+// its own when out starts empty (cuBLAS rounds alpha*AB + beta*C once), and with a residual the
+// sum out + bias is rounded once before the product joins it.
+template <typename T>
+__global__ static void fill_bias_kernel(T* out, const T* bias, size_t n, int C, size_t inner, int add) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) {
+        float b = to_f32(bias[(i / inner) % (size_t)C]);
+        out[i] = from_f32<T>(add ? to_f32(out[i]) + b : b);
+    }
 }
 
 // ---- launchers
 
+// Writes bias into (or adds it to) out, as fill_bias_kernel above.
+static void fill_bias(void* out, const void* bias, size_t n, int C, size_t inner, int add, DType dt) {
+    if (n == 0) return;
+    with_storage_type(dt, "bias", [&](auto zero) {
+        using T = decltype(zero);
+        fill_bias_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)bias, n, C, inner, add);
+    });
+    CHECK_LAUNCH();
+}
+
+// cublasGemmEx with every matrix of dt and f32 compute, column-major as cuBLAS sees it:
+//   C (m x n, ldc) = alpha * op(A) (m x k) @ op(B) (k x n) + beta * C.
+static void gemm_ex(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, float alpha, const void* A,
+                    int lda, const void* B, int ldb, float beta, void* C, int ldc, DType dt, const char* op) {
+    cudaDataType_t t = cublas_type(dt, op);
+    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), op_a, op_b, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, C, t, ldc,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 extern "C" {
 
-void matmul_forward_cuda(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
-                         int trans_b, float alpha, float beta) {
+void matmul_forward_cuda(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a,
+                         int trans_b, float alpha, float beta, DType dt) {
     if (batch <= 0 || M <= 0 || N <= 0) return;
     // cuBLAS is column-major. A row-major (R, C) matrix with row stride C is, byte for byte, the
     // column-major (C, R) matrix with leading dimension C: its transpose. So cuBLAS sees out as
@@ -215,26 +281,25 @@ void matmul_forward_cuda(float* out, const float* a, const float* b, int batch, 
     lda = lda > 0 ? lda : 1;
     ldb = ldb > 0 ? ldb : 1;
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), op_b, op_a, N, M, K, &alpha, b, ldb, (long long)K * N,
-                                           a, lda, (long long)M * K, &beta, out, N, (long long)M * N, batch));
+    cudaDataType_t t = cublas_type(dt, "matmul_forward");
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), op_b, op_a, N, M, K, &alpha, b, t, ldb, (long long)K * N,
+                                            a, t, lda, (long long)M * K, &beta, out, t, N, (long long)M * N, batch,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
-                         int C_out) {
+void linear_forward_cuda(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out,
+                         int accumulate, DType dt) {
     if (N <= 0 || C_out <= 0) return;
     // out (N, C_out) = inp (N, C_in) @ weight^T, all row-major. Column-major, cuBLAS sees
     //   out as out^T (C_out, N), ld C_out;  inp as inp^T (C_in, N), ld C_in;
     //   weight (C_out, C_in) as weight^T (C_in, C_out), ld C_in.
     // out^T = (inp @ weight^T)^T = weight @ inp^T = op_T(weight^T) @ inp^T, so cuBLAS's A is
     // weight with OP_T, its B is inp with OP_N, and m = C_out, n = N, k = C_in.
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, C_out, N, C_in, &one, weight, C_in, inp, C_in,
-                             &zero, out, C_out));
-    if (bias) {
-        size_t n = (size_t)N * C_out;
-        add_bias_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, bias, n, C_out, 1);
-        CHECK_LAUNCH();
-    }
+    // The bias (and the residual already in out) enter as C with beta = 1.
+    if (bias) fill_bias(out, bias, (size_t)N * C_out, C_out, 1, accumulate, dt);
+    float beta = bias || accumulate ? 1.0f : 0.0f;
+    gemm_ex(CUBLAS_OP_T, CUBLAS_OP_N, C_out, N, C_in, 1.0f, weight, C_in, inp, C_in, beta, out, C_out, dt,
+            "linear_forward");
 }
 
 } // extern "C"
@@ -247,8 +312,9 @@ void linear_forward_cuda(float* out, const float* inp, const float* weight, cons
 // (C_in*K*K, cols) row-major, row r = (c*K + ky)*K + kx holds what each output pixel sees through
 // tap (ky, kx) of channel c, 0 in the padding. Consecutive threads take consecutive pixels, so the
 // writes are coalesced.
-__global__ static void im2col_kernel(float* col, const float* inp_n, int C_in, int H, int W, int K, int stride,
-                                     int pad, int W_out, int p0, int cols) {
+template <typename T>
+__global__ static void im2col_kernel(T* col, const T* inp_n, int C_in, int H, int W, int K, int stride, int pad,
+                                     int W_out, int p0, int cols) {
     size_t total = (size_t)C_in * K * K * cols;
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         int r = (int)(idx / cols), i = (int)(idx % cols);
@@ -256,19 +322,20 @@ __global__ static void im2col_kernel(float* col, const float* inp_n, int C_in, i
         int p = p0 + i;
         int y = (p / W_out) * stride - pad + ky;
         int x = (p % W_out) * stride - pad + kx;
-        col[idx] = (y >= 0 && y < H && x >= 0 && x < W) ? inp_n[((size_t)c * H + y) * W + x] : 0.0f;
+        col[idx] = (y >= 0 && y < H && x >= 0 && x < W) ? inp_n[((size_t)c * H + y) * W + x] : from_f32<T>(0.0f);
     }
 }
 
 // One thread per output element of pad2d.
-__global__ static void pad2d_forward_kernel(float* out, const float* inp, size_t total, int H, int W, int H_out,
-                                            int W_out, int top, int left) {
+template <typename T>
+__global__ static void pad2d_forward_kernel(T* out, const T* inp, size_t total, int H, int W, int H_out, int W_out,
+                                            int top, int left) {
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         int x = (int)(idx % W_out);
         int y = (int)((idx / W_out) % H_out);
         size_t nc = idx / ((size_t)W_out * H_out);
         int sy = y - top, sx = x - left;
-        out[idx] = (sy >= 0 && sy < H && sx >= 0 && sx < W) ? inp[(nc * H + sy) * W + sx] : 0.0f;
+        out[idx] = (sy >= 0 && sy < H && sx >= 0 && sx < W) ? inp[(nc * H + sy) * W + sx] : from_f32<T>(0.0f);
     }
 }
 
@@ -281,8 +348,9 @@ __device__ static int nearest_source_index(int dst, int in, int out) {
     return src < in - 1 ? src : in - 1;
 }
 
-__global__ static void upsample_nearest_forward_kernel(float* out, const float* inp, size_t total, int H, int W,
-                                                       int H_out, int W_out) {
+template <typename T>
+__global__ static void upsample_nearest_forward_kernel(T* out, const T* inp, size_t total, int H, int W, int H_out,
+                                                       int W_out) {
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         int x = (int)(idx % W_out);
         int y = (int)((idx / W_out) % H_out);
@@ -294,12 +362,13 @@ __global__ static void upsample_nearest_forward_kernel(float* out, const float* 
 
 // One thread per output element; the padding counts as -inf (skipped), and a NaN in the window
 // wins, as torch (and maxpool2d_forward_cpu) propagate NaN.
-__global__ static void maxpool2d_forward_kernel(float* out, const float* inp, size_t total, int H, int W, int H_out,
-                                                int W_out, int K, int stride, int pad) {
+template <typename T>
+__global__ static void maxpool2d_forward_kernel(T* out, const T* inp, size_t total, int H, int W, int H_out, int W_out,
+                                                int K, int stride, int pad) {
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         int x = (int)(idx % W_out);
         int y = (int)((idx / W_out) % H_out);
-        const float* inp_nc = inp + idx / ((size_t)W_out * H_out) * H * W;
+        const T* inp_nc = inp + idx / ((size_t)W_out * H_out) * H * W;
         float best = -INFINITY;
         for (int ky = 0; ky < K; ky++) {
             int sy = y * stride - pad + ky;
@@ -307,11 +376,11 @@ __global__ static void maxpool2d_forward_kernel(float* out, const float* inp, si
             for (int kx = 0; kx < K; kx++) {
                 int sx = x * stride - pad + kx;
                 if (sx < 0 || sx >= W) continue;
-                float v = inp_nc[(size_t)sy * W + sx];
+                float v = to_f32(inp_nc[(size_t)sy * W + sx]);
                 if (v > best || isnan(v)) best = v;
             }
         }
-        out[idx] = best;
+        out[idx] = from_f32<T>(best);
     }
 }
 
@@ -321,33 +390,42 @@ static int conv_out_size(int in, int K, int stride, int pad) { return (in + 2 * 
 
 extern "C" {
 
-void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
-                         int C_in, int H, int W, int C_out, int K, int stride, int pad) {
+void conv2d_forward_cuda(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N,
+                         int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt) {
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
     if (N <= 0 || C_out <= 0 || H_out <= 0 || W_out <= 0) return;
     int P = H_out * W_out; // output pixels per image
     int CKK = C_in * K * K;
     int pointwise = K == 1 && stride == 1 && pad == 0; // as conv_is_pointwise in ops.c
     if (!pointwise && !scratch)
-        fatal("conv2d_forward: scratch is NULL, but a %dx%d conv needs conv2d_scratch_floats() floats", K, K);
-    const float one = 1.0f, zero = 0.0f;
-    for (int n = 0; n < N; n++) {
-        const float* inp_n = inp + (size_t)n * C_in * H * W;
-        float* out_n = out + (size_t)n * C_out * P;
-        if (pointwise) {
-            // out_n (C_out, P) = weight (C_out, C_in) @ inp_n (C_in, P), row-major. Column-major,
-            // cuBLAS sees out_n^T (P, C_out) ld P, inp_n^T (P, C_in) ld P, weight^T (C_in, C_out)
-            // ld C_in, and out_n^T = inp_n^T @ weight^T: A = inp_n, B = weight, both OP_N,
-            // m = P, n = C_out, k = C_in.
-            CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, P, C_out, C_in, &one, inp_n, P, weight,
-                                     C_in, &zero, out_n, P));
-        } else {
+        fatal("conv2d_forward: scratch is NULL, but a %dx%d conv needs conv2d_scratch_elems() elements", K, K);
+    // the bias (and a residual already in out) enter as cuBLAS's C with beta = 1, as in linear
+    if (bias) fill_bias(out, bias, (size_t)N * C_out * P, C_out, (size_t)P, accumulate, dt);
+    float beta = bias || accumulate ? 1.0f : 0.0f;
+    if (pointwise) {
+        // out_n (C_out, P) = weight (C_out, C_in) @ inp_n (C_in, P), row-major, for every image n.
+        // Column-major, cuBLAS sees out_n^T (P, C_out) ld P, inp_n^T (P, C_in) ld P, weight^T
+        // (C_in, C_out) ld C_in, and out_n^T = inp_n^T @ weight^T: A = inp_n, B = weight, both
+        // OP_N, m = P, n = C_out, k = C_in; one strided batch over the images, the weight's
+        // stride 0.
+        const float one = 1.0f;
+        cudaDataType_t t = cublas_type(dt, "conv2d_forward");
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, P, C_out, C_in, &one, inp, t,
+                                                P, (long long)C_in * H * W, weight, t, C_in, 0, &beta, out, t, P,
+                                                (long long)C_out * P, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    with_storage_type(dt, "conv2d_forward", [&](auto zero) {
+        using T = decltype(zero);
+        for (int n = 0; n < N; n++) {
+            const T* inp_n = (const T*)inp + (size_t)n * C_in * H * W;
+            T* out_n = (T*)out + (size_t)n * C_out * P;
             // Chunks of at most CONV_CHUNK output pixels, as the CPU does, so scratch holds
-            // conv2d_scratch_floats(...) = CKK * min(P, CONV_CHUNK) floats in both backends.
+            // conv2d_scratch_elems(...) = CKK * min(P, CONV_CHUNK) elements in both backends.
             for (int p0 = 0; p0 < P; p0 += CONV_CHUNK) {
                 int cols = P - p0 < CONV_CHUNK ? P - p0 : CONV_CHUNK;
                 size_t col_n = (size_t)CKK * cols;
-                im2col_kernel<<<elementwise_grid(col_n), ELEMENTWISE_BLOCK>>>(scratch, inp_n, C_in, H, W, K, stride,
+                im2col_kernel<<<elementwise_grid(col_n), ELEMENTWISE_BLOCK>>>((T*)scratch, inp_n, C_in, H, W, K, stride,
                                                                              pad, W_out, p0, cols);
                 CHECK_LAUNCH();
                 // out_n[:, p0:p0+cols] (C_out, cols; row stride P) = weight (C_out, CKK) @ col
@@ -355,42 +433,48 @@ void conv2d_forward_cuda(float* out, const float* inp, const float* weight, cons
                 // (cols, C_out) matrix at out_n + p0 with ld P, col as col^T (cols, CKK) ld cols,
                 // weight as weight^T (CKK, C_out) ld CKK. out^T = col^T @ weight^T: A = scratch,
                 // B = weight, both OP_N, m = cols, n = C_out, k = CKK.
-                CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, cols, C_out, CKK, &one, scratch,
-                                         cols, weight, CKK, &zero, out_n + p0, P));
+                gemm_ex(CUBLAS_OP_N, CUBLAS_OP_N, cols, C_out, CKK, 1.0f, scratch, cols, weight, CKK, beta, out_n + p0, P,
+                        dt, "conv2d_forward");
             }
         }
-    }
-    if (bias) {
-        size_t n = (size_t)N * C_out * P;
-        add_bias_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, bias, n, C_out, (size_t)P);
-        CHECK_LAUNCH();
-    }
+    });
 }
 
-void pad2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
-                        int right) {
+void pad2d_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right,
+                        DType dt) {
     int H_out = H + top + bottom, W_out = W + left + right;
     if (N <= 0 || C <= 0 || H_out <= 0 || W_out <= 0) return;
     size_t total = (size_t)N * C * H_out * W_out;
-    pad2d_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, inp, total, H, W, H_out, W_out, top,
-                                                                         left);
+    with_storage_type(dt, "pad2d_forward", [&](auto zero) {
+        using T = decltype(zero);
+        pad2d_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, total, H, W, H_out,
+                                                                             W_out, top, left);
+    });
     CHECK_LAUNCH();
 }
 
-void upsample_nearest_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
+void upsample_nearest_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out,
+                                   DType dt) {
     if (N <= 0 || C <= 0 || H_out <= 0 || W_out <= 0) return;
     size_t total = (size_t)N * C * H_out * W_out;
-    upsample_nearest_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, inp, total, H, W, H_out,
-                                                                                    W_out);
+    with_storage_type(dt, "upsample_nearest_forward", [&](auto zero) {
+        using T = decltype(zero);
+        upsample_nearest_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, total, H,
+                                                                                        W, H_out, W_out);
+    });
     CHECK_LAUNCH();
 }
 
-void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
+void maxpool2d_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad,
+                            DType dt) {
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
     if (N <= 0 || C <= 0 || H_out <= 0 || W_out <= 0) return;
     size_t total = (size_t)N * C * H_out * W_out;
-    maxpool2d_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, inp, total, H, W, H_out, W_out, K,
-                                                                             stride, pad);
+    with_storage_type(dt, "maxpool2d_forward", [&](auto zero) {
+        using T = decltype(zero);
+        maxpool2d_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, total, H, W,
+                                                                                 H_out, W_out, K, stride, pad);
+    });
     CHECK_LAUNCH();
 }
 
@@ -400,56 +484,92 @@ void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, i
 // Normalisation and softmax
 // ---- CUDA kernels
 
-constexpr int GROUP_NORM_BLOCK = 1024; // a group is large (CG*HW, up to millions) and there are few (N*G)
-constexpr int ROW_BLOCK = 256;         // layer norm and softmax rows: hundreds to thousands of values
+constexpr int GROUP_NORM_BLOCK = 512;    // threads per statistics chunk
+constexpr int GROUP_NORM_CHUNK = 16384;  // values per statistics chunk: a group of SDXL's first level
+                                         // (10 channels x 128 x 128) spreads over 10 blocks
+constexpr int ROW_BLOCK = 256;           // layer norm and softmax rows: hundreds to thousands of values
 
-// One block per (n, g). A group is CG*HW contiguous values. Two passes over it for the statistics,
-// mean = sum(x)/n then var = sum((x - mean)^2)/n, in f32 (the CPU accumulates in double), then
-// one pass that normalises. out may alias inp: each element is written by the thread that read it,
-// after both reductions (which synchronise the block) are complete.
-__global__ static void group_norm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
-                                                 const float* weight, const float* bias, int C, int HW, int G,
-                                                 float eps) {
-    int ng = blockIdx.x;
-    int CG = C / G;
-    size_t n = (size_t)CG * HW;
-    const float* x = inp + (size_t)ng * n;
-    float* y = out + (size_t)ng * n;
+// A group of values split into chunks: count, mean and M2 = sum((x - mean)^2) of each (two passes
+// over the chunk, so no cancellation), merged afterwards (Chan et al.). SDXL has only N*32 groups
+// but each holds up to 160k values: one block per group would leave most of an H100 idle.
+struct Moments {
+    float count, mean, m2;
+};
 
+// Block b handles chunk b % chunks of group b / chunks. A group is CG*HW contiguous values.
+template <typename T>
+__global__ static void group_norm_moments_kernel(Moments* partial, const T* inp, size_t group_size, int chunks) {
+    size_t group = blockIdx.x / chunks;
+    size_t begin = (size_t)(blockIdx.x % chunks) * GROUP_NORM_CHUNK;
+    size_t end = begin + GROUP_NORM_CHUNK < group_size ? begin + GROUP_NORM_CHUNK : group_size;
+    const T* x = inp + group * group_size;
     float sum = 0.0f;
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
-    float m = block_sum(sum) / (float)n;
+    for (size_t i = begin + threadIdx.x; i < end; i += blockDim.x) sum += to_f32(x[i]);
+    float count = (float)(end - begin);
+    float mean = block_sum(sum) / count;
     float sq = 0.0f;
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-        float d = x[i] - m;
+    for (size_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        float d = to_f32(x[i]) - mean;
         sq += d * d;
     }
-    float r = 1.0f / sqrtf(block_sum(sq) / (float)n + eps);
-    if (threadIdx.x == 0) {
-        if (mean) mean[ng] = m;
-        if (rstd) rstd[ng] = r;
+    float m2 = block_sum(sq);
+    if (threadIdx.x == 0) partial[blockIdx.x] = Moments{count, mean, m2};
+}
+
+// One thread per group merges its chunks in order (the same order every run), then keeps mean and
+// rstd for the normalising pass, and for the caller when it asked for them.
+__global__ static void group_norm_stats_kernel(float* stats, float* mean_out, float* rstd_out, const Moments* partial,
+                                               int groups, int chunks, float eps) {
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= groups) return;
+    Moments acc = partial[(size_t)g * chunks];
+    for (int c = 1; c < chunks; c++) {
+        Moments b = partial[(size_t)g * chunks + c];
+        float count = acc.count + b.count;
+        float delta = b.mean - acc.mean;
+        acc.mean += delta * (b.count / count);
+        acc.m2 += b.m2 + delta * delta * (acc.count * b.count / count);
+        acc.count = count;
     }
-    int c0 = (ng % G) * CG; // first channel of this group
-    for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-        int c = c0 + (int)(i / HW);
-        float w = weight ? weight[c] : 1.0f, b = bias ? bias[c] : 0.0f;
-        y[i] = (x[i] - m) * r * w + b;
+    float rstd = 1.0f / sqrtf(acc.m2 / acc.count + eps);
+    stats[2 * g] = acc.mean;
+    stats[2 * g + 1] = rstd;
+    if (mean_out) mean_out[g] = acc.mean;
+    if (rstd_out) rstd_out[g] = rstd;
+}
+
+// The normalising pass over every value, with the affine and, when silu is set, SiLU on the f32
+// result before the one rounding. out may alias inp: each element is read, then written, by one
+// thread, and the statistics were complete before this kernel started.
+template <typename T>
+__global__ static void group_norm_apply_kernel(T* out, const T* inp, const float* stats, const T* weight, const T* bias,
+                                               size_t total, int C, int HW, int G, int silu) {
+    int CG = C / G;
+    for (size_t i = grid_start(); i < total; i += grid_stride()) {
+        size_t nc = i / HW; // (n, c)
+        int c = (int)(nc % C);
+        size_t ng = nc / C * G + c / CG;
+        float y = (to_f32(inp[i]) - stats[2 * ng]) * stats[2 * ng + 1];
+        y = y * (weight ? to_f32(weight[c]) : 1.0f) + (bias ? to_f32(bias[c]) : 0.0f);
+        if (silu) y = y / (1.0f + expf(-y));
+        out[i] = from_f32<T>(y);
     }
 }
 
 // One block per row; the same two-pass statistics as group norm over the C values of the row.
-__global__ static void layer_norm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
-                                                 const float* weight, const float* bias, int C, float eps) {
+template <typename T>
+__global__ static void layer_norm_forward_kernel(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                                                 const T* bias, int C, float eps) {
     int row = blockIdx.x;
-    const float* x = inp + (size_t)row * C;
-    float* y = out + (size_t)row * C;
+    const T* x = inp + (size_t)row * C;
+    T* y = out + (size_t)row * C;
 
     float sum = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += x[c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += to_f32(x[c]);
     float m = block_sum(sum) / (float)C;
     float sq = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float d = x[c] - m;
+        float d = to_f32(x[c]) - m;
         sq += d * d;
     }
     float r = 1.0f / sqrtf(block_sum(sq) / (float)C + eps);
@@ -458,51 +578,87 @@ __global__ static void layer_norm_forward_kernel(float* out, float* mean, float*
         if (rstd) rstd[row] = r;
     }
     for (int c = threadIdx.x; c < C; c += blockDim.x)
-        y[c] = (x[c] - m) * r * (weight ? weight[c] : 1.0f) + (bias ? bias[c] : 0.0f);
+        y[c] = from_f32<T>((to_f32(x[c]) - m) * r * (weight ? to_f32(weight[c]) : 1.0f) + (bias ? to_f32(bias[c]) : 0.0f));
 }
 
-// One block per row: the row maximum, then exp(x - max) written to out and summed, then out
-// scaled by 1/sum. out may alias inp: every thread reads and writes only its own indices, and
-// the first write comes after the maximum (a block-wide reduction) is known.
-__global__ static void softmax_forward_kernel(float* out, const float* inp, int C) {
+// One block per row: the row maximum, then exp(x - max) summed, then each value scaled by 1/sum.
+// out may alias inp: every thread reads and writes only its own indices, and it writes only after
+// both reductions (which synchronise the block); 16-bit outputs are written once, at the end, so
+// no rounded intermediate is read back.
+template <typename T> __global__ static void softmax_forward_kernel(T* out, const T* inp, int C) {
     int row = blockIdx.x;
-    const float* x = inp + (size_t)row * C;
-    float* y = out + (size_t)row * C;
+    const T* x = inp + (size_t)row * C;
+    T* y = out + (size_t)row * C;
 
     float maxval = -INFINITY;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) maxval = fmaxf(maxval, x[c]);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) maxval = fmaxf(maxval, to_f32(x[c]));
     maxval = block_max(maxval);
     float sum = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float e = expf(x[c] - maxval);
-        y[c] = e;
-        sum += e;
-    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += expf(to_f32(x[c]) - maxval);
     float inv = 1.0f / block_sum(sum);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] *= inv;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = from_f32<T>(expf(to_f32(x[c]) - maxval) * inv);
 }
 
 // ---- launchers
 
+// Device scratch for ops that need a little (the group-norm moments): grown on demand, never
+// shrunk, kept for the life of the program like cuBLAS's own workspace.
+static void* g_workspace = NULL;
+static size_t g_workspace_bytes = 0;
+static void* cuda_workspace(size_t bytes) {
+    if (bytes > g_workspace_bytes) {
+        CUDA_CHECK(cudaFree(g_workspace)); // waits for kernels still using the old one
+        g_workspace = cuda_malloc(bytes);
+        g_workspace_bytes = bytes;
+    }
+    return g_workspace;
+}
+
 extern "C" {
 
-void group_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                             const float* bias, int N, int C, int HW, int G, float eps) {
-    if (N <= 0 || G <= 0) return;
-    group_norm_forward_kernel<<<N * G, GROUP_NORM_BLOCK>>>(out, mean, rstd, inp, weight, bias, C, HW, G, eps);
+void group_norm_forward_cuda(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                             int N, int C, int HW, int G, float eps, int silu, DType dt) {
+    if (N <= 0 || G <= 0 || C <= 0) return;
+    int groups = N * G;
+    size_t group_size = (size_t)(C / G) * HW;
+    int chunks = (int)((group_size + GROUP_NORM_CHUNK - 1) / GROUP_NORM_CHUNK);
+    chunks = chunks > 0 ? chunks : 1;
+    // the moments of every chunk, then (mean, rstd) of every group
+    size_t moments_bytes = sizeof(Moments) * (size_t)groups * chunks;
+    moments_bytes = (moments_bytes + 255) / 256 * 256;
+    char* ws = (char*)cuda_workspace(moments_bytes + sizeof(float) * 2 * (size_t)groups);
+    Moments* partial = (Moments*)ws;
+    float* stats = (float*)(ws + moments_bytes);
+    size_t total = (size_t)N * C * HW;
+    with_storage_type(dt, "group_norm_forward", [&](auto zero) {
+        using T = decltype(zero);
+        group_norm_moments_kernel<<<groups * chunks, GROUP_NORM_BLOCK>>>(partial, (const T*)inp, group_size, chunks);
+        CHECK_LAUNCH();
+        group_norm_stats_kernel<<<(groups + 127) / 128, 128>>>(stats, mean, rstd, partial, groups, chunks, eps);
+        CHECK_LAUNCH();
+        group_norm_apply_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(
+            (T*)out, (const T*)inp, stats, (const T*)weight, (const T*)bias, total, C, HW, G, silu);
+    });
     CHECK_LAUNCH();
 }
 
-void layer_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                             const float* bias, int N, int C, float eps) {
+void layer_norm_forward_cuda(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                             int N, int C, float eps, DType dt) {
     if (N <= 0) return;
-    layer_norm_forward_kernel<<<N, ROW_BLOCK>>>(out, mean, rstd, inp, weight, bias, C, eps);
+    with_storage_type(dt, "layer_norm_forward", [&](auto zero) {
+        using T = decltype(zero);
+        layer_norm_forward_kernel<<<N, ROW_BLOCK>>>((T*)out, mean, rstd, (const T*)inp, (const T*)weight,
+                                                    (const T*)bias, C, eps);
+    });
     CHECK_LAUNCH();
 }
 
-void softmax_forward_cuda(float* out, const float* inp, int N, int C) {
+void softmax_forward_cuda(void* out, const void* inp, int N, int C, DType dt) {
     if (N <= 0) return;
-    softmax_forward_kernel<<<N, ROW_BLOCK>>>(out, inp, C);
+    with_storage_type(dt, "softmax_forward", [&](auto zero) {
+        using T = decltype(zero);
+        softmax_forward_kernel<<<N, ROW_BLOCK>>>((T*)out, (const T*)inp, C);
+    });
     CHECK_LAUNCH();
 }
 
@@ -517,15 +673,16 @@ constexpr int ATTENTION_PER_LANE = ATTENTION_MAX_HS / WARP_SIZE; // head values 
 // each lane keeps the scores of two keys of a block (score_lo, score_hi below)
 static_assert(ATTENTION_KEY_BLOCK == 2 * WARP_SIZE, "attention_forward_kernel assumes 64-key blocks");
 
-// One warp per (n, head, query). Lane l holds elements d = l, l + 32, l + 64, ... of the query
-// and of the output accumulator in registers (at most ATTENTION_MAX_HS/32 = 16 each), so the
-// reads of q, k and v are coalesced. Keys are visited in blocks of ATTENTION_KEY_BLOCK as in
+// The general kernel, for any head size up to ATTENTION_MAX_HS, causal or not, and every storage
+// type. One warp per (n, head, query). Lane l holds elements d = l, l + 32, l + 64, ... of the
+// query and of the output accumulator in registers (at most ATTENTION_MAX_HS/32 = 16 each), so
+// the reads of q, k and v are coalesced. Keys are visited in blocks of ATTENTION_KEY_BLOCK as in
 // attention_forward_cpu: score the block (each dot product is a warp reduction; lane j % 32 keeps
 // the score of key j of the block), take its maximum, rescale the accumulator and the running sum
 // by exp(old_max - new_max), then add p_j * v_j for each key. The L x L scores are never stored.
-__global__ static void attention_forward_kernel(float* out, const float* q, const float* k, const float* v, int NH,
-                                                int Lq, int Lk, int HS, int causal, float scale,
-                                                size_t n_queries) {
+template <typename T>
+__global__ static void attention_forward_kernel(T* out, const T* q, const T* k, const T* v, int NH, int Lq, int Lk,
+                                                int HS, int causal, float scale, size_t n_queries) {
     size_t query = (size_t)blockIdx.x * ATTENTION_WARPS + threadIdx.x / WARP_SIZE;
     if (query >= n_queries) return; // the whole warp leaves together, so the shuffles below stay full
     int lane = threadIdx.x % WARP_SIZE;
@@ -533,15 +690,15 @@ __global__ static void attention_forward_kernel(float* out, const float* q, cons
     int h = (int)((query / Lq) % NH);
     size_t n = query / ((size_t)Lq * NH);
     size_t D = (size_t)NH * HS;
-    const float* q_i = q + ((size_t)n * Lq + i) * D + (size_t)h * HS;
-    const float* k_h = k + (size_t)n * Lk * D + (size_t)h * HS; // key j of this head: k_h + j * D
-    const float* v_h = v + (size_t)n * Lk * D + (size_t)h * HS;
+    const T* q_i = q + ((size_t)n * Lq + i) * D + (size_t)h * HS;
+    const T* k_h = k + (size_t)n * Lk * D + (size_t)h * HS; // key j of this head: k_h + j * D
+    const T* v_h = v + (size_t)n * Lk * D + (size_t)h * HS;
 
     float q_reg[ATTENTION_PER_LANE], acc[ATTENTION_PER_LANE]; // acc = sum_j p_j v_j, p relative to running_max
 #pragma unroll
     for (int t = 0; t < ATTENTION_PER_LANE; t++) {
         int d = lane + t * WARP_SIZE;
-        q_reg[t] = d < HS ? q_i[d] : 0.0f;
+        q_reg[t] = d < HS ? to_f32(q_i[d]) : 0.0f;
         acc[t] = 0.0f;
     }
     float running_max = -INFINITY, running_sum = 0.0f; // the same in every lane
@@ -551,12 +708,12 @@ __global__ static void attention_forward_kernel(float* out, const float* q, cons
         // scores of keys j0 + lane (score_lo) and j0 + 32 + lane (score_hi); -inf past the end
         float score_lo = -INFINITY, score_hi = -INFINITY;
         for (int j = 0; j < jn; j++) {
-            const float* k_j = k_h + (size_t)(j0 + j) * D;
+            const T* k_j = k_h + (size_t)(j0 + j) * D;
             float partial = 0.0f;
 #pragma unroll
             for (int t = 0; t < ATTENTION_PER_LANE; t++) {
                 int d = lane + t * WARP_SIZE;
-                if (d < HS) partial += q_reg[t] * k_j[d];
+                if (d < HS) partial += q_reg[t] * to_f32(k_j[d]);
             }
             float s = warp_sum(partial) * scale;
             if (lane == j % WARP_SIZE) {
@@ -576,21 +733,228 @@ __global__ static void attention_forward_kernel(float* out, const float* q, cons
         for (int j = 0; j < jn; j++) {
             float p = __shfl_sync(FULL_MASK, j < WARP_SIZE ? p_lo : p_hi, j % WARP_SIZE);
             running_sum += p; // the same additions in the same order in every lane
-            const float* v_j = v_h + (size_t)(j0 + j) * D;
+            const T* v_j = v_h + (size_t)(j0 + j) * D;
 #pragma unroll
             for (int t = 0; t < ATTENTION_PER_LANE; t++) {
                 int d = lane + t * WARP_SIZE;
-                if (d < HS) acc[t] += p * v_j[d];
+                if (d < HS) acc[t] += p * to_f32(v_j[d]);
             }
         }
         running_max = new_max;
     }
-    float* out_i = out + ((size_t)n * Lq + i) * D + (size_t)h * HS;
+    T* out_i = out + ((size_t)n * Lq + i) * D + (size_t)h * HS;
     float inv = 1.0f / running_sum;
 #pragma unroll
     for (int t = 0; t < ATTENTION_PER_LANE; t++) {
         int d = lane + t * WARP_SIZE;
-        if (d < HS) out_i[d] = acc[t] * inv;
+        if (d < HS) out_i[d] = from_f32<T>(acc[t] * inv);
+    }
+}
+
+// ---- The tensor-core kernel: FlashAttention-2 for 16-bit data and head size 64
+//
+// Every attention of the SDXL UNet has HS = 64 (10 or 20 heads of 64). A block takes 64 queries
+// of one (n, head), four warps of 16 queries each, and streams the keys in blocks of 64 through
+// shared memory. Per key block a warp computes its 16 x 64 scores S = Q K^T with mma.sync
+// m16n8k16 (f16/bf16 in, f32 accumulate), updates the running row maximum and sum (the online
+// softmax), turns the scores into probabilities P = exp(S - max) rounded to 16 bits, and adds
+// P V (16 x 64) with the same instruction. The L x L scores only ever exist 16 x 64 at a time, in
+// registers. Register layouts are those of the PTX ISA for m16n8k16 ("groupID" g = lane / 4,
+// "threadID_in_group" t = lane % 4):
+//   A (16 x 16, row-major):  a[0] = A[g][2t..2t+1]    a[1] = A[g+8][2t..2t+1]
+//                            a[2] = A[g][2t+8..2t+9]  a[3] = A[g+8][2t+8..2t+9]
+//   B (16 x 8, "col"):       b[0] = B[2t..2t+1][g]    b[1] = B[2t+8..2t+9][g]
+//   C (16 x 8, f32):         c[0..1] = C[g][2t..2t+1] c[2..3] = C[g+8][2t..2t+1]
+// (two 16-bit values per 32-bit register, the lower index in the low half). The score
+// accumulator of keys 16s..16s+15 is, register for register, the A operand of the second product
+// (FlashAttention-2's trick), so P never leaves registers either.
+constexpr int FLASH_HS = 64;
+constexpr int FLASH_BLOCK_Q = 64;           // queries per block, 16 per warp
+constexpr int FLASH_BLOCK_K = 64;           // keys per step
+constexpr int FLASH_THREADS = 128;          // 4 warps
+constexpr int FLASH_STRIDE = FLASH_HS + 8;  // shared-memory row length in elements: 144 bytes, so
+                                            // the 8 rows a quarter-warp touches fall in 8 different
+                                            // groups of 4 banks
+
+// Two f32 values rounded into one register of two 16-bit values, the first in the low half.
+template <typename T> __device__ __forceinline__ static uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// d += a @ b for one m16n8k16 tile, f32 accumulators.
+template <typename T> __device__ __forceinline__ static void mma_16816(float* d, const uint32_t* a, const uint32_t* b);
+template <> __device__ __forceinline__ void mma_16816<__half>(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8 x 8 tiles of 16-bit values from shared memory, each delivered transposed: lanes 8m..8m+7
+// give the addresses of the 8 rows of tile m (16 bytes each), and r[m] of lane l receives
+// tile_m[2t..2t+1][g], which is a B operand's register when the tile's rows are its k index.
+__device__ __forceinline__ static void ldmatrix_x4_trans(uint32_t* r, const void* row_address) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(row_address);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Copies rows [row0, row0 + 64) of a (L, D)-strided head slice (64 values a row) into a shared
+// tile, 16 bytes per thread and step; rows past L become zeros.
+template <typename T>
+__device__ __forceinline__ static void flash_load_tile(T* tile, const T* base, size_t D, int row0, int L) {
+    for (int c = threadIdx.x; c < 64 * (FLASH_HS / 8); c += FLASH_THREADS) {
+        int r = c / (FLASH_HS / 8), piece = c % (FLASH_HS / 8);
+        uint4 value = make_uint4(0, 0, 0, 0);
+        if (row0 + r < L) value = *reinterpret_cast<const uint4*>(base + (size_t)(row0 + r) * D + piece * 8);
+        *reinterpret_cast<uint4*>(tile + r * FLASH_STRIDE + piece * 8) = value;
+    }
+}
+
+template <typename T>
+__global__ static void __launch_bounds__(FLASH_THREADS)
+    flash_attention_kernel(T* out, const T* q, const T* k, const T* v, int NH, int Lq, int Lk, float scale_log2) {
+    __shared__ __align__(16) T q_tile[FLASH_BLOCK_Q * FLASH_STRIDE];
+    __shared__ __align__(16) T k_tile[FLASH_BLOCK_K * FLASH_STRIDE];
+    __shared__ __align__(16) T v_tile[FLASH_BLOCK_K * FLASH_STRIDE];
+    int q0 = blockIdx.x * FLASH_BLOCK_Q;
+    int h = blockIdx.y % NH, n = blockIdx.y / NH;
+    size_t D = (size_t)NH * FLASH_HS;
+    const T* q_head = q + (size_t)n * Lq * D + (size_t)h * FLASH_HS;
+    const T* k_head = k + (size_t)n * Lk * D + (size_t)h * FLASH_HS;
+    const T* v_head = v + (size_t)n * Lk * D + (size_t)h * FLASH_HS;
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    int g = lane / 4, t = lane % 4;
+
+    // this warp's 16 queries as A operands, one per 16 dimensions of the head
+    flash_load_tile(q_tile, q_head, D, q0, Lq);
+    __syncthreads();
+    uint32_t qa[FLASH_HS / 16][4];
+    const T* qw = q_tile + warp * 16 * FLASH_STRIDE;
+#pragma unroll
+    for (int s = 0; s < FLASH_HS / 16; s++) {
+        qa[s][0] = *reinterpret_cast<const uint32_t*>(qw + g * FLASH_STRIDE + 16 * s + 2 * t);
+        qa[s][1] = *reinterpret_cast<const uint32_t*>(qw + (g + 8) * FLASH_STRIDE + 16 * s + 2 * t);
+        qa[s][2] = *reinterpret_cast<const uint32_t*>(qw + g * FLASH_STRIDE + 16 * s + 8 + 2 * t);
+        qa[s][3] = *reinterpret_cast<const uint32_t*>(qw + (g + 8) * FLASH_STRIDE + 16 * s + 8 + 2 * t);
+    }
+
+    float o[FLASH_HS / 8][4];                 // the output rows g and g+8, 8 dimensions per tile
+    float row_max[2] = {-INFINITY, -INFINITY}; // of rows g, g+8, in units of log2 (scores * scale_log2)
+    float row_sum[2] = {0.0f, 0.0f};           // this thread's part of the sums; the quad adds up at the end
+#pragma unroll
+    for (int j = 0; j < FLASH_HS / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    for (int k0 = 0; k0 < Lk; k0 += FLASH_BLOCK_K) {
+        __syncthreads(); // every warp is done with the previous key block
+        flash_load_tile(k_tile, k_head, D, k0, Lk);
+        flash_load_tile(v_tile, v_head, D, k0, Lk);
+        __syncthreads();
+
+        // S (16 x 64) = Q K^T: key tile j holds keys 8j..8j+7; B = K^T, so B[d][key] = K[key][d]
+        // and its registers are pairs of neighbouring dimensions of one key row
+        float s_acc[FLASH_BLOCK_K / 8][4];
+#pragma unroll
+        for (int j = 0; j < FLASH_BLOCK_K / 8; j++) {
+            s_acc[j][0] = s_acc[j][1] = s_acc[j][2] = s_acc[j][3] = 0.0f;
+            const T* key_row = k_tile + (8 * j + g) * FLASH_STRIDE;
+#pragma unroll
+            for (int s = 0; s < FLASH_HS / 16; s++) {
+                uint32_t kb[2];
+                kb[0] = *reinterpret_cast<const uint32_t*>(key_row + 16 * s + 2 * t);
+                kb[1] = *reinterpret_cast<const uint32_t*>(key_row + 16 * s + 8 + 2 * t);
+                mma_16816<T>(s_acc[j], qa[s], kb);
+            }
+        }
+
+        // online softmax: scale to log2 units, mask keys past Lk, new row maxima over the quad
+        float new_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+        for (int j = 0; j < FLASH_BLOCK_K / 8; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int key = k0 + 8 * j + 2 * t + (c & 1);
+                float x = key < Lk ? s_acc[j][c] * scale_log2 : -INFINITY;
+                s_acc[j][c] = x;
+                new_max[c / 2] = fmaxf(new_max[c / 2], x);
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(FULL_MASK, new_max[r], 1));
+            new_max[r] = fmaxf(new_max[r], __shfl_xor_sync(FULL_MASK, new_max[r], 2));
+            // key 0 of the first block is always there, so new_max is finite from then on
+            float correction = exp2f(row_max[r] - new_max[r]); // 0 on the first block
+            row_sum[r] *= correction;
+#pragma unroll
+            for (int j = 0; j < FLASH_HS / 8; j++) {
+                o[j][2 * r] *= correction;
+                o[j][2 * r + 1] *= correction;
+            }
+            row_max[r] = new_max[r];
+        }
+
+        // P = exp2(S - max), rounded to 16 bits as the A operand of keys 16s..16s+15: the score
+        // tiles 2s (keys 16s + 2t..) and 2s+1 (keys 16s + 8 + 2t..) are its registers as they are
+        uint32_t pa[FLASH_BLOCK_K / 16][4];
+#pragma unroll
+        for (int s = 0; s < FLASH_BLOCK_K / 16; s++) {
+            float p[2][4];
+#pragma unroll
+            for (int half = 0; half < 2; half++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) p[half][c] = exp2f(s_acc[2 * s + half][c] - row_max[c / 2]);
+            row_sum[0] += p[0][0] + p[0][1] + p[1][0] + p[1][1];
+            row_sum[1] += p[0][2] + p[0][3] + p[1][2] + p[1][3];
+            pa[s][0] = pack2<T>(p[0][0], p[0][1]); // row g,   keys 16s + 2t, +1
+            pa[s][1] = pack2<T>(p[0][2], p[0][3]); // row g+8
+            pa[s][2] = pack2<T>(p[1][0], p[1][1]); // row g,   keys 16s + 8 + 2t, +1
+            pa[s][3] = pack2<T>(p[1][2], p[1][3]); // row g+8
+        }
+
+        // O (16 x 64) += P V: B = V with keys as its k index. V is stored (key, dimension), so
+        // its B registers are pairs of keys of one dimension: ldmatrix with .trans delivers them.
+        // Tiles of one call: keys 16s..+7 and 16s+8..+15, for dimensions 8j.. and 8j+8..
+#pragma unroll
+        for (int j = 0; j < FLASH_HS / 8; j += 2)
+#pragma unroll
+            for (int s = 0; s < FLASH_BLOCK_K / 16; s++) {
+                int tile = lane / 8, row = lane % 8;
+                const T* address = v_tile + (16 * s + 8 * (tile % 2) + row) * FLASH_STRIDE + 8 * (j + tile / 2);
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, address);
+                mma_16816<T>(o[j], pa[s], vb);         // vb[0], vb[1]: dimensions 8j..8j+7
+                mma_16816<T>(o[j + 1], pa[s], vb + 2); // vb[2], vb[3]: dimensions 8j+8..8j+15
+            }
+    }
+
+    // the full row sums, then O / sum, rows g and g+8 of this warp's 16
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        row_sum[r] += __shfl_xor_sync(FULL_MASK, row_sum[r], 1);
+        row_sum[r] += __shfl_xor_sync(FULL_MASK, row_sum[r], 2);
+    }
+    int rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (rows[r] >= Lq) continue;
+        float inv = 1.0f / row_sum[r];
+        T* out_row = out + ((size_t)n * Lq + rows[r]) * D + (size_t)h * FLASH_HS;
+#pragma unroll
+        for (int j = 0; j < FLASH_HS / 8; j++)
+            *reinterpret_cast<uint32_t*>(out_row + 8 * j + 2 * t) = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
     }
 }
 
@@ -598,16 +962,36 @@ __global__ static void attention_forward_kernel(float* out, const float* q, cons
 
 extern "C" {
 
-void attention_forward_cuda(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq,
-                            int Lk, int HS, int causal) {
+void attention_forward_cuda(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
+                            int HS, int causal, DType dt) {
     if (HS > ATTENTION_MAX_HS) fatal("attention_forward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
     if (causal && Lq != Lk) fatal("attention_forward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
     size_t n_queries = (size_t)N * NH * Lq;
     if (n_queries == 0 || HS <= 0) return;
     const float scale = 1.0f / sqrtf((float)HS);
+    if ((dt == DT_F16 || dt == DT_BF16) && HS == FLASH_HS && !causal && Lk > 0) {
+        // 16-byte loads of head slices need 16-byte aligned rows: NH*64 elements of 2 bytes is a
+        // multiple of 16, so aligned base pointers suffice (arena allocations are 256-aligned)
+        if (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) % 16 != 0)
+            fatal("attention_forward: 16-bit q, k, v and out must be 16-byte aligned");
+        dim3 grid((unsigned int)((Lq + FLASH_BLOCK_Q - 1) / FLASH_BLOCK_Q), (unsigned int)(N * NH));
+        const float scale_log2 = scale * 1.4426950408889634f; // exp(x) = exp2(x * log2(e))
+        if (dt == DT_F16)
+            flash_attention_kernel<__half><<<grid, FLASH_THREADS>>>((__half*)out, (const __half*)q, (const __half*)k,
+                                                                    (const __half*)v, NH, Lq, Lk, scale_log2);
+        else
+            flash_attention_kernel<__nv_bfloat16><<<grid, FLASH_THREADS>>>(
+                (__nv_bfloat16*)out, (const __nv_bfloat16*)q, (const __nv_bfloat16*)k, (const __nv_bfloat16*)v, NH, Lq,
+                Lk, scale_log2);
+        CHECK_LAUNCH();
+        return;
+    }
     size_t blocks = (n_queries + ATTENTION_WARPS - 1) / ATTENTION_WARPS;
-    attention_forward_kernel<<<(unsigned int)blocks, ATTENTION_WARPS * WARP_SIZE>>>(out, q, k, v, NH, Lq, Lk, HS,
-                                                                                    causal, scale, n_queries);
+    with_storage_type(dt, "attention_forward", [&](auto zero) {
+        using T = decltype(zero);
+        attention_forward_kernel<<<(unsigned int)blocks, ATTENTION_WARPS * WARP_SIZE>>>(
+            (T*)out, (const T*)q, (const T*)k, (const T*)v, NH, Lq, Lk, HS, causal, scale, n_queries);
+    });
     CHECK_LAUNCH();
 }
 
@@ -619,80 +1003,67 @@ void attention_forward_cuda(float* out, const float* q, const float* k, const fl
 // __expf intrinsics), and `/` is IEEE division, since the build does not use fast-math.
 // ---- CUDA kernels
 
-__global__ static void silu_forward_kernel(float* out, const float* inp, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = inp[i] / (1.0f + expf(-inp[i]));
+// The activations as f32 functions, shared by their kernels.
+enum Activation { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_QUICK_GELU, ACT_SIGMOID };
+
+template <int ACT> __device__ __forceinline__ static float activation(float x) {
+    if (ACT == ACT_SILU) return x / (1.0f + expf(-x));
+    if (ACT == ACT_GELU) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
+    if (ACT == ACT_GELU_TANH) return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
+    if (ACT == ACT_QUICK_GELU) return x / (1.0f + expf(-1.702f * x));
+    return 1.0f / (1.0f + expf(-x)); // ACT_SIGMOID
 }
 
-__global__ static void gelu_forward_kernel(float* out, const float* inp, size_t n) {
-    const float inv_sqrt2 = 0.70710678118654752440f;
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * inv_sqrt2));
-}
-
-__global__ static void gelu_tanh_forward_kernel(float* out, const float* inp, size_t n) {
-    const float sqrt_2_over_pi = 0.79788456080286535588f;
-    for (size_t i = grid_start(); i < n; i += grid_stride()) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * (x + 0.044715f * x * x * x)));
-    }
-}
-
-__global__ static void quick_gelu_forward_kernel(float* out, const float* inp, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
-}
-
-__global__ static void sigmoid_forward_kernel(float* out, const float* inp, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = 1.0f / (1.0f + expf(-inp[i]));
+template <typename T, int ACT> __global__ static void activation_kernel(T* out, const T* inp, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = from_f32<T>(activation<ACT>(to_f32(inp[i])));
 }
 
 // inp (N, 2C): the value is the first half of each row, the gate (through erf GELU) the second.
-__global__ static void geglu_forward_kernel(float* out, const float* inp, int C, size_t total) {
-    const float inv_sqrt2 = 0.70710678118654752440f;
+template <typename T> __global__ static void geglu_forward_kernel(T* out, const T* inp, int C, size_t total) {
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         size_t row = idx / C, c = idx % C;
-        float value = inp[row * 2 * C + c];
-        float gate = inp[row * 2 * C + C + c];
-        out[idx] = value * (0.5f * gate * (1.0f + erff(gate * inv_sqrt2)));
+        float value = to_f32(inp[row * 2 * C + c]);
+        float gate = to_f32(inp[row * 2 * C + C + c]);
+        out[idx] = from_f32<T>(value * activation<ACT_GELU>(gate));
     }
 }
 
 // ---- launchers
 
+template <int ACT> static void activation_launch(void* out, const void* inp, size_t n, DType dt, const char* op) {
+    if (n == 0) return;
+    with_storage_type(dt, op, [&](auto zero) {
+        using T = decltype(zero);
+        activation_kernel<T, ACT><<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, n);
+    });
+    CHECK_LAUNCH();
+}
+
 extern "C" {
 
-void silu_forward_cuda(float* out, const float* inp, size_t n) {
-    if (n == 0) return;
-    silu_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, n);
-    CHECK_LAUNCH();
+void silu_forward_cuda(void* out, const void* inp, size_t n, DType dt) {
+    activation_launch<ACT_SILU>(out, inp, n, dt, "silu_forward");
+}
+void gelu_forward_cuda(void* out, const void* inp, size_t n, DType dt) {
+    activation_launch<ACT_GELU>(out, inp, n, dt, "gelu_forward");
+}
+void gelu_tanh_forward_cuda(void* out, const void* inp, size_t n, DType dt) {
+    activation_launch<ACT_GELU_TANH>(out, inp, n, dt, "gelu_tanh_forward");
+}
+void quick_gelu_forward_cuda(void* out, const void* inp, size_t n, DType dt) {
+    activation_launch<ACT_QUICK_GELU>(out, inp, n, dt, "quick_gelu_forward");
+}
+void sigmoid_forward_cuda(void* out, const void* inp, size_t n, DType dt) {
+    activation_launch<ACT_SIGMOID>(out, inp, n, dt, "sigmoid_forward");
 }
 
-void gelu_forward_cuda(float* out, const float* inp, size_t n) {
-    if (n == 0) return;
-    gelu_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, n);
-    CHECK_LAUNCH();
-}
-
-void gelu_tanh_forward_cuda(float* out, const float* inp, size_t n) {
-    if (n == 0) return;
-    gelu_tanh_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, n);
-    CHECK_LAUNCH();
-}
-
-void quick_gelu_forward_cuda(float* out, const float* inp, size_t n) {
-    if (n == 0) return;
-    quick_gelu_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, n);
-    CHECK_LAUNCH();
-}
-
-void sigmoid_forward_cuda(float* out, const float* inp, size_t n) {
-    if (n == 0) return;
-    sigmoid_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, n);
-    CHECK_LAUNCH();
-}
-
-void geglu_forward_cuda(float* out, const float* inp, int N, int C) {
+void geglu_forward_cuda(void* out, const void* inp, int N, int C, DType dt) {
     size_t total = (size_t)(N > 0 ? N : 0) * (size_t)(C > 0 ? C : 0);
     if (total == 0) return;
-    geglu_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, inp, C, total);
+    with_storage_type(dt, "geglu_forward", [&](auto zero) {
+        using T = decltype(zero);
+        geglu_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, C, total);
+    });
     CHECK_LAUNCH();
 }
 
@@ -702,16 +1073,16 @@ void geglu_forward_cuda(float* out, const float* inp, int N, int C) {
 // Elementwise arithmetic; out may alias any input (each thread reads its elements, then writes).
 // ---- CUDA kernels
 
-__global__ static void add_forward_kernel(float* out, const float* a, const float* b, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = a[i] + b[i];
+template <typename T> __global__ static void add_forward_kernel(T* out, const T* a, const T* b, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
 }
 
-__global__ static void mul_forward_kernel(float* out, const float* a, const float* b, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = a[i] * b[i];
+template <typename T> __global__ static void mul_forward_kernel(T* out, const T* a, const T* b, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = from_f32<T>(to_f32(a[i]) * to_f32(b[i]));
 }
 
-__global__ static void scale_forward_kernel(float* out, const float* inp, float s, size_t n) {
-    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = s * inp[i];
+template <typename T> __global__ static void scale_forward_kernel(T* out, const T* inp, float s, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) out[i] = from_f32<T>(s * to_f32(inp[i]));
 }
 
 // Each product rounded, then the sum: __fmul_rn/__fadd_rn are never contracted into an FMA, so this
@@ -722,30 +1093,39 @@ __global__ static void axpby_forward_kernel(float* out, float alpha, const float
         out[i] = __fadd_rn(__fmul_rn(alpha, x[i]), __fmul_rn(beta, y[i]));
 }
 
-__global__ static void add_channel_vector_forward_kernel(float* out, const float* inp, const float* vec, int HW,
-                                                         size_t total) {
-    for (size_t i = grid_start(); i < total; i += grid_stride()) out[i] = inp[i] + vec[i / HW];
+template <typename T>
+__global__ static void add_channel_vector_forward_kernel(T* out, const T* inp, const T* vec, int HW, size_t total) {
+    for (size_t i = grid_start(); i < total; i += grid_stride()) out[i] = from_f32<T>(to_f32(inp[i]) + to_f32(vec[i / HW]));
 }
 
 // ---- launchers
 
 extern "C" {
 
-void add_forward_cuda(float* out, const float* a, const float* b, size_t n) {
+void add_forward_cuda(void* out, const void* a, const void* b, size_t n, DType dt) {
     if (n == 0) return;
-    add_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, a, b, n);
+    with_storage_type(dt, "add_forward", [&](auto zero) {
+        using T = decltype(zero);
+        add_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)a, (const T*)b, n);
+    });
     CHECK_LAUNCH();
 }
 
-void mul_forward_cuda(float* out, const float* a, const float* b, size_t n) {
+void mul_forward_cuda(void* out, const void* a, const void* b, size_t n, DType dt) {
     if (n == 0) return;
-    mul_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, a, b, n);
+    with_storage_type(dt, "mul_forward", [&](auto zero) {
+        using T = decltype(zero);
+        mul_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)a, (const T*)b, n);
+    });
     CHECK_LAUNCH();
 }
 
-void scale_forward_cuda(float* out, const float* inp, float s, size_t n) {
+void scale_forward_cuda(void* out, const void* inp, float s, size_t n, DType dt) {
     if (n == 0) return;
-    scale_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>(out, inp, s, n);
+    with_storage_type(dt, "scale_forward", [&](auto zero) {
+        using T = decltype(zero);
+        scale_forward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp, s, n);
+    });
     CHECK_LAUNCH();
 }
 
@@ -755,22 +1135,28 @@ void axpby_forward_cuda(float* out, float alpha, const float* x, float beta, con
     CHECK_LAUNCH();
 }
 
-void add_channel_vector_forward_cuda(float* out, const float* inp, const float* vec, int N, int C, int HW) {
+void add_channel_vector_forward_cuda(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt) {
     if (N <= 0 || C <= 0 || HW <= 0) return;
     size_t total = (size_t)N * C * HW;
-    add_channel_vector_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, inp, vec, HW, total);
+    with_storage_type(dt, "add_channel_vector_forward", [&](auto zero) {
+        using T = decltype(zero);
+        add_channel_vector_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)inp,
+                                                                                          (const T*)vec, HW, total);
+    });
     CHECK_LAUNCH();
 }
 
 } // extern "C"
 
 // ----------------------------------------------------------------------------
-// Layout ops. None of them allows aliasing.
+// Layout ops. None of them allows aliasing. They move values without arithmetic, so a 16-bit
+// tensor is moved as its bits.
 // ---- CUDA kernels
 
 // One thread per output element: row o of out is row o of a followed by row o of b.
-__global__ static void concat_forward_kernel(float* out, const float* a, const float* b, size_t inner_a,
-                                             size_t inner_b, size_t total) {
+template <typename T>
+__global__ static void concat_forward_kernel(T* out, const T* a, const T* b, size_t inner_a, size_t inner_b,
+                                             size_t total) {
     size_t inner = inner_a + inner_b;
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         size_t o = idx / inner, j = idx % inner;
@@ -779,8 +1165,9 @@ __global__ static void concat_forward_kernel(float* out, const float* a, const f
 }
 
 // One thread per input element, the inverse of concat.
-__global__ static void split_forward_kernel(float* out_a, float* out_b, const float* inp, size_t inner_a,
-                                            size_t inner_b, size_t total) {
+template <typename T>
+__global__ static void split_forward_kernel(T* out_a, T* out_b, const T* inp, size_t inner_a, size_t inner_b,
+                                            size_t total) {
     size_t inner = inner_a + inner_b;
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         size_t o = idx / inner, j = idx % inner;
@@ -794,17 +1181,18 @@ constexpr int TRANSPOSE_ROWS = 8;  // threads per block = 32 x 8, each moving 4 
 
 // The classic shared-memory transpose: a block loads a 32 x 32 tile of inp with coalesced reads
 // along C, then writes it transposed with coalesced writes along R. The +1 column keeps the
-// column reads of the tile free of shared-memory bank conflicts. Tiles are numbered over
+// column reads of the tile free of shared-memory bank conflicts (for 16-bit T two neighbouring
+// columns share a bank word, which costs at most a two-way conflict). Tiles are numbered over
 // (B, R/32, C/32) and visited in a block-stride loop, so no grid dimension limit applies.
-__global__ static void transpose_forward_kernel(float* out, const float* inp, int R, int C, size_t n_tiles) {
-    __shared__ float tile[TRANSPOSE_TILE][TRANSPOSE_TILE + 1];
+template <typename T> __global__ static void transpose_forward_kernel(T* out, const T* inp, int R, int C, size_t n_tiles) {
+    __shared__ T tile[TRANSPOSE_TILE][TRANSPOSE_TILE + 1];
     size_t tiles_c = (C + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE, tiles_r = (R + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE;
     for (size_t t = blockIdx.x; t < n_tiles; t += gridDim.x) {
         int c0 = (int)(t % tiles_c) * TRANSPOSE_TILE;
         int r0 = (int)((t / tiles_c) % tiles_r) * TRANSPOSE_TILE;
         size_t b = t / (tiles_c * tiles_r);
-        const float* inp_b = inp + b * R * C;
-        float* out_b = out + b * R * C;
+        const T* inp_b = inp + b * R * C;
+        T* out_b = out + b * R * C;
         int c = c0 + threadIdx.x;
         for (int k = threadIdx.y; k < TRANSPOSE_TILE; k += TRANSPOSE_ROWS) {
             int r = r0 + k;
@@ -822,12 +1210,12 @@ __global__ static void transpose_forward_kernel(float* out, const float* inp, in
 
 // One thread per output element. An id outside [0, V) is a caller bug: the row becomes zeros
 // (a kernel cannot stop the program with a message the way the CPU version does).
-__global__ static void embedding_forward_kernel(float* out, const int32_t* ids, const float* table, int V, int D,
-                                                size_t total) {
+template <typename T>
+__global__ static void embedding_forward_kernel(T* out, const int32_t* ids, const T* table, int V, int D, size_t total) {
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
         size_t i = idx / D, d = idx % D;
         int32_t id = ids[i];
-        out[idx] = (id >= 0 && id < V) ? table[(size_t)id * D + d] : 0.0f;
+        out[idx] = (id >= 0 && id < V) ? table[(size_t)id * D + d] : from_f32<T>(0.0f);
     }
 }
 
@@ -835,33 +1223,48 @@ __global__ static void embedding_forward_kernel(float* out, const int32_t* ids, 
 
 extern "C" {
 
-void concat_forward_cuda(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
+void concat_forward_cuda(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt) {
     size_t total = (size_t)outer * ((size_t)inner_a + inner_b);
     if (outer <= 0 || total == 0) return;
-    concat_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, a, b, inner_a, inner_b, total);
+    with_storage_type(dt, "concat_forward", [&](auto zero) {
+        using T = decltype(zero);
+        concat_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, (const T*)a, (const T*)b,
+                                                                              inner_a, inner_b, total);
+    });
     CHECK_LAUNCH();
 }
 
-void split_forward_cuda(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
+void split_forward_cuda(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt) {
     size_t total = (size_t)outer * ((size_t)inner_a + inner_b);
     if (outer <= 0 || total == 0) return;
-    split_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out_a, out_b, inp, inner_a, inner_b, total);
+    with_storage_type(dt, "split_forward", [&](auto zero) {
+        using T = decltype(zero);
+        split_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out_a, (T*)out_b, (const T*)inp,
+                                                                             inner_a, inner_b, total);
+    });
     CHECK_LAUNCH();
 }
 
-void transpose_forward_cuda(float* out, const float* inp, int B, int R, int C) {
+void transpose_forward_cuda(void* out, const void* inp, int B, int R, int C, DType dt) {
     if (B <= 0 || R <= 0 || C <= 0) return;
     size_t tiles_c = (C + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE, tiles_r = (R + TRANSPOSE_TILE - 1) / TRANSPOSE_TILE;
     size_t n_tiles = (size_t)B * tiles_r * tiles_c;
     unsigned int grid = (unsigned int)(n_tiles < ELEMENTWISE_MAX_GRID ? n_tiles : ELEMENTWISE_MAX_GRID);
-    transpose_forward_kernel<<<grid, dim3(TRANSPOSE_TILE, TRANSPOSE_ROWS)>>>(out, inp, R, C, n_tiles);
+    with_storage_type(dt, "transpose_forward", [&](auto zero) {
+        using T = decltype(zero);
+        transpose_forward_kernel<<<grid, dim3(TRANSPOSE_TILE, TRANSPOSE_ROWS)>>>((T*)out, (const T*)inp, R, C, n_tiles);
+    });
     CHECK_LAUNCH();
 }
 
-void embedding_forward_cuda(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
+void embedding_forward_cuda(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt) {
     if (N <= 0 || D <= 0) return;
     size_t total = (size_t)N * D;
-    embedding_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(out, ids, table, V, D, total);
+    with_storage_type(dt, "embedding_forward", [&](auto zero) {
+        using T = decltype(zero);
+        embedding_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)out, ids, (const T*)table, V, D,
+                                                                                 total);
+    });
     CHECK_LAUNCH();
 }
 
@@ -874,7 +1277,8 @@ void embedding_forward_cuda(float* out, const int32_t* ids, const float* table, 
 // One thread per (n, i < dim/2), writing out[n, i] and out[n, half_dim + i]. The exponent is the f32
 // expression of timestep_embedding_forward_cpu, operation for operation: (neg_log_period * i)
 // then the division (a product followed by a quotient cannot be contracted into an FMA).
-__global__ static void timestep_embedding_forward_kernel(float* out, const float* t, int dim, int flip_sin_to_cos,
+template <typename T>
+__global__ static void timestep_embedding_forward_kernel(T* out, const float* t, int dim, int flip_sin_to_cos,
                                                          float freq_shift, float neg_log_period, size_t total) {
     int half_dim = dim / 2;
     for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
@@ -883,9 +1287,9 @@ __global__ static void timestep_embedding_forward_kernel(float* out, const float
         float exponent = neg_log_period * (float)i / ((float)half_dim - freq_shift);
         float arg = t[n] * expf(exponent);
         float s = sinf(arg), c = cosf(arg);
-        float* out_n = out + n * dim;
-        out_n[i] = flip_sin_to_cos ? c : s;
-        out_n[half_dim + i] = flip_sin_to_cos ? s : c;
+        T* out_n = out + n * dim;
+        out_n[i] = from_f32<T>(flip_sin_to_cos ? c : s);
+        out_n[half_dim + i] = from_f32<T>(flip_sin_to_cos ? s : c);
     }
 }
 
@@ -893,15 +1297,18 @@ __global__ static void timestep_embedding_forward_kernel(float* out, const float
 
 extern "C" {
 
-void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim, int flip_sin_to_cos,
-                                     float freq_shift, float max_period) {
+void timestep_embedding_forward_cuda(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                     float max_period, DType dt) {
     int half_dim = dim / 2;
     if (N <= 0 || half_dim <= 0) return;
     // -ln(max_period) rounded to f32 on the host, exactly as the CPU version computes it
     const float neg_log_period = (float)(-log((double)max_period));
     size_t total = (size_t)N * half_dim;
-    timestep_embedding_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(
-        out, t, dim, flip_sin_to_cos, freq_shift, neg_log_period, total);
+    with_storage_type(dt, "timestep_embedding_forward", [&](auto zero) {
+        using T = decltype(zero);
+        timestep_embedding_forward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(
+            (T*)out, t, dim, flip_sin_to_cos, freq_shift, neg_log_period, total);
+    });
     CHECK_LAUNCH();
 }
 

@@ -66,23 +66,23 @@ float* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape
 }
 
 void linear(const Linear* l, float* out, const float* inp, int N) {
-    linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out);
+    linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 0, DT_F32);
 }
 
 int conv2d_out_size(const Conv2d* c, int in) { return (in + 2 * c->pad - c->k) / c->stride + 1; }
 
 void conv2d(const Conv2d* c, float* out, const float* inp, int N, int H, int W, Arena* scratch) {
     size_t mark = arena_mark(scratch);
-    size_t n = conv2d_scratch_floats(c->in, H, W, c->k, c->stride, c->pad);
+    size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
     float* buf = n ? arena_floats(scratch, n, "conv2d im2col") : NULL;
-    conv2d_forward(out, inp, c->weight, c->bias, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad);
+    conv2d_forward(out, inp, c->weight, c->bias, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad, 0, DT_F32);
     arena_release(scratch, mark);
 }
 
 void group_norm(const GroupNorm* g, float* out, const float* inp, int N, int HW) {
-    group_norm_forward(out, NULL, NULL, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps);
+    group_norm_forward(out, NULL, NULL, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps, 0, DT_F32);
 }
 
 void layer_norm(const LayerNorm* l, float* out, const float* inp, int N) {
-    layer_norm_forward(out, NULL, NULL, inp, l->weight, l->bias, N, l->C, l->eps);
+    layer_norm_forward(out, NULL, NULL, inp, l->weight, l->bias, N, l->C, l->eps, DT_F32);
 }

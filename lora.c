@@ -688,7 +688,7 @@ int lora_merge(const Lora* l, float scale, Unet* unet, ClipText* te1, ClipText* 
         copy_to_device(d_up, mod->up, (size_t)out * (size_t)r * sizeof(float));
         // the multiplier as peft applies it: scaling (double) times the strength, rounded to f32
         float s = (float)(mod->factor * (double)scale);
-        matmul_forward(p->data, d_up, d_down, 1, out, k, r, 0, 0, s, 1.0f);
+        matmul_forward(p->data, d_up, d_down, 1, out, k, r, 0, 0, s, 1.0f, DT_F32);
     }
     device_synchronize();
     device_free(scratch);

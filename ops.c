@@ -1,7 +1,9 @@
 // ops.c: the plain-C reference of every op in ops.h, and the dispatchers model code calls.
 //
-// The CPU versions are the specification: straightforward loops in f32, OpenMP pragmas on the
-// outer loops, and nothing clever except the GEMM they share (gemm.c). Reductions over many
+// The CPU versions are the specification: straightforward loops in f32 (the `<op>_f32` functions),
+// OpenMP pragmas on the outer loops, and nothing clever except the GEMM they share (gemm.c). The
+// `<op>_forward_cpu` entry points add the 16-bit storage types on top, by widening and rounding
+// around the f32 code (section "16-bit storage on the CPU"). Reductions over many
 // values (norm statistics) accumulate in double so the reference is as close to exact as cheap
 // code allows; every loop visits its elements in a fixed order, so results never depend on the
 // number of threads. The contracts (shapes, = or +=, aliasing) are in ops.h, not repeated here.
@@ -109,7 +111,7 @@ void device_synchronize(void) {
 // ----------------------------------------------------------------------------
 // Matrix products
 
-void matmul_forward_cpu(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
+static void matmul_f32(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
                         int trans_b, float alpha, float beta) {
     long lda = trans_a ? M : K; // row length of a as stored
     long ldb = trans_b ? K : N;
@@ -119,7 +121,7 @@ void matmul_forward_cpu(float* out, const float* a, const float* b, int batch, i
     }
 }
 
-void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
+static void linear_f32(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
                         int C_out) {
     // out (N, C_out) = inp (N, C_in) @ weight^T; weight is (C_out, C_in), so B = weight transposed
     sgemm_cpu(0, 1, N, C_out, C_in, 1.0f, inp, C_in, weight, C_in, 0.0f, out, C_out);
@@ -139,7 +141,7 @@ static int conv_out_size(int in, int K, int stride, int pad) { return (in + 2 * 
 
 static int conv_is_pointwise(int K, int stride, int pad) { return K == 1 && stride == 1 && pad == 0; }
 
-size_t conv2d_scratch_floats(int C_in, int H, int W, int K, int stride, int pad) {
+size_t conv2d_scratch_elems(int C_in, int H, int W, int K, int stride, int pad) {
     if (conv_is_pointwise(K, stride, pad)) return 0; // the input already is the GEMM's B matrix
     size_t pixels = (size_t)conv_out_size(H, K, stride, pad) * conv_out_size(W, K, stride, pad);
     if (pixels > CONV_CHUNK) pixels = CONV_CHUNK;
@@ -178,13 +180,13 @@ static void im2col_cpu(float* col, const float* inp_n, int C_in, int H, int W, i
     }
 }
 
-void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
+static void conv2d_f32(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
                         int C_in, int H, int W, int C_out, int K, int stride, int pad) {
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
     int P = H_out * W_out; // output pixels per image
     int CKK = C_in * K * K;
     if (!scratch && !conv_is_pointwise(K, stride, pad))
-        fatal("conv2d_forward: a %dx%d convolution needs conv2d_scratch_floats() of scratch, got NULL", K, K);
+        fatal("conv2d_forward: a %dx%d convolution needs conv2d_scratch_elems() of scratch, got NULL", K, K);
     for (int n = 0; n < N; n++) {
         const float* inp_n = inp + (size_t)n * C_in * H * W;
         float* out_n = out + (size_t)n * C_out * P;
@@ -209,7 +211,7 @@ void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const
     }
 }
 
-void pad2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
+static void pad2d_f32(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
                        int right) {
     int H_out = H + top + bottom, W_out = W + left + right;
 #pragma omp parallel for schedule(static)
@@ -233,7 +235,7 @@ static int nearest_source_index(int dst, int in, int out) {
     return src < in - 1 ? src : in - 1;
 }
 
-void upsample_nearest_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
+static void upsample_nearest_f32(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
 #pragma omp parallel for schedule(static)
     for (long nc = 0; nc < (long)N * C; nc++) {
         const float* inp_nc = inp + nc * H * W;
@@ -245,7 +247,7 @@ void upsample_nearest_forward_cpu(float* out, const float* inp, int N, int C, in
     }
 }
 
-void maxpool2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
+static void maxpool2d_f32(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
 #pragma omp parallel for schedule(static)
     for (long nc = 0; nc < (long)N * C; nc++) {
@@ -287,7 +289,7 @@ static void mean_rstd(const float* x, size_t n, float eps, float* mean_out, floa
     *rstd_out = 1.0f / sqrtf((float)(sq / (double)n) + eps);
 }
 
-void group_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+static void group_norm_f32(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                             const float* bias, int N, int C, int HW, int G, float eps) {
     int CG = C / G; // channels per group; a group is CG*HW contiguous values
 #pragma omp parallel for schedule(static)
@@ -309,7 +311,7 @@ void group_norm_forward_cpu(float* out, float* mean, float* rstd, const float* i
     }
 }
 
-void layer_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+static void layer_norm_f32(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                             const float* bias, int N, int C, float eps) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -366,7 +368,7 @@ static double row_sum8(const float* x, int n) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
+static void softmax_f32(float* out, const float* inp, int N, int C) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -390,7 +392,7 @@ void softmax_forward_cpu(float* out, const float* inp, int N, int C) {
 //   O_blk = P V / rowsum           (Bq, HS)
 // The score block is the only temporary (Bq x Lk floats per thread), so memory stays linear in L.
 // Heads are strided views of the (N, L, NH*HS) layout: leading dimension NH*HS, no copies.
-void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
+static void attention_f32(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
                            int HS, int causal) {
     if (HS > ATTENTION_MAX_HS) fatal("attention_forward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
     if (causal && Lq != Lk) fatal("attention_forward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
@@ -433,18 +435,18 @@ void attention_forward_cpu(float* out, const float* q, const float* k, const flo
 // ----------------------------------------------------------------------------
 // Activations
 
-void silu_forward_cpu(float* out, const float* inp, size_t n) {
+static void silu_f32(float* out, const float* inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-inp[i]));
 }
 
-void gelu_forward_cpu(float* out, const float* inp, size_t n) {
+static void gelu_f32(float* out, const float* inp, size_t n) {
     const float inv_sqrt2 = 0.70710678118654752440f;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * inv_sqrt2));
 }
 
-void gelu_tanh_forward_cpu(float* out, const float* inp, size_t n) {
+static void gelu_tanh_f32(float* out, const float* inp, size_t n) {
     const float sqrt_2_over_pi = 0.79788456080286535588f;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
@@ -453,17 +455,17 @@ void gelu_tanh_forward_cpu(float* out, const float* inp, size_t n) {
     }
 }
 
-void quick_gelu_forward_cpu(float* out, const float* inp, size_t n) {
+static void quick_gelu_f32(float* out, const float* inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = inp[i] / (1.0f + expf(-1.702f * inp[i]));
 }
 
-void sigmoid_forward_cpu(float* out, const float* inp, size_t n) {
+static void sigmoid_f32(float* out, const float* inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-inp[i]));
 }
 
-void geglu_forward_cpu(float* out, const float* inp, int N, int C) {
+static void geglu_f32(float* out, const float* inp, int N, int C) {
     const float inv_sqrt2 = 0.70710678118654752440f;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -477,17 +479,17 @@ void geglu_forward_cpu(float* out, const float* inp, int N, int C) {
 // ----------------------------------------------------------------------------
 // Elementwise arithmetic
 
-void add_forward_cpu(float* out, const float* a, const float* b, size_t n) {
+static void add_f32(float* out, const float* a, const float* b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void mul_forward_cpu(float* out, const float* a, const float* b, size_t n) {
+static void mul_f32(float* out, const float* a, const float* b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
 }
 
-void scale_forward_cpu(float* out, const float* inp, float s, size_t n) {
+static void scale_f32(float* out, const float* inp, float s, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = s * inp[i];
 }
@@ -497,7 +499,7 @@ void axpby_forward_cpu(float* out, float alpha, const float* x, float beta, cons
     for (size_t i = 0; i < n; i++) out[i] = alpha * x[i] + beta * y[i];
 }
 
-void add_channel_vector_forward_cpu(float* out, const float* inp, const float* vec, int N, int C, int HW) {
+static void add_channel_vector_f32(float* out, const float* inp, const float* vec, int N, int C, int HW) {
 #pragma omp parallel for schedule(static)
     for (long nc = 0; nc < (long)N * C; nc++) {
         const float* inp_nc = inp + nc * HW;
@@ -509,7 +511,7 @@ void add_channel_vector_forward_cpu(float* out, const float* inp, const float* v
 // ----------------------------------------------------------------------------
 // Layout ops
 
-void concat_forward_cpu(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
+static void concat_f32(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < outer; o++) {
         float* out_o = out + (size_t)o * (inner_a + inner_b);
@@ -518,7 +520,7 @@ void concat_forward_cpu(float* out, const float* a, const float* b, int outer, i
     }
 }
 
-void split_forward_cpu(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
+static void split_f32(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < outer; o++) {
         const float* inp_o = inp + (size_t)o * (inner_a + inner_b);
@@ -527,7 +529,7 @@ void split_forward_cpu(float* out_a, float* out_b, const float* inp, int outer, 
     }
 }
 
-void transpose_forward_cpu(float* out, const float* inp, int B, int R, int C) {
+static void transpose_f32(float* out, const float* inp, int B, int R, int C) {
     const int T = 32; // tile edge, so both the reads and the writes stay in cache lines
     for (int b = 0; b < B; b++) {
         const float* inp_b = inp + (size_t)b * R * C;
@@ -542,7 +544,7 @@ void transpose_forward_cpu(float* out, const float* inp, int B, int R, int C) {
     }
 }
 
-void embedding_forward_cpu(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
+static void embedding_f32(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
     for (int i = 0; i < N; i++) {
         if (ids[i] < 0 || ids[i] >= V) fatal("embedding_forward: id %d at position %d is outside [0, %d)", ids[i], i, V);
         memcpy(out + (size_t)i * D, table + (size_t)ids[i] * D, sizeof(float) * D);
@@ -552,7 +554,7 @@ void embedding_forward_cpu(float* out, const int32_t* ids, const float* table, i
 // ----------------------------------------------------------------------------
 // Embeddings of scalars
 
-void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+static void timestep_embedding_f32(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
                                     float max_period) {
     int half = dim / 2;
     // diffusers: exponent = -math.log(max_period) * arange(half, f32) / (half - shift), all in f32
@@ -603,213 +605,654 @@ void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type
 }
 
 // ----------------------------------------------------------------------------
+// 16-bit storage on the CPU
+//
+// An op whose dt is F16 or BF16 widens each input to an f32 copy, runs the f32 reference above on
+// the copies, and rounds the result into the caller's buffer (convert_from_f32: round to nearest
+// even, as torch). That is the whole contract of ops.h for 16-bit storage, with no second
+// implementation to keep in step; the copies cost memory and time, but the CPU's 16-bit path only
+// exists to be the specification the CUDA kernels are tested against.
+
+static void require_float_storage(DType dt, const char* op) {
+    if (dt != DT_F32 && dt != DT_F16 && dt != DT_BF16)
+        fatal("%s: storage type %s is not F32, F16 or BF16", op, dtype_name(dt));
+}
+
+// A fresh f32 copy of n values of x (NULL for NULL).
+static float* widen(const void* x, size_t n, DType dt) {
+    if (!x) return NULL;
+    float* y = xmalloc(sizeof(float) * (n ? n : 1));
+    convert_to_f32(y, x, dt, n);
+    return y;
+}
+
+static float* f32_buffer(size_t n) { return xmalloc(sizeof(float) * (n ? n : 1)); }
+
+// Rounds n f32 values into out (of dt), then frees them.
+static void narrow_free(void* out, float* x, size_t n, DType dt) {
+    convert_from_f32(out, dt, x, n);
+    free(x);
+}
+
+// out += y over n f32 values (the `accumulate` of linear and conv2d), then frees y.
+static void add_into_free(float* out, float* y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] += y[i];
+    free(y);
+}
+
+void matmul_forward_cpu(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a,
+                        int trans_b, float alpha, float beta, DType dt) {
+    require_float_storage(dt, "matmul_forward");
+    if (dt == DT_F32) {
+        matmul_f32(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta);
+        return;
+    }
+    size_t n_out = (size_t)batch * M * N;
+    float *a32 = widen(a, (size_t)batch * M * K, dt), *b32 = widen(b, (size_t)batch * K * N, dt);
+    float* o32 = beta != 0.0f ? widen(out, n_out, dt) : f32_buffer(n_out);
+    matmul_f32(o32, a32, b32, batch, M, N, K, trans_a, trans_b, alpha, beta);
+    narrow_free(out, o32, n_out, dt);
+    free(a32);
+    free(b32);
+}
+
+void linear_forward_cpu(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out,
+                        int accumulate, DType dt) {
+    require_float_storage(dt, "linear_forward");
+    size_t n_out = (size_t)N * C_out;
+    if (dt == DT_F32) {
+        if (!accumulate) {
+            linear_f32(out, inp, weight, bias, N, C_in, C_out);
+            return;
+        }
+        float* y = f32_buffer(n_out);
+        linear_f32(y, inp, weight, bias, N, C_in, C_out);
+        add_into_free(out, y, n_out);
+        return;
+    }
+    float *x = widen(inp, (size_t)N * C_in, dt), *w = widen(weight, (size_t)C_out * C_in, dt), *b = widen(bias, C_out, dt);
+    float* y = f32_buffer(n_out);
+    linear_f32(y, x, w, b, N, C_in, C_out);
+    if (accumulate) {
+        float* o = widen(out, n_out, dt);
+        add_into_free(o, y, n_out);
+        y = o;
+    }
+    narrow_free(out, y, n_out, dt);
+    free(x);
+    free(w);
+    free(b);
+}
+
+void conv2d_forward_cpu(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N,
+                        int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt) {
+    require_float_storage(dt, "conv2d_forward");
+    size_t n_out = (size_t)N * C_out * conv_out_size(H, K, stride, pad) * conv_out_size(W, K, stride, pad);
+    if (dt == DT_F32 && !accumulate) {
+        conv2d_f32(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad);
+        return;
+    }
+    if (dt == DT_F32) {
+        float* y = f32_buffer(n_out);
+        conv2d_f32(y, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad);
+        add_into_free(out, y, n_out);
+        return;
+    }
+    // the caller's scratch holds 16-bit elements: the f32 reference gets its own
+    size_t scratch_n = conv2d_scratch_elems(C_in, H, W, K, stride, pad);
+    float* col = scratch_n ? f32_buffer(scratch_n) : NULL;
+    float* x = widen(inp, (size_t)N * C_in * H * W, dt);
+    float *w = widen(weight, (size_t)C_out * C_in * K * K, dt), *b = widen(bias, C_out, dt);
+    float* y = f32_buffer(n_out);
+    conv2d_f32(y, x, w, b, col, N, C_in, H, W, C_out, K, stride, pad);
+    if (accumulate) {
+        float* o = widen(out, n_out, dt);
+        add_into_free(o, y, n_out);
+        y = o;
+    }
+    narrow_free(out, y, n_out, dt);
+    free(col);
+    free(x);
+    free(w);
+    free(b);
+}
+
+void pad2d_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right,
+                       DType dt) {
+    require_float_storage(dt, "pad2d_forward");
+    if (dt == DT_F32) {
+        pad2d_f32(out, inp, N, C, H, W, top, bottom, left, right);
+        return;
+    }
+    size_t n_out = (size_t)N * C * (H + top + bottom) * (W + left + right);
+    float *x = widen(inp, (size_t)N * C * H * W, dt), *y = f32_buffer(n_out);
+    pad2d_f32(y, x, N, C, H, W, top, bottom, left, right);
+    narrow_free(out, y, n_out, dt);
+    free(x);
+}
+
+void upsample_nearest_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out,
+                                  DType dt) {
+    require_float_storage(dt, "upsample_nearest_forward");
+    if (dt == DT_F32) {
+        upsample_nearest_f32(out, inp, N, C, H, W, H_out, W_out);
+        return;
+    }
+    size_t n_out = (size_t)N * C * H_out * W_out;
+    float *x = widen(inp, (size_t)N * C * H * W, dt), *y = f32_buffer(n_out);
+    upsample_nearest_f32(y, x, N, C, H, W, H_out, W_out);
+    narrow_free(out, y, n_out, dt);
+    free(x);
+}
+
+void maxpool2d_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad,
+                           DType dt) {
+    require_float_storage(dt, "maxpool2d_forward");
+    if (dt == DT_F32) {
+        maxpool2d_f32(out, inp, N, C, H, W, K, stride, pad);
+        return;
+    }
+    size_t n_out = (size_t)N * C * conv_out_size(H, K, stride, pad) * conv_out_size(W, K, stride, pad);
+    float *x = widen(inp, (size_t)N * C * H * W, dt), *y = f32_buffer(n_out);
+    maxpool2d_f32(y, x, N, C, H, W, K, stride, pad);
+    narrow_free(out, y, n_out, dt);
+    free(x);
+}
+
+void group_norm_forward_cpu(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                            int N, int C, int HW, int G, float eps, int silu, DType dt) {
+    require_float_storage(dt, "group_norm_forward");
+    size_t n = (size_t)N * C * HW;
+    if (dt == DT_F32) {
+        group_norm_f32(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps);
+        if (silu) silu_f32(out, out, n);
+        return;
+    }
+    float *x = widen(inp, n, dt), *w = widen(weight, C, dt), *b = widen(bias, C, dt);
+    group_norm_f32(x, mean, rstd, x, w, b, N, C, HW, G, eps); // in place, which group_norm_f32 allows
+    if (silu) silu_f32(x, x, n);
+    narrow_free(out, x, n, dt);
+    free(w);
+    free(b);
+}
+
+void layer_norm_forward_cpu(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                            int N, int C, float eps, DType dt) {
+    require_float_storage(dt, "layer_norm_forward");
+    if (dt == DT_F32) {
+        layer_norm_f32(out, mean, rstd, inp, weight, bias, N, C, eps);
+        return;
+    }
+    size_t n = (size_t)N * C;
+    float *x = widen(inp, n, dt), *w = widen(weight, C, dt), *b = widen(bias, C, dt);
+    layer_norm_f32(x, mean, rstd, x, w, b, N, C, eps);
+    narrow_free(out, x, n, dt);
+    free(w);
+    free(b);
+}
+
+void softmax_forward_cpu(void* out, const void* inp, int N, int C, DType dt) {
+    require_float_storage(dt, "softmax_forward");
+    if (dt == DT_F32) {
+        softmax_f32(out, inp, N, C);
+        return;
+    }
+    size_t n = (size_t)N * C;
+    float* x = widen(inp, n, dt);
+    softmax_f32(x, x, N, C);
+    narrow_free(out, x, n, dt);
+}
+
+void attention_forward_cpu(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
+                           int HS, int causal, DType dt) {
+    require_float_storage(dt, "attention_forward");
+    if (dt == DT_F32) {
+        attention_f32(out, q, k, v, N, NH, Lq, Lk, HS, causal);
+        return;
+    }
+    size_t nq = (size_t)N * Lq * NH * HS, nk = (size_t)N * Lk * NH * HS;
+    float *q32 = widen(q, nq, dt), *k32 = widen(k, nk, dt), *v32 = widen(v, nk, dt), *o32 = f32_buffer(nq);
+    attention_f32(o32, q32, k32, v32, N, NH, Lq, Lk, HS, causal);
+    narrow_free(out, o32, nq, dt);
+    free(q32);
+    free(k32);
+    free(v32);
+}
+
+// The unary activations share one shape: widen, apply in place, round.
+typedef void (*UnaryF32)(float* out, const float* inp, size_t n);
+static void unary_cpu(UnaryF32 f, void* out, const void* inp, size_t n, DType dt, const char* op) {
+    require_float_storage(dt, op);
+    if (dt == DT_F32) {
+        f(out, inp, n);
+        return;
+    }
+    float* x = widen(inp, n, dt);
+    f(x, x, n);
+    narrow_free(out, x, n, dt);
+}
+
+void silu_forward_cpu(void* out, const void* inp, size_t n, DType dt) { unary_cpu(silu_f32, out, inp, n, dt, "silu_forward"); }
+void gelu_forward_cpu(void* out, const void* inp, size_t n, DType dt) { unary_cpu(gelu_f32, out, inp, n, dt, "gelu_forward"); }
+void gelu_tanh_forward_cpu(void* out, const void* inp, size_t n, DType dt) {
+    unary_cpu(gelu_tanh_f32, out, inp, n, dt, "gelu_tanh_forward");
+}
+void quick_gelu_forward_cpu(void* out, const void* inp, size_t n, DType dt) {
+    unary_cpu(quick_gelu_f32, out, inp, n, dt, "quick_gelu_forward");
+}
+void sigmoid_forward_cpu(void* out, const void* inp, size_t n, DType dt) {
+    unary_cpu(sigmoid_f32, out, inp, n, dt, "sigmoid_forward");
+}
+
+void geglu_forward_cpu(void* out, const void* inp, int N, int C, DType dt) {
+    require_float_storage(dt, "geglu_forward");
+    if (dt == DT_F32) {
+        geglu_f32(out, inp, N, C);
+        return;
+    }
+    float *x = widen(inp, (size_t)N * 2 * C, dt), *y = f32_buffer((size_t)N * C);
+    geglu_f32(y, x, N, C);
+    narrow_free(out, y, (size_t)N * C, dt);
+    free(x);
+}
+
+// add and mul: two inputs of n values.
+typedef void (*BinaryF32)(float* out, const float* a, const float* b, size_t n);
+static void binary_cpu(BinaryF32 f, void* out, const void* a, const void* b, size_t n, DType dt, const char* op) {
+    require_float_storage(dt, op);
+    if (dt == DT_F32) {
+        f(out, a, b, n);
+        return;
+    }
+    float *a32 = widen(a, n, dt), *b32 = widen(b, n, dt);
+    f(a32, a32, b32, n);
+    narrow_free(out, a32, n, dt);
+    free(b32);
+}
+
+void add_forward_cpu(void* out, const void* a, const void* b, size_t n, DType dt) { binary_cpu(add_f32, out, a, b, n, dt, "add_forward"); }
+void mul_forward_cpu(void* out, const void* a, const void* b, size_t n, DType dt) { binary_cpu(mul_f32, out, a, b, n, dt, "mul_forward"); }
+
+void scale_forward_cpu(void* out, const void* inp, float s, size_t n, DType dt) {
+    require_float_storage(dt, "scale_forward");
+    if (dt == DT_F32) {
+        scale_f32(out, inp, s, n);
+        return;
+    }
+    float* x = widen(inp, n, dt);
+    scale_f32(x, x, s, n);
+    narrow_free(out, x, n, dt);
+}
+
+void add_channel_vector_forward_cpu(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt) {
+    require_float_storage(dt, "add_channel_vector_forward");
+    if (dt == DT_F32) {
+        add_channel_vector_f32(out, inp, vec, N, C, HW);
+        return;
+    }
+    size_t n = (size_t)N * C * HW;
+    float *x = widen(inp, n, dt), *v = widen(vec, (size_t)N * C, dt);
+    add_channel_vector_f32(x, x, v, N, C, HW);
+    narrow_free(out, x, n, dt);
+    free(v);
+}
+
+void concat_forward_cpu(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt) {
+    require_float_storage(dt, "concat_forward");
+    if (dt == DT_F32) {
+        concat_f32(out, a, b, outer, inner_a, inner_b);
+        return;
+    }
+    size_t n = (size_t)outer * (inner_a + inner_b);
+    float *a32 = widen(a, (size_t)outer * inner_a, dt), *b32 = widen(b, (size_t)outer * inner_b, dt), *y = f32_buffer(n);
+    concat_f32(y, a32, b32, outer, inner_a, inner_b);
+    narrow_free(out, y, n, dt);
+    free(a32);
+    free(b32);
+}
+
+void split_forward_cpu(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt) {
+    require_float_storage(dt, "split_forward");
+    if (dt == DT_F32) {
+        split_f32(out_a, out_b, inp, outer, inner_a, inner_b);
+        return;
+    }
+    size_t na = (size_t)outer * inner_a, nb = (size_t)outer * inner_b;
+    float *x = widen(inp, na + nb, dt), *a32 = f32_buffer(na), *b32 = f32_buffer(nb);
+    split_f32(a32, b32, x, outer, inner_a, inner_b);
+    narrow_free(out_a, a32, na, dt);
+    narrow_free(out_b, b32, nb, dt);
+    free(x);
+}
+
+void transpose_forward_cpu(void* out, const void* inp, int B, int R, int C, DType dt) {
+    require_float_storage(dt, "transpose_forward");
+    if (dt == DT_F32) {
+        transpose_f32(out, inp, B, R, C);
+        return;
+    }
+    size_t n = (size_t)B * R * C;
+    float *x = widen(inp, n, dt), *y = f32_buffer(n);
+    transpose_f32(y, x, B, R, C);
+    narrow_free(out, y, n, dt);
+    free(x);
+}
+
+void embedding_forward_cpu(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt) {
+    require_float_storage(dt, "embedding_forward");
+    if (dt == DT_F32) {
+        embedding_f32(out, ids, table, N, V, D);
+        return;
+    }
+    // a gather moves values without arithmetic: copy the 16-bit rows as they are (widening the
+    // whole table, 49408 x 1280 for a text encoder, to read 77 rows of it would be absurd)
+    size_t row = (size_t)D * dtype_size(dt);
+    for (int i = 0; i < N; i++) {
+        if (ids[i] < 0 || ids[i] >= V) fatal("embedding_forward: id %d at position %d is outside [0, %d)", ids[i], i, V);
+        memcpy((char*)out + (size_t)i * row, (const char*)table + (size_t)ids[i] * row, row);
+    }
+}
+
+void timestep_embedding_forward_cpu(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                    float max_period, DType dt) {
+    require_float_storage(dt, "timestep_embedding_forward");
+    if (dt == DT_F32) {
+        timestep_embedding_f32(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period);
+        return;
+    }
+    float* y = f32_buffer((size_t)N * dim);
+    timestep_embedding_f32(y, t, N, dim, flip_sin_to_cos, freq_shift, max_period);
+    narrow_free(out, y, (size_t)N * dim, dt);
+}
+
+// ----------------------------------------------------------------------------
 // Dispatchers: the one place that chooses a backend for each op.
 
-void matmul_forward(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
-                    int trans_b, float alpha, float beta) {
+void matmul_forward(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a, int trans_b, float alpha, float beta, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { matmul_forward_cuda(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta); return; }
+    if (g_backend == BACKEND_CUDA) {
+        matmul_forward_cuda(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta, dt);
+        return;
+    }
 #endif
-    matmul_forward_cpu(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta);
+    matmul_forward_cpu(out, a, b, batch, M, N, K, trans_a, trans_b, alpha, beta, dt);
 }
 
-void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in, int C_out) {
+void linear_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out, int accumulate, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { linear_forward_cuda(out, inp, weight, bias, N, C_in, C_out); return; }
+    if (g_backend == BACKEND_CUDA) {
+        linear_forward_cuda(out, inp, weight, bias, N, C_in, C_out, accumulate, dt);
+        return;
+    }
 #endif
-    linear_forward_cpu(out, inp, weight, bias, N, C_in, C_out);
+    linear_forward_cpu(out, inp, weight, bias, N, C_in, C_out, accumulate, dt);
 }
 
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
-                    int C_in, int H, int W, int C_out, int K, int stride, int pad) {
+void conv2d_forward(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { conv2d_forward_cuda(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad); return; }
+    if (g_backend == BACKEND_CUDA) {
+        conv2d_forward_cuda(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad, accumulate, dt);
+        return;
+    }
 #endif
-    conv2d_forward_cpu(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad);
+    conv2d_forward_cpu(out, inp, weight, bias, scratch, N, C_in, H, W, C_out, K, stride, pad, accumulate, dt);
 }
 
-void pad2d_forward(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left, int right) {
+void pad2d_forward(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { pad2d_forward_cuda(out, inp, N, C, H, W, top, bottom, left, right); return; }
+    if (g_backend == BACKEND_CUDA) {
+        pad2d_forward_cuda(out, inp, N, C, H, W, top, bottom, left, right, dt);
+        return;
+    }
 #endif
-    pad2d_forward_cpu(out, inp, N, C, H, W, top, bottom, left, right);
+    pad2d_forward_cpu(out, inp, N, C, H, W, top, bottom, left, right, dt);
 }
 
-void upsample_nearest_forward(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out) {
+void upsample_nearest_forward(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { upsample_nearest_forward_cuda(out, inp, N, C, H, W, H_out, W_out); return; }
+    if (g_backend == BACKEND_CUDA) {
+        upsample_nearest_forward_cuda(out, inp, N, C, H, W, H_out, W_out, dt);
+        return;
+    }
 #endif
-    upsample_nearest_forward_cpu(out, inp, N, C, H, W, H_out, W_out);
+    upsample_nearest_forward_cpu(out, inp, N, C, H, W, H_out, W_out, dt);
 }
 
-void maxpool2d_forward(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad) {
+void maxpool2d_forward(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { maxpool2d_forward_cuda(out, inp, N, C, H, W, K, stride, pad); return; }
+    if (g_backend == BACKEND_CUDA) {
+        maxpool2d_forward_cuda(out, inp, N, C, H, W, K, stride, pad, dt);
+        return;
+    }
 #endif
-    maxpool2d_forward_cpu(out, inp, N, C, H, W, K, stride, pad);
+    maxpool2d_forward_cpu(out, inp, N, C, H, W, K, stride, pad, dt);
 }
 
-void group_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                        int N, int C, int HW, int G, float eps) {
+void group_norm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias, int N, int C, int HW, int G, float eps, int silu, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { group_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps); return; }
+    if (g_backend == BACKEND_CUDA) {
+        group_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps, silu, dt);
+        return;
+    }
 #endif
-    group_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps);
+    group_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, HW, G, eps, silu, dt);
 }
 
-void layer_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                        int N, int C, float eps) {
+void layer_norm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias, int N, int C, float eps, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { layer_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, eps); return; }
+    if (g_backend == BACKEND_CUDA) {
+        layer_norm_forward_cuda(out, mean, rstd, inp, weight, bias, N, C, eps, dt);
+        return;
+    }
 #endif
-    layer_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, eps);
+    layer_norm_forward_cpu(out, mean, rstd, inp, weight, bias, N, C, eps, dt);
 }
 
-void softmax_forward(float* out, const float* inp, int N, int C) {
+void softmax_forward(void* out, const void* inp, int N, int C, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { softmax_forward_cuda(out, inp, N, C); return; }
+    if (g_backend == BACKEND_CUDA) {
+        softmax_forward_cuda(out, inp, N, C, dt);
+        return;
+    }
 #endif
-    softmax_forward_cpu(out, inp, N, C);
+    softmax_forward_cpu(out, inp, N, C, dt);
 }
 
-void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
-                       int HS, int causal) {
+void attention_forward(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk, int HS, int causal, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { attention_forward_cuda(out, q, k, v, N, NH, Lq, Lk, HS, causal); return; }
+    if (g_backend == BACKEND_CUDA) {
+        attention_forward_cuda(out, q, k, v, N, NH, Lq, Lk, HS, causal, dt);
+        return;
+    }
 #endif
-    attention_forward_cpu(out, q, k, v, N, NH, Lq, Lk, HS, causal);
+    attention_forward_cpu(out, q, k, v, N, NH, Lq, Lk, HS, causal, dt);
 }
 
-void silu_forward(float* out, const float* inp, size_t n) {
+void silu_forward(void* out, const void* inp, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { silu_forward_cuda(out, inp, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        silu_forward_cuda(out, inp, n, dt);
+        return;
+    }
 #endif
-    silu_forward_cpu(out, inp, n);
+    silu_forward_cpu(out, inp, n, dt);
 }
 
-void gelu_forward(float* out, const float* inp, size_t n) {
+void gelu_forward(void* out, const void* inp, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { gelu_forward_cuda(out, inp, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        gelu_forward_cuda(out, inp, n, dt);
+        return;
+    }
 #endif
-    gelu_forward_cpu(out, inp, n);
+    gelu_forward_cpu(out, inp, n, dt);
 }
 
-void gelu_tanh_forward(float* out, const float* inp, size_t n) {
+void gelu_tanh_forward(void* out, const void* inp, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { gelu_tanh_forward_cuda(out, inp, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        gelu_tanh_forward_cuda(out, inp, n, dt);
+        return;
+    }
 #endif
-    gelu_tanh_forward_cpu(out, inp, n);
+    gelu_tanh_forward_cpu(out, inp, n, dt);
 }
 
-void quick_gelu_forward(float* out, const float* inp, size_t n) {
+void quick_gelu_forward(void* out, const void* inp, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { quick_gelu_forward_cuda(out, inp, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        quick_gelu_forward_cuda(out, inp, n, dt);
+        return;
+    }
 #endif
-    quick_gelu_forward_cpu(out, inp, n);
+    quick_gelu_forward_cpu(out, inp, n, dt);
 }
 
-void sigmoid_forward(float* out, const float* inp, size_t n) {
+void sigmoid_forward(void* out, const void* inp, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { sigmoid_forward_cuda(out, inp, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        sigmoid_forward_cuda(out, inp, n, dt);
+        return;
+    }
 #endif
-    sigmoid_forward_cpu(out, inp, n);
+    sigmoid_forward_cpu(out, inp, n, dt);
 }
 
-void geglu_forward(float* out, const float* inp, int N, int C) {
+void geglu_forward(void* out, const void* inp, int N, int C, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { geglu_forward_cuda(out, inp, N, C); return; }
+    if (g_backend == BACKEND_CUDA) {
+        geglu_forward_cuda(out, inp, N, C, dt);
+        return;
+    }
 #endif
-    geglu_forward_cpu(out, inp, N, C);
+    geglu_forward_cpu(out, inp, N, C, dt);
 }
 
-void add_forward(float* out, const float* a, const float* b, size_t n) {
+void add_forward(void* out, const void* a, const void* b, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { add_forward_cuda(out, a, b, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        add_forward_cuda(out, a, b, n, dt);
+        return;
+    }
 #endif
-    add_forward_cpu(out, a, b, n);
+    add_forward_cpu(out, a, b, n, dt);
 }
 
-void mul_forward(float* out, const float* a, const float* b, size_t n) {
+void mul_forward(void* out, const void* a, const void* b, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { mul_forward_cuda(out, a, b, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        mul_forward_cuda(out, a, b, n, dt);
+        return;
+    }
 #endif
-    mul_forward_cpu(out, a, b, n);
+    mul_forward_cpu(out, a, b, n, dt);
 }
 
-void scale_forward(float* out, const float* inp, float s, size_t n) {
+void scale_forward(void* out, const void* inp, float s, size_t n, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { scale_forward_cuda(out, inp, s, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        scale_forward_cuda(out, inp, s, n, dt);
+        return;
+    }
 #endif
-    scale_forward_cpu(out, inp, s, n);
+    scale_forward_cpu(out, inp, s, n, dt);
 }
 
 void axpby_forward(float* out, float alpha, const float* x, float beta, const float* y, size_t n) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { axpby_forward_cuda(out, alpha, x, beta, y, n); return; }
+    if (g_backend == BACKEND_CUDA) {
+        axpby_forward_cuda(out, alpha, x, beta, y, n);
+        return;
+    }
 #endif
     axpby_forward_cpu(out, alpha, x, beta, y, n);
 }
 
-void add_channel_vector_forward(float* out, const float* inp, const float* vec, int N, int C, int HW) {
+void add_channel_vector_forward(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { add_channel_vector_forward_cuda(out, inp, vec, N, C, HW); return; }
+    if (g_backend == BACKEND_CUDA) {
+        add_channel_vector_forward_cuda(out, inp, vec, N, C, HW, dt);
+        return;
+    }
 #endif
-    add_channel_vector_forward_cpu(out, inp, vec, N, C, HW);
+    add_channel_vector_forward_cpu(out, inp, vec, N, C, HW, dt);
 }
 
-void concat_forward(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b) {
+void concat_forward(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { concat_forward_cuda(out, a, b, outer, inner_a, inner_b); return; }
+    if (g_backend == BACKEND_CUDA) {
+        concat_forward_cuda(out, a, b, outer, inner_a, inner_b, dt);
+        return;
+    }
 #endif
-    concat_forward_cpu(out, a, b, outer, inner_a, inner_b);
+    concat_forward_cpu(out, a, b, outer, inner_a, inner_b, dt);
 }
 
-void split_forward(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b) {
+void split_forward(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { split_forward_cuda(out_a, out_b, inp, outer, inner_a, inner_b); return; }
+    if (g_backend == BACKEND_CUDA) {
+        split_forward_cuda(out_a, out_b, inp, outer, inner_a, inner_b, dt);
+        return;
+    }
 #endif
-    split_forward_cpu(out_a, out_b, inp, outer, inner_a, inner_b);
+    split_forward_cpu(out_a, out_b, inp, outer, inner_a, inner_b, dt);
 }
 
-void transpose_forward(float* out, const float* inp, int B, int R, int C) {
+void transpose_forward(void* out, const void* inp, int B, int R, int C, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { transpose_forward_cuda(out, inp, B, R, C); return; }
+    if (g_backend == BACKEND_CUDA) {
+        transpose_forward_cuda(out, inp, B, R, C, dt);
+        return;
+    }
 #endif
-    transpose_forward_cpu(out, inp, B, R, C);
+    transpose_forward_cpu(out, inp, B, R, C, dt);
 }
 
-void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int V, int D) {
+void embedding_forward(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { embedding_forward_cuda(out, ids, table, N, V, D); return; }
+    if (g_backend == BACKEND_CUDA) {
+        embedding_forward_cuda(out, ids, table, N, V, D, dt);
+        return;
+    }
 #endif
-    embedding_forward_cpu(out, ids, table, N, V, D);
+    embedding_forward_cpu(out, ids, table, N, V, D, dt);
 }
 
-void timestep_embedding_forward(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
-                                float max_period) {
+void timestep_embedding_forward(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift, float max_period, DType dt) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { timestep_embedding_forward_cuda(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period); return; }
+    if (g_backend == BACKEND_CUDA) {
+        timestep_embedding_forward_cuda(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period, dt);
+        return;
+    }
 #endif
-    timestep_embedding_forward_cpu(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period);
+    timestep_embedding_forward_cpu(out, t, N, dim, flip_sin_to_cos, freq_shift, max_period, dt);
 }
 
 void randn_philox_forward(float* out, size_t n, uint64_t seed, uint64_t offset, size_t threads) {
 #ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { randn_philox_forward_cuda(out, n, seed, offset, threads); return; }
+    if (g_backend == BACKEND_CUDA) {
+        randn_philox_forward_cuda(out, n, seed, offset, threads);
+        return;
+    }
 #endif
     randn_philox_forward_cpu(out, n, seed, offset, threads);
 }
 
+void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        cast_forward_cuda(out, out_type, inp, inp_type, n);
+        return;
+    }
+#endif
+    cast_forward_cpu(out, out_type, inp, inp_type, n);
+}
+
+// The grid torch uses for randn on this device (on the CPU backend: an H100's, see ops.h).
 size_t randn_philox_threads(size_t n) {
 #ifdef USE_CUDA
     if (g_backend == BACKEND_CUDA) return cuda_torch_randn_threads(n);
 #endif
     return philox_torch_threads(n, 132, 2048);
-}
-
-void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, size_t n) {
-#ifdef USE_CUDA
-    if (g_backend == BACKEND_CUDA) { cast_forward_cuda(out, out_type, inp, inp_type, n); return; }
-#endif
-    cast_forward_cpu(out, out_type, inp, inp_type, n);
 }

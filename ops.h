@@ -11,9 +11,21 @@
 //
 // Dimension letters used throughout: N batch, C channels, H W height and width, HW = H*W,
 // L tokens, NH attention heads, HS head size, D width of a token vector, G groups.
-// Compute is f32 in both backends. Storage may be f16/bf16 (see tensor.h and cast_forward).
 // Ops that a trainer needs to differentiate save what their backward will need (for example the
 // mean and rstd of the norms) so backward functions can be added beside them.
+//
+// Precision. Every op that works on activations takes `dt`, the storage type of all its tensor
+// arguments, activations and parameters alike: DT_F32, DT_F16 or DT_BF16 (the fast GPU path keeps
+// the UNet in f16). Pointers are `void*` for that reason. Whatever dt is, the arithmetic is f32:
+// values are widened as they are read and each output is rounded to dt once, as it is written.
+// The CPU version of a 16-bit op is exactly that and nothing else: it widens its inputs to f32
+// copies, runs the f32 reference, and rounds the result (ops.c, "16-bit storage on the CPU"), so
+// the f32 code is the one specification and a 16-bit CPU result is bit for bit the rounded f32
+// result (tests/test_ops.c checks this for every op). A CUDA kernel keeps 16-bit data in 16 bits
+// and accumulates in f32; where it rounds an intermediate to dt as well (a GEMM's product before
+// a residual joins it), the op's comment says so, and the CUDA-against-CPU tests allow a few
+// units in the last place of dt. Saved statistics (mean, rstd), timesteps, scalars and the
+// sampler's latents (axpby, randn) are always f32.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -54,21 +66,28 @@ void aligned_host_free(void* p);
 //   out (batch, M, N) = alpha * op(a) @ op(b) + beta * out. With beta == 0, out is not read
 //   (it may hold anything, even NaN): the op is `=`; with beta == 1 it is `+=`.
 //   out must not alias a or b.
-void matmul_forward(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
-                    int trans_b, float alpha, float beta);
-void matmul_forward_cpu(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
-                        int trans_b, float alpha, float beta);
-void matmul_forward_cuda(float* out, const float* a, const float* b, int batch, int M, int N, int K, int trans_a,
-                         int trans_b, float alpha, float beta);
+//   16-bit on CUDA: one rounding of alpha*op(a)@op(b) + beta*out (cuBLAS, f32 compute).
+void matmul_forward(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a, int trans_b,
+                    float alpha, float beta, DType dt);
+void matmul_forward_cpu(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a,
+                        int trans_b, float alpha, float beta, DType dt);
+void matmul_forward_cuda(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a,
+                         int trans_b, float alpha, float beta, DType dt);
 
-// linear_forward: torch.nn.functional.linear.
+// linear_forward: torch.nn.functional.linear, optionally added to what out holds.
 //   inp (N, C_in)   weight (C_out, C_in) as PyTorch stores it   bias (C_out) or NULL
-//   out (N, C_out) = inp @ weight^T + bias   (=). out must not alias inp.
-void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in, int C_out);
-void linear_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
-                        int C_out);
-void linear_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, int N, int C_in,
-                         int C_out);
+//   out (N, C_out) = inp @ weight^T + bias            (=)  when accumulate is 0
+//   out (N, C_out) = out + (inp @ weight^T + bias)    (+=) when accumulate is 1: a residual
+//   connection (`x = x + proj(h)`) without a separate add. The CPU rounds the product + bias
+//   before adding it to out, as the separate add would. out must not alias inp.
+//   16-bit on CUDA: the bias (and with accumulate, out + bias) is formed first, rounded to dt,
+//   and the GEMM adds its product to that with one more rounding (cuBLAS's beta = 1).
+void linear_forward(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out,
+                    int accumulate, DType dt);
+void linear_forward_cpu(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out,
+                        int accumulate, DType dt);
+void linear_forward_cuda(void* out, const void* inp, const void* weight, const void* bias, int N, int C_in, int C_out,
+                         int accumulate, DType dt);
 
 // The CPU GEMM under matmul/linear/conv (gemm.c), BLAS-style row-major with leading dimensions:
 //   c (M x N, ldc) = alpha * op(a) @ op(b) + beta * c; beta == 0 means c is not read.
@@ -82,74 +101,81 @@ void sgemm_naive_cpu(int trans_a, int trans_b, int M, int N, int K, float alpha,
 // Convolution and spatial ops (NCHW)
 
 // conv2d_forward: torch.nn.functional.conv2d with groups=1, dilation=1, a square kernel and the
-// same zero padding on all four sides.
+// same zero padding on all four sides, optionally added to what out holds.
 //   inp    (N, C_in, H, W)        weight (C_out, C_in, K, K)        bias (C_out) or NULL
-//   out    (N, C_out, H_out, W_out) with H_out = (H + 2*pad - K) / stride + 1 (same for W)   (=)
-//   scratch: conv2d_scratch_floats(...) floats on the backend (NULL when that is 0). Both
-//   backends use it as an im2col buffer for at most CONV_CHUNK output pixels at a time.
-//   out must not alias inp or scratch.
-#define CONV_CHUNK 4096 // output pixels per im2col chunk: bounds scratch at C_in*K*K*4096 floats
-size_t conv2d_scratch_floats(int C_in, int H, int W, int K, int stride, int pad);
-void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
-                    int C_in, int H, int W, int C_out, int K, int stride, int pad);
-void conv2d_forward_cpu(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
-                        int C_in, int H, int W, int C_out, int K, int stride, int pad);
-void conv2d_forward_cuda(float* out, const float* inp, const float* weight, const float* bias, float* scratch, int N,
-                         int C_in, int H, int W, int C_out, int K, int stride, int pad);
+//   out    (N, C_out, H_out, W_out) with H_out = (H + 2*pad - K) / stride + 1 (same for W):
+//          = conv(inp) + bias, or with accumulate out + (conv(inp) + bias), as linear_forward.
+//   scratch: conv2d_scratch_elems(...) elements of dt on the backend (NULL when that is 0).
+//   Both backends use it as an im2col buffer for at most CONV_CHUNK output pixels at a time.
+//   out must not alias inp or scratch. 16-bit on CUDA: rounds as linear_forward does.
+#define CONV_CHUNK 4096 // output pixels per im2col chunk: bounds scratch at C_in*K*K*4096 elements
+size_t conv2d_scratch_elems(int C_in, int H, int W, int K, int stride, int pad);
+void conv2d_forward(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N, int C_in,
+                    int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt);
+void conv2d_forward_cpu(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N,
+                        int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt);
+void conv2d_forward_cuda(void* out, const void* inp, const void* weight, const void* bias, void* scratch, int N,
+                         int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt);
 
 // pad2d_forward: torch.nn.functional.pad(inp, (left, right, top, bottom)) with zeros.
 //   inp (N, C, H, W)   out (N, C, H + top + bottom, W + left + right)   (=). No aliasing.
-void pad2d_forward(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left, int right);
-void pad2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
-                       int right);
-void pad2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int top, int bottom, int left,
-                        int right);
+void pad2d_forward(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right,
+                   DType dt);
+void pad2d_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right,
+                       DType dt);
+void pad2d_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int top, int bottom, int left, int right,
+                        DType dt);
 
 // upsample_nearest_forward: torch.nn.functional.interpolate(inp, size=(H_out, W_out),
 // mode="nearest"), including its legacy index rule: src = dst >> 1 when out == 2*in, otherwise
 // src = min(floor(dst * (float)in / (float)out), in - 1) computed in f32. The UNet needs the
 // general sizes for latents that are not multiples of 4 (e.g. 85 -> 170 after 43 -> 85).
 //   inp (N, C, H, W)   out (N, C, H_out, W_out)   (=). No aliasing.
-void upsample_nearest_forward(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
-void upsample_nearest_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
-void upsample_nearest_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int H_out, int W_out);
+void upsample_nearest_forward(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out, DType dt);
+void upsample_nearest_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out,
+                                  DType dt);
+void upsample_nearest_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int H_out, int W_out,
+                                   DType dt);
 
 // maxpool2d_forward: torch.nn.functional.max_pool2d(inp, K, stride, pad) (padding counts as -inf,
 // floor mode). YOLOv8's SPPF uses K=5, stride 1, pad 2.
 //   inp (N, C, H, W)   out (N, C, H_out, W_out), H_out = (H + 2*pad - K) / stride + 1   (=)
-void maxpool2d_forward(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
-void maxpool2d_forward_cpu(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
-void maxpool2d_forward_cuda(float* out, const float* inp, int N, int C, int H, int W, int K, int stride, int pad);
+void maxpool2d_forward(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad, DType dt);
+void maxpool2d_forward_cpu(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad, DType dt);
+void maxpool2d_forward_cuda(void* out, const void* inp, int N, int C, int H, int W, int K, int stride, int pad,
+                            DType dt);
 
 // ----------------------------------------------------------------------------
 // Normalisation and softmax. Both backends use the two-pass formula: mean = sum(x)/n, then
 // var = sum((x-mean)^2)/n (biased, as PyTorch), rstd = 1/sqrtf(var + eps). The CPU reference
 // accumulates the sums in double (the most exact cheap answer); CUDA uses f32 block reductions.
 
-// group_norm_forward: torch.nn.functional.group_norm(inp, G, weight, bias, eps).
+// group_norm_forward: torch.nn.functional.group_norm(inp, G, weight, bias, eps), followed by SiLU
+// when silu is 1 (every ResNet block normalises then applies SiLU: one pass instead of two; the
+// CPU applies silu_forward's formula to the f32 normalised value, with no rounding between).
 //   inp (N, C, HW), C divisible by G        weight, bias (C) or NULL (no affine)
-//   out (N, C, HW) (=, may alias inp)       mean, rstd (N, G) saved for backward, or NULL
-void group_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                        int N, int C, int HW, int G, float eps);
-void group_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                            const float* bias, int N, int C, int HW, int G, float eps);
-void group_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                             const float* bias, int N, int C, int HW, int G, float eps);
+//   out (N, C, HW) (=, may alias inp)       mean, rstd (N, G) f32, saved for backward, or NULL
+void group_norm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                        int N, int C, int HW, int G, float eps, int silu, DType dt);
+void group_norm_forward_cpu(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                            int N, int C, int HW, int G, float eps, int silu, DType dt);
+void group_norm_forward_cuda(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                             int N, int C, int HW, int G, float eps, int silu, DType dt);
 
 // layer_norm_forward: torch.nn.functional.layer_norm over the last dimension.
-//   inp (N, C)   weight, bias (C) or NULL   out (N, C) (=, may alias inp)   mean, rstd (N) or NULL
-void layer_norm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
-                        int N, int C, float eps);
-void layer_norm_forward_cpu(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                            const float* bias, int N, int C, float eps);
-void layer_norm_forward_cuda(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                             const float* bias, int N, int C, float eps);
+//   inp (N, C)   weight, bias (C) or NULL   out (N, C) (=, may alias inp)   mean, rstd (N) f32 or NULL
+void layer_norm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                        int N, int C, float eps, DType dt);
+void layer_norm_forward_cpu(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                            int N, int C, float eps, DType dt);
+void layer_norm_forward_cuda(void* out, float* mean, float* rstd, const void* inp, const void* weight, const void* bias,
+                             int N, int C, float eps, DType dt);
 
 // softmax_forward: torch.softmax(inp, dim=-1), the row maximum subtracted first.
 //   inp (N, C)   out (N, C) (=, may alias inp)
-void softmax_forward(float* out, const float* inp, int N, int C);
-void softmax_forward_cpu(float* out, const float* inp, int N, int C);
-void softmax_forward_cuda(float* out, const float* inp, int N, int C);
+void softmax_forward(void* out, const void* inp, int N, int C, DType dt);
+void softmax_forward_cpu(void* out, const void* inp, int N, int C, DType dt);
+void softmax_forward_cuda(void* out, const void* inp, int N, int C, DType dt);
 
 // ----------------------------------------------------------------------------
 // Attention
@@ -163,61 +189,64 @@ void softmax_forward_cuda(float* out, const float* inp, int N, int C);
 //   HS <= ATTENTION_MAX_HS. out must not alias q, k or v.
 // Neither backend stores the L x L score matrix: the CPU reference scores blocks of 64 queries
 // against all keys with its GEMM and takes an exact softmax per row; CUDA streams keys in blocks
-// with the "online" softmax (a running maximum and sum).
+// with the "online" softmax (a running maximum and sum). 16-bit on CUDA with HS = 64 (every
+// attention of the SDXL UNet) runs on the tensor cores: the probabilities are rounded to dt
+// before they multiply v, as FlashAttention does.
 #define ATTENTION_MAX_HS 512   // the VAE's single-head mid-block attention has HS = 512
 #define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update (CUDA)
-void attention_forward(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
-                       int HS, int causal);
-void attention_forward_cpu(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq, int Lk,
-                           int HS, int causal);
-void attention_forward_cuda(float* out, const float* q, const float* k, const float* v, int N, int NH, int Lq,
-                            int Lk, int HS, int causal);
+void attention_forward(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk, int HS,
+                       int causal, DType dt);
+void attention_forward_cpu(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
+                           int HS, int causal, DType dt);
+void attention_forward_cuda(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
+                            int HS, int causal, DType dt);
 
 // ----------------------------------------------------------------------------
 // Activations, elementwise over n values; out may alias inp.
 
 // silu: x * sigmoid(x)  (torch.nn.functional.silu)
-void silu_forward(float* out, const float* inp, size_t n);
-void silu_forward_cpu(float* out, const float* inp, size_t n);
-void silu_forward_cuda(float* out, const float* inp, size_t n);
+void silu_forward(void* out, const void* inp, size_t n, DType dt);
+void silu_forward_cpu(void* out, const void* inp, size_t n, DType dt);
+void silu_forward_cuda(void* out, const void* inp, size_t n, DType dt);
 // gelu: 0.5 x (1 + erf(x / sqrt 2))  (torch gelu, approximate="none"; UNet GEGLU, OpenCLIP, BERT)
-void gelu_forward(float* out, const float* inp, size_t n);
-void gelu_forward_cpu(float* out, const float* inp, size_t n);
-void gelu_forward_cuda(float* out, const float* inp, size_t n);
+void gelu_forward(void* out, const void* inp, size_t n, DType dt);
+void gelu_forward_cpu(void* out, const void* inp, size_t n, DType dt);
+void gelu_forward_cuda(void* out, const void* inp, size_t n, DType dt);
 // gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (torch gelu, approximate="tanh")
-void gelu_tanh_forward(float* out, const float* inp, size_t n);
-void gelu_tanh_forward_cpu(float* out, const float* inp, size_t n);
-void gelu_tanh_forward_cuda(float* out, const float* inp, size_t n);
+void gelu_tanh_forward(void* out, const void* inp, size_t n, DType dt);
+void gelu_tanh_forward_cpu(void* out, const void* inp, size_t n, DType dt);
+void gelu_tanh_forward_cuda(void* out, const void* inp, size_t n, DType dt);
 // quick_gelu: x * sigmoid(1.702 x)  (OpenAI CLIP ViT-L/14, text and vision)
-void quick_gelu_forward(float* out, const float* inp, size_t n);
-void quick_gelu_forward_cpu(float* out, const float* inp, size_t n);
-void quick_gelu_forward_cuda(float* out, const float* inp, size_t n);
+void quick_gelu_forward(void* out, const void* inp, size_t n, DType dt);
+void quick_gelu_forward_cpu(void* out, const void* inp, size_t n, DType dt);
+void quick_gelu_forward_cuda(void* out, const void* inp, size_t n, DType dt);
 // sigmoid: 1 / (1 + exp(-x))  (YOLOv8 class scores)
-void sigmoid_forward(float* out, const float* inp, size_t n);
-void sigmoid_forward_cpu(float* out, const float* inp, size_t n);
-void sigmoid_forward_cuda(float* out, const float* inp, size_t n);
+void sigmoid_forward(void* out, const void* inp, size_t n, DType dt);
+void sigmoid_forward_cpu(void* out, const void* inp, size_t n, DType dt);
+void sigmoid_forward_cuda(void* out, const void* inp, size_t n, DType dt);
 
 // geglu_forward: diffusers GEGLU after its projection: `h, gate = inp.chunk(2, -1); h * gelu(gate)`.
 //   inp (N, 2C): value in [:, :C], gate in [:, C:]   out (N, C) (=). No aliasing.
-void geglu_forward(float* out, const float* inp, int N, int C);
-void geglu_forward_cpu(float* out, const float* inp, int N, int C);
-void geglu_forward_cuda(float* out, const float* inp, int N, int C);
+void geglu_forward(void* out, const void* inp, int N, int C, DType dt);
+void geglu_forward_cpu(void* out, const void* inp, int N, int C, DType dt);
+void geglu_forward_cuda(void* out, const void* inp, int N, int C, DType dt);
 
 // ----------------------------------------------------------------------------
 // Elementwise arithmetic over n values; out may alias any input.
+// axpby is the sampler's update of f32 latents, so it has no dt.
 
 // add: out = a + b
-void add_forward(float* out, const float* a, const float* b, size_t n);
-void add_forward_cpu(float* out, const float* a, const float* b, size_t n);
-void add_forward_cuda(float* out, const float* a, const float* b, size_t n);
+void add_forward(void* out, const void* a, const void* b, size_t n, DType dt);
+void add_forward_cpu(void* out, const void* a, const void* b, size_t n, DType dt);
+void add_forward_cuda(void* out, const void* a, const void* b, size_t n, DType dt);
 // mul: out = a * b
-void mul_forward(float* out, const float* a, const float* b, size_t n);
-void mul_forward_cpu(float* out, const float* a, const float* b, size_t n);
-void mul_forward_cuda(float* out, const float* a, const float* b, size_t n);
+void mul_forward(void* out, const void* a, const void* b, size_t n, DType dt);
+void mul_forward_cpu(void* out, const void* a, const void* b, size_t n, DType dt);
+void mul_forward_cuda(void* out, const void* a, const void* b, size_t n, DType dt);
 // scale: out = s * inp
-void scale_forward(float* out, const float* inp, float s, size_t n);
-void scale_forward_cpu(float* out, const float* inp, float s, size_t n);
-void scale_forward_cuda(float* out, const float* inp, float s, size_t n);
+void scale_forward(void* out, const void* inp, float s, size_t n, DType dt);
+void scale_forward_cpu(void* out, const void* inp, float s, size_t n, DType dt);
+void scale_forward_cuda(void* out, const void* inp, float s, size_t n, DType dt);
 // axpby: out = alpha * x + beta * y, each product rounded, then the sum (no FMA in either
 // backend), so sampler updates such as x + dt * d agree bit for bit across backends.
 void axpby_forward(float* out, float alpha, const float* x, float beta, const float* y, size_t n);
@@ -227,9 +256,9 @@ void axpby_forward_cuda(float* out, float alpha, const float* x, float beta, con
 // add_channel_vector: out[n, c, :] = inp[n, c, :] + vec[n, c]; the ResNet block's
 // `h + time_emb_proj(emb)[:, :, None, None]`.
 //   inp, out (N, C, HW) (out may alias inp)   vec (N, C)
-void add_channel_vector_forward(float* out, const float* inp, const float* vec, int N, int C, int HW);
-void add_channel_vector_forward_cpu(float* out, const float* inp, const float* vec, int N, int C, int HW);
-void add_channel_vector_forward_cuda(float* out, const float* inp, const float* vec, int N, int C, int HW);
+void add_channel_vector_forward(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt);
+void add_channel_vector_forward_cpu(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt);
+void add_channel_vector_forward_cuda(void* out, const void* inp, const void* vec, int N, int C, int HW, DType dt);
 
 // ----------------------------------------------------------------------------
 // Layout ops. None of them allows aliasing.
@@ -238,28 +267,28 @@ void add_channel_vector_forward_cuda(float* out, const float* inp, const float* 
 // (outer, inner_b); out (outer, inner_a + inner_b) holds row o of a followed by row o of b.
 // Channel concat of (N, Ca, H, W) and (N, Cb, H, W): outer = N, inner = Ca*H*W, Cb*H*W.
 // Last-dim concat of (L, 768) and (L, 1280): outer = L, inner = 768, 1280.
-void concat_forward(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
-void concat_forward_cpu(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
-void concat_forward_cuda(float* out, const float* a, const float* b, int outer, int inner_a, int inner_b);
+void concat_forward(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt);
+void concat_forward_cpu(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt);
+void concat_forward_cuda(void* out, const void* a, const void* b, int outer, int inner_a, int inner_b, DType dt);
 
 // split_forward: the inverse of concat_forward (torch.split / chunk): inp (outer, inner_a + inner_b)
 // into out_a (outer, inner_a) and out_b (outer, inner_b).
-void split_forward(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
-void split_forward_cpu(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
-void split_forward_cuda(float* out_a, float* out_b, const float* inp, int outer, int inner_a, int inner_b);
+void split_forward(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt);
+void split_forward_cpu(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt);
+void split_forward_cuda(void* out_a, void* out_b, const void* inp, int outer, int inner_a, int inner_b, DType dt);
 
 // transpose_forward: out[b, c, r] = inp[b, r, c], i.e. inp.transpose(-1, -2).contiguous().
 //   inp (B, R, C)   out (B, C, R). NCHW -> (N, HW, C) tokens: B = N, R = C, C = HW.
-void transpose_forward(float* out, const float* inp, int B, int R, int C);
-void transpose_forward_cpu(float* out, const float* inp, int B, int R, int C);
-void transpose_forward_cuda(float* out, const float* inp, int B, int R, int C);
+void transpose_forward(void* out, const void* inp, int B, int R, int C, DType dt);
+void transpose_forward_cpu(void* out, const void* inp, int B, int R, int C, DType dt);
+void transpose_forward_cuda(void* out, const void* inp, int B, int R, int C, DType dt);
 
 // embedding_forward: torch.nn.functional.embedding: out[i, :] = table[ids[i], :].
 //   ids (N) int32 on the backend, each in [0, V)   table (V, D)   out (N, D)   (=)
 //   An id out of range is a caller bug: the CPU backend stops with an error, CUDA writes zeros.
-void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int V, int D);
-void embedding_forward_cpu(float* out, const int32_t* ids, const float* table, int N, int V, int D);
-void embedding_forward_cuda(float* out, const int32_t* ids, const float* table, int N, int V, int D);
+void embedding_forward(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt);
+void embedding_forward_cpu(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt);
+void embedding_forward_cuda(void* out, const int32_t* ids, const void* table, int N, int V, int D, DType dt);
 
 // ----------------------------------------------------------------------------
 // Embeddings of scalars
@@ -268,14 +297,14 @@ void embedding_forward_cuda(float* out, const int32_t* ids, const float* table, 
 // downscale_freq_shift, scale=1, max_period=10000):
 //   freq[i] = exp(-ln(max_period) * i / (dim/2 - freq_shift)), i < dim/2 (computed in f32)
 //   arg = t * freq;  out = [sin(arg), cos(arg)], or [cos(arg), sin(arg)] when flip_sin_to_cos.
-//   t (N) f32 on the backend   out (N, dim) (=); dim must be even.
+//   t (N) f32 on the backend   out (N, dim) of dt (=); dim must be even.
 // SDXL: dim 320, flip 1, shift 0 for the timestep; dim 256 for each of the six size/crop ids.
-void timestep_embedding_forward(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
-                                float max_period);
-void timestep_embedding_forward_cpu(float* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
-                                    float max_period);
-void timestep_embedding_forward_cuda(float* out, const float* t, int N, int dim, int flip_sin_to_cos,
-                                     float freq_shift, float max_period);
+void timestep_embedding_forward(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                float max_period, DType dt);
+void timestep_embedding_forward_cpu(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                    float max_period, DType dt);
+void timestep_embedding_forward_cuda(void* out, const float* t, int N, int dim, int flip_sin_to_cos, float freq_shift,
+                                     float max_period, DType dt);
 
 // ----------------------------------------------------------------------------
 // Random numbers on the device

@@ -379,7 +379,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     torch_randn(&gen, noise, n);
     float* x = device_malloc(sizeof(float) * n);
     copy_to_device(x, noise, sizeof(float) * n);
-    scale_forward(x, x, sched.init_noise_sigma, n);
+    scale_forward(x, x, sched.init_noise_sigma, n, DT_F32);
     free(noise);
 
     // the denoising loop
@@ -429,7 +429,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     }
 
     // latents / scaling_factor -> VAE decoder -> (1, 3, gen_h, gen_w) in about [-1, 1]
-    scale_forward(x, x, 1.0f / m->vae.config.scaling_factor, n);
+    scale_forward(x, x, 1.0f / m->vae.config.scaling_factor, n, DT_F32);
     size_t npix = (size_t)3 * gen_h * gen_w;
     float* d_image = device_malloc(sizeof(float) * npix);
     Arena vae_act;

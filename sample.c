@@ -438,13 +438,13 @@ void sample_euler(const Schedule* s, float* x, size_t n, ModelFn model, void* ct
     for (int i = 0; i < s->steps; i++) {
         float sigma = s->sigmas[i];
         // scale_model_input: sample = sample / ((sigma**2 + 1) ** 0.5)
-        scale_forward(model_in, x, 1.0f / sqrtf(sigma * sigma + 1.0f), n);
+        scale_forward(model_in, x, 1.0f / sqrtf(sigma * sigma + 1.0f), n, DT_F32);
         model(ctx, model_in, s->timesteps[i], i, out);
         // s_churn = 0, so gamma = 0 and sigma_hat = sigma * (gamma + 1) = sigma
         euler_predict_x0(d, s, x, out, sigma, n);
         // derivative = (sample - pred_original_sample) / sigma_hat
         axpby_forward(d, 1.0f, x, -1.0f, d, n);
-        scale_forward(d, d, 1.0f / sigma, n);
+        scale_forward(d, d, 1.0f / sigma, n, DT_F32);
         // dt = self.sigmas[self.step_index + 1] - sigma_hat;  prev_sample = sample + derivative * dt
         float dt = s->sigmas[i + 1] - sigma;
         axpby_forward(x, 1.0f, x, dt, d, n);
@@ -465,7 +465,7 @@ void sample_euler_ancestral(const Schedule* s, float* x, size_t n, ModelFn model
     for (int i = 0; i < s->steps; i++) {
         float sigma = s->sigmas[i];
         // scale_model_input: sample / ((sigma**2 + 1) ** 0.5)
-        scale_forward(model_in, x, 1.0f / sqrtf(sigma * sigma + 1.0f), n);
+        scale_forward(model_in, x, 1.0f / sqrtf(sigma * sigma + 1.0f), n, DT_F32);
         model(ctx, model_in, s->timesteps[i], i, out);
         euler_predict_x0(d, s, x, out, sigma, n);
         float sigma_from = sigma, sigma_to = s->sigmas[i + 1];
@@ -476,7 +476,7 @@ void sample_euler_ancestral(const Schedule* s, float* x, size_t n, ModelFn model
         float sigma_down = sqrtf(sigma_to * sigma_to - sigma_up * sigma_up);
         // derivative = (sample - pred_original_sample) / sigma
         axpby_forward(d, 1.0f, x, -1.0f, d, n);
-        scale_forward(d, d, 1.0f / sigma, n);
+        scale_forward(d, d, 1.0f / sigma, n, DT_F32);
         // dt = sigma_down - sigma;  prev_sample = sample + derivative * dt
         axpby_forward(x, 1.0f, x, sigma_down - sigma, d, n);
         // noise = randn_tensor(model_output.shape, generator=generator): a CPU generator draws on
@@ -508,7 +508,7 @@ void sample_ddim(const Schedule* s, float* x, size_t n, ModelFn model, void* ctx
         if (s->prediction_type == PREDICT_EPSILON) {
             // pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
             axpby_forward(x0, 1.0f, x, -sqrtf(beta_prod_t), out, n);
-            scale_forward(x0, x0, 1.0f / sqrtf(alpha_prod_t), n);
+            scale_forward(x0, x0, 1.0f / sqrtf(alpha_prod_t), n, DT_F32);
         } else {
             // pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
             // pred_epsilon = (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample
@@ -561,7 +561,7 @@ void sample_dpmpp_2m_karras(const Schedule* s, float* x, size_t n, ModelFn model
         if (s->prediction_type == PREDICT_EPSILON) {
             // x0_pred = (sample - sigma_t * model_output) / alpha_t
             axpby_forward(m0, 1.0f, x, -s0.sigma, out, n);
-            scale_forward(m0, m0, 1.0f / s0.alpha, n);
+            scale_forward(m0, m0, 1.0f / s0.alpha, n, DT_F32);
         } else {
             // x0_pred = alpha_t * sample - sigma_t * model_output
             axpby_forward(m0, s0.alpha, x, -s0.sigma, out, n);
@@ -582,7 +582,7 @@ void sample_dpmpp_2m_karras(const Schedule* s, float* x, size_t n, ModelFn model
             float r0 = h_0 / h;                // r0 = h_0 / h
             // D0, D1 = m0, (1.0 / r0) * (m0 - m1)
             axpby_forward(out, 1.0f, m0, -1.0f, m1, n);
-            scale_forward(out, out, 1.0f / r0, n);
+            scale_forward(out, out, 1.0f / r0, n, DT_F32);
             // x_t = (sigma_t / sigma_s0) * sample - (alpha_t * (torch.exp(-h) - 1.0)) * D0
             //       - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * D1
             axpby_forward(tmp, coef_x, x, -coef_d, m0, n);

@@ -444,18 +444,18 @@ static void resblock_forward(const UnetResBlock* rb, float* out, const float* x,
     float* b = arena_floats(scratch, (size_t)N * rb->out * HW, "resnet conv1");
     float* e = arena_floats(scratch, (size_t)N * rb->out, "resnet time embedding");
     group_norm(&rb->norm1, a, x, N, (int)HW);
-    silu_forward(a, a, (size_t)N * rb->in * HW);
+    silu_forward(a, a, (size_t)N * rb->in * HW, DT_F32);
     conv2d(&rb->conv1, b, a, N, h, w, scratch);                     // (N, out, h, w)
     linear(&rb->time_emb_proj, e, emb_act, N);                      // (N, out)
-    add_channel_vector_forward(b, b, e, N, rb->out, (int)HW);        // + emb[:, :, None, None]
+    add_channel_vector_forward(b, b, e, N, rb->out, (int)HW, DT_F32);        // + emb[:, :, None, None]
     group_norm(&rb->norm2, b, b, N, (int)HW);
-    silu_forward(b, b, (size_t)N * rb->out * HW);                   // dropout is the identity at inference
+    silu_forward(b, b, (size_t)N * rb->out * HW, DT_F32);                   // dropout is the identity at inference
     conv2d(&rb->conv2, out, b, N, h, w, scratch);
     if (rb->has_shortcut) {
         conv2d(&rb->shortcut, b, x, N, h, w, scratch);              // 1x1: in -> out
-        add_forward(out, out, b, (size_t)N * rb->out * HW);
+        add_forward(out, out, b, (size_t)N * rb->out * HW, DT_F32);
     } else {
-        add_forward(out, out, x, (size_t)N * rb->out * HW);
+        add_forward(out, out, x, (size_t)N * rb->out * HW, DT_F32);
     }
     arena_release(scratch, mark);
 }
@@ -476,9 +476,9 @@ static void transformer_block_forward(const UnetTransformerBlock* b, float* x, c
     linear(&b->q1, q, n, (int)T);
     linear(&b->k1, k, n, (int)T);
     linear(&b->v1, v, n, (int)T);
-    attention_forward(a, q, k, v, N, heads, HW, HW, HS, 0);
+    attention_forward(a, q, k, v, N, heads, HW, HW, HS, 0, DT_F32);
     linear(&b->out1, n, a, (int)T);
-    add_forward(x, x, n, T * C);
+    add_forward(x, x, n, T * C, DT_F32);
     // cross-attention to the text: keys and values from context        (N, Lctx, cross_dim) -> (N, Lctx, C)
     float* kc = arena_floats(scratch, (size_t)N * Lctx * C, "transformer context k");
     float* vc = arena_floats(scratch, (size_t)N * Lctx * C, "transformer context v");
@@ -486,18 +486,18 @@ static void transformer_block_forward(const UnetTransformerBlock* b, float* x, c
     linear(&b->q2, q, n, (int)T);
     linear(&b->k2, kc, context, N * Lctx);
     linear(&b->v2, vc, context, N * Lctx);
-    attention_forward(a, q, kc, vc, N, heads, HW, Lctx, HS, 0);
+    attention_forward(a, q, kc, vc, N, heads, HW, Lctx, HS, 0, DT_F32);
     linear(&b->out2, n, a, (int)T);
-    add_forward(x, x, n, T * C);
+    add_forward(x, x, n, T * C, DT_F32);
     (void)cross_dim;
     // GEGLU feed-forward                                              (N, HW, 8C) -> (N, HW, 4C) -> (N, HW, C)
     float* f = arena_floats(scratch, T * 8 * C, "transformer ff");
     float* g = arena_floats(scratch, T * 4 * C, "transformer geglu");
     layer_norm(&b->norm3, n, x, (int)T);
     linear(&b->ff_in, f, n, (int)T);
-    geglu_forward(g, f, (int)T, 4 * C);
+    geglu_forward(g, f, (int)T, 4 * C, DT_F32);
     linear(&b->ff_out, n, g, (int)T);
-    add_forward(x, x, n, T * C);
+    add_forward(x, x, n, T * C, DT_F32);
     arena_release(scratch, mark);
 }
 
@@ -512,13 +512,13 @@ static void spatial_transformer_forward(const UnetSpatialTransformer* st, const 
     float* tokens = arena_floats(scratch, T * C, "transformer tokens");
     float* y = arena_floats(scratch, T * C, "transformer stream");
     group_norm(&st->norm, normed, x, N, HW);
-    transpose_forward(tokens, normed, N, C, HW);                    // (N, C, HW) -> (N, HW, C)
+    transpose_forward(tokens, normed, N, C, HW, DT_F32);                    // (N, C, HW) -> (N, HW, C)
     linear(&st->proj_in, y, tokens, (int)T);
     for (int d = 0; d < st->depth; d++)
         transformer_block_forward(&st->blocks[d], y, context, Lctx, N, HW, C, st->heads, c->cross_attention_dim, scratch);
     linear(&st->proj_out, tokens, y, (int)T);
-    transpose_forward(out, tokens, N, HW, C);                       // (N, HW, C) -> (N, C, HW)
-    add_forward(out, out, x, T * C);
+    transpose_forward(out, tokens, N, HW, C, DT_F32);                       // (N, HW, C) -> (N, C, HW)
+    add_forward(out, out, x, T * C, DT_F32);
     arena_release(scratch, mark);
 }
 
@@ -578,9 +578,9 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
     float* t_sin = arena_floats(act, (size_t)N * c->block_out[0], "unet time projection");
     float* tmp = arena_floats(act, (size_t)N * TE, "unet embedding hidden");
     float* emb = arena_floats(act, (size_t)N * TE, "unet embedding");
-    timestep_embedding_forward(t_sin, t_dev, N, c->block_out[0], c->flip_sin_to_cos, c->freq_shift, 10000.0f);
+    timestep_embedding_forward(t_sin, t_dev, N, c->block_out[0], c->flip_sin_to_cos, c->freq_shift, 10000.0f, DT_F32);
     linear(&u->time_linear_1, tmp, t_sin, N);
-    silu_forward(tmp, tmp, (size_t)N * TE);
+    silu_forward(tmp, tmp, (size_t)N * TE, DT_F32);
     linear(&u->time_linear_2, emb, tmp, N);
     // added conditioning ("text_time"): [pooled text, sinusoid of each of the six size/crop ids]
     float* ids_dev = arena_floats(act, (size_t)N * 6, "unet time ids");
@@ -588,14 +588,14 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
     float* ids_sin = arena_floats(act, (size_t)N * 6 * A, "unet time id embedding");
     float* add_in = arena_floats(act, (size_t)N * c->projection_class_embeddings_input_dim, "unet added conditioning");
     float* aug = arena_floats(act, (size_t)N * TE, "unet added embedding");
-    timestep_embedding_forward(ids_sin, ids_dev, N * 6, A, c->flip_sin_to_cos, c->freq_shift, 10000.0f); // (N*6, A) = (N, 6A)
-    concat_forward(add_in, text_embeds, ids_sin, N, pooled_dim, 6 * A);                           // (N, 2816)
+    timestep_embedding_forward(ids_sin, ids_dev, N * 6, A, c->flip_sin_to_cos, c->freq_shift, 10000.0f, DT_F32); // (N*6, A) = (N, 6A)
+    concat_forward(add_in, text_embeds, ids_sin, N, pooled_dim, 6 * A, DT_F32);                           // (N, 2816)
     linear(&u->add_linear_1, tmp, add_in, N);
-    silu_forward(tmp, tmp, (size_t)N * TE);
+    silu_forward(tmp, tmp, (size_t)N * TE, DT_F32);
     linear(&u->add_linear_2, aug, tmp, N);
-    add_forward(emb, emb, aug, (size_t)N * TE);
+    add_forward(emb, emb, aug, (size_t)N * TE, DT_F32);
     float* emb_act = arena_floats(act, (size_t)N * TE, "unet silu(embedding)"); // every resnet starts with silu(emb)
-    silu_forward(emb_act, emb, (size_t)N * TE);
+    silu_forward(emb_act, emb, (size_t)N * TE, DT_F32);
 
     // down path: every block output is kept as a skip connection
     SkipStack skips = {0};
@@ -661,7 +661,7 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
                       skips.w[skips.count], H, W);
             size_t mark = arena_mark(act);
             float* cat = arena_floats(act, (size_t)N * (Ccur + Cs) * H * W, "unet skip concat");
-            concat_forward(cat, hcur, skip, N, Ccur * H * W, Cs * H * W);   // torch.cat([h, skip], dim=1)
+            concat_forward(cat, hcur, skip, N, Ccur * H * W, Cs * H * W, DT_F32);   // torch.cat([h, skip], dim=1)
             float* next = hcur == ping ? pong : ping;
             if (c->has_attention[r]) {
                 float* rout = arena_floats(act, (size_t)N * C * H * W, "unet up resnet output");
@@ -680,7 +680,7 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
             int H2 = skips.h[skips.count - 1], W2 = skips.w[skips.count - 1];
             size_t mark = arena_mark(act);
             float* up = arena_floats(act, (size_t)N * C * H2 * W2, "unet upsample");
-            upsample_nearest_forward(up, hcur, N, C, H, W, H2, W2);
+            upsample_nearest_forward(up, hcur, N, C, H, W, H2, W2, DT_F32);
             float* next = hcur == ping ? pong : ping;
             conv2d(&b->sampler, next, up, N, H2, W2, act);
             arena_release(act, mark);
@@ -694,7 +694,7 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
         size_t mark = arena_mark(act);
         float* n = arena_floats(act, (size_t)N * Ccur * H * W, "unet norm out");
         group_norm(&u->norm_out, n, hcur, N, H * W);
-        silu_forward(n, n, (size_t)N * Ccur * H * W);
+        silu_forward(n, n, (size_t)N * Ccur * H * W, DT_F32);
         conv2d(&u->conv_out, out, n, N, H, W, act);                 // (N, 4, h, w)
         arena_release(act, mark);
     }

@@ -432,7 +432,7 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 // the im2col buffer layers.c's conv2d takes above whatever is allocated (none for 1x1 convs)
 static size_t conv_scratch_bytes(const Conv2d* c, int H, int W) {
-    size_t n = conv2d_scratch_floats(c->in, H, W, c->k, c->stride, c->pad);
+    size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
     return n ? floats_bytes(n) : 0;
 }
 
@@ -447,24 +447,24 @@ static void resnet_forward(const VaeResnet* r, float* x, int N, int H, int W, Ar
         float* h = arena_floats(a, n_in, "vae resnet h");
         float* h2 = arena_floats(a, n_out, "vae resnet h2");
         group_norm(&r->norm1, h, x, N, (int)HW);
-        silu_forward(h, h, n_in);
+        silu_forward(h, h, n_in, DT_F32);
         conv2d(&r->conv1, h2, h, N, H, W, a);
         group_norm(&r->norm2, h2, h2, N, (int)HW);
-        silu_forward(h2, h2, n_out);
+        silu_forward(h2, h2, n_out, DT_F32);
         conv2d(&r->conv2, h, h2, N, H, W, a); // h's buffer again: C_in == C_out
-        add_forward(x, x, h, n_out);
+        add_forward(x, x, h, n_out, DT_F32);
     } else {
         // the 1x1 shortcut holds what the residual needs, so x is free to be normalised in place
         float* s = arena_floats(a, n_out, "vae resnet shortcut");
         conv2d(&r->shortcut, s, x, N, H, W, a);   // (N, C_out, H, W)
         group_norm(&r->norm1, x, x, N, (int)HW);
-        silu_forward(x, x, n_in);
+        silu_forward(x, x, n_in, DT_F32);
         float* h2 = arena_floats(a, n_out, "vae resnet h2");
         conv2d(&r->conv1, h2, x, N, H, W, a);     // (N, C_out, H, W)
         group_norm(&r->norm2, h2, h2, N, (int)HW);
-        silu_forward(h2, h2, n_out);
+        silu_forward(h2, h2, n_out, DT_F32);
         conv2d(&r->conv2, x, h2, N, H, W, a);     // x now (N, C_out, H, W)
-        add_forward(x, x, s, n_out);
+        add_forward(x, x, s, n_out, DT_F32);
     }
     arena_release(a, mark);
 }
@@ -489,14 +489,14 @@ static void attention_block_forward(const VaeAttention* at, float* x, int N, int
     float* b2 = arena_floats(a, n, "vae attention");
     float* b3 = arena_floats(a, n, "vae attention");
     group_norm(&at->group_norm, b0, x, N, L);           // (N, C, L)
-    transpose_forward(b1, b0, N, C, L);                  // tokens (N, L, C)
+    transpose_forward(b1, b0, N, C, L, DT_F32);                  // tokens (N, L, C)
     linear(&at->to_q, b0, b1, N * L);                    // q (N, L, C)
     linear(&at->to_k, b2, b1, N * L);                    // k
     linear(&at->to_v, b3, b1, N * L);                    // v
-    attention_forward(b1, b0, b2, b3, N, 1, L, L, C, 0); // (N, L, C), heads = C // attention_head_dim = 1
+    attention_forward(b1, b0, b2, b3, N, 1, L, L, C, 0, DT_F32); // (N, L, C), heads = C // attention_head_dim = 1
     linear(&at->to_out, b0, b1, N * L);                  // (N, L, C)
-    transpose_forward(b2, b0, N, L, C);                  // (N, C, L)
-    add_forward(x, x, b2, n);                            // residual_connection
+    transpose_forward(b2, b0, N, L, C, DT_F32);                  // (N, C, L)
+    add_forward(x, x, b2, n, DT_F32);                            // residual_connection
     arena_release(a, mark);
 }
 
@@ -521,7 +521,7 @@ static size_t mid_scratch_bytes(const VaeMidBlock* m, int N, int H, int W) {
 static void downsample_forward(const Conv2d* conv, float* x, int N, int H, int W, Arena* a) {
     size_t mark = arena_mark(a);
     float* p = arena_floats(a, (size_t)N * conv->in * (H + 1) * (W + 1), "vae downsample pad");
-    pad2d_forward(p, x, N, conv->in, H, W, 0, 1, 0, 1); // (N, C, H + 1, W + 1): one zero row below, column right
+    pad2d_forward(p, x, N, conv->in, H, W, 0, 1, 0, 1, DT_F32); // (N, C, H + 1, W + 1): one zero row below, column right
     conv2d(conv, x, p, N, H + 1, W + 1, a);              // (N, C, H / 2, W / 2)
     arena_release(a, mark);
 }
@@ -535,7 +535,7 @@ static size_t downsample_scratch_bytes(const Conv2d* conv, int N, int H, int W) 
 static void upsample_forward(const Conv2d* conv, float* x, int N, int H, int W, Arena* a) {
     size_t mark = arena_mark(a);
     float* u = arena_floats(a, (size_t)N * conv->in * 4 * H * W, "vae upsample");
-    upsample_nearest_forward(u, x, N, conv->in, H, W, 2 * H, 2 * W); // (N, C, 2H, 2W)
+    upsample_nearest_forward(u, x, N, conv->in, H, W, 2 * H, 2 * W, DT_F32); // (N, C, 2H, 2W)
     conv2d(conv, x, u, N, 2 * H, 2 * W, a);                            // (N, C, 2H, 2W)
     arena_release(a, mark);
 }
@@ -650,7 +650,7 @@ void vae_decode(const Vae* v, float* image, const float* z, int N, int h, int w,
     }
     size_t n = (size_t)N * d->norm_out.C * H * W;
     group_norm(&d->norm_out, x, x, N, H * W); // conv_norm_out
-    silu_forward(x, x, n);                    // conv_act
+    silu_forward(x, x, n, DT_F32);                    // conv_act
     conv2d(&d->conv_out, image, x, N, H, W, a); // (N, 3, H, W)
     arena_release(a, mark);
 }
@@ -676,7 +676,7 @@ void vae_encode(const Vae* v, float* mean, float* logvar, float* sample, const f
     mid_forward(&e->mid, x, N, H, W, a);
     const size_t hw = (size_t)H * W;
     group_norm(&e->norm_out, x, x, N, (int)hw); // conv_norm_out
-    silu_forward(x, x, (size_t)N * e->norm_out.C * hw);
+    silu_forward(x, x, (size_t)N * e->norm_out.C * hw, DT_F32);
     const int Lc = v->config.latent_channels;
     const size_t n_mom = (size_t)N * 2 * Lc * hw, n_lat = (size_t)N * Lc * hw;
     float* m1 = arena_floats(a, n_mom, "vae encoder conv_out");

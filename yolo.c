@@ -587,14 +587,14 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 // the im2col scratch layers.c's conv2d takes for this conv at an H x W input
 static size_t conv_scratch_bytes(const Conv2d* c, int H, int W) {
-    size_t n = conv2d_scratch_floats(c->in, H, W, c->k, c->stride, c->pad);
+    size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
     return n ? floats_bytes(n) : 0;
 }
 
 // Conv: silu(conv(x)) with the folded BatchNorm. inp (C_in, H, W) -> out (C_out, H_out, W_out)
 static void conv_forward(const YoloConv* c, float* out, const float* inp, int H, int W, Arena* a) {
     conv2d(&c->conv, out, inp, 1, H, W, a);
-    silu_forward(out, out, (size_t)c->conv.out * conv2d_out_size(&c->conv, H) * conv2d_out_size(&c->conv, W));
+    silu_forward(out, out, (size_t)c->conv.out * conv2d_out_size(&c->conv, H) * conv2d_out_size(&c->conv, W), DT_F32);
 }
 
 // C2f: inp (c1, H, W) -> out (c2, H, W). cat ((2 + n)c, H, W) holds y0 | y1 | m0(y1) | m1(..) | ...
@@ -609,7 +609,7 @@ static void c2f_forward(const YoloC2f* b, float* out, const float* inp, int H, i
         float* y = cat + (size_t)(2 + j) * cHW;       // the Bottleneck's output, appended
         conv_forward(&b->m[j].cv1, hidden, x, H, W, a);
         conv_forward(&b->m[j].cv2, y, hidden, H, W, a);
-        if (b->shortcut) add_forward(y, x, y, cHW); // x + cv2(cv1(x)) (Bottleneck.add: shortcut and c1 == c2)
+        if (b->shortcut) add_forward(y, x, y, cHW, DT_F32); // x + cv2(cv1(x)) (Bottleneck.add: shortcut and c1 == c2)
     }
     conv_forward(&b->cv2, out, cat, H, W, a);
     arena_release(a, mark);
@@ -632,7 +632,7 @@ static void sppf_forward(const YoloSPPF* b, float* out, const float* inp, int H,
     float* cat = arena_floats(a, 4 * blk, "yolo sppf concat");
     conv_forward(&b->cv1, cat, inp, H, W, a);
     for (int k = 0; k < 3; k++) // nn.MaxPool2d(5, stride=1, padding=2), padding counts as -inf
-        maxpool2d_forward(cat + (k + 1) * blk, cat + k * blk, 1, b->hidden, H, W, YOLO_SPPF_K, 1, YOLO_SPPF_K / 2);
+        maxpool2d_forward(cat + (k + 1) * blk, cat + k * blk, 1, b->hidden, H, W, YOLO_SPPF_K, 1, YOLO_SPPF_K / 2, DT_F32);
     conv_forward(&b->cv2, out, cat, H, W, a);
     arena_release(a, mark);
 }
@@ -658,14 +658,14 @@ static void detect_level(const Yolo* y, int l, const float* x, int h, int w, flo
     conv_forward(&d->box[l][0], t1, x, h, w, a);
     conv_forward(&d->box[l][1], t2, t1, h, w, a);
     conv2d(&d->box_out[l], box, t2, 1, h, w, a);
-    transpose_forward(bins, box, 4, R, (int)hw);            // (4, R, hw) -> (4, hw, R)
-    softmax_forward(bins, bins, 4 * (int)hw, R);
-    linear_forward(dist, bins, d->dfl, NULL, 4 * (int)hw, R, 1); // the DFL conv: weights 0 .. R-1
+    transpose_forward(bins, box, 4, R, (int)hw, DT_F32);            // (4, R, hw) -> (4, hw, R)
+    softmax_forward(bins, bins, 4 * (int)hw, R, DT_F32);
+    linear_forward(dist, bins, d->dfl, NULL, 4 * (int)hw, R, 1, 0, DT_F32); // the DFL conv: weights 0 .. R-1
     // class branch: sigmoid(logits)
     conv_forward(&d->cls[l][0], t1, x, h, w, a);
     conv_forward(&d->cls[l][1], t2, t1, h, w, a);
     conv2d(&d->cls_out[l], cls, t2, 1, h, w, a);
-    sigmoid_forward(cls, cls, (size_t)nc * hw);
+    sigmoid_forward(cls, cls, (size_t)nc * hw, DT_F32);
     for (int c = 0; c < nc; c++) copy_to_host(out + (size_t)(4 + c) * A + col, cls + (size_t)c * hw, sizeof(float) * hw);
     float* lt = xmalloc(sizeof(float) * 4 * hw);
     copy_to_host(lt, dist, sizeof(float) * 4 * hw);
@@ -768,9 +768,9 @@ void yolo_forward(const Yolo* y, const float* inp, int H, int W, float* out, Are
         case LAYER_CONV: conv_forward(&y->conv[i], x[i], prev, h, w, a); break;
         case LAYER_C2F: c2f_forward(&y->c2f[i], x[i], prev, h, w, a); break;
         case LAYER_SPPF: sppf_forward(&y->sppf, x[i], prev, h, w, a); break;
-        case LAYER_UPSAMPLE: upsample_nearest_forward(x[i], prev, 1, y->cfg.out[i], h, w, oh, ow); break;
+        case LAYER_UPSAMPLE: upsample_nearest_forward(x[i], prev, 1, y->cfg.out[i], h, w, oh, ow, DT_F32); break;
         case LAYER_CONCAT: // torch.cat([x[-1], x[cat_with]], 1): for one image, a concatenation of two blocks
-            concat_forward(x[i], prev, x[r->cat_with], 1, (int)layer_floats(y, i - 1, H, W), (int)layer_floats(y, r->cat_with, H, W));
+            concat_forward(x[i], prev, x[r->cat_with], 1, (int)layer_floats(y, i - 1, H, W), (int)layer_floats(y, r->cat_with, H, W), DT_F32);
             break;
         case LAYER_DETECT: break;
         }

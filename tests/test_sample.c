@@ -221,7 +221,7 @@ static float* run_case(SamplerKind kind, TimestepSpacing spacing, PredictionType
     float* x_host = xmalloc(n * sizeof(float));
     torch_randn(&g, x_host, n);
     float* x = to_backend(x_host, n);
-    scale_forward(x, x, s.init_noise_sigma, n);
+    scale_forward(x, x, s.init_noise_sigma, n, DT_F32);
     copy_to_host(m.traj, x, n * sizeof(float));
     Arena scratch;
     arena_init(&scratch, "sample scratch", sample_scratch_bytes(n), backend_current() == BACKEND_CUDA);
