@@ -119,7 +119,7 @@ static int bench_unet(int argc, char** argv) {
     unet_config_sdxl(&cfg);
     Unet u;
     double t0 = now_seconds();
-    unet_init_random(&u, &cfg, 42);
+    unet_init_random(&u, &cfg, DT_F32, 42);
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     printf("sdxl bench unet: SDXL base UNet, %zu parameters (%.1f GiB f32), random weights in %.1f s, backend %s\n",
@@ -140,7 +140,7 @@ static int bench_unet(int argc, char** argv) {
         memcpy(ids + 6 * b, id, sizeof(id));
     }
     Arena act;
-    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&cfg, batch, h, w, L),
+    arena_init(&act, "unet activations", unet_activation_bytes(&cfg, batch, h, w, L, u.w.dtype),
                backend_current() == BACKEND_CUDA);
     unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act); // warm-up
     device_synchronize();

@@ -855,7 +855,7 @@ int blip_load(Blip* m, const char* folder, char* err) {
     m->bert.cfg = m->text_cfg;
     m->vision.layers = xcalloc((size_t)m->vision_cfg.layers, sizeof(BlipVisionLayer));
     m->bert.layers = xcalloc((size_t)m->text_cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "blip");
+    weights_init(&m->w, "blip", DT_F32);
     blip_build(m, &m->w, tied);
     weights_allocate(&m->w);
     blip_build(m, &m->w, tied);
@@ -990,7 +990,7 @@ static void decoder_head(const Blip* m, const float* hidden, int R, float* logit
     linear(&m->head_dense, h, hidden, R);
     gelu_forward(h, h, (size_t)R * c->hidden, DT_F32);
     layer_norm(&m->head_ln, h, h, R);
-    Linear decoder = {m->decoder_weight, m->decoder_bias, c->hidden, c->vocab_size};
+    Linear decoder = {m->decoder_weight, m->decoder_bias, c->hidden, c->vocab_size, m->w.dtype};
     linear(&decoder, logits, h, R);
     arena_release(scratch, mark);
 }
@@ -1344,7 +1344,7 @@ int minilm_load(MiniLM* m, const char* folder, char* err) {
     }
     m->bert.cfg = m->cfg;
     m->bert.layers = xcalloc((size_t)m->cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "minilm");
+    weights_init(&m->w, "minilm", DT_F32);
     bert_build(&m->bert, &m->w, "");
     weights_allocate(&m->w);
     bert_build(&m->bert, &m->w, "");

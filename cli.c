@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "tensor.h"
 
 static const Option* find_option(const Option* options, int count, const char* name) {
     for (int i = 0; i < count; i++)
@@ -81,6 +82,13 @@ int options_parse(const Option* options, int count, int argc, char** argv, int f
 }
 
 // "cpu" or "cuda" -> the backend, selected; a one-line error otherwise.
+int precision_by_name(const char* name, const char* option) {
+    if (strcmp(name, "fp32") == 0) return DT_F32;
+    if (strcmp(name, "fp16") == 0) return DT_F16;
+    if (strcmp(name, "bf16") == 0) return DT_BF16;
+    fatal("%s: expected fp32, fp16 or bf16, got '%s'", option, name);
+}
+
 void backend_select_by_name(const char* name) {
     if (strcmp(name, "cpu") == 0) backend_select(BACKEND_CPU);
     else if (strcmp(name, "cuda") == 0) backend_select(BACKEND_CUDA);

@@ -23,3 +23,6 @@ void options_print_values(const Option* options, int count);
 
 // "cpu" or "cuda" -> backend_select(); a one-line error for anything else.
 void backend_select_by_name(const char* name);
+// A --precision value: "fp32", "fp16" or "bf16" -> the storage type; `option` names the flag in the
+// one-line error for anything else.
+int precision_by_name(const char* name, const char* option);

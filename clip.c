@@ -145,7 +145,7 @@ static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char*
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
-    weights_init(&m->w, what);
+    weights_init(&m->w, what, DT_F32);
     clip_text_build(m, &m->w);
     weights_allocate(&m->w);
     clip_text_build(m, &m->w);
@@ -445,7 +445,7 @@ int clip_vision_load_from(ClipVision* m, const ClipVisionConfig* cfg, const Safe
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
-    weights_init(&m->w, "vision_model");
+    weights_init(&m->w, "vision_model", DT_F32);
     clip_vision_build(m, &m->w);
     weights_allocate(&m->w);
     clip_vision_build(m, &m->w);

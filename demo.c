@@ -153,7 +153,7 @@ int demo_model_write(const char* root, uint64_t seed, char* err) {
     UnetConfig ucfg;
     if (unet_config_read(&ucfg, path, err) != 0) return -1;
     Unet unet;
-    unet_init_random(&unet, &ucfg, seed + 3);
+    unet_init_random(&unet, &ucfg, DT_F32, seed + 3);
     snprintf(path, sizeof(path), "%s/diffusion_pytorch_model.safetensors", dir);
     int rc = weights_save(&unet.w, path, "", DT_F32, err);
     unet_free(&unet);

@@ -19,6 +19,7 @@ const char* name_fmt(char* buf, const char* fmt, ...) {
 Linear linear_build(Weights* w, const char* prefix, int in, int out, int has_bias) {
     char name[NAME_MAX_LEN];
     Linear l = {0};
+    l.dtype = w->dtype;
     l.in = in;
     l.out = out;
     l.weight = weights_param(w, name_fmt(name, "%s.weight", prefix), 2, (int64_t[]){out, in});
@@ -29,6 +30,7 @@ Linear linear_build(Weights* w, const char* prefix, int in, int out, int has_bia
 Conv2d conv2d_build(Weights* w, const char* prefix, int in, int out, int k, int stride, int pad, int has_bias) {
     char name[NAME_MAX_LEN];
     Conv2d c = {0};
+    c.dtype = w->dtype;
     c.in = in;
     c.out = out;
     c.k = k;
@@ -42,6 +44,7 @@ Conv2d conv2d_build(Weights* w, const char* prefix, int in, int out, int k, int 
 GroupNorm group_norm_build(Weights* w, const char* prefix, int C, int groups, float eps) {
     char name[NAME_MAX_LEN];
     GroupNorm g = {0};
+    g.dtype = w->dtype;
     g.C = C;
     g.groups = groups;
     g.eps = eps;
@@ -54,6 +57,7 @@ GroupNorm group_norm_build(Weights* w, const char* prefix, int C, int groups, fl
 LayerNorm layer_norm_build(Weights* w, const char* prefix, int C, float eps) {
     char name[NAME_MAX_LEN];
     LayerNorm l = {0};
+    l.dtype = w->dtype;
     l.C = C;
     l.eps = eps;
     l.weight = weights_param(w, name_fmt(name, "%s.weight", prefix), 1, (int64_t[]){C});
@@ -61,28 +65,44 @@ LayerNorm layer_norm_build(Weights* w, const char* prefix, int C, float eps) {
     return l;
 }
 
-float* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape) {
+void* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape) {
     return weights_param(w, name, rank, shape);
 }
 
-void linear(const Linear* l, float* out, const float* inp, int N) {
-    linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 0, DT_F32);
+void linear(const Linear* l, void* out, const void* inp, int N) {
+    linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 0, l->dtype);
+}
+
+void linear_accumulate(const Linear* l, void* out, const void* inp, int N) {
+    linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 1, l->dtype);
 }
 
 int conv2d_out_size(const Conv2d* c, int in) { return (in + 2 * c->pad - c->k) / c->stride + 1; }
 
-void conv2d(const Conv2d* c, float* out, const float* inp, int N, int H, int W, Arena* scratch) {
+static void conv2d_run(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch, int accumulate) {
     size_t mark = arena_mark(scratch);
     size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
-    float* buf = n ? arena_floats(scratch, n, "conv2d im2col") : NULL;
-    conv2d_forward(out, inp, c->weight, c->bias, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad, 0, DT_F32);
+    void* buf = n ? arena_elems(scratch, n, c->dtype, "conv2d im2col") : NULL;
+    conv2d_forward(out, inp, c->weight, c->bias, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad, accumulate, c->dtype);
     arena_release(scratch, mark);
 }
 
-void group_norm(const GroupNorm* g, float* out, const float* inp, int N, int HW) {
-    group_norm_forward(out, NULL, NULL, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps, 0, DT_F32);
+void conv2d(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch) {
+    conv2d_run(c, out, inp, N, H, W, scratch, 0);
 }
 
-void layer_norm(const LayerNorm* l, float* out, const float* inp, int N) {
-    layer_norm_forward(out, NULL, NULL, inp, l->weight, l->bias, N, l->C, l->eps, DT_F32);
+void conv2d_accumulate(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch) {
+    conv2d_run(c, out, inp, N, H, W, scratch, 1);
+}
+
+void group_norm(const GroupNorm* g, void* out, const void* inp, int N, int HW) {
+    group_norm_forward(out, NULL, NULL, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps, 0, g->dtype);
+}
+
+void group_norm_silu(const GroupNorm* g, void* out, const void* inp, int N, int HW) {
+    group_norm_forward(out, NULL, NULL, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps, 1, g->dtype);
+}
+
+void layer_norm(const LayerNorm* l, void* out, const void* inp, int N) {
+    layer_norm_forward(out, NULL, NULL, inp, l->weight, l->bias, N, l->C, l->eps, l->dtype);
 }

@@ -4,35 +4,40 @@
 // build pass, it returns the struct with NULL pointers in pass 1 and real ones in pass 2) under a
 // name prefix, and a forward function that runs it through the op dispatchers (ops.h), so it
 // works on either backend. Names are those of the PyTorch modules: `linear_build(w, "...to_q",
-// ...)` declares "...to_q.weight" (and ".bias").
+// ...)` declares "...to_q.weight" (and ".bias"). A block keeps the storage type of its weights
+// (Weights.dtype) and passes it to its ops, so its inputs and outputs are of that type too.
 #pragma once
 #include "tensor.h"
 #include "weights.h"
 
 typedef struct {
-    float* weight; // (out, in)
-    float* bias;   // (out) or NULL
+    void* weight; // (out, in)
+    void* bias;   // (out) or NULL
     int in, out;
+    DType dtype;
 } Linear;
 
 typedef struct {
-    float* weight; // (out, in, k, k)
-    float* bias;   // (out) or NULL
+    void* weight; // (out, in, k, k)
+    void* bias;   // (out) or NULL
     int in, out, k, stride, pad;
+    DType dtype;
 } Conv2d;
 
 typedef struct {
-    float* weight; // (C)
-    float* bias;   // (C)
+    void* weight; // (C)
+    void* bias;   // (C)
     int C, groups;
     float eps;
+    DType dtype;
 } GroupNorm;
 
 typedef struct {
-    float* weight; // (C)
-    float* bias;   // (C)
+    void* weight; // (C)
+    void* bias;   // (C)
     int C;
     float eps;
+    DType dtype;
 } LayerNorm;
 
 // Declares prefix.weight (and prefix.bias when has_bias).
@@ -41,15 +46,19 @@ Conv2d conv2d_build(Weights* w, const char* prefix, int in, int out, int k, int 
 GroupNorm group_norm_build(Weights* w, const char* prefix, int C, int groups, float eps);
 LayerNorm layer_norm_build(Weights* w, const char* prefix, int C, float eps);
 // A bare tensor parameter (embedding tables, positional embeddings): declares prefix as is.
-float* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape);
+void* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape);
 
-// Forward passes. inp/out are on the backend; N rows (linear, layer_norm) or images (conv, norm).
-void linear(const Linear* l, float* out, const float* inp, int N);
+// Forward passes. inp/out are on the backend, of the block's dtype; N rows (linear, layer_norm)
+// or images (conv, norm). The `_accumulate` forms add the result to out (a residual connection).
+void linear(const Linear* l, void* out, const void* inp, int N);
+void linear_accumulate(const Linear* l, void* out, const void* inp, int N);
 // The conv's im2col scratch comes from `scratch` and is released before returning.
-void conv2d(const Conv2d* c, float* out, const float* inp, int N, int H, int W, Arena* scratch);
+void conv2d(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch);
+void conv2d_accumulate(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch);
 int conv2d_out_size(const Conv2d* c, int in);
-void group_norm(const GroupNorm* g, float* out, const float* inp, int N, int HW);
-void layer_norm(const LayerNorm* l, float* out, const float* inp, int N);
+void group_norm(const GroupNorm* g, void* out, const void* inp, int N, int HW);
+void group_norm_silu(const GroupNorm* g, void* out, const void* inp, int N, int HW); // silu(group_norm(x))
+void layer_norm(const LayerNorm* l, void* out, const void* inp, int N);
 
 #define NAME_MAX_LEN 200
 // Formats a parameter name into a caller's buffer of NAME_MAX_LEN bytes: name_fmt(buf, "%s.resnets.%d", prefix, j).

@@ -619,6 +619,7 @@ int lora_merge(const Lora* l, float scale, Unet* unet, ClipText* te1, ClipText* 
     int table_n[LORA_MODELS] = {0, 0, 0};
     int* used[LORA_MODELS] = {NULL, NULL, NULL}; // per parameter: 1 + the module adapting it, or 0
     const Param** target = xcalloc((size_t)l->count + 1, sizeof(const Param*));
+    DType* target_dtype = xcalloc((size_t)l->count + 1, sizeof(DType)); // the storage of its model
     int rc = -1;
     char s1[96], s2[96], s3[96];
 
@@ -661,6 +662,7 @@ int lora_merge(const Lora* l, float scale, Unet* unet, ClipText* te1, ClipText* 
             goto done;
         }
         target[i] = p;
+        target_dtype[i] = weights[m]->dtype;
     }
     rc = 0;
     // scale 0 adds nothing: skipping the arithmetic keeps the weights bit-identical (W + 0 * x
@@ -668,12 +670,15 @@ int lora_merge(const Lora* l, float scale, Unet* unet, ClipText* te1, ClipText* 
     if (scale == 0.0f) goto done;
 
     // 2. W += s * up @ down on the backend: up (out, rank) @ down (rank, in*kh*kw) is (out, in*kh*kw),
-    // which is W's row-major layout for linears and convs alike (peft's conv2d(A^T, B) is the same sum)
+    // which is W's row-major layout for linears and convs alike (peft's conv2d(A^T, B) is the same sum).
+    // 16-bit weights are widened to f32 for the sum and rounded once, as diffusers' fuse_lora does
+    // (w.float() + delta, then .to(dtype)).
     size_t most = 0;
     for (int i = 0; i < l->count; i++) {
         const LoraModule* mod = &l->modules[i];
         size_t k = (size_t)(target[i]->numel / (size_t)target[i]->shape[0]);
         size_t need = (size_t)mod->rank * k + (size_t)mod->up_shape[0] * (size_t)mod->rank;
+        if (target_dtype[i] != DT_F32) need += target[i]->numel;
         if (need > most) most = need;
     }
     float* scratch = device_malloc(most * sizeof(float));
@@ -684,11 +689,14 @@ int lora_merge(const Lora* l, float scale, Unet* unet, ClipText* te1, ClipText* 
         int k = (int)(p->numel / (size_t)out);
         float* d_down = scratch;
         float* d_up = scratch + (size_t)r * (size_t)k;
+        float* w32 = target_dtype[i] == DT_F32 ? p->data : d_up + (size_t)out * (size_t)r;
         copy_to_device(d_down, mod->down, (size_t)r * (size_t)k * sizeof(float));
         copy_to_device(d_up, mod->up, (size_t)out * (size_t)r * sizeof(float));
+        if (w32 != p->data) cast_forward(w32, DT_F32, p->data, target_dtype[i], p->numel);
         // the multiplier as peft applies it: scaling (double) times the strength, rounded to f32
         float s = (float)(mod->factor * (double)scale);
-        matmul_forward(p->data, d_up, d_down, 1, out, k, r, 0, 0, s, 1.0f, DT_F32);
+        matmul_forward(w32, d_up, d_down, 1, out, k, r, 0, 0, s, 1.0f, DT_F32);
+        if (w32 != p->data) cast_forward(p->data, target_dtype[i], w32, DT_F32, p->numel);
     }
     device_synchronize();
     device_free(scratch);
@@ -698,5 +706,6 @@ done:
         free(used[m]);
     }
     free(target);
+    free(target_dtype);
     return rc;
 }

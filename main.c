@@ -147,12 +147,19 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
+// --precision: the UNet's storage and arithmetic. "auto" is the fast path on a GPU (f16, tensor
+// cores) and the reference on the CPU (f32, what the tests compare with diffusers).
+static DType unet_precision(const char* name) {
+    if (strcmp(name, "auto") == 0) return backend_current() == BACKEND_CUDA ? DT_F16 : DT_F32;
+    return (DType)precision_by_name(name, "--precision");
+}
+
 static void load_model(SdxlModel* model, const char* path, const char* variant, const char* config, const char* tokenizer,
-                       const char* lora, float lora_scale) {
+                       DType unet_dtype, const char* lora, float lora_scale) {
     char err[ERR_MAX];
     double t0 = now_seconds();
-    if (sdxl_model_load(model, path, variant, config, tokenizer, err) != 0) fatal("%s", err);
-    printf("loaded %s in %.1f s\n", path, now_seconds() - t0);
+    if (sdxl_model_load(model, path, variant, config, tokenizer, unet_dtype, err) != 0) fatal("%s", err);
+    printf("loaded %s in %.1f s (UNet %s)\n", path, now_seconds() - t0, unet_dtype == DT_F32 ? "fp32" : unet_dtype == DT_F16 ? "fp16" : "bf16");
     if (lora) {
         Lora l;
         if (lora_load(&l, lora, err) != 0) fatal("%s", err);
@@ -186,6 +193,7 @@ static int generate_main(int argc, char** argv) {
     const char* tokenizer = NULL;
     const char* config = NULL;
     const char* backend = "cpu";
+    const char* precision = "auto";
     Option options[] = {
         {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors (required)"},
         {"--prompt", OPT_STRING, &o.prompt, "what to draw; the storyboard template is appended"},
@@ -205,6 +213,7 @@ static int generate_main(int argc, char** argv) {
         {"--config", OPT_STRING, &config, "single files: a diffusers folder with their configs and tokenizers"},
         {"--tokenizer", OPT_STRING, &tokenizer, "single files: a tokenizer folder (vocab.json, merges.txt)"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
     const char* usage = "sdxl generate --model PATH --prompt TEXT [options]";
@@ -214,9 +223,10 @@ static int generate_main(int argc, char** argv) {
     if (o.prompts_file && strcmp(o.out, "storyboard.png") == 0) o.out = "storyboard_out";
     validate_generate_options(&o);
     backend_select_by_name(backend);
+    DType unet_dtype = unet_precision(precision);
     options_print_values(options, n_options);
     SdxlModel m;
-    load_model(&m, model, variant, config, tokenizer, o.lora, o.lora_scale);
+    load_model(&m, model, variant, config, tokenizer, unet_dtype, o.lora, o.lora_scale);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;
@@ -234,6 +244,7 @@ static int demo_main(int argc, char** argv) {
     o.out = "demo_out/frames/storyboard_demo.png";
     const char* folder = "demo_out/tiny_sdxl";
     const char* backend = "cpu";
+    const char* precision = "auto";
     Option options[] = {
         {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
         {"--steps", OPT_INT, &o.steps, "denoising steps"},
@@ -244,10 +255,12 @@ static int demo_main(int argc, char** argv) {
         {"--model-dir", OPT_STRING, &folder, "where the tiny model is written"},
         {"--out", OPT_STRING, &o.out, "PNG to write"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
     };
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 2, "sdxl demo [options]")) return 0;
     validate_generate_options(&o);
     backend_select_by_name(backend);
+    DType unet_dtype = unet_precision(precision);
     char err[ERR_MAX];
     make_parent_dir(folder);
     double t0 = now_seconds();
@@ -255,7 +268,7 @@ static int demo_main(int argc, char** argv) {
     printf("wrote a tiny random-weight SDXL to %s in %.1f s (its images are noise: the weights are random)\n", folder,
            now_seconds() - t0);
     SdxlModel m;
-    load_model(&m, folder, NULL, NULL, NULL, NULL, 0.0f);
+    load_model(&m, folder, NULL, NULL, NULL, unet_dtype, NULL, 0.0f);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;
@@ -320,9 +333,11 @@ static int verify_main(int argc, char** argv) {
     const char* unet_dir = NULL;
     const char* ref_path = NULL;
     const char* backend = "cpu";
+    const char* precision = "fp32";
     float rtol = 1e-3f;
     Option options[] = {
         {"--unet", OPT_STRING, &unet_dir, "a diffusers unet/ folder"},
+        {"--precision", OPT_STRING, &precision, "UNet weights and activations: fp32, fp16 or bf16"},
         {"--ref", OPT_STRING, &ref_path, "safetensors with sample, t, ctx, text_embeds, time_ids and the expected out"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--rtol", OPT_FLOAT, &rtol, "pass when max |ours - ref| <= rtol * max |ref|"},
@@ -334,7 +349,7 @@ static int verify_main(int argc, char** argv) {
     char err[ERR_MAX];
     double t0 = now_seconds();
     Unet u;
-    if (unet_load(&u, unet_dir, NULL, err) != 0) fatal("%s", err);
+    if (unet_load(&u, unet_dir, NULL, (DType)precision_by_name(precision, "--precision"), err) != 0) fatal("%s", err);
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     printf("loaded %s: %d tensors, %zu parameters, in %.1f s\n", unet_dir, u.w.count, params, now_seconds() - t0);
@@ -354,7 +369,7 @@ static int verify_main(int argc, char** argv) {
     copy_to_device(d_ctx, ctx, sizeof(float) * n_ctx);
     copy_to_device(d_text, text, sizeof(float) * n_text);
     Arena act;
-    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&u.cfg, N, h, w, Lctx),
+    arena_init(&act, "unet activations", unet_activation_bytes(&u.cfg, N, h, w, Lctx, u.w.dtype),
                backend_current() == BACKEND_CUDA);
     t0 = now_seconds();
     unet_forward(&u, d_out, d_sample, t, d_ctx, Lctx, d_text, ids, N, h, w, &act);

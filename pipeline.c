@@ -58,7 +58,7 @@ static const char* pick_variant(const char* dir, const char* stem, const char* a
     return file_exists(single) || file_exists(index) ? NULL : "fp16";
 }
 
-static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, char* err) {
+static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, DType unet_dtype, char* err) {
     char path[4200];
     snprintf(path, sizeof(path), "%s/model_index.json", root);
     JsonDoc index;
@@ -83,7 +83,7 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     snprintf(dir, sizeof(dir), "%s/text_encoder_2", root);
     if (clip_text_load(&m->te2, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/unet", root);
-    if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), err) != 0) return -1;
+    if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), unet_dtype, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/vae", root);
     if (vae_load(&m->vae, dir, err) != 0) return -1;
     snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", root);
@@ -119,7 +119,8 @@ static int single_file_configs(const char* config_dir, UnetConfig* uc, ClipTextC
     return 0;
 }
 
-static int load_single_file(SdxlModel* m, const char* file, const char* config_dir, const char* tokenizer_dir, char* err) {
+static int load_single_file(SdxlModel* m, const char* file, const char* config_dir, const char* tokenizer_dir,
+                            DType unet_dtype, char* err) {
     char tok1_dir[4400], tok2_dir[4400];
     if (tokenizer_dir) { // one folder for both: the second pads with "!" (id 0), as SDXL's tokenizer_2
         snprintf(tok1_dir, sizeof(tok1_dir), "%s", tokenizer_dir);
@@ -149,7 +150,7 @@ static int load_single_file(SdxlModel* m, const char* file, const char* config_d
     if (tokenizer_dir && tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // split out, as diffusers does
     if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, err) != 0) goto done;
     if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, err) != 0) goto done;
-    if (unet_load_sgm(&m->unet, &uc, &st, err) != 0) goto done;
+    if (unet_load_sgm(&m->unet, &uc, &st, unet_dtype, err) != 0) goto done;
     if (vae_load_with_config(&m->vae, &vc, file, err) != 0) goto done;
     m->force_zeros_for_empty_prompt = 1;
     rc = 0;
@@ -159,12 +160,12 @@ done:
 }
 
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
-                    char* err) {
+                    DType unet_dtype, char* err) {
     memset(m, 0, sizeof(*m));
     base_name(m->name, sizeof(m->name), path);
     int rc;
-    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, err);
-    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, err);
+    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, unet_dtype, err);
+    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, unet_dtype, err);
     else rc = set_error(err, "%s: no such file or folder", path);
     if (rc != 0) sdxl_model_free(m);
     return rc;
@@ -399,7 +400,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     d.x2 = device_malloc(sizeof(float) * N * n);
     d.eps2 = device_malloc(sizeof(float) * N * n);
     Arena act, scratch;
-    arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&m->unet.cfg, N, h, w, L),
+    arena_init(&act, "unet activations", unet_activation_bytes(&m->unet.cfg, N, h, w, L, m->unet.w.dtype),
                backend_current() == BACKEND_CUDA);
     arena_init(&scratch, "sampler scratch", sample_scratch_bytes(n), backend_current() == BACKEND_CUDA);
     d.act = &act;

@@ -38,8 +38,10 @@ typedef struct {
 // tokenizer: its architecture is SDXL base's unless `config_dir` names a diffusers folder whose
 // config.json files describe it (its weights are not read), and its tokenizers come from
 // `tokenizer_dir` (a folder with vocab.json and merges.txt) or else config_dir's tokenizer(_2)/.
+// The UNet is stored and run in unet_dtype (DT_F16 for the fast GPU path, DT_F32 for the
+// reference); the text encoders and the VAE stay f32.
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
-                    char* err);
+                    DType unet_dtype, char* err);
 void sdxl_model_free(SdxlModel* m);
 
 typedef struct {

@@ -293,25 +293,25 @@ static void unet_build(Unet* u, Weights* w) {
     u->conv_out = conv2d_build(w, "conv_out", c->block_out[0], c->out_channels, 3, 1, 1, 1);
 }
 
-static void unet_create(Unet* u, const UnetConfig* cfg) {
+static void unet_create(Unet* u, const UnetConfig* cfg, DType dtype) {
     memset(u, 0, sizeof(*u));
     u->cfg = *cfg;
     unet_allocate_blocks(u);
-    weights_init(&u->w, "unet");
+    weights_init(&u->w, "unet", dtype);
     unet_build(u, &u->w);
     weights_allocate(&u->w);
     unet_build(u, &u->w);
     weights_finish(&u->w);
 }
 
-int unet_load(Unet* u, const char* folder, const char* variant, char* err) {
+int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, char* err) {
     char path[4096];
     UnetConfig cfg;
     snprintf(path, sizeof(path), "%s/config.json", folder);
     if (unet_config_read(&cfg, path, err) != 0) return -1;
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "diffusion_pytorch_model", variant, err) != 0) return -1;
-    unet_create(u, &cfg);
+    unet_create(u, &cfg, dtype);
     int rc = weights_load(&u->w, &st, "", err);
     safetensors_close(&st);
     if (rc != 0) unet_free(u);
@@ -401,15 +401,15 @@ static int sgm_key(const char* name, ParamSource* src, void* ctx) {
     return 0;
 }
 
-int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, char* err) {
-    unet_create(u, cfg);
+int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err) {
+    unet_create(u, cfg, dtype);
     int rc = weights_load_mapped(&u->w, st, sgm_key, &u->cfg, err);
     if (rc != 0) unet_free(u);
     return rc;
 }
 
-void unet_init_random(Unet* u, const UnetConfig* cfg, uint64_t seed) {
-    unet_create(u, cfg);
+void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed) {
+    unet_create(u, cfg, dtype);
     weights_fill_random(&u->w, seed);
 }
 
@@ -434,91 +434,92 @@ void unet_free(Unet* u) {
 
 // ----------------------------------------------------------------------------
 // Forward
+//
+// Every activation is of the UNet's storage type dt (its weights' type): f32 on the CPU path,
+// f16 on the fast GPU path. Buffers are `void*` for that reason; sizes are in elements.
 
 // ResnetBlock2D (resnet.py):  out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(emb)))))
 //   x (N, in, h, w)   emb_act = silu(emb) (N, TE)   out (N, out, h, w), must not alias x
-static void resblock_forward(const UnetResBlock* rb, float* out, const float* x, const float* emb_act, int N, int h, int w,
+static void resblock_forward(const UnetResBlock* rb, void* out, const void* x, const void* emb_act, int N, int h, int w,
                              Arena* scratch) {
+    DType dt = rb->conv1.dtype;
     size_t HW = (size_t)h * w, mark = arena_mark(scratch);
-    float* a = arena_floats(scratch, (size_t)N * rb->in * HW, "resnet norm1");
-    float* b = arena_floats(scratch, (size_t)N * rb->out * HW, "resnet conv1");
-    float* e = arena_floats(scratch, (size_t)N * rb->out, "resnet time embedding");
-    group_norm(&rb->norm1, a, x, N, (int)HW);
-    silu_forward(a, a, (size_t)N * rb->in * HW, DT_F32);
-    conv2d(&rb->conv1, b, a, N, h, w, scratch);                     // (N, out, h, w)
-    linear(&rb->time_emb_proj, e, emb_act, N);                      // (N, out)
-    add_channel_vector_forward(b, b, e, N, rb->out, (int)HW, DT_F32);        // + emb[:, :, None, None]
-    group_norm(&rb->norm2, b, b, N, (int)HW);
-    silu_forward(b, b, (size_t)N * rb->out * HW, DT_F32);                   // dropout is the identity at inference
-    conv2d(&rb->conv2, out, b, N, h, w, scratch);
+    void* a = arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet norm1");
+    void* b = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet conv1");
+    void* e = arena_elems(scratch, (size_t)N * rb->out, dt, "resnet time embedding");
+    group_norm_silu(&rb->norm1, a, x, N, (int)HW);
+    conv2d(&rb->conv1, b, a, N, h, w, scratch);                    // (N, out, h, w)
+    linear(&rb->time_emb_proj, e, emb_act, N);                     // (N, out)
+    add_channel_vector_forward(b, b, e, N, rb->out, (int)HW, dt);  // + emb[:, :, None, None]
+    group_norm_silu(&rb->norm2, b, b, N, (int)HW);                 // dropout is the identity at inference
     if (rb->has_shortcut) {
-        conv2d(&rb->shortcut, b, x, N, h, w, scratch);              // 1x1: in -> out
-        add_forward(out, out, b, (size_t)N * rb->out * HW, DT_F32);
+        conv2d(&rb->shortcut, out, x, N, h, w, scratch);           // 1x1: in -> out
+        conv2d_accumulate(&rb->conv2, out, b, N, h, w, scratch);   // out = shortcut(x) + conv2(b)
     } else {
-        add_forward(out, out, x, (size_t)N * rb->out * HW, DT_F32);
+        conv2d(&rb->conv2, out, b, N, h, w, scratch);
+        add_forward(out, out, x, (size_t)N * rb->out * HW, dt);
     }
     arena_release(scratch, mark);
 }
 
 // BasicTransformerBlock (attention.py) on x (N, HW, C) in place:
 //   x += attn1(norm1(x));  x += attn2(norm2(x), context);  x += ff(norm3(x))
-static void transformer_block_forward(const UnetTransformerBlock* b, float* x, const float* context, int Lctx, int N,
-                                      int HW, int C, int heads, int cross_dim, Arena* scratch) {
+// Each `x +=` is the output projection accumulating into x (linear_accumulate): no extra pass.
+static void transformer_block_forward(const UnetTransformerBlock* b, void* x, const void* context, int Lctx, int N, int HW,
+                                      int C, int heads, Arena* scratch) {
+    DType dt = b->q1.dtype;
     size_t T = (size_t)N * HW, mark = arena_mark(scratch);
     int HS = C / heads;
-    float* n = arena_floats(scratch, T * C, "transformer norm");
-    float* q = arena_floats(scratch, T * C, "transformer q");
-    float* k = arena_floats(scratch, T * C, "transformer k");
-    float* v = arena_floats(scratch, T * C, "transformer v");
-    float* a = arena_floats(scratch, T * C, "transformer attention");
+    void* n = arena_elems(scratch, T * C, dt, "transformer norm");
+    void* q = arena_elems(scratch, T * C, dt, "transformer q");
+    void* k = arena_elems(scratch, T * C, dt, "transformer k");
+    void* v = arena_elems(scratch, T * C, dt, "transformer v");
+    void* a = arena_elems(scratch, T * C, dt, "transformer attention");
     // self-attention                                                 (N, HW, C)
     layer_norm(&b->norm1, n, x, (int)T);
     linear(&b->q1, q, n, (int)T);
     linear(&b->k1, k, n, (int)T);
     linear(&b->v1, v, n, (int)T);
-    attention_forward(a, q, k, v, N, heads, HW, HW, HS, 0, DT_F32);
-    linear(&b->out1, n, a, (int)T);
-    add_forward(x, x, n, T * C, DT_F32);
+    attention_forward(a, q, k, v, N, heads, HW, HW, HS, 0, dt);
+    linear_accumulate(&b->out1, x, a, (int)T);
     // cross-attention to the text: keys and values from context        (N, Lctx, cross_dim) -> (N, Lctx, C)
-    float* kc = arena_floats(scratch, (size_t)N * Lctx * C, "transformer context k");
-    float* vc = arena_floats(scratch, (size_t)N * Lctx * C, "transformer context v");
+    void* kc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context k");
+    void* vc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context v");
     layer_norm(&b->norm2, n, x, (int)T);
     linear(&b->q2, q, n, (int)T);
     linear(&b->k2, kc, context, N * Lctx);
     linear(&b->v2, vc, context, N * Lctx);
-    attention_forward(a, q, kc, vc, N, heads, HW, Lctx, HS, 0, DT_F32);
-    linear(&b->out2, n, a, (int)T);
-    add_forward(x, x, n, T * C, DT_F32);
-    (void)cross_dim;
+    attention_forward(a, q, kc, vc, N, heads, HW, Lctx, HS, 0, dt);
+    linear_accumulate(&b->out2, x, a, (int)T);
     // GEGLU feed-forward                                              (N, HW, 8C) -> (N, HW, 4C) -> (N, HW, C)
-    float* f = arena_floats(scratch, T * 8 * C, "transformer ff");
-    float* g = arena_floats(scratch, T * 4 * C, "transformer geglu");
+    void* f = arena_elems(scratch, T * 8 * C, dt, "transformer ff");
+    void* g = arena_elems(scratch, T * 4 * C, dt, "transformer geglu");
     layer_norm(&b->norm3, n, x, (int)T);
     linear(&b->ff_in, f, n, (int)T);
-    geglu_forward(g, f, (int)T, 4 * C, DT_F32);
-    linear(&b->ff_out, n, g, (int)T);
-    add_forward(x, x, n, T * C, DT_F32);
+    geglu_forward(g, f, (int)T, 4 * C, dt);
+    linear_accumulate(&b->ff_out, x, g, (int)T);
     arena_release(scratch, mark);
 }
 
 // Transformer2DModel (transformer_2d.py, continuous input, linear projections):
 //   out = proj_out(blocks(proj_in(norm(x) as tokens))) as NCHW + x
 //   x (N, C, h, w)   out (N, C, h, w), must not alias x
-static void spatial_transformer_forward(const UnetSpatialTransformer* st, const UnetConfig* c, float* out, const float* x,
-                                        const float* context, int Lctx, int N, int h, int w, Arena* scratch) {
+static void spatial_transformer_forward(const UnetSpatialTransformer* st, void* out, const void* x, const void* context,
+                                        int Lctx, int N, int h, int w, Arena* scratch) {
+    DType dt = st->proj_in.dtype;
     int C = st->C, HW = h * w;
     size_t T = (size_t)N * HW, mark = arena_mark(scratch);
-    float* normed = arena_floats(scratch, T * C, "transformer group norm");
-    float* tokens = arena_floats(scratch, T * C, "transformer tokens");
-    float* y = arena_floats(scratch, T * C, "transformer stream");
+    void* normed = arena_elems(scratch, T * C, dt, "transformer group norm");
+    void* tokens = arena_elems(scratch, T * C, dt, "transformer tokens");
+    void* y = arena_elems(scratch, T * C, dt, "transformer stream");
     group_norm(&st->norm, normed, x, N, HW);
-    transpose_forward(tokens, normed, N, C, HW, DT_F32);                    // (N, C, HW) -> (N, HW, C)
+    transpose_forward(tokens, normed, N, C, HW, dt);                // (N, C, HW) -> (N, HW, C)
     linear(&st->proj_in, y, tokens, (int)T);
     for (int d = 0; d < st->depth; d++)
-        transformer_block_forward(&st->blocks[d], y, context, Lctx, N, HW, C, st->heads, c->cross_attention_dim, scratch);
+        transformer_block_forward(&st->blocks[d], y, context, Lctx, N, HW, C, st->heads, scratch);
     linear(&st->proj_out, tokens, y, (int)T);
-    transpose_forward(out, tokens, N, HW, C, DT_F32);                       // (N, HW, C) -> (N, C, HW)
-    add_forward(out, out, x, T * C, DT_F32);
+    transpose_forward(out, tokens, N, HW, C, dt);                   // (N, HW, C) -> (N, C, HW)
+    add_forward(out, out, x, T * C, dt);
     arena_release(scratch, mark);
 }
 
@@ -537,7 +538,7 @@ static void level_sizes(const UnetConfig* c, int h, int w, int* hs, int* ws) {
 
 // The largest tensor the up path's two ping-pong buffers hold: each level's block outputs, and
 // the upsampler's output (the level's channels at the next level's size).
-static size_t up_buffer_floats(const UnetConfig* c, int N, const int* hs, const int* ws) {
+static size_t up_buffer_elems(const UnetConfig* c, int N, const int* hs, const int* ws) {
     size_t most = 0;
     for (int r = 0; r < c->levels; r++) {
         size_t at_level = (size_t)N * c->block_out[r] * hs[r] * ws[r];
@@ -551,12 +552,12 @@ static size_t up_buffer_floats(const UnetConfig* c, int N, const int* hs, const 
 // The skip connections, pushed on the way down and popped on the way up.
 #define UNET_MAX_SKIPS (1 + UNET_MAX_LEVELS * 8)
 typedef struct {
-    float* data[UNET_MAX_SKIPS];
+    void* data[UNET_MAX_SKIPS];
     int C[UNET_MAX_SKIPS], h[UNET_MAX_SKIPS], w[UNET_MAX_SKIPS];
     int count;
 } SkipStack;
 
-static void skip_push(SkipStack* s, float* data, int C, int h, int w) {
+static void skip_push(SkipStack* s, void* data, int C, int h, int w) {
     if (s->count == UNET_MAX_SKIPS) fatal("unet: more than %d skip connections", UNET_MAX_SKIPS);
     s->data[s->count] = data;
     s->C[s->count] = C;
@@ -565,54 +566,64 @@ static void skip_push(SkipStack* s, float* data, int C, int h, int w) {
     s->count++;
 }
 
+// An f32 input in the UNet's precision: the same buffer for f32, else a converted copy in act.
+static const void* input_as(const float* x, size_t n, DType dt, Arena* act, const char* what) {
+    if (dt == DT_F32) return x;
+    void* y = arena_elems(act, n, dt, what);
+    cast_forward(y, dt, x, DT_F32, n);
+    return y;
+}
+
 void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
                   const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act) {
     const UnetConfig* c = &u->cfg;
+    DType dt = u->w.dtype;
     int L = c->layers_per_block, last = c->levels - 1, TE = c->time_embed_dim, A = c->addition_time_embed_dim;
     int pooled_dim = c->projection_class_embeddings_input_dim - 6 * A;
     size_t mark0 = arena_mark(act);
+    const void* x_in = input_as(sample, (size_t)N * c->in_channels * h * w, dt, act, "unet sample");
+    const void* ctx = input_as(context, (size_t)N * Lctx * c->cross_attention_dim, dt, act, "unet context");
+    const void* pooled = input_as(text_embeds, (size_t)N * pooled_dim, dt, act, "unet pooled text");
 
     // time embedding: emb = linear_2(silu(linear_1(sinusoid(t))))                 (N, TE)
     float* t_dev = arena_floats(act, (size_t)N, "unet timesteps");
     copy_to_device(t_dev, t, sizeof(float) * N);
-    float* t_sin = arena_floats(act, (size_t)N * c->block_out[0], "unet time projection");
-    float* tmp = arena_floats(act, (size_t)N * TE, "unet embedding hidden");
-    float* emb = arena_floats(act, (size_t)N * TE, "unet embedding");
-    timestep_embedding_forward(t_sin, t_dev, N, c->block_out[0], c->flip_sin_to_cos, c->freq_shift, 10000.0f, DT_F32);
+    void* t_sin = arena_elems(act, (size_t)N * c->block_out[0], dt, "unet time projection");
+    void* tmp = arena_elems(act, (size_t)N * TE, dt, "unet embedding hidden");
+    void* emb = arena_elems(act, (size_t)N * TE, dt, "unet embedding");
+    timestep_embedding_forward(t_sin, t_dev, N, c->block_out[0], c->flip_sin_to_cos, c->freq_shift, 10000.0f, dt);
     linear(&u->time_linear_1, tmp, t_sin, N);
-    silu_forward(tmp, tmp, (size_t)N * TE, DT_F32);
+    silu_forward(tmp, tmp, (size_t)N * TE, dt);
     linear(&u->time_linear_2, emb, tmp, N);
     // added conditioning ("text_time"): [pooled text, sinusoid of each of the six size/crop ids]
     float* ids_dev = arena_floats(act, (size_t)N * 6, "unet time ids");
     copy_to_device(ids_dev, time_ids, sizeof(float) * N * 6);
-    float* ids_sin = arena_floats(act, (size_t)N * 6 * A, "unet time id embedding");
-    float* add_in = arena_floats(act, (size_t)N * c->projection_class_embeddings_input_dim, "unet added conditioning");
-    float* aug = arena_floats(act, (size_t)N * TE, "unet added embedding");
-    timestep_embedding_forward(ids_sin, ids_dev, N * 6, A, c->flip_sin_to_cos, c->freq_shift, 10000.0f, DT_F32); // (N*6, A) = (N, 6A)
-    concat_forward(add_in, text_embeds, ids_sin, N, pooled_dim, 6 * A, DT_F32);                           // (N, 2816)
+    void* ids_sin = arena_elems(act, (size_t)N * 6 * A, dt, "unet time id embedding");
+    void* add_in = arena_elems(act, (size_t)N * c->projection_class_embeddings_input_dim, dt, "unet added conditioning");
+    timestep_embedding_forward(ids_sin, ids_dev, N * 6, A, c->flip_sin_to_cos, c->freq_shift, 10000.0f, dt); // (N, 6A)
+    concat_forward(add_in, pooled, ids_sin, N, pooled_dim, 6 * A, dt);                                     // (N, 2816)
     linear(&u->add_linear_1, tmp, add_in, N);
-    silu_forward(tmp, tmp, (size_t)N * TE, DT_F32);
-    linear(&u->add_linear_2, aug, tmp, N);
-    add_forward(emb, emb, aug, (size_t)N * TE, DT_F32);
-    float* emb_act = arena_floats(act, (size_t)N * TE, "unet silu(embedding)"); // every resnet starts with silu(emb)
-    silu_forward(emb_act, emb, (size_t)N * TE, DT_F32);
+    silu_forward(tmp, tmp, (size_t)N * TE, dt);
+    linear_accumulate(&u->add_linear_2, emb, tmp, N);                // emb = emb + aug
+    void* emb_act = arena_elems(act, (size_t)N * TE, dt, "unet silu(embedding)"); // every resnet starts with silu(emb)
+    silu_forward(emb_act, emb, (size_t)N * TE, dt);
 
     // down path: every block output is kept as a skip connection
     SkipStack skips = {0};
-    float* hcur = arena_floats(act, (size_t)N * c->block_out[0] * h * w, "unet conv_in");
-    conv2d(&u->conv_in, hcur, sample, N, h, w, act);                // (N, C0, h, w)
+    void* hcur = arena_elems(act, (size_t)N * c->block_out[0] * h * w, dt, "unet conv_in");
+    conv2d(&u->conv_in, hcur, x_in, N, h, w, act);                 // (N, C0, h, w)
     skip_push(&skips, hcur, c->block_out[0], h, w);
     int H = h, W = w;
     for (int i = 0; i < c->levels; i++) {
         const UnetBlock* b = &u->down[i];
         int C = c->block_out[i];
         for (int j = 0; j < L; j++) {
-            float* next = arena_floats(act, (size_t)N * C * H * W, "unet down block output");
+            void* next = arena_elems(act, (size_t)N * C * H * W, dt, "unet down block output");
             if (c->has_attention[i]) {
                 size_t mark = arena_mark(act);
-                float* r = arena_floats(act, (size_t)N * C * H * W, "unet resnet output");
+                void* r = arena_elems(act, (size_t)N * C * H * W, dt, "unet resnet output");
                 resblock_forward(&b->resnets[j], r, hcur, emb_act, N, H, W, act);
-                spatial_transformer_forward(&b->attentions[j], c, next, r, context, Lctx, N, H, W, act);
+                spatial_transformer_forward(&b->attentions[j], next, r, ctx, Lctx, N, H, W, act);
                 arena_release(act, mark);
             } else {
                 resblock_forward(&b->resnets[j], next, hcur, emb_act, N, H, W, act);
@@ -622,8 +633,8 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
         }
         if (b->has_sampler) {
             int H2 = down_size(H), W2 = down_size(W);
-            float* next = arena_floats(act, (size_t)N * C * H2 * W2, "unet downsample");
-            conv2d(&b->sampler, next, hcur, N, H, W, act);        // (N, C, ceil(H/2), ceil(W/2))
+            void* next = arena_elems(act, (size_t)N * C * H2 * W2, dt, "unet downsample");
+            conv2d(&b->sampler, next, hcur, N, H, W, act);         // (N, C, ceil(H/2), ceil(W/2))
             hcur = next;
             H = H2;
             W = W2;
@@ -634,15 +645,15 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
     // mid block: resnet, transformer, resnet; then the up path ping-pongs between two buffers
     int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
     level_sizes(c, h, w, hs, ws);
-    size_t max_up = up_buffer_floats(c, N, hs, ws);
-    float* ping = arena_floats(act, max_up, "unet up-path buffer A");
-    float* pong = arena_floats(act, max_up, "unet up-path buffer B");
+    size_t max_up = up_buffer_elems(c, N, hs, ws);
+    void* ping = arena_elems(act, max_up, dt, "unet up-path buffer A");
+    void* pong = arena_elems(act, max_up, dt, "unet up-path buffer B");
     int Cm = c->block_out[last];
     {
         size_t mark = arena_mark(act);
-        float* r = arena_floats(act, (size_t)N * Cm * H * W, "unet mid resnet");
+        void* r = arena_elems(act, (size_t)N * Cm * H * W, dt, "unet mid resnet");
         resblock_forward(&u->mid_res0, r, hcur, emb_act, N, H, W, act);
-        spatial_transformer_forward(&u->mid_attn, c, ping, r, context, Lctx, N, H, W, act);
+        spatial_transformer_forward(&u->mid_attn, ping, r, ctx, Lctx, N, H, W, act);
         resblock_forward(&u->mid_res1, pong, ping, emb_act, N, H, W, act);
         arena_release(act, mark);
     }
@@ -654,19 +665,19 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
         int r = last - i, C = c->block_out[r];
         for (int j = 0; j <= L; j++) {
             skips.count--;
-            const float* skip = skips.data[skips.count];
+            const void* skip = skips.data[skips.count];
             int Cs = skips.C[skips.count];
             if (skips.h[skips.count] != H || skips.w[skips.count] != W)
                 fatal("unet: skip %d is %dx%d, the up path is at %dx%d", skips.count, skips.h[skips.count],
                       skips.w[skips.count], H, W);
             size_t mark = arena_mark(act);
-            float* cat = arena_floats(act, (size_t)N * (Ccur + Cs) * H * W, "unet skip concat");
-            concat_forward(cat, hcur, skip, N, Ccur * H * W, Cs * H * W, DT_F32);   // torch.cat([h, skip], dim=1)
-            float* next = hcur == ping ? pong : ping;
+            void* cat = arena_elems(act, (size_t)N * (Ccur + Cs) * H * W, dt, "unet skip concat");
+            concat_forward(cat, hcur, skip, N, Ccur * H * W, Cs * H * W, dt); // torch.cat([h, skip], dim=1)
+            void* next = hcur == ping ? pong : ping;
             if (c->has_attention[r]) {
-                float* rout = arena_floats(act, (size_t)N * C * H * W, "unet up resnet output");
+                void* rout = arena_elems(act, (size_t)N * C * H * W, dt, "unet up resnet output");
                 resblock_forward(&b->resnets[j], rout, cat, emb_act, N, H, W, act);
-                spatial_transformer_forward(&b->attentions[j], c, next, rout, context, Lctx, N, H, W, act);
+                spatial_transformer_forward(&b->attentions[j], next, rout, ctx, Lctx, N, H, W, act);
             } else {
                 resblock_forward(&b->resnets[j], next, cat, emb_act, N, H, W, act);
             }
@@ -679,9 +690,9 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
             // the latent size divides evenly, otherwise the size the down path had there)
             int H2 = skips.h[skips.count - 1], W2 = skips.w[skips.count - 1];
             size_t mark = arena_mark(act);
-            float* up = arena_floats(act, (size_t)N * C * H2 * W2, "unet upsample");
-            upsample_nearest_forward(up, hcur, N, C, H, W, H2, W2, DT_F32);
-            float* next = hcur == ping ? pong : ping;
+            void* up = arena_elems(act, (size_t)N * C * H2 * W2, dt, "unet upsample");
+            upsample_nearest_forward(up, hcur, N, C, H, W, H2, W2, dt);
+            void* next = hcur == ping ? pong : ping;
             conv2d(&b->sampler, next, up, N, H2, W2, act);
             arena_release(act, mark);
             hcur = next;
@@ -689,30 +700,38 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
             W = W2;
         }
     }
-    // out: conv_out(silu(conv_norm_out(h)))
+    // out: conv_out(silu(conv_norm_out(h))), back to f32 when the UNet is 16-bit
     {
         size_t mark = arena_mark(act);
-        float* n = arena_floats(act, (size_t)N * Ccur * H * W, "unet norm out");
-        group_norm(&u->norm_out, n, hcur, N, H * W);
-        silu_forward(n, n, (size_t)N * Ccur * H * W, DT_F32);
-        conv2d(&u->conv_out, out, n, N, H, W, act);                 // (N, 4, h, w)
+        size_t n_out = (size_t)N * c->out_channels * H * W;
+        void* n = arena_elems(act, (size_t)N * Ccur * H * W, dt, "unet norm out");
+        void* o = dt == DT_F32 ? (void*)out : arena_elems(act, n_out, dt, "unet noise");
+        group_norm_silu(&u->norm_out, n, hcur, N, H * W);
+        conv2d(&u->conv_out, o, n, N, H, W, act);                  // (N, 4, h, w)
+        if (o != out) cast_forward(out, DT_F32, o, dt, n_out);
         arena_release(act, mark);
     }
     arena_release(act, mark0);
 }
 
-// Floats unet_forward allocates at its peak, counted by the same walk, generously rounded: the
-// embeddings, every skip connection, the two up-path buffers, and the most any one block holds
-// at once (its input concatenation, a resnet output, a resnet's or a transformer's temporaries
-// and an im2col chunk). tests/ run the forward in an arena of exactly this size.
-size_t unet_activation_floats(const UnetConfig* c, int N, int h, int w, int Lctx) {
-    size_t align = ARENA_ALIGN / sizeof(float), total = 0;
+// Bytes unet_forward allocates at its peak, counted by the same walk, generously rounded: the
+// converted inputs, the embeddings, every skip connection, the two up-path buffers, and the most
+// any one block holds at once (its input concatenation, a resnet output, a resnet's or a
+// transformer's temporaries and an im2col chunk). tests/ run the forward in an arena of exactly
+// this size.
+size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx, DType dtype) {
+    size_t es = dtype_size(dtype), align = ARENA_ALIGN / es, total = 0;
     int L = c->layers_per_block, last = c->levels - 1;
     int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
     level_sizes(c, h, w, hs, ws);
     size_t TE = (size_t)c->time_embed_dim;
-    // embeddings: t, sinusoid, 4 x (N, TE), time ids and their sinusoids, the added input
-    total += (size_t)N * (1 + c->block_out[0] + 4 * TE + 6 + 6 * c->addition_time_embed_dim +
+    // 16-bit copies of the inputs (and the output before its conversion)
+    if (dtype != DT_F32)
+        total += (size_t)N * (2 * c->in_channels * h * w + (size_t)Lctx * c->cross_attention_dim +
+                              c->projection_class_embeddings_input_dim) + 4 * align;
+    // embeddings: t, sinusoid, 4 x (N, TE), time ids and their sinusoids, the added input (the f32
+    // t and ids counted as two elements each, enough for either size)
+    total += (size_t)N * (2 + c->block_out[0] + 4 * TE + 12 + 6 * c->addition_time_embed_dim +
                           c->projection_class_embeddings_input_dim) + 16 * align;
     // skips: conv_in, every down block output, every downsampler output
     total += (size_t)N * c->block_out[0] * h * w + align;
@@ -720,7 +739,7 @@ size_t unet_activation_floats(const UnetConfig* c, int N, int h, int w, int Lctx
         total += (size_t)L * ((size_t)N * c->block_out[i] * hs[i] * ws[i] + align);
         if (i != last) total += (size_t)N * c->block_out[i] * hs[i + 1] * ws[i + 1] + align;
     }
-    total += 2 * (up_buffer_floats(c, N, hs, ws) + align);
+    total += 2 * (up_buffer_elems(c, N, hs, ws) + align);
     // the busiest block
     size_t peak = 0;
     for (int i = 0; i < c->levels; i++) {
@@ -737,5 +756,5 @@ size_t unet_activation_floats(const UnetConfig* c, int N, int h, int w, int Lctx
         block = block > upsample ? block : upsample;
         peak = block > peak ? block : peak;
     }
-    return total + peak + 64 * align;
+    return (total + peak + 64 * align) * es;
 }

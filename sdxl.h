@@ -78,17 +78,18 @@ typedef struct {
     UnetBlock up[UNET_MAX_LEVELS];
     GroupNorm norm_out; // conv_norm_out
     Conv2d conv_out;
-    Weights w;
+    Weights w; // w.dtype is the UNet's precision: its weights and every activation inside it
 } Unet;
 
 int unet_config_read(UnetConfig* c, const char* path, char* err);
 void unet_config_sdxl(UnetConfig* c); // SDXL base 1.0, for single-file checkpoints and benchmarks
 
-// A diffusers folder `unet/` (config.json + diffusion_pytorch_model[.variant].safetensors, sharded or not).
-int unet_load(Unet* u, const char* folder, const char* variant, char* err);
+// A diffusers folder `unet/` (config.json + diffusion_pytorch_model[.variant].safetensors, sharded
+// or not), its weights stored as dtype (F32, F16 or BF16, whatever the file holds).
+int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, char* err);
 // The UNet of an SGM single-file checkpoint (model.diffusion_model.*), with the given config.
-int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, char* err);
-void unet_init_random(Unet* u, const UnetConfig* cfg, uint64_t seed);
+int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err);
+void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed);
 void unet_free(Unet* u);
 
 // The SGM (and kohya LoRA) name of a diffusers UNet parameter name, e.g.
@@ -99,8 +100,9 @@ int unet_sgm_name(const UnetConfig* c, const char* diffusers_name, char* out, si
 // One evaluation for N latents of h x w:
 //   sample (N, 4, h, w)   t (N) timesteps   context (N, Lctx, cross_attention_dim)
 //   text_embeds (N, pooled)   time_ids (N, 6)   out (N, 4, h, w) = the predicted noise
-// All on the backend but t and time_ids, which are host arrays. act holds the activations and is
-// released before returning; size it with unet_activation_floats.
+// All on the backend but t and time_ids, which are host arrays; all f32 whatever the UNet's
+// precision (a 16-bit UNet converts its inputs on the way in and the noise on the way out). act
+// holds the activations and is released before returning; size it with unet_activation_bytes.
 void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
                   const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act);
-size_t unet_activation_floats(const UnetConfig* c, int N, int h, int w, int Lctx);
+size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx, DType dtype);

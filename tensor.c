@@ -174,3 +174,7 @@ void arena_report(const Arena* a) {
     printf("arena '%s': peak %.1f MiB of %.1f MiB (%s)\n", a->name, a->high_water / 1048576.0, a->capacity / 1048576.0,
            a->on_device ? "device" : "host");
 }
+
+void* arena_elems(Arena* a, size_t count, DType dt, const char* what) {
+    return arena_alloc(a, count * dtype_size(dt), what);
+}

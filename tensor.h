@@ -59,6 +59,8 @@ void arena_free(Arena* a);
 // arena and `what`, with the sizes, because it means a size computation in the model is wrong.
 void* arena_alloc(Arena* a, size_t bytes, const char* what);
 float* arena_floats(Arena* a, size_t count, const char* what);
+// count elements of a storage type (F32, F16, BF16): the activations of a model in its precision.
+void* arena_elems(Arena* a, size_t count, DType dt, const char* what);
 // A mark/release pair gives scoped scratch: everything allocated after the mark is released.
 size_t arena_mark(const Arena* a);
 void arena_release(Arena* a, size_t mark);

@@ -379,7 +379,7 @@ int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, char*
         }
     }
     vae->config = *cfg;
-    weights_init(&vae->weights, "vae");
+    weights_init(&vae->weights, "vae", DT_F32);
     vae_build(vae, &vae->weights);  // pass 1: names, shapes, the module table
     weights_allocate(&vae->weights);
     vae_build(vae, &vae->weights);  // pass 2: pointers
@@ -408,7 +408,7 @@ int vae_load(Vae* vae, const char* path, char* err) {
 void vae_init_random(Vae* vae, const VaeConfig* cfg, uint64_t seed) {
     memset(vae, 0, sizeof(*vae));
     vae->config = *cfg;
-    weights_init(&vae->weights, "vae");
+    weights_init(&vae->weights, "vae", DT_F32);
     vae_build(vae, &vae->weights);
     weights_allocate(&vae->weights);
     vae_build(vae, &vae->weights);
@@ -601,7 +601,7 @@ static void encoder_walk(const Vae* v, int N, int H, int W, size_t* stream, size
 static void vae_shapes(Vae* v, const VaeConfig* cfg) {
     memset(v, 0, sizeof(*v));
     v->config = *cfg;
-    weights_init(&v->weights, "vae");
+    weights_init(&v->weights, "vae", DT_F32);
     vae_build(v, &v->weights);
 }
 

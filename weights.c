@@ -9,9 +9,12 @@
 #include "common.h"
 #include "ops.h"
 
-void weights_init(Weights* w, const char* what) {
+void weights_init(Weights* w, const char* what, DType dtype) {
+    if (dtype != DT_F32 && dtype != DT_F16 && dtype != DT_BF16)
+        fatal("%s: parameters can be stored as F32, F16 or BF16, not %s", what, dtype_name(dtype));
     memset(w, 0, sizeof(*w));
     w->what = what;
+    w->dtype = dtype;
     w->pass = 1;
 }
 
@@ -27,7 +30,7 @@ static size_t shape_numel(int rank, const int64_t* shape) {
     return n;
 }
 
-float* weights_param(Weights* w, const char* name, int rank, const int64_t* shape) {
+void* weights_param(Weights* w, const char* name, int rank, const int64_t* shape) {
     if (rank < 1 || rank > WEIGHTS_MAX_RANK) fatal("%s: parameter '%s' has rank %d", w->what, name, rank);
     if (w->pass == 1) {
         if (strlen(name) >= WEIGHTS_NAME_MAX) fatal("%s: parameter name too long: %s", w->what, name);
@@ -42,7 +45,7 @@ float* weights_param(Weights* w, const char* name, int rank, const int64_t* shap
         memcpy(p->shape, shape, sizeof(int64_t) * rank);
         p->numel = shape_numel(rank, shape);
         // each tensor starts on an ARENA_ALIGN boundary, like arena_alloc would place it
-        size_t align = ARENA_ALIGN / sizeof(float);
+        size_t align = ARENA_ALIGN / dtype_size(w->dtype);
         p->offset = w->total;
         w->total += (p->numel + align - 1) / align * align;
         return NULL;
@@ -56,9 +59,10 @@ float* weights_param(Weights* w, const char* name, int rank, const int64_t* shap
 
 void weights_allocate(Weights* w) {
     if (w->pass != 1) fatal("%s: weights_allocate called twice", w->what);
-    arena_init(&w->arena, w->what, sizeof(float) * (w->total ? w->total : 1), backend_current() == BACKEND_CUDA);
-    arena_alloc(&w->arena, sizeof(float) * w->total, "parameters");
-    for (int i = 0; i < w->count; i++) w->params[i].data = (float*)w->arena.base + w->params[i].offset;
+    size_t es = dtype_size(w->dtype);
+    arena_init(&w->arena, w->what, es * (w->total ? w->total : 1), backend_current() == BACKEND_CUDA);
+    arena_alloc(&w->arena, es * w->total, "parameters");
+    for (int i = 0; i < w->count; i++) w->params[i].data = w->arena.base + es * w->params[i].offset;
     w->pass = 2;
     w->cursor = 0;
 }
@@ -120,6 +124,8 @@ int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx
     size_t staging_n = 0;
     for (int i = 0; i < w->count; i++) staging_n = w->params[i].numel > staging_n ? w->params[i].numel : staging_n;
     float* staging = xmalloc(sizeof(float) * (staging_n ? staging_n : 1));
+    // the parameter in its storage type (F32 needs no second buffer)
+    void* stored = w->dtype == DT_F32 ? (void*)staging : xmalloc(dtype_size(w->dtype) * (staging_n ? staging_n : 1));
     float* whole = NULL; // a whole stored tensor, when the parameter is a slice or a transpose of it
     size_t whole_n = 0;
     int rc = 0;
@@ -170,8 +176,10 @@ int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx
                 memcpy(staging, rows, sizeof(float) * p->numel);
             }
         }
-        copy_to_device(p->data, staging, sizeof(float) * p->numel);
+        if (w->dtype != DT_F32) convert_from_f32(stored, w->dtype, staging, p->numel);
+        copy_to_device(p->data, stored, dtype_size(w->dtype) * p->numel);
     }
+    if (stored != staging) free(stored);
     free(staging);
     free(whole);
     return rc;
@@ -189,6 +197,7 @@ void weights_fill_random(Weights* w, uint64_t seed) {
     size_t max_n = 0;
     for (int i = 0; i < w->count; i++) max_n = w->params[i].numel > max_n ? w->params[i].numel : max_n;
     float* host = xmalloc(sizeof(float) * (max_n ? max_n : 1));
+    void* stored = w->dtype == DT_F32 ? (void*)host : xmalloc(dtype_size(w->dtype) * (max_n ? max_n : 1));
     uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
     for (int i = 0; i < w->count; i++) {
         Param* p = &w->params[i];
@@ -208,8 +217,10 @@ void weights_fill_random(Weights* w, uint64_t seed) {
                 host[j] = (2.0f * u - 1.0f) * bound;
             }
         }
-        copy_to_device(p->data, host, sizeof(float) * p->numel);
+        if (w->dtype != DT_F32) convert_from_f32(stored, w->dtype, host, p->numel);
+        copy_to_device(p->data, stored, dtype_size(w->dtype) * p->numel);
     }
+    if (stored != host) free(stored);
     free(host);
 }
 
@@ -222,8 +233,15 @@ int weights_save(const Weights* w, const char* path, const char* prefix, DType d
         size_t len = strlen(prefix) + strlen(p->name) + 1;
         names[i] = xmalloc(len);
         snprintf(names[i], len, "%s%s", prefix, p->name);
-        float* host = xmalloc(sizeof(float) * p->numel);
-        copy_to_host(host, p->data, sizeof(float) * p->numel);
+        float* host = xmalloc(sizeof(float) * (p->numel ? p->numel : 1));
+        if (w->dtype == DT_F32) {
+            copy_to_host(host, p->data, sizeof(float) * p->numel);
+        } else {
+            uint16_t* bits = xmalloc(sizeof(uint16_t) * (p->numel ? p->numel : 1));
+            copy_to_host(bits, p->data, sizeof(uint16_t) * p->numel);
+            convert_to_f32(host, bits, w->dtype, p->numel);
+            free(bits);
+        }
         if (dtype == DT_F32) {
             data[i] = host;
         } else {

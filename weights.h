@@ -5,7 +5,7 @@
 // "down_blocks.1.attentions.0.proj_in.weight") and shape. The walk runs twice, llm.c's
 // fill_in_parameter_sizes + malloc_and_point_parameters in one function:
 //
-//   weights_init(&w, "unet");
+//   weights_init(&w, "unet", DT_F16);
 //   unet_build(&unet, &w);   // pass 1: records names and shapes, hands out NULL
 //   weights_allocate(&w);    // one arena on the current backend, sized from pass 1
 //   unet_build(&unet, &w);   // pass 2: the same calls, now handing out pointers into the arena
@@ -32,8 +32,8 @@ typedef struct {
     int rank;
     int64_t shape[WEIGHTS_MAX_RANK];
     size_t numel;
-    size_t offset; // in floats, from the start of the arena
-    float* data;   // on the backend the arena lives on (NULL in pass 1)
+    size_t offset; // in elements of the storage type, from the start of the arena
+    void* data;    // on the backend the arena lives on (NULL in pass 1), of Weights.dtype
 } Param;
 
 typedef struct {
@@ -42,14 +42,17 @@ typedef struct {
     int count, capacity;
     int pass;     // 1: sizing, 2: handing out pointers
     int cursor;   // next parameter pass 2 expects
-    size_t total; // floats
+    size_t total; // elements
+    DType dtype;  // storage type of every parameter: F32 (weights_init's choice), F16 or BF16
     Arena arena;  // the one allocation
 } Weights;
 
-void weights_init(Weights* w, const char* what);
+// Starts an empty parameter table; `dtype` is how the parameters are stored (and so the dt the
+// model passes its ops): F32, F16 or BF16. Files of any of the three load into any of them.
+void weights_init(Weights* w, const char* what, DType dtype);
 void weights_free(Weights* w);
 // Declares (pass 1) or returns (pass 2) the parameter `name` of the given shape.
-float* weights_param(Weights* w, const char* name, int rank, const int64_t* shape);
+void* weights_param(Weights* w, const char* name, int rank, const int64_t* shape);
 void weights_allocate(Weights* w);
 void weights_finish(Weights* w);
 const Param* weights_find(const Weights* w, const char* name);
@@ -73,5 +76,5 @@ int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx
 // Deterministic random values for weight-free runs: biases 0, norm scales 1, other tensors
 // uniform in +-1/sqrt(fan_in) (fan_in = numel / shape[0]), as PyTorch's default init bounds.
 void weights_fill_random(Weights* w, uint64_t seed);
-// Writes every parameter as `prefix + name` to a safetensors file (dtype F32 or F16).
+// Writes every parameter as `prefix + name` to a safetensors file (dtype F32, F16 or BF16).
 int weights_save(const Weights* w, const char* path, const char* prefix, DType dtype, char* err);

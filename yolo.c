@@ -315,7 +315,7 @@ void yolo_checkpoint_keys(const YoloConfig* cfg, void (*fn)(void* ctx, const cha
     // pass 1 of the build only: names and shapes, no allocation
     Yolo* y = xcalloc(1, sizeof(Yolo));
     y->cfg = *cfg;
-    weights_init(&y->weights, "yolo");
+    weights_init(&y->weights, "yolo", DT_F32);
     yolo_build(y, &y->weights);
     const Weights* w = &y->weights;
     char prefix[NAME_MAX_LEN], name[NAME_MAX_LEN + 32];
@@ -410,7 +410,7 @@ int yolo_load(Yolo* y, const char* path, char* err) {
     if (rc == 0) rc = read_names(y, &st, err);
     if (rc == 0) {
         y->backend = backend_current();
-        weights_init(&y->weights, "yolo");
+        weights_init(&y->weights, "yolo", DT_F32);
         yolo_build(y, &y->weights); // pass 1: names and shapes
         weights_allocate(&y->weights);
         yolo_build(y, &y->weights); // pass 2: pointers

@@ -40,7 +40,7 @@ static int tiny_load(Tiny* t) {
     char err[ERR_MAX] = "", dir[4096], path[4200];
     snprintf(dir, sizeof(dir), "%s", golden_path("tiny_sdxl"));
     snprintf(path, sizeof(path), "%s/unet", dir);
-    if (!check_true(unet_load(&t->unet, path, NULL, err) == 0, "load tiny unet: %s", err)) return 0;
+    if (!check_true(unet_load(&t->unet, path, NULL, DT_F32, err) == 0, "load tiny unet: %s", err)) return 0;
     snprintf(path, sizeof(path), "%s/text_encoder", dir);
     if (!check_true(clip_text_load(&t->te1, path, NULL, err) == 0, "load tiny text_encoder: %s", err)) {
         unet_free(&t->unet);
@@ -129,7 +129,7 @@ static void check_unet_out(const Unet* u, const SafeTensors* tiny_ref, const Saf
     float* want = golden_f32(ref, want_name, NULL);
     if (sample && t && ctx && text && ids && want) {
         Arena act;
-        arena_init(&act, "unet activations", sizeof(float) * unet_activation_floats(&u->cfg, N, h, w, Lctx),
+        arena_init(&act, "unet activations", unet_activation_bytes(&u->cfg, N, h, w, Lctx, u->w.dtype),
                    backend_current() == BACKEND_CUDA);
         float* d_out = backend_alloc(n);
         // the pooled text is what the added conditioning holds besides the six size/crop ids
@@ -279,6 +279,46 @@ static void test_lora_scale_zero_is_identity(void) {
     tiny_free(&t);
 }
 
+// A 16-bit UNet (the GPU's fp16 path) merges in f32 and rounds once, as diffusers' fuse_lora does:
+// every weight ends within one f16 unit of the f32 model's merged weight.
+static void test_lora_merge_into_fp16_unet(void) {
+    char err[ERR_MAX] = "", path[4200];
+    snprintf(path, sizeof(path), "%s/unet", golden_path("tiny_sdxl"));
+    Tiny t; // the f32 UNet and the text encoders the file also adapts
+    if (!tiny_load(&t)) return;
+    Unet u16;
+    if (!check_true(unet_load(&u16, path, NULL, DT_F16, err) == 0, "load tiny unet f16: %s", err)) {
+        tiny_free(&t);
+        return;
+    }
+    Unet* u32 = &t.unet;
+    Lora l;
+    if (load_ok(&l, golden("lora/c_kohya_locon.safetensors"), err)) { // linears and convs
+        check_true(lora_merge(&l, SCALE, u32, &t.te1, NULL, err) == 0, "merge into the f32 UNet: %s", err[0] ? err : "ok");
+        // te1 is merged a second time here; only the UNets are compared below
+        check_true(lora_merge(&l, SCALE, &u16, &t.te1, NULL, err) == 0, "merge into the f16 UNet: %s", err[0] ? err : "ok");
+        lora_free(&l);
+    }
+    size_t n = param_floats(&u32->w), at = 0;
+    float* w32 = snapshot(&u32->w);
+    float* w16 = xmalloc(sizeof(float) * n + 1);
+    for (int i = 0; i < u16.w.count; i++) {
+        const Param* q = &u16.w.params[i];
+        uint16_t* bits = xmalloc(sizeof(uint16_t) * q->numel + 2);
+        copy_to_host(bits, q->data, sizeof(uint16_t) * q->numel);
+        convert_to_f32(w16 + at, bits, DT_F16, q->numel);
+        free(bits);
+        at += q->numel;
+    }
+    // the f32 file's weight rounded to f16 at load, then the merge's one rounding: at most one unit
+    // of 2^-10 relative, and values below f16's normal range keep their absolute 2^-24 steps
+    check_close("f16 UNet merged weights vs f32 merged weights", w16, w32, n, 6e-8f, 1.0f / 1024.0f);
+    free(w32);
+    free(w16);
+    tiny_free(&t);
+    unet_free(&u16);
+}
+
 // ----------------------------------------------------------------------------
 // Key names
 
@@ -348,7 +388,7 @@ static void test_lora_kohya_names_match_diffusers_sgm_keys(void) {
     snprintf(path, sizeof(path), "%s/unet/config.json", golden_path("tiny_sdxl"));
     if (!check_true(unet_config_read(&cfg, path, err) == 0, "unet config: %s", err)) return;
     Unet u;
-    unet_init_random(&u, &cfg, 1);
+    unet_init_random(&u, &cfg, DT_F32, 1);
     int wrong = 0, linears = 0, convs = 0;
     for (int i = 0; i < u.w.count; i++) {
         const Param* p = &u.w.params[i];
@@ -611,6 +651,7 @@ const TestCase tests_lora[] = {
     {"lora_c_kohya_locon", test_lora_c_kohya_locon},
     {"lora_peft_single_and_no_config", test_lora_peft_single_and_no_config},
     {"lora_scale_zero_is_identity", test_lora_scale_zero_is_identity},
+    {"lora_merge_into_fp16_unet", test_lora_merge_into_fp16_unet},
     {"lora_kohya_names_match_diffusers_sgm_keys", test_lora_kohya_names_match_diffusers_sgm_keys},
     {"lora_name_round_trip", test_lora_name_round_trip},
     {"lora_bad_input", test_lora_bad_input},

@@ -15,7 +15,7 @@
 
 static int load_tiny(SdxlModel* m) {
     char err[ERR_MAX] = "";
-    return check_true(sdxl_model_load(m, golden_path("tiny_sdxl"), NULL, NULL, NULL, err) == 0, "load tiny_sdxl %s", err);
+    return check_true(sdxl_model_load(m, golden_path("tiny_sdxl"), NULL, NULL, NULL, DT_F32, err) == 0, "load tiny_sdxl %s", err);
 }
 
 static void test_pipeline_matches_diffusers(void) {
@@ -150,7 +150,7 @@ static void test_pipeline_single_file(void) {
     if (!check_true(written, "wrote %s (%d tensors): %s", file, n, err)) return;
 
     SdxlModel single, folder;
-    int ok = check_true(sdxl_model_load(&single, file, NULL, golden_path("tiny_sdxl"), NULL, err) == 0,
+    int ok = check_true(sdxl_model_load(&single, file, NULL, golden_path("tiny_sdxl"), NULL, DT_F32, err) == 0,
                         "load the single file with --config: %s", err);
     if (!ok || !load_tiny(&folder)) return;
     GenerateParams p = {.prompt = "a (door:1.2) opens", .negative = "blurry", .width = 40, .height = 32, .steps = 2,
@@ -166,18 +166,18 @@ static void test_pipeline_single_file(void) {
     sdxl_model_free(&single);
     sdxl_model_free(&folder);
     // without --config, the file is read as SDXL base, whose shapes this tiny file does not have
-    int rc = sdxl_model_load(&single, file, NULL, NULL, golden_path("tiny_sdxl/tokenizer"), err);
+    int rc = sdxl_model_load(&single, file, NULL, NULL, golden_path("tiny_sdxl/tokenizer"), DT_F32, err);
     check_true(rc == -1 && strstr(err, "shape"), "as SDXL base it is refused: %.100s", err);
 }
 
 static void test_pipeline_bad_input(void) {
     SdxlModel m;
     char err[ERR_MAX] = "";
-    int rc = sdxl_model_load(&m, "tests/golden/no_such_model", NULL, NULL, NULL, err);
+    int rc = sdxl_model_load(&m, "tests/golden/no_such_model", NULL, NULL, NULL, DT_F32, err);
     check_true(rc == -1 && strstr(err, "no_such_model"), "missing model: %s", err);
-    rc = sdxl_model_load(&m, golden_path("st"), NULL, NULL, NULL, err);
+    rc = sdxl_model_load(&m, golden_path("st"), NULL, NULL, NULL, DT_F32, err);
     check_true(rc == -1 && strstr(err, "model_index.json"), "a folder that is not a model: %s", err);
-    rc = sdxl_model_load(&m, golden_path("vae_sgm.safetensors"), NULL, NULL, NULL, err);
+    rc = sdxl_model_load(&m, golden_path("vae_sgm.safetensors"), NULL, NULL, NULL, DT_F32, err);
     check_true(rc == -1 && strstr(err, "--tokenizer"), "single file without a tokenizer: %s", err);
     if (!load_tiny(&m)) return;
     GenerateParams p = {.prompt = "x", .negative = "", .width = 64, .height = 64, .steps = 0, .cfg = 5, .seed = 1, .quiet = 1};

@@ -134,7 +134,7 @@ static void test_sdxl_unet_sgm_names(void) {
     check_true(doc.root.length > 700 && wrong == 0, "%zu UNet names map to diffusers' SGM keys (%d wrong)", doc.root.length, wrong);
     // and our parameter table declares exactly those tensors
     Unet u;
-    unet_init_random(&u, &cfg, 1);
+    unet_init_random(&u, &cfg, DT_F32, 1);
     int unknown = 0;
     for (int i = 0; i < u.w.count; i++) {
         int found = 0;
@@ -154,13 +154,14 @@ static void test_sdxl_text_encoder_2(void) {
     check_text_encoder("text_encoder_2", "te2.ids", "te2.penultimate", "te2.text_embeds");
 }
 
-// One UNet evaluation at the latent size of golden case `name` (e.g. "unet_6x9").
-static void check_unet(const char* name) {
+// One UNet evaluation at the latent size of golden case `name` (e.g. "unet_6x9"), the UNet stored
+// and run in dtype, compared with diffusers' f32 output within atol + rtol * |want|.
+static void check_unet(const char* name, DType dtype, float atol, float rtol) {
     SafeTensors ref;
     if (!golden_open(&ref, "tiny_sdxl_ref.safetensors")) return;
     Unet u;
     char err[ERR_MAX] = "", key[128];
-    if (!check_true(unet_load(&u, tiny("unet"), NULL, err) == 0, "load unet: %s", err)) {
+    if (!check_true(unet_load(&u, tiny("unet"), NULL, dtype, err) == 0, "load unet (%s): %s", dtype_name(dtype), err)) {
         safetensors_close(&ref);
         return;
     }
@@ -175,8 +176,8 @@ static void check_unet(const char* name) {
     if (!sample || !t || !ctx || !text || !ids || !want) return;
     int Lctx = 77;
     Arena act;
-    size_t need = unet_activation_floats(&u.cfg, N, h, w, Lctx);
-    arena_init(&act, "unet activations", sizeof(float) * need, backend_current() == BACKEND_CUDA);
+    size_t need = unet_activation_bytes(&u.cfg, N, h, w, Lctx, u.w.dtype);
+    arena_init(&act, "unet activations", need, backend_current() == BACKEND_CUDA);
     float* d_out = backend_alloc(n);
     double t0 = now_seconds();
     unet_forward(&u, d_out, to_backend(sample, n), t, to_backend(ctx, (size_t)N * Lctx * u.cfg.cross_attention_dim), Lctx,
@@ -185,19 +186,27 @@ static void check_unet(const char* name) {
     printf("  unet forward %dx%d, batch %d: %.3f s\n", h, w, N, now_seconds() - t0);
     float* got = from_backend(d_out, n);
     char label[96];
-    snprintf(label, sizeof(label), "UNet eps, latent %dx%d, batch %d", h, w, N);
-    // ~40 layers deep with attention, GEGLU and group norms; the outputs are of order 1
-    check_close(label, got, want, n, 2e-5f, 1e-4f);
+    snprintf(label, sizeof(label), "UNet %s eps, latent %dx%d, batch %d", dtype_name(dtype), h, w, N);
+    check_close(label, got, want, n, atol, rtol);
     arena_report(&act);
-    check_true(act.high_water <= act.capacity, "activation arena of unet_activation_floats() was enough");
+    check_true(act.high_water <= act.capacity, "activation arena of unet_activation_bytes() was enough");
     arena_free(&act);
     free(got); free(sample); free(t); free(ctx); free(text); free(ids); free(want);
     unet_free(&u);
     safetensors_close(&ref);
 }
 
-static void test_sdxl_unet_odd_latent(void) { check_unet("unet_6x9"); }
-static void test_sdxl_unet_square_latent(void) { check_unet("unet_8x8"); }
+// f32: ~40 layers deep with attention, GEGLU and group norms; the outputs are of order 1
+static void test_sdxl_unet_odd_latent(void) { check_unet("unet_6x9", DT_F32, 2e-5f, 1e-4f); }
+static void test_sdxl_unet_square_latent(void) { check_unet("unet_8x8", DT_F32, 2e-5f, 1e-4f); }
+// 16-bit storage (the fast GPU path, here on its CPU specification): every activation rounded to
+// 11 (f16) or 8 (bf16) significant bits, about 100 roundings deep. Measured against diffusers'
+// f32 output: f16 within 6.6e-3 (diffusers itself run in fp16 on the same inputs: 5.4e-3), bf16
+// within 5.8e-2 (diffusers in bf16 on the CPU: 0.26). The tolerances leave room for another
+// summation order (the GPU) and still catch a real mistake, which moves outputs of order 1 by
+// order 1.
+static void test_sdxl_unet_fp16(void) { check_unet("unet_6x9", DT_F16, 1e-2f, 1e-2f); }
+static void test_sdxl_unet_bf16(void) { check_unet("unet_6x9", DT_BF16, 6e-2f, 6e-2f); }
 
 const TestCase tests_sdxl[] = {
     {"sdxl_text_encoder_1", test_sdxl_text_encoder_1},
@@ -206,5 +215,7 @@ const TestCase tests_sdxl[] = {
     {"sdxl_unet_sgm_names", test_sdxl_unet_sgm_names},
     {"sdxl_unet_odd_latent", test_sdxl_unet_odd_latent},
     {"sdxl_unet_square_latent", test_sdxl_unet_square_latent},
+    {"sdxl_unet_fp16", test_sdxl_unet_fp16},
+    {"sdxl_unet_bf16", test_sdxl_unet_bf16},
     {NULL, NULL},
 };
