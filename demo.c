@@ -164,7 +164,7 @@ int demo_model_write(const char* root, uint64_t seed, char* err) {
     VaeConfig vcfg;
     if (vae_config_read(&vcfg, path, err) != 0) return -1;
     Vae vae;
-    vae_init_random(&vae, &vcfg, seed + 4);
+    vae_init_random(&vae, &vcfg, DT_F32, seed + 4);
     snprintf(path, sizeof(path), "%s/diffusion_pytorch_model.safetensors", dir);
     rc = weights_save(&vae.weights, path, "", DT_F32, err);
     vae_free(&vae);

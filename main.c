@@ -147,19 +147,26 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
-// --precision: the UNet's storage and arithmetic. "auto" is the fast path on a GPU (f16, tensor
-// cores) and the reference on the CPU (f32, what the tests compare with diffusers).
-static DType unet_precision(const char* name) {
-    if (strcmp(name, "auto") == 0) return backend_current() == BACKEND_CUDA ? DT_F16 : DT_F32;
-    return (DType)precision_by_name(name, "--precision");
+// --precision: the UNet's storage and arithmetic, and --vae-precision the VAE's. "auto" is the fast
+// path on a GPU (UNet f16 on the tensor cores, VAE bf16, which has f32's range: SDXL's VAE
+// overflows in f16) and the reference on the CPU (f32, what the tests compare with diffusers).
+static SdxlPrecision model_precision(const char* unet, const char* vae) {
+    int gpu = backend_current() == BACKEND_CUDA;
+    SdxlPrecision p;
+    p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
+    p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
+    return p;
 }
 
+static const char* precision_name(DType t) { return t == DT_F32 ? "fp32" : t == DT_F16 ? "fp16" : "bf16"; }
+
 static void load_model(SdxlModel* model, const char* path, const char* variant, const char* config, const char* tokenizer,
-                       DType unet_dtype, const char* lora, float lora_scale) {
+                       const SdxlPrecision* precision, const char* lora, float lora_scale) {
     char err[ERR_MAX];
     double t0 = now_seconds();
-    if (sdxl_model_load(model, path, variant, config, tokenizer, unet_dtype, err) != 0) fatal("%s", err);
-    printf("loaded %s in %.1f s (UNet %s)\n", path, now_seconds() - t0, unet_dtype == DT_F32 ? "fp32" : unet_dtype == DT_F16 ? "fp16" : "bf16");
+    if (sdxl_model_load(model, path, variant, config, tokenizer, precision, err) != 0) fatal("%s", err);
+    printf("loaded %s in %.1f s (UNet %s, VAE %s)\n", path, now_seconds() - t0, precision_name(precision->unet),
+           precision_name(precision->vae));
     if (lora) {
         Lora l;
         if (lora_load(&l, lora, err) != 0) fatal("%s", err);
@@ -194,6 +201,7 @@ static int generate_main(int argc, char** argv) {
     const char* config = NULL;
     const char* backend = "cpu";
     const char* precision = "auto";
+    const char* vae_precision = "auto";
     Option options[] = {
         {"--model", OPT_STRING, &model, "an SDXL diffusers folder, or an SGM single-file .safetensors (required)"},
         {"--prompt", OPT_STRING, &o.prompt, "what to draw; the storyboard template is appended"},
@@ -214,6 +222,7 @@ static int generate_main(int argc, char** argv) {
         {"--tokenizer", OPT_STRING, &tokenizer, "single files: a tokenizer folder (vocab.json, merges.txt)"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
     const char* usage = "sdxl generate --model PATH --prompt TEXT [options]";
@@ -223,10 +232,10 @@ static int generate_main(int argc, char** argv) {
     if (o.prompts_file && strcmp(o.out, "storyboard.png") == 0) o.out = "storyboard_out";
     validate_generate_options(&o);
     backend_select_by_name(backend);
-    DType unet_dtype = unet_precision(precision);
+    SdxlPrecision prec = model_precision(precision, vae_precision);
     options_print_values(options, n_options);
     SdxlModel m;
-    load_model(&m, model, variant, config, tokenizer, unet_dtype, o.lora, o.lora_scale);
+    load_model(&m, model, variant, config, tokenizer, &prec, o.lora, o.lora_scale);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;
@@ -245,6 +254,7 @@ static int demo_main(int argc, char** argv) {
     const char* folder = "demo_out/tiny_sdxl";
     const char* backend = "cpu";
     const char* precision = "auto";
+    const char* vae_precision = "auto";
     Option options[] = {
         {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
         {"--steps", OPT_INT, &o.steps, "denoising steps"},
@@ -256,11 +266,12 @@ static int demo_main(int argc, char** argv) {
         {"--out", OPT_STRING, &o.out, "PNG to write"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
     };
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 2, "sdxl demo [options]")) return 0;
     validate_generate_options(&o);
     backend_select_by_name(backend);
-    DType unet_dtype = unet_precision(precision);
+    SdxlPrecision prec = model_precision(precision, vae_precision);
     char err[ERR_MAX];
     make_parent_dir(folder);
     double t0 = now_seconds();
@@ -268,7 +279,7 @@ static int demo_main(int argc, char** argv) {
     printf("wrote a tiny random-weight SDXL to %s in %.1f s (its images are noise: the weights are random)\n", folder,
            now_seconds() - t0);
     SdxlModel m;
-    load_model(&m, folder, NULL, NULL, NULL, unet_dtype, NULL, 0.0f);
+    load_model(&m, folder, NULL, NULL, NULL, &prec, NULL, 0.0f);
     run_prompts(&m, &o);
     sdxl_model_free(&m);
     return 0;

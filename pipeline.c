@@ -58,7 +58,7 @@ static const char* pick_variant(const char* dir, const char* stem, const char* a
     return file_exists(single) || file_exists(index) ? NULL : "fp16";
 }
 
-static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, DType unet_dtype, char* err) {
+static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, const SdxlPrecision* p, char* err) {
     char path[4200];
     snprintf(path, sizeof(path), "%s/model_index.json", root);
     JsonDoc index;
@@ -83,9 +83,9 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     snprintf(dir, sizeof(dir), "%s/text_encoder_2", root);
     if (clip_text_load(&m->te2, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/unet", root);
-    if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), unet_dtype, err) != 0) return -1;
+    if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), p->unet, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/vae", root);
-    if (vae_load(&m->vae, dir, err) != 0) return -1;
+    if (vae_load(&m->vae, dir, p->vae, err) != 0) return -1;
     snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", root);
     if (file_exists(path)) return scheduler_config_read(&m->sched, path, err);
     scheduler_config_sdxl(&m->sched);
@@ -120,7 +120,7 @@ static int single_file_configs(const char* config_dir, UnetConfig* uc, ClipTextC
 }
 
 static int load_single_file(SdxlModel* m, const char* file, const char* config_dir, const char* tokenizer_dir,
-                            DType unet_dtype, char* err) {
+                            const SdxlPrecision* p, char* err) {
     char tok1_dir[4400], tok2_dir[4400];
     if (tokenizer_dir) { // one folder for both: the second pads with "!" (id 0), as SDXL's tokenizer_2
         snprintf(tok1_dir, sizeof(tok1_dir), "%s", tokenizer_dir);
@@ -150,8 +150,8 @@ static int load_single_file(SdxlModel* m, const char* file, const char* config_d
     if (tokenizer_dir && tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // split out, as diffusers does
     if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, err) != 0) goto done;
     if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, err) != 0) goto done;
-    if (unet_load_sgm(&m->unet, &uc, &st, unet_dtype, err) != 0) goto done;
-    if (vae_load_with_config(&m->vae, &vc, file, err) != 0) goto done;
+    if (unet_load_sgm(&m->unet, &uc, &st, p->unet, err) != 0) goto done;
+    if (vae_load_with_config(&m->vae, &vc, file, p->vae, err) != 0) goto done;
     m->force_zeros_for_empty_prompt = 1;
     rc = 0;
 done:
@@ -160,12 +160,14 @@ done:
 }
 
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
-                    DType unet_dtype, char* err) {
+                    const SdxlPrecision* precision, char* err) {
+    const SdxlPrecision reference = {DT_F32, DT_F32};
+    const SdxlPrecision* p = precision ? precision : &reference;
     memset(m, 0, sizeof(*m));
     base_name(m->name, sizeof(m->name), path);
     int rc;
-    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, unet_dtype, err);
-    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, unet_dtype, err);
+    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, p, err);
+    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, p, err);
     else rc = set_error(err, "%s: no such file or folder", path);
     if (rc != 0) sdxl_model_free(m);
     return rc;
@@ -434,7 +436,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     size_t npix = (size_t)3 * gen_h * gen_w;
     float* d_image = device_malloc(sizeof(float) * npix);
     Arena vae_act;
-    arena_init(&vae_act, "vae activations", vae_decode_arena_bytes(&m->vae.config, 1, h, w), backend_current() == BACKEND_CUDA);
+    arena_init(&vae_act, "vae activations", vae_decode_arena_bytes(&m->vae.config, 1, h, w, m->vae.weights.dtype), backend_current() == BACKEND_CUDA);
     vae_decode(&m->vae, d_image, x, 1, h, w, &vae_act);
     arena_free(&vae_act);
     float* image = xmalloc(sizeof(float) * npix);

@@ -38,10 +38,14 @@ typedef struct {
 // tokenizer: its architecture is SDXL base's unless `config_dir` names a diffusers folder whose
 // config.json files describe it (its weights are not read), and its tokenizers come from
 // `tokenizer_dir` (a folder with vocab.json and merges.txt) or else config_dir's tokenizer(_2)/.
-// The UNet is stored and run in unet_dtype (DT_F16 for the fast GPU path, DT_F32 for the
-// reference); the text encoders and the VAE stay f32.
+// precision says how the UNet and the VAE are stored and run (NULL: f32, the reference); the text
+// encoders are always f32 (0.1 TFLOP a prompt: nothing to gain).
+typedef struct {
+    DType unet; // F32, or F16 for the fast GPU path (BF16 works too)
+    DType vae;  // F32, or BF16 for the fast GPU path (SDXL's VAE overflows in F16)
+} SdxlPrecision;
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
-                    DType unet_dtype, char* err);
+                    const SdxlPrecision* precision, char* err);
 void sdxl_model_free(SdxlModel* m);
 
 typedef struct {

@@ -362,7 +362,7 @@ static int detect_single_file(const SafeTensors* st, VaeKeyCtx* ctx, char* err) 
                           "vae. or no prefix, nor diffusers' 'decoder.mid_block.resnets.0.norm1.weight')", st->path);
 }
 
-int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, char* err) {
+int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, DType dtype, char* err) {
     memset(vae, 0, sizeof(*vae));
     struct stat sb;
     if (stat(path, &sb) != 0) return set_error(err, "%s: %s", path, strerror(errno));
@@ -379,7 +379,7 @@ int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, char*
         }
     }
     vae->config = *cfg;
-    weights_init(&vae->weights, "vae", DT_F32);
+    weights_init(&vae->weights, "vae", dtype);
     vae_build(vae, &vae->weights);  // pass 1: names, shapes, the module table
     weights_allocate(&vae->weights);
     vae_build(vae, &vae->weights);  // pass 2: pointers
@@ -390,7 +390,7 @@ int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, char*
     return rc;
 }
 
-int vae_load(Vae* vae, const char* path, char* err) {
+int vae_load(Vae* vae, const char* path, DType dtype, char* err) {
     memset(vae, 0, sizeof(*vae));
     VaeConfig cfg;
     struct stat sb;
@@ -402,13 +402,13 @@ int vae_load(Vae* vae, const char* path, char* err) {
     } else {
         vae_config_sdxl(&cfg); // a single file carries no config; diffusers also falls back to SDXL's
     }
-    return vae_load_with_config(vae, &cfg, path, err);
+    return vae_load_with_config(vae, &cfg, path, dtype, err);
 }
 
-void vae_init_random(Vae* vae, const VaeConfig* cfg, uint64_t seed) {
+void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed) {
     memset(vae, 0, sizeof(*vae));
     vae->config = *cfg;
-    weights_init(&vae->weights, "vae", DT_F32);
+    weights_init(&vae->weights, "vae", dtype);
     vae_build(vae, &vae->weights);
     weights_allocate(&vae->weights);
     vae_build(vae, &vae->weights);
@@ -424,88 +424,89 @@ void vae_free(Vae* vae) {
 
 // ----------------------------------------------------------------------------
 // Blocks, each working in place on the stream tensor x, with the bytes its temporaries take
-// beside it (the same allocations in the same order, for the *_arena_bytes walks).
+// beside it (the same allocations in the same order, for the *_arena_bytes walks). Activations
+// are of the VAE's storage type (its weights' type, dt): f32 on the reference path, bf16 on the
+// fast GPU path (f16 would overflow in the decoder, as diffusers' force_upcast says).
 
 // arena_alloc's rounding, so the walks below count exactly what the forward takes
-static size_t floats_bytes(size_t n) { return (n * sizeof(float) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN; }
+static size_t elem_bytes(size_t n, DType dt) { return (n * dtype_size(dt) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN; }
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 // the im2col buffer layers.c's conv2d takes above whatever is allocated (none for 1x1 convs)
 static size_t conv_scratch_bytes(const Conv2d* c, int H, int W) {
     size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
-    return n ? floats_bytes(n) : 0;
+    return n ? elem_bytes(n, c->dtype) : 0;
 }
 
 // ResnetBlock2D.forward with temb None (resnet.py), output_scale_factor 1:
 //   out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))
 // x (N, C_in, H, W) becomes (N, C_out, H, W) in place; its buffer holds max(C_in, C_out) channels.
-static void resnet_forward(const VaeResnet* r, float* x, int N, int H, int W, Arena* a) {
+static void resnet_forward(const VaeResnet* r, void* x, int N, int H, int W, Arena* a) {
+    const DType dt = r->conv1.dtype;
     const size_t HW = (size_t)H * W, n_in = (size_t)N * r->conv1.in * HW, n_out = (size_t)N * r->conv1.out * HW;
     size_t mark = arena_mark(a);
     if (!r->has_shortcut) {
         // x is the residual: keep it, and take the two conv activations beside it
-        float* h = arena_floats(a, n_in, "vae resnet h");
-        float* h2 = arena_floats(a, n_out, "vae resnet h2");
-        group_norm(&r->norm1, h, x, N, (int)HW);
-        silu_forward(h, h, n_in, DT_F32);
+        void* h = arena_elems(a, n_in, dt, "vae resnet h");
+        void* h2 = arena_elems(a, n_out, dt, "vae resnet h2");
+        group_norm_silu(&r->norm1, h, x, N, (int)HW);
         conv2d(&r->conv1, h2, h, N, H, W, a);
-        group_norm(&r->norm2, h2, h2, N, (int)HW);
-        silu_forward(h2, h2, n_out, DT_F32);
+        group_norm_silu(&r->norm2, h2, h2, N, (int)HW);
         conv2d(&r->conv2, h, h2, N, H, W, a); // h's buffer again: C_in == C_out
-        add_forward(x, x, h, n_out, DT_F32);
+        add_forward(x, x, h, n_out, dt);
     } else {
         // the 1x1 shortcut holds what the residual needs, so x is free to be normalised in place
-        float* s = arena_floats(a, n_out, "vae resnet shortcut");
+        void* s = arena_elems(a, n_out, dt, "vae resnet shortcut");
         conv2d(&r->shortcut, s, x, N, H, W, a);   // (N, C_out, H, W)
-        group_norm(&r->norm1, x, x, N, (int)HW);
-        silu_forward(x, x, n_in, DT_F32);
-        float* h2 = arena_floats(a, n_out, "vae resnet h2");
+        group_norm_silu(&r->norm1, x, x, N, (int)HW);
+        void* h2 = arena_elems(a, n_out, dt, "vae resnet h2");
         conv2d(&r->conv1, h2, x, N, H, W, a);     // (N, C_out, H, W)
-        group_norm(&r->norm2, h2, h2, N, (int)HW);
-        silu_forward(h2, h2, n_out, DT_F32);
+        group_norm_silu(&r->norm2, h2, h2, N, (int)HW);
         conv2d(&r->conv2, x, h2, N, H, W, a);     // x now (N, C_out, H, W)
-        add_forward(x, x, s, n_out, DT_F32);
+        add_forward(x, x, s, n_out, dt);
     }
     arena_release(a, mark);
 }
 
 static size_t resnet_scratch_bytes(const VaeResnet* r, int N, int H, int W) {
+    const DType dt = r->conv1.dtype;
     const size_t HW = (size_t)H * W;
-    size_t out = floats_bytes((size_t)N * r->conv1.out * HW);
+    size_t out = elem_bytes((size_t)N * r->conv1.out * HW, dt);
     size_t convs = max_size(conv_scratch_bytes(&r->conv1, H, W), conv_scratch_bytes(&r->conv2, H, W));
-    if (!r->has_shortcut) return floats_bytes((size_t)N * r->conv1.in * HW) + out + convs;
+    if (!r->has_shortcut) return elem_bytes((size_t)N * r->conv1.in * HW, dt) + out + convs;
     return out + max_size(conv_scratch_bytes(&r->shortcut, H, W), out + convs);
 }
 
 // Attention.forward with AttnProcessor2_0 (attention_processor.py) as UNetMidBlock2D configures it:
 //   t = group_norm(x) as tokens (N, L, C);  q, k, v = to_q(t), to_k(t), to_v(t)
 //   x = x + to_out.0(sdpa(q, k, v)) back in (N, C, H, W)   (one head of C, scale 1/sqrt(C), rescale 1)
-static void attention_block_forward(const VaeAttention* at, float* x, int N, int H, int W, Arena* a) {
+static void attention_block_forward(const VaeAttention* at, void* x, int N, int H, int W, Arena* a) {
+    const DType dt = at->to_q.dtype;
     const int C = at->C, L = H * W;
     const size_t n = (size_t)N * C * L;
     size_t mark = arena_mark(a);
-    float* b0 = arena_floats(a, n, "vae attention");
-    float* b1 = arena_floats(a, n, "vae attention");
-    float* b2 = arena_floats(a, n, "vae attention");
-    float* b3 = arena_floats(a, n, "vae attention");
+    void* b0 = arena_elems(a, n, dt, "vae attention");
+    void* b1 = arena_elems(a, n, dt, "vae attention");
+    void* b2 = arena_elems(a, n, dt, "vae attention");
+    void* b3 = arena_elems(a, n, dt, "vae attention");
     group_norm(&at->group_norm, b0, x, N, L);           // (N, C, L)
-    transpose_forward(b1, b0, N, C, L, DT_F32);                  // tokens (N, L, C)
+    transpose_forward(b1, b0, N, C, L, dt);             // tokens (N, L, C)
     linear(&at->to_q, b0, b1, N * L);                    // q (N, L, C)
     linear(&at->to_k, b2, b1, N * L);                    // k
     linear(&at->to_v, b3, b1, N * L);                    // v
-    attention_forward(b1, b0, b2, b3, N, 1, L, L, C, 0, DT_F32); // (N, L, C), heads = C // attention_head_dim = 1
+    attention_forward(b1, b0, b2, b3, N, 1, L, L, C, 0, dt); // (N, L, C), heads = C // attention_head_dim = 1
     linear(&at->to_out, b0, b1, N * L);                  // (N, L, C)
-    transpose_forward(b2, b0, N, L, C, DT_F32);                  // (N, C, L)
-    add_forward(x, x, b2, n, DT_F32);                            // residual_connection
+    transpose_forward(b2, b0, N, L, C, dt);             // (N, C, L)
+    add_forward(x, x, b2, n, dt);                       // residual_connection
     arena_release(a, mark);
 }
 
 static size_t attention_scratch_bytes(const VaeAttention* at, int N, int H, int W) {
-    return 4 * floats_bytes((size_t)N * at->C * H * W);
+    return 4 * elem_bytes((size_t)N * at->C * H * W, at->to_q.dtype);
 }
 
 // UNetMidBlock2D.forward: resnets[0], attentions[0], resnets[1]
-static void mid_forward(const VaeMidBlock* m, float* x, int N, int H, int W, Arena* a) {
+static void mid_forward(const VaeMidBlock* m, void* x, int N, int H, int W, Arena* a) {
     resnet_forward(&m->resnet0, x, N, H, W, a);
     attention_block_forward(&m->attn, x, N, H, W, a);
     resnet_forward(&m->resnet1, x, N, H, W, a);
@@ -518,71 +519,79 @@ static size_t mid_scratch_bytes(const VaeMidBlock* m, int N, int H, int W) {
 
 // Downsample2D(use_conv=True, padding=0).forward (downsampling.py): F.pad(x, (0, 1, 0, 1)), then the
 // 3x3 stride-2 conv without padding. x (N, C, H, W) becomes (N, C, floor(H/2), floor(W/2)).
-static void downsample_forward(const Conv2d* conv, float* x, int N, int H, int W, Arena* a) {
+static void downsample_forward(const Conv2d* conv, void* x, int N, int H, int W, Arena* a) {
     size_t mark = arena_mark(a);
-    float* p = arena_floats(a, (size_t)N * conv->in * (H + 1) * (W + 1), "vae downsample pad");
-    pad2d_forward(p, x, N, conv->in, H, W, 0, 1, 0, 1, DT_F32); // (N, C, H + 1, W + 1): one zero row below, column right
+    void* p = arena_elems(a, (size_t)N * conv->in * (H + 1) * (W + 1), conv->dtype, "vae downsample pad");
+    pad2d_forward(p, x, N, conv->in, H, W, 0, 1, 0, 1, conv->dtype); // (N, C, H + 1, W + 1): one zero row below, column right
     conv2d(conv, x, p, N, H + 1, W + 1, a);              // (N, C, H / 2, W / 2)
     arena_release(a, mark);
 }
 
 static size_t downsample_scratch_bytes(const Conv2d* conv, int N, int H, int W) {
-    return floats_bytes((size_t)N * conv->in * (H + 1) * (W + 1)) + conv_scratch_bytes(conv, H + 1, W + 1);
+    return elem_bytes((size_t)N * conv->in * (H + 1) * (W + 1), conv->dtype) + conv_scratch_bytes(conv, H + 1, W + 1);
 }
 
 // Upsample2D(use_conv=True).forward (upsampling.py): F.interpolate(scale_factor=2, mode="nearest"),
 // then the 3x3 conv. x (N, C, H, W) becomes (N, C, 2H, 2W).
-static void upsample_forward(const Conv2d* conv, float* x, int N, int H, int W, Arena* a) {
+static void upsample_forward(const Conv2d* conv, void* x, int N, int H, int W, Arena* a) {
     size_t mark = arena_mark(a);
-    float* u = arena_floats(a, (size_t)N * conv->in * 4 * H * W, "vae upsample");
-    upsample_nearest_forward(u, x, N, conv->in, H, W, 2 * H, 2 * W, DT_F32); // (N, C, 2H, 2W)
-    conv2d(conv, x, u, N, 2 * H, 2 * W, a);                            // (N, C, 2H, 2W)
+    void* u = arena_elems(a, (size_t)N * conv->in * 4 * H * W, conv->dtype, "vae upsample");
+    upsample_nearest_forward(u, x, N, conv->in, H, W, 2 * H, 2 * W, conv->dtype); // (N, C, 2H, 2W)
+    conv2d(conv, x, u, N, 2 * H, 2 * W, a);                                  // (N, C, 2H, 2W)
     arena_release(a, mark);
 }
 
 static size_t upsample_scratch_bytes(const Conv2d* conv, int N, int H, int W) {
-    return floats_bytes((size_t)N * conv->in * 4 * H * W) + conv_scratch_bytes(conv, 2 * H, 2 * W);
+    return elem_bytes((size_t)N * conv->in * 4 * H * W, conv->dtype) + conv_scratch_bytes(conv, 2 * H, 2 * W);
 }
 
 // ----------------------------------------------------------------------------
-// Shape walks: the stream size (floats) and the largest set of temporaries above it (bytes) of
-// each pass, following exactly the allocations vae_decode / vae_encode make.
+// Shape walks: the bytes of each pass's first allocations (a 16-bit VAE's converted input, then
+// the stream) and the largest set of temporaries above them, following exactly the allocations
+// vae_decode / vae_encode make.
 
-static void decoder_walk(const Vae* v, int N, int h, int w, size_t* stream, size_t* scratch) {
+static void decoder_walk(const Vae* v, int N, int h, int w, size_t* base, size_t* scratch) {
     const VaeDecoder* d = &v->decoder;
+    const DType dt = v->weights.dtype;
     int H = h, W = w;
-    size_t zq = floats_bytes((size_t)N * v->config.latent_channels * H * W);
+    size_t z_in = dt == DT_F32 ? 0 : elem_bytes((size_t)N * v->config.latent_channels * h * w, dt);
+    size_t zq = elem_bytes((size_t)N * v->config.latent_channels * H * W, dt);
     *scratch = zq + max_size(conv_scratch_bytes(&v->post_quant_conv, H, W), conv_scratch_bytes(&d->conv_in, H, W));
-    *stream = (size_t)N * d->conv_in.out * H * W;
+    size_t stream = (size_t)N * d->conv_in.out * H * W;
     *scratch = max_size(*scratch, mid_scratch_bytes(&d->mid, N, H, W));
     for (int i = 0; i < v->config.levels; i++) {
         const VaeLevel* lv = &d->up[i];
         for (int j = 0; j < lv->num_resnets; j++) {
             const VaeResnet* r = &lv->resnets[j];
             int C = r->conv1.in > r->conv1.out ? r->conv1.in : r->conv1.out;
-            *stream = max_size(*stream, (size_t)N * C * H * W);
+            stream = max_size(stream, (size_t)N * C * H * W);
             *scratch = max_size(*scratch, resnet_scratch_bytes(r, N, H, W));
         }
         if (lv->has_sampler) {
             *scratch = max_size(*scratch, upsample_scratch_bytes(&lv->sampler, N, H, W));
             H *= 2;
             W *= 2;
-            *stream = max_size(*stream, (size_t)N * lv->sampler.out * H * W);
+            stream = max_size(stream, (size_t)N * lv->sampler.out * H * W);
         }
     }
-    *scratch = max_size(*scratch, conv_scratch_bytes(&d->conv_out, H, W));
+    // conv_out, into a 16-bit image first when the VAE is 16-bit
+    size_t image = dt == DT_F32 ? 0 : elem_bytes((size_t)N * d->conv_out.out * H * W, dt);
+    *scratch = max_size(*scratch, image + conv_scratch_bytes(&d->conv_out, H, W));
+    *base = z_in + elem_bytes(stream, dt);
 }
 
-static void encoder_walk(const Vae* v, int N, int H, int W, size_t* stream, size_t* scratch) {
+static void encoder_walk(const Vae* v, int N, int H, int W, size_t* base, size_t* scratch) {
     const VaeEncoder* e = &v->encoder;
+    const DType dt = v->weights.dtype;
+    size_t x_in = dt == DT_F32 ? 0 : elem_bytes((size_t)N * e->conv_in.in * H * W, dt);
     *scratch = conv_scratch_bytes(&e->conv_in, H, W);
-    *stream = (size_t)N * e->conv_in.out * H * W;
+    size_t stream = (size_t)N * e->conv_in.out * H * W;
     for (int i = 0; i < v->config.levels; i++) {
         const VaeLevel* lv = &e->down[i];
         for (int j = 0; j < lv->num_resnets; j++) {
             const VaeResnet* r = &lv->resnets[j];
             int C = r->conv1.in > r->conv1.out ? r->conv1.in : r->conv1.out;
-            *stream = max_size(*stream, (size_t)N * C * H * W);
+            stream = max_size(stream, (size_t)N * C * H * W);
             *scratch = max_size(*scratch, resnet_scratch_bytes(r, N, H, W));
         }
         if (lv->has_sampler) {
@@ -592,51 +601,65 @@ static void encoder_walk(const Vae* v, int N, int H, int W, size_t* stream, size
         }
     }
     *scratch = max_size(*scratch, mid_scratch_bytes(&e->mid, N, H, W));
-    size_t moments = floats_bytes((size_t)N * e->conv_out.out * H * W);
+    size_t n_mom = (size_t)N * e->conv_out.out * H * W;
+    size_t moments = elem_bytes(n_mom, dt);
+    size_t moments_f32 = dt == DT_F32 ? 0 : elem_bytes(n_mom, DT_F32); // for the host, when 16-bit
     *scratch = max_size(*scratch, moments + max_size(conv_scratch_bytes(&e->conv_out, H, W),
-                                                     moments + conv_scratch_bytes(&v->quant_conv, H, W)));
+                                                     moments + max_size(conv_scratch_bytes(&v->quant_conv, H, W), moments_f32)));
+    *base = x_in + elem_bytes(stream, dt);
 }
 
 // The block structs of a config without its weights (the first build pass only), for the walks.
-static void vae_shapes(Vae* v, const VaeConfig* cfg) {
+static void vae_shapes(Vae* v, const VaeConfig* cfg, DType dtype) {
     memset(v, 0, sizeof(*v));
     v->config = *cfg;
-    weights_init(&v->weights, "vae", DT_F32);
+    weights_init(&v->weights, "vae", dtype);
     vae_build(v, &v->weights);
 }
 
-size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w) {
+size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType dtype) {
     Vae v;
-    vae_shapes(&v, cfg);
-    size_t stream, scratch;
-    decoder_walk(&v, N, h, w, &stream, &scratch);
+    vae_shapes(&v, cfg, dtype);
+    size_t base, scratch;
+    decoder_walk(&v, N, h, w, &base, &scratch);
     vae_free(&v);
-    return floats_bytes(stream) + scratch;
+    return base + scratch;
 }
 
-size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W) {
+size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W, DType dtype) {
     Vae v;
-    vae_shapes(&v, cfg);
-    size_t stream, scratch;
-    encoder_walk(&v, N, H, W, &stream, &scratch);
+    vae_shapes(&v, cfg, dtype);
+    size_t base, scratch;
+    encoder_walk(&v, N, H, W, &base, &scratch);
     vae_free(&v);
-    return floats_bytes(stream) + scratch;
+    return base + scratch;
 }
 
 // ----------------------------------------------------------------------------
-// Decoder and encoder
+// Decoder and encoder. Inputs and outputs are f32 whatever the VAE's precision: a 16-bit VAE
+// converts them on the way in and out.
 
 void vae_decode(const Vae* v, float* image, const float* z, int N, int h, int w, Arena* a) {
     const VaeDecoder* d = &v->decoder;
-    size_t stream, scratch, mark = arena_mark(a);
-    decoder_walk(v, N, h, w, &stream, &scratch);
-    float* x = arena_floats(a, stream, "vae decoder stream");
+    const DType dt = v->weights.dtype;
+    size_t mark = arena_mark(a);
+    const void* z_in = z;
+    if (dt != DT_F32) {
+        size_t nz = (size_t)N * v->config.latent_channels * h * w;
+        void* z16 = arena_elems(a, nz, dt, "vae latents");
+        cast_forward(z16, dt, z, DT_F32, nz);
+        z_in = z16;
+    }
+    size_t base, scratch;
+    decoder_walk(v, N, h, w, &base, &scratch);
+    size_t z_bytes = dt == DT_F32 ? 0 : elem_bytes((size_t)N * v->config.latent_channels * h * w, dt);
+    void* x = arena_alloc(a, base - z_bytes, "vae decoder stream");
     int H = h, W = w;
     // AutoencoderKL._decode: post_quant_conv, then Decoder.forward (vae.py)
     size_t mark_z = arena_mark(a);
-    float* zq = arena_floats(a, (size_t)N * v->config.latent_channels * H * W, "vae post_quant_conv");
-    conv2d(&v->post_quant_conv, zq, z, N, H, W, a); // (N, 4, h, w)
-    conv2d(&d->conv_in, x, zq, N, H, W, a);         // (N, C_last, h, w)
+    void* zq = arena_elems(a, (size_t)N * v->config.latent_channels * H * W, dt, "vae post_quant_conv");
+    conv2d(&v->post_quant_conv, zq, z_in, N, H, W, a); // (N, 4, h, w)
+    conv2d(&d->conv_in, x, zq, N, H, W, a);            // (N, C_last, h, w)
     arena_release(a, mark_z);
     mid_forward(&d->mid, x, N, H, W, a);
     for (int i = 0; i < v->config.levels; i++) {
@@ -648,22 +671,34 @@ void vae_decode(const Vae* v, float* image, const float* z, int N, int h, int w,
             W *= 2;
         }
     }
-    size_t n = (size_t)N * d->norm_out.C * H * W;
-    group_norm(&d->norm_out, x, x, N, H * W); // conv_norm_out
-    silu_forward(x, x, n, DT_F32);                    // conv_act
-    conv2d(&d->conv_out, image, x, N, H, W, a); // (N, 3, H, W)
+    group_norm_silu(&d->norm_out, x, x, N, H * W); // conv_norm_out, conv_act
+    size_t n_img = (size_t)N * d->conv_out.out * H * W;
+    void* img = dt == DT_F32 ? (void*)image : arena_elems(a, n_img, dt, "vae image");
+    conv2d(&d->conv_out, img, x, N, H, W, a);      // (N, 3, H, W)
+    if (img != image) cast_forward(image, DT_F32, img, dt, n_img);
     arena_release(a, mark);
 }
 
 void vae_encode(const Vae* v, float* mean, float* logvar, float* sample, const float* noise, const float* image,
                 int N, int H, int W, Arena* a) {
     const VaeEncoder* e = &v->encoder;
+    const DType dt = v->weights.dtype;
     if (sample && !noise) fatal("vae_encode: a sample needs its noise tensor");
-    size_t stream, scratch, mark = arena_mark(a);
-    encoder_walk(v, N, H, W, &stream, &scratch);
-    float* x = arena_floats(a, stream, "vae encoder stream");
+    size_t mark = arena_mark(a);
+    const void* x_in = image;
+    size_t x_bytes = 0;
+    if (dt != DT_F32) {
+        size_t nx = (size_t)N * e->conv_in.in * H * W;
+        void* x16 = arena_elems(a, nx, dt, "vae image");
+        cast_forward(x16, dt, image, DT_F32, nx);
+        x_in = x16;
+        x_bytes = elem_bytes(nx, dt);
+    }
+    size_t base, scratch;
+    encoder_walk(v, N, H, W, &base, &scratch);
+    void* x = arena_alloc(a, base - x_bytes, "vae encoder stream");
     // Encoder.forward (vae.py)
-    conv2d(&e->conv_in, x, image, N, H, W, a); // (N, C_0, H, W)
+    conv2d(&e->conv_in, x, x_in, N, H, W, a); // (N, C_0, H, W)
     for (int i = 0; i < v->config.levels; i++) {
         const VaeLevel* lv = &e->down[i];
         for (int j = 0; j < lv->num_resnets; j++) resnet_forward(&lv->resnets[j], x, N, H, W, a); // (N, C_i, H, W)
@@ -675,14 +710,18 @@ void vae_encode(const Vae* v, float* mean, float* logvar, float* sample, const f
     }
     mid_forward(&e->mid, x, N, H, W, a);
     const size_t hw = (size_t)H * W;
-    group_norm(&e->norm_out, x, x, N, (int)hw); // conv_norm_out
-    silu_forward(x, x, (size_t)N * e->norm_out.C * hw, DT_F32);
+    group_norm_silu(&e->norm_out, x, x, N, (int)hw); // conv_norm_out, conv_act
     const int Lc = v->config.latent_channels;
     const size_t n_mom = (size_t)N * 2 * Lc * hw, n_lat = (size_t)N * Lc * hw;
-    float* m1 = arena_floats(a, n_mom, "vae encoder conv_out");
+    void* m1 = arena_elems(a, n_mom, dt, "vae encoder conv_out");
     conv2d(&e->conv_out, m1, x, N, H, W, a);              // (N, 2*Lc, h, w)
-    float* moments = arena_floats(a, n_mom, "vae quant_conv");
+    void* moments = arena_elems(a, n_mom, dt, "vae quant_conv");
     conv2d(&v->quant_conv, moments, m1, N, H, W, a);      // (N, 2*Lc, h, w): mean, logvar = chunk(2, dim=1)
+    if (dt != DT_F32) {
+        float* m32 = arena_floats(a, n_mom, "vae moments f32");
+        cast_forward(m32, DT_F32, moments, dt, n_mom);
+        moments = m32;
+    }
 
     // DiagonalGaussianDistribution (vae.py). ops.h has no exp or clamp, and the latent is small
     // (4 x 128 x 128 for a 1024 px image), so this part runs on the host for both backends.

@@ -1,8 +1,8 @@
 // vae.h: the SDXL VAE (diffusers AutoencoderKL with DownEncoderBlock2D / UpDecoderBlock2D blocks).
 //
 //   VaeConfig cfg;  Vae vae;  Arena acts;
-//   vae_load(&vae, "sdxl/vae", err);                      // a diffusers folder, or an SGM single file
-//   arena_init(&acts, "vae activations", vae_decode_arena_bytes(&vae.config, 1, 128, 128), on_device);
+//   vae_load(&vae, "sdxl/vae", DT_F32, err);              // a diffusers folder, or an SGM single file
+//   arena_init(&acts, "vae activations", vae_decode_arena_bytes(&vae.config, 1, 128, 128, DT_F32), on_device);
 //   scale_forward(z, latents, 1.0f / vae.config.scaling_factor, n);   // the caller un-scales (see below)
 //   vae_decode(&vae, image, z, 1, 128, 128, &acts);       // (1, 4, 128, 128) -> (1, 3, 1024, 1024)
 //
@@ -10,8 +10,9 @@
 // scaling_factor: the SDXL pipeline divides the UNet's latents by it before decoding
 // (`latents / vae.config.scaling_factor`), and a trainer multiplies the encoder's latent by it
 // (`latent_dist.sample() * scaling_factor`). SDXL has no shift_factor (config null), so that is all.
-// All image and latent pointers live on the current backend (ops.h); activations come from the
-// caller's arena, which must be on the same backend and hold vae_*_arena_bytes(...) bytes.
+// All image and latent pointers live on the current backend (ops.h) and are f32, whatever the VAE's
+// precision; activations come from the caller's arena, which must be on the same backend and hold
+// vae_*_arena_bytes(...) bytes.
 #pragma once
 #include <stddef.h>
 
@@ -118,12 +119,15 @@ typedef struct {
 //     that holds diffusers names is read as diffusers.
 // Strict: a missing tensor or a wrong shape is a one-line error naming the tensor and the file.
 // Returns 0, or -1 with err filled (the Vae is then empty; vae_free is still safe).
-int vae_load(Vae* vae, const char* folder_or_file, char* err);
+// dtype is the VAE's precision, weights and activations: F32 (diffusers' choice for SDXL, whose
+// VAE overflows in f16: force_upcast) or BF16 (f32's range, the fast GPU path). F16 is allowed,
+// for experiments only.
+int vae_load(Vae* vae, const char* folder_or_file, DType dtype, char* err);
 // The same with an explicit config (a single file of a non-SDXL-sized VAE, as the tests' tiny one).
-int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* folder_or_file, char* err);
+int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* folder_or_file, DType dtype, char* err);
 void vae_free(Vae* vae);
 // The VAE of a config with random weights (weights_fill_random), for the weight-free demo.
-void vae_init_random(Vae* vae, const VaeConfig* cfg, uint64_t seed);
+void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed);
 
 // Letters: N batch, h w latent size, H W image size (H = h * 2^(levels-1): 8x for SDXL).
 //
@@ -143,9 +147,9 @@ void vae_encode(const Vae* vae, float* mean, float* logvar, float* sample, const
 // Latent size of an image side: H after levels-1 downsamples (each (H - 2) / 2 + 1 = floor(H / 2)).
 int vae_latent_size(const VaeConfig* cfg, int H);
 // The arena bytes vae_decode / vae_encode use (their exact high-water mark), so a caller can
-// allocate once. SDXL at 1024x1024: vae_decode_arena_bytes(&cfg, 1, 128, 128) = 2084 MiB (two
-// 256 x 1024 x 1024 tensors around the last upsampler, plus one im2col chunk);
-// vae_encode_arena_bytes(&cfg, 1, 1024, 1024) = 1554 MiB. Per image: N images take N times the
-// tensors (the im2col chunk is shared).
-size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w);
-size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W);
+// allocate once. SDXL at 1024x1024 in f32: vae_decode_arena_bytes(&cfg, 1, 128, 128, DT_F32) =
+// 2084 MiB (two 256 x 1024 x 1024 tensors around the last upsampler, plus one im2col chunk);
+// vae_encode_arena_bytes(&cfg, 1, 1024, 1024, DT_F32) = 1554 MiB; half that in bf16. Per image:
+// N images take N times the tensors (the im2col chunk is shared).
+size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType dtype);
+size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W, DType dtype);

@@ -38,19 +38,21 @@ static const Tol TOL_CUDA = {1e-5f, 1e-4f};
 // ----------------------------------------------------------------------------
 // Helpers
 
-static int load_tiny(Vae* vae) {
+static int load_tiny_as(Vae* vae, DType dtype) {
     char err[ERR_MAX];
-    int rc = vae_load(vae, golden_path("tiny_sdxl/vae"), err);
-    if (!check_true(rc == 0, "load the tiny VAE folder%s%s", rc ? ": " : "", rc ? err : "")) return 0;
+    int rc = vae_load(vae, golden_path("tiny_sdxl/vae"), dtype, err);
+    if (!check_true(rc == 0, "load the tiny VAE folder (%s)%s%s", dtype_name(dtype), rc ? ": " : "", rc ? err : "")) return 0;
     return 1;
 }
+
+static int load_tiny(Vae* vae) { return load_tiny_as(vae, DT_F32); }
 
 static int load_tiny_sgm(Vae* vae) {
     char err[ERR_MAX], cfg_path[4096];
     VaeConfig cfg;
     snprintf(cfg_path, sizeof(cfg_path), "%s/config.json", golden_path("tiny_sdxl/vae"));
     if (!check_true(vae_config_read(&cfg, cfg_path, err) == 0, "read the tiny VAE config")) return 0;
-    int rc = vae_load_with_config(vae, &cfg, golden_path("vae_sgm.safetensors"), err);
+    int rc = vae_load_with_config(vae, &cfg, golden_path("vae_sgm.safetensors"), DT_F32, err);
     return check_true(rc == 0, "load the SGM-named file with the tiny config%s%s", rc ? ": " : "", rc ? err : "");
 }
 
@@ -66,7 +68,7 @@ static float* decode(const Vae* vae, const SafeTensors* g, const char* tag, int6
     golden_shape(g, name, is);
     int N = (int)zs[0], h = (int)zs[2], w = (int)zs[3];
     size_t n_img = (size_t)is[0] * is[1] * is[2] * is[3];
-    size_t bytes = vae_decode_arena_bytes(&vae->config, N, h, w);
+    size_t bytes = vae_decode_arena_bytes(&vae->config, N, h, w, vae->weights.dtype);
     Arena acts;
     arena_init(&acts, "vae decode activations", bytes, backend_current() == BACKEND_CUDA);
     float* z = to_backend(z_host, (size_t)N * vae->config.latent_channels * h * w);
@@ -101,7 +103,7 @@ static Encoded encode(const Vae* vae, const SafeTensors* g, int report) {
     check_true(vae_latent_size(&vae->config, H) == ms[2] && vae_latent_size(&vae->config, W) == ms[3],
                "vae_latent_size: %dx%d -> %dx%d", H, W, vae_latent_size(&vae->config, H),
                vae_latent_size(&vae->config, W));
-    size_t bytes = vae_encode_arena_bytes(&vae->config, N, H, W);
+    size_t bytes = vae_encode_arena_bytes(&vae->config, N, H, W, vae->weights.dtype);
     Arena acts;
     arena_init(&acts, "vae encode activations", bytes, backend_current() == BACKEND_CUDA);
     float* x = to_backend(x_host, (size_t)N * xs[1] * H * W);
@@ -297,6 +299,29 @@ static void test_vae_decode(void) {
     safetensors_close(&g);
 }
 
+// The GPU's fast path runs the VAE in bf16 (SDXL's VAE overflows in f16): on its CPU specification,
+// the decoder and encoder against diffusers' f32, and the arena walks still exact for 2-byte
+// activations. Measured on outputs up to 3.5 (random weights): decode within 6.9e-2, encode mean
+// within 3.4e-2; diffusers itself in bf16 on the same inputs: 6.3e-2 and 4.4e-2. The tolerance
+// allows that and another summation order (the GPU), and a real mistake moves outputs by order 1.
+static void test_vae_bf16(void) {
+    SafeTensors g;
+    Vae vae;
+    if (!golden_open(&g, "vae_ref.safetensors") || !load_tiny_as(&vae, DT_BF16)) return;
+    int64_t shape[4];
+    size_t n;
+    Tol bf16 = {0.12f, 0.0f};
+    float* img = decode(&vae, &g, "a", shape, &n, 1);
+    expect_golden(&g, "bf16 decode (1,4,6,9) -> (1,3,48,72)", img, "decode.a.image", bf16);
+    free(img);
+    Encoded e = encode(&vae, &g, 1);
+    expect_golden(&g, "bf16 encode -> mean", e.mean, "encode.mean", bf16);
+    expect_golden(&g, "bf16 encode -> sample", e.sample, "encode.sample", bf16);
+    encoded_free(&e);
+    vae_free(&vae);
+    safetensors_close(&g);
+}
+
 static void test_vae_encode(void) {
     SafeTensors g;
     Vae vae;
@@ -351,7 +376,7 @@ static void test_vae_deprecated_attention_names(void) {
     if (!ok) return;
     Vae folder, old;
     if (!load_tiny(&folder)) return;
-    int rc = vae_load(&old, dir, err);
+    int rc = vae_load(&old, dir, DT_F32, err);
     if (check_true(rc == 0, "load a folder with query/key/value/proj_attn (fp16 variant file)%s%s", rc ? ": " : "",
                    rc ? err : ""))
         check_true(params_differing(&folder, &old) == 0, "the deprecated names give the same parameters");
@@ -370,7 +395,7 @@ static void test_vae_load_errors(void) {
     const char* missing = "decoder.up_blocks.1.resnets.2.conv1.bias";
     Edit drop = {.drop = missing};
     if (write_edited(&src, WORK_DIR "/missing", "diffusion_pytorch_model.safetensors", &drop, 1)) {
-        int rc = vae_load(&vae, WORK_DIR "/missing", err);
+        int rc = vae_load(&vae, WORK_DIR "/missing", DT_F32, err);
         check_true(rc == -1 && strstr(err, missing) &&
                        strstr(err, WORK_DIR "/missing/diffusion_pytorch_model.safetensors") && one_line(err),
                    "missing tensor: %s", err);
@@ -379,7 +404,7 @@ static void test_vae_load_errors(void) {
     const char* reshaped = "encoder.down_blocks.2.resnets.0.conv2.weight";
     Edit reshape = {.reshape = reshaped};
     if (write_edited(&src, WORK_DIR "/shape", "diffusion_pytorch_model.safetensors", &reshape, 1)) {
-        int rc = vae_load(&vae, WORK_DIR "/shape", err);
+        int rc = vae_load(&vae, WORK_DIR "/shape", DT_F32, err);
         check_true(rc == -1 && strstr(err, reshaped) &&
                        strstr(err, WORK_DIR "/shape/diffusion_pytorch_model.safetensors") &&
                        strstr(err, "[32, 32, 9, 1]") && one_line(err),
@@ -395,26 +420,26 @@ static void test_vae_load_errors(void) {
             VaeConfig cfg;
             snprintf(path, sizeof(path), "%s/config.json", golden_path("tiny_sdxl/vae"));
             vae_config_read(&cfg, path, err);
-            int rc = vae_load_with_config(&vae, &cfg, WORK_DIR "/sgm_missing.safetensors", err);
+            int rc = vae_load_with_config(&vae, &cfg, WORK_DIR "/sgm_missing.safetensors", DT_F32, err);
             if (rc == 0) vae_free(&vae);
             check_true(rc == -1 && strstr(err, sgm_missing) && strstr(err, WORK_DIR "/sgm_missing.safetensors") &&
                            one_line(err),
                        "SGM file, missing tensor: %s", err);
             // the tiny file read with SDXL's config (what vae_load assumes for a single file): shapes differ
-            rc = vae_load(&vae, golden_path("vae_sgm.safetensors"), err);
+            rc = vae_load(&vae, golden_path("vae_sgm.safetensors"), DT_F32, err);
             check_true(rc == -1 && strstr(err, "first_stage_model.") && strstr(err, "expected") && one_line(err),
                        "SGM file with the SDXL config: %s", err);
         }
         safetensors_close(&sgm_src);
     }
     // no such path; a folder without weights; a file with no VAE in it
-    int rc = vae_load(&vae, WORK_DIR "/no_such_folder", err);
+    int rc = vae_load(&vae, WORK_DIR "/no_such_folder", DT_F32, err);
     check_true(rc == -1 && strstr(err, "no_such_folder") && one_line(err), "no such path: %s", err);
     mkdir(WORK_DIR "/empty", 0755);
     write_file_atomic(WORK_DIR "/empty/config.json", "{}", 2, err);
-    rc = vae_load(&vae, WORK_DIR "/empty", err);
+    rc = vae_load(&vae, WORK_DIR "/empty", DT_F32, err);
     check_true(rc == -1 && strstr(err, WORK_DIR "/empty/config.json") && one_line(err), "empty config: %s", err);
-    rc = vae_load(&vae, golden_path("vae_ref.safetensors"), err);
+    rc = vae_load(&vae, golden_path("vae_ref.safetensors"), DT_F32, err);
     check_true(rc == -1 && strstr(err, "vae_ref.safetensors") && strstr(err, "no VAE") && one_line(err),
                "a file without a VAE: %s", err);
     vae_free(&vae); // safe on a failed load
@@ -425,7 +450,7 @@ static void test_vae_arena_sizes(void) {
     // what SDXL needs at its native size (weights not loaded: only the shapes are walked)
     VaeConfig c;
     vae_config_sdxl(&c);
-    size_t dec = vae_decode_arena_bytes(&c, 1, 128, 128), enc = vae_encode_arena_bytes(&c, 1, 1024, 1024);
+    size_t dec = vae_decode_arena_bytes(&c, 1, 128, 128, DT_F32), enc = vae_encode_arena_bytes(&c, 1, 1024, 1024, DT_F32);
     size_t one = (size_t)128 * 1024 * 1024 * sizeof(float); // one 128-channel 1024x1024 tensor: 512 MiB
     printf("  SDXL 1024x1024: decode arena %.1f MiB, encode arena %.1f MiB (one 128 x 1024 x 1024 tensor = %.0f MiB)\n",
            dec / 1048576.0, enc / 1048576.0, one / 1048576.0);
@@ -485,6 +510,7 @@ const TestCase tests_vae[] = {
     {"vae_config", test_vae_config},
     {"vae_decode_vs_diffusers", test_vae_decode},
     {"vae_encode_vs_diffusers", test_vae_encode},
+    {"vae_bf16", test_vae_bf16},
     {"vae_sgm_single_file", test_vae_sgm_single_file},
     {"vae_deprecated_attention_names", test_vae_deprecated_attention_names},
     {"vae_load_errors", test_vae_load_errors},
