@@ -960,6 +960,49 @@ __global__ static void __launch_bounds__(FLASH_THREADS)
 
 // ---- launchers
 
+// Large heads (the VAE's single 512-wide head over h*w = 16k tokens): the general kernel would give
+// each query a warp and 16k dot products of 512 values in plain f32 arithmetic, about 0.55 TFLOP
+// at 1024 px on CUDA cores. As the CPU reference does, blocks of queries go through cuBLAS
+// instead, so the products run on the tensor cores (16-bit) and the scores exist one block at a
+// time:  S = scale * Q_blk K^T (f32),  P = softmax(S) by rows,  O_blk = P V (P rounded to dt).
+constexpr int ATTENTION_GEMM_MIN_HS = 128;     // larger heads take this path
+constexpr size_t ATTENTION_GEMM_SCORES = 1 << 24; // scores per block: 64 MiB of f32
+
+static void attention_by_gemm(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
+                              int HS, float scale, DType dt) {
+    size_t es = dtype_size(dt), D = (size_t)NH * HS;
+    int block = (int)(ATTENTION_GEMM_SCORES / (size_t)Lk);
+    block = block < 1 ? 1 : block > Lq ? Lq : block;
+    size_t n_scores = (size_t)block * Lk;
+    char* ws = (char*)cuda_workspace(n_scores * sizeof(float) + (dt == DT_F32 ? 0 : n_scores * es));
+    float* scores = (float*)ws;
+    void* probs = dt == DT_F32 ? (void*)scores : (void*)(ws + n_scores * sizeof(float));
+    cudaDataType_t t = cublas_type(dt, "attention_forward");
+    const float zero = 0.0f, one = 1.0f;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < NH; h++)
+            for (int i0 = 0; i0 < Lq; i0 += block) {
+                int bq = Lq - i0 < block ? Lq - i0 : block;
+                const char* q_blk = (const char*)q + (((size_t)n * Lq + i0) * D + (size_t)h * HS) * es;
+                const char* k_h = (const char*)k + ((size_t)n * Lk * D + (size_t)h * HS) * es;
+                const char* v_h = (const char*)v + ((size_t)n * Lk * D + (size_t)h * HS) * es;
+                char* o_blk = (char*)out + (((size_t)n * Lq + i0) * D + (size_t)h * HS) * es;
+                // S (bq, Lk) row-major = scale * Q_blk (bq, HS; ld D) @ K^T. Column-major cuBLAS
+                // sees S^T (Lk x bq, ld Lk) = K Q_blk^T: K's rows (ld D) are column-major K^T, so
+                // A = K with OP_T; Q_blk likewise is column-major Q_blk^T, B = Q_blk with OP_N.
+                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, Lk, bq, HS, &scale, k_h, t, (int)D,
+                                          q_blk, t, (int)D, &zero, scores, CUDA_R_32F, Lk, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+                softmax_forward_cuda(scores, scores, bq, Lk, DT_F32);
+                if (probs != scores) cast_forward_cuda(probs, dt, scores, DT_F32, n_scores);
+                // O_blk (bq, HS; ld D) = P (bq, Lk) @ V (Lk, HS; ld D). Column-major: O_blk^T =
+                // V^T P^T, where V's rows are column-major V^T (HS x Lk, ld D) and P's rows are
+                // column-major P^T (Lk x bq, ld Lk): both OP_N, m = HS, n = bq, k = Lk.
+                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, HS, bq, Lk, &one, v_h, t, (int)D, probs,
+                                          t, Lk, &zero, o_blk, t, (int)D, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
+}
+
 extern "C" {
 
 void attention_forward_cuda(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk,
@@ -984,6 +1027,10 @@ void attention_forward_cuda(void* out, const void* q, const void* k, const void*
                 (__nv_bfloat16*)out, (const __nv_bfloat16*)q, (const __nv_bfloat16*)k, (const __nv_bfloat16*)v, NH, Lq,
                 Lk, scale_log2);
         CHECK_LAUNCH();
+        return;
+    }
+    if (HS >= ATTENTION_GEMM_MIN_HS && !causal && Lk > 0) {
+        attention_by_gemm(out, q, k, v, N, NH, Lq, Lk, HS, scale, dt);
         return;
     }
     size_t blocks = (n_queries + ATTENTION_WARPS - 1) / ATTENTION_WARPS;

@@ -191,7 +191,9 @@ void softmax_forward_cuda(void* out, const void* inp, int N, int C, DType dt);
 // against all keys with its GEMM and takes an exact softmax per row; CUDA streams keys in blocks
 // with the "online" softmax (a running maximum and sum). 16-bit on CUDA with HS = 64 (every
 // attention of the SDXL UNet) runs on the tensor cores: the probabilities are rounded to dt
-// before they multiply v, as FlashAttention does.
+// before they multiply v, as FlashAttention does. Heads of 128 and more (the VAE's one head of
+// 512) go through cuBLAS on CUDA in blocks of queries, as the CPU reference does (scores in f32,
+// probabilities rounded to dt).
 #define ATTENTION_MAX_HS 512   // the VAE's single-head mid-block attention has HS = 512
 #define ATTENTION_KEY_BLOCK 64 // keys scored per online-softmax update (CUDA)
 void attention_forward(void* out, const void* q, const void* k, const void* v, int N, int NH, int Lq, int Lk, int HS,
