@@ -1,19 +1,27 @@
 // bench.c: `sdxl bench <what>`. Speed is measured here and in scripts/, never in timed tests.
 //
-//   sdxl bench matmul   C = A @ B through matmul_forward on the chosen backend, for square
-//                       sizes and the GEMM shapes that dominate an SDXL UNet step at 1024x1024
-//                       with CFG (batch 2): (tokens x in) @ (in x out). Reports the best of
-//                       --repeat runs after one warm-up, in ms and GFLOP/s (2*M*N*K flops).
+//   sdxl bench matmul    C = A @ B through matmul_forward on the chosen backend and --precision,
+//                        for square sizes and the GEMM shapes that dominate an SDXL UNet step
+//                        at 1024x1024 with CFG (batch 2): (tokens x in) @ (in x out). Reports
+//                        the best of --repeat runs after one warm-up, in ms and GFLOP/s.
+//   sdxl bench unet      seconds per full-size SDXL UNet evaluation (random weights made on the
+//                        backend, nothing downloaded) at 1024x1024 and 1368x768, batch 2 (one
+//                        CFG step): it/s, achieved TFLOP/s (unet_flops) and peak device memory.
+//   sdxl bench generate  one whole storyboard thumbnail (1365x768, 25 Euler steps, CFG 12) on a
+//                        random full-size SDXL: text encoders, denoising, VAE, as `generate`.
 //
-// scripts/bench_cpu_gemm.sh runs this beside numpy's OpenBLAS sgemm on the same shapes and
-// writes the table in docs/PERF.md.
+// scripts/bench_cpu_gemm.sh runs the matmul bench beside numpy's OpenBLAS sgemm, and
+// scripts/gpu_check.sh runs all three beside diffusers on the same GPU.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "common.h"
+#include "demo.h"
 #include "ops.h"
+#include "pipeline.h"
 #include "sdxl.h"
 
 #ifdef _OPENMP
@@ -38,11 +46,13 @@ static const GemmShape bench_shapes[] = {
 
 static int bench_matmul(int argc, char** argv) {
     const char* backend = "cpu";
+    const char* precision = "fp32";
     int repeat = 3;
     int csv = 0;
     int max_size = 10240;
     Option options[] = {
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--precision", OPT_STRING, &precision, "storage of A, B and C: fp32, fp16 or bf16 (f32 accumulation)"},
         {"--repeat", OPT_INT, &repeat, "timed runs per shape; the best is reported"},
         {"--max-size", OPT_INT, &max_size, "skip shapes with any dimension above this (for quick runs)"},
         {"--csv", OPT_FLAG, &csv, "print M,N,K,ms,gflops lines instead of a table"},
@@ -51,12 +61,14 @@ static int bench_matmul(int argc, char** argv) {
     if (options_parse(options, n_options, argc, argv, 3, "sdxl bench matmul [options]")) return 0;
     if (repeat < 1) fatal("--repeat must be at least 1 (got %d)", repeat);
     backend_select_by_name(backend);
+    DType dt = (DType)precision_by_name(precision, "--precision");
 
     if (!csv) {
 #ifdef _OPENMP
-        printf("sdxl bench matmul: backend %s, %d OpenMP threads\n", backend_name(backend_current()), omp_get_max_threads());
+        printf("sdxl bench matmul: backend %s, %s, %d OpenMP threads\n", backend_name(backend_current()), precision,
+               omp_get_max_threads());
 #else
-        printf("sdxl bench matmul: backend %s, OpenMP off\n", backend_name(backend_current()));
+        printf("sdxl bench matmul: backend %s, %s, OpenMP off\n", backend_name(backend_current()), precision);
 #endif
         printf("%-20s %10s %10s  %s\n", "M x N x K", "ms", "GFLOP/s", "what");
     }
@@ -64,20 +76,27 @@ static int bench_matmul(int argc, char** argv) {
         const GemmShape* sh = &bench_shapes[s];
         if (sh->M > max_size || sh->N > max_size || sh->K > max_size) continue;
         size_t na = (size_t)sh->M * sh->K, nb = (size_t)sh->K * sh->N, nc = (size_t)sh->M * sh->N;
+        // random values, never zeros (METHOD.md: a product of zeros can run faster than real data)
+        size_t es = dtype_size(dt);
         float* host = xmalloc(sizeof(float) * (na > nb ? na : nb));
-        float* a = device_malloc(sizeof(float) * na);
-        float* b = device_malloc(sizeof(float) * nb);
-        float* c = device_malloc(sizeof(float) * nc);
-        for (size_t i = 0; i < na; i++) host[i] = (float)(i % 7) * 0.01f;
-        copy_to_device(a, host, sizeof(float) * na);
-        for (size_t i = 0; i < nb; i++) host[i] = (float)(i % 5) * 0.01f;
-        copy_to_device(b, host, sizeof(float) * nb);
-        matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, DT_F32); // warm-up
+        void* stored = xmalloc(es * (na > nb ? na : nb));
+        void* a = device_malloc(es * na);
+        void* b = device_malloc(es * nb);
+        void* c = device_malloc(es * nc);
+        uint64_t state = 12345;
+        for (size_t i = 0; i < na; i++) host[i] = (float)((state = state * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+        convert_from_f32(stored, dt, host, na);
+        copy_to_device(a, stored, es * na);
+        for (size_t i = 0; i < nb; i++) host[i] = (float)((state = state * 6364136223846793005ull + 1) >> 40) / 16777216.0f - 0.5f;
+        convert_from_f32(stored, dt, host, nb);
+        copy_to_device(b, stored, es * nb);
+        free(stored);
+        matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, dt); // warm-up
         device_synchronize();
         double best = 1e30;
         for (int r = 0; r < repeat; r++) {
             double t0 = now_seconds();
-            matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, DT_F32);
+            matmul_forward(c, a, b, 1, sh->M, sh->N, sh->K, 0, 0, 1.0f, 0.0f, dt);
             device_synchronize();
             double dt = now_seconds() - t0;
             if (dt < best) best = dt;
@@ -97,81 +116,233 @@ static int bench_matmul(int argc, char** argv) {
     return 0;
 }
 
+// ----------------------------------------------------------------------------
+// Full-size models with random weights, made on the backend
+
+static double mib(size_t bytes) { return bytes / 1048576.0; }
+
+static const char* precision_label(DType t) { return t == DT_F32 ? "fp32" : t == DT_F16 ? "fp16" : "bf16"; }
+
+// --precision for the UNet, --vae-precision for the VAE: "auto" is generate's choice (fp16 and
+// bf16 on CUDA, fp32 on the CPU).
+static SdxlPrecision bench_precision(const char* unet, const char* vae) {
+    int gpu = backend_current() == BACKEND_CUDA;
+    SdxlPrecision p;
+    p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
+    p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
+    return p;
+}
+
+// The whole SDXL base architecture with Gaussian random weights (weights_fill_random_gaussian),
+// and the demo's byte-level tokenizers (written under build/bench_tokenizer*): what `generate`
+// runs, minus the download.
+static void random_sdxl(SdxlModel* m, const SdxlPrecision* p) {
+    char err[ERR_MAX];
+    memset(m, 0, sizeof(*m));
+    snprintf(m->name, sizeof(m->name), "random SDXL");
+    mkdir("build", 0755); // an existing folder is fine; the tokenizer writer reports anything else
+    if (demo_tokenizer_write("build/bench_tokenizer", "<|endoftext|>", err) != 0 || tokenizer_load(&m->tok1, "build/bench_tokenizer", err) != 0)
+        fatal("%s", err);
+    if (demo_tokenizer_write("build/bench_tokenizer_2", "!", err) != 0 || tokenizer_load(&m->tok2, "build/bench_tokenizer_2", err) != 0)
+        fatal("%s", err);
+    ClipTextConfig c1, c2;
+    clip_text_config_sdxl(&c1, 1);
+    clip_text_config_sdxl(&c2, 2);
+    clip_text_allocate(&m->te1, &c1);
+    clip_text_allocate(&m->te2, &c2);
+    UnetConfig uc;
+    unet_config_sdxl(&uc);
+    unet_allocate(&m->unet, &uc, p->unet);
+    VaeConfig vc;
+    vae_config_sdxl(&vc);
+    vae_allocate(&m->vae, &vc, p->vae);
+    weights_fill_random_gaussian(&m->te1.w, 1);
+    weights_fill_random_gaussian(&m->te2.w, 2);
+    weights_fill_random_gaussian(&m->unet.w, 3);
+    weights_fill_random_gaussian(&m->vae.weights, 4);
+    scheduler_config_sdxl(&m->sched);
+    m->force_zeros_for_empty_prompt = 1;
+}
+
+static int compare_doubles(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return x < y ? -1 : x > y;
+}
+
 // sdxl bench unet: seconds per UNet evaluation for the full-size SDXL architecture with random
-// weights (no download): conv_in to conv_out at --size x --size pixels (latent size / 8), batch
-// --batch (2 is one classifier-free-guidance step), 77 text tokens. scripts/bench_torch.py runs
-// diffusers on PyTorch the same way for docs/PERF.md.
+// weights, conv_in to conv_out, batch --batch (2 is one classifier-free-guidance step), 77 text
+// tokens; by default at 1024x1024 and 1368x768 (the storyboard size, 1365 rounded up to 8), or
+// at --width x --height (or --size square). One warm-up, then --repeat timed evaluations: the
+// median and the best, the steps per second that makes (batch 2: denoising steps with CFG), the
+// achieved TFLOP/s (unet_flops / time) and the peak device memory. scripts/bench_torch.py runs
+// diffusers the same way.
 static int bench_unet(int argc, char** argv) {
     const char* backend = "cpu";
-    int size = 512, batch = 1, repeat = 2;
+    const char* precision = "auto";
+    int size = 0, width = 0, height = 0, batch = 2, repeat = 5;
     Option options[] = {
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
-        {"--size", OPT_INT, &size, "image side in pixels (latent side = size / 8)"},
+        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--width", OPT_INT, &width, "image width in pixels (a multiple of 8; 0: 1024x1024 then 1368x768)"},
+        {"--height", OPT_INT, &height, "image height in pixels"},
+        {"--size", OPT_INT, &size, "a square image side in pixels (the same as --width S --height S)"},
         {"--batch", OPT_INT, &batch, "latents per evaluation (2 = one CFG step)"},
-        {"--repeat", OPT_INT, &repeat, "timed evaluations after one warm-up; the best is reported"},
+        {"--repeat", OPT_INT, &repeat, "timed evaluations after one warm-up"},
     };
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl bench unet [options]")) return 0;
-    if (size < 64 || size % 8 != 0 || size > 4096) fatal("--size must be a multiple of 8 in [64, 4096] (got %d)", size);
+    if (size) width = height = size;
+    int sizes[2][2] = {{1024, 1024}, {1368, 768}}, n_sizes = 2;
+    if (width || height) {
+        if (width < 64 || height < 64 || width % 8 || height % 8 || width > 4096 || height > 4096)
+            fatal("--width and --height must be multiples of 8 in [64, 4096] (got %dx%d)", width, height);
+        sizes[0][0] = width;
+        sizes[0][1] = height;
+        n_sizes = 1;
+    }
     if (batch < 1 || batch > 16) fatal("--batch must be in [1, 16] (got %d)", batch);
-    if (repeat < 1) fatal("--repeat must be at least 1 (got %d)", repeat);
+    if (repeat < 1 || repeat > 1000) fatal("--repeat must be in [1, 1000] (got %d)", repeat);
     backend_select_by_name(backend);
+    SdxlPrecision prec = bench_precision(precision, "auto");
     UnetConfig cfg;
     unet_config_sdxl(&cfg);
     Unet u;
     double t0 = now_seconds();
-    unet_init_random(&u, &cfg, DT_F32, 42);
+    unet_allocate(&u, &cfg, prec.unet);
+    weights_fill_random_gaussian(&u.w, 42);
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
-    printf("sdxl bench unet: SDXL base UNet, %zu parameters (%.1f GiB f32), random weights in %.1f s, backend %s\n",
-           params, params * 4.0 / (1 << 30), now_seconds() - t0, backend_name(backend_current()));
-    int h = size / 8, w = size / 8, L = 77;
-    size_t n = (size_t)batch * 4 * h * w, n_ctx = (size_t)batch * L * cfg.cross_attention_dim;
-    float* host = xmalloc(sizeof(float) * (n_ctx > n ? n_ctx : n));
-    float *sample = device_malloc(sizeof(float) * n), *out = device_malloc(sizeof(float) * n);
-    float *ctx = device_malloc(sizeof(float) * n_ctx), *text = device_malloc(sizeof(float) * batch * 1280);
-    for (size_t i = 0; i < n_ctx; i++) host[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-    copy_to_device(sample, host, sizeof(float) * n);
-    copy_to_device(ctx, host, sizeof(float) * n_ctx);
-    copy_to_device(text, host, sizeof(float) * batch * 1280);
-    float t[16], ids[16 * 6];
-    for (int b = 0; b < batch; b++) {
-        t[b] = 500.0f;
-        float id[6] = {(float)size, (float)size, 0, 0, (float)size, (float)size};
-        memcpy(ids + 6 * b, id, sizeof(id));
-    }
-    Arena act;
-    arena_init(&act, "unet activations", unet_activation_bytes(&cfg, batch, h, w, L, u.w.dtype),
-               backend_current() == BACKEND_CUDA);
-    unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act); // warm-up
-    device_synchronize();
-    double best = 1e30;
-    for (int r = 0; r < repeat; r++) {
-        double t1 = now_seconds();
-        unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act);
+    printf("sdxl bench unet: SDXL base UNet, %zu parameters (%.2f GiB %s), random weights in %.1f s, backend %s\n", params,
+           params * (double)dtype_size(prec.unet) / (1 << 30), precision_label(prec.unet), now_seconds() - t0,
+           backend_name(backend_current()));
+    for (int sz = 0; sz < n_sizes; sz++) {
+        int W = sizes[sz][0], H = sizes[sz][1], h = H / 8, w = W / 8, L = 77;
+        size_t n = (size_t)batch * 4 * h * w, n_ctx = (size_t)batch * L * cfg.cross_attention_dim;
+        size_t n_text = (size_t)batch * (cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim);
+        float* host = xmalloc(sizeof(float) * (n_ctx > n ? n_ctx : n));
+        float *sample = device_malloc(sizeof(float) * n), *out = device_malloc(sizeof(float) * n);
+        float *ctx = device_malloc(sizeof(float) * n_ctx), *text = device_malloc(sizeof(float) * n_text);
+        for (size_t i = 0; i < n_ctx; i++) host[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        copy_to_device(sample, host, sizeof(float) * n);
+        copy_to_device(ctx, host, sizeof(float) * n_ctx);
+        copy_to_device(text, host, sizeof(float) * n_text);
+        float t[16], ids[16 * 6];
+        for (int b = 0; b < batch; b++) {
+            t[b] = 500.0f;
+            float id[6] = {(float)H, (float)W, 0, 0, (float)H, (float)W};
+            memcpy(ids + 6 * b, id, sizeof(id));
+        }
+        Arena act;
+        arena_init(&act, "unet activations", unet_activation_bytes(&cfg, batch, h, w, L, u.w.dtype),
+                   backend_current() == BACKEND_CUDA);
+        device_memory_peak_reset();
+        unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act); // warm-up
         device_synchronize();
-        double dt = now_seconds() - t1;
-        best = dt < best ? dt : best;
+        double* times = xmalloc(sizeof(double) * repeat);
+        for (int r = 0; r < repeat; r++) {
+            double t1 = now_seconds();
+            unet_forward(&u, out, sample, t, ctx, L, text, ids, batch, h, w, &act);
+            device_synchronize();
+            times[r] = now_seconds() - t1;
+        }
+        qsort(times, repeat, sizeof(double), compare_doubles);
+        double median = times[repeat / 2], best = times[0];
+        double flops = unet_flops(&cfg, batch, h, w, L);
+        // the old one-line form first (scripts read "<s> s per evaluation")
+        printf("unet %dx%d px (latent %dx%d), batch %d, %s: %.4f s per evaluation (median of %d; best %.4f)\n", W, H, w, h,
+               batch, precision_label(prec.unet), median, repeat, best);
+        printf("  %.2f evaluations/s%s, %.1f TFLOP/s (%.3f TFLOP each)", 1.0 / median,
+               batch == 2 ? " = denoising steps/s with CFG" : "", flops / median / 1e12, flops / 1e12);
+        if (backend_current() == BACKEND_CUDA)
+            printf(", peak device memory %.0f MiB held by sdxl.c (weights %.0f, activations %.0f), %.0f MiB in use on the device",
+                   mib(device_memory_peak()), mib(u.w.arena.capacity), mib(act.high_water), mib(device_memory_in_use_on_device()));
+        printf("\n");
+        arena_free(&act);
+        device_free(sample);
+        device_free(out);
+        device_free(ctx);
+        device_free(text);
+        free(host);
+        free(times);
     }
-    printf("unet %dx%d px (latent %dx%d), batch %d: %.3f s per evaluation (best of %d)\n", size, size, h, w, batch, best,
-           repeat);
-    arena_report(&act);
-    arena_free(&act);
-    device_free(sample);
-    device_free(out);
-    device_free(ctx);
-    device_free(text);
-    free(host);
     unet_free(&u);
+    return 0;
+}
+
+#define BENCH_PROMPT "a detective opens a door, black and white storyboard"
+#define BENCH_NEGATIVE "colors, color, colorful, double body, double face"
+
+// sdxl bench generate: `generate`'s whole path on a random full-size SDXL: the storyboard prompt
+// and negative prompt through both text encoders, --steps Euler steps with CFG at the storyboard
+// size, the VAE decode, the 8-bit image. One warm-up generation (2 steps), then the timed one.
+static int bench_generate(int argc, char** argv) {
+    const char* backend = "cpu";
+    const char* precision = "auto";
+    const char* vae_precision = "auto";
+    int width = 1365, height = 768, steps = 25;
+    Option options[] = {
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
+        {"--width", OPT_INT, &width, "output width in pixels"},
+        {"--height", OPT_INT, &height, "output height in pixels"},
+        {"--steps", OPT_INT, &steps, "Euler steps"},
+    };
+    if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl bench generate [options]")) return 0;
+    if (width < 64 || height < 64 || width > 4096 || height > 4096) fatal("--width and --height must be in 64..4096");
+    if (steps < 1 || steps > 1000) fatal("--steps must be in 1..1000 (got %d)", steps);
+    backend_select_by_name(backend);
+    SdxlPrecision prec = bench_precision(precision, vae_precision);
+    double t0 = now_seconds();
+    SdxlModel m;
+    random_sdxl(&m, &prec);
+    device_synchronize();
+    printf("sdxl bench generate: random full-size SDXL (UNet %s, VAE %s, text encoders fp32) built in %.1f s on %s\n",
+           precision_label(prec.unet), precision_label(prec.vae), now_seconds() - t0, backend_name(backend_current()));
+    GenerateParams p = {0};
+    // The demo's byte-level tokenizer makes a token of every character, so these stay within one
+    // 77-token chunk each, as the storyboard prompt does with SDXL's BPE (about 25 tokens). The
+    // job's long negative prompt is two chunks with the real tokenizer: a little more text
+    // encoding and cross-attention over 154 tokens instead of 77 (scripts/bench_torch.py uses
+    // the same two prompts; diffusers would cut a longer one at 77 tokens).
+    p.prompt = BENCH_PROMPT;
+    p.negative = BENCH_NEGATIVE;
+    p.width = width;
+    p.height = height;
+    p.cfg = 12.0f;
+    p.seed = 42;
+    p.sampler = SAMPLER_EULER;
+    p.quiet = 1;
+    Image img;
+    char err[ERR_MAX];
+    GenerateTimings warm, timed;
+    p.steps = 2;
+    p.timings = &warm;
+    if (sdxl_generate(&m, &p, &img, NULL, err) != 0) fatal("%s", err);
+    image_free(&img);
+    device_memory_peak_reset();
+    p.steps = steps;
+    p.timings = &timed;
+    if (sdxl_generate(&m, &p, &img, NULL, err) != 0) fatal("%s", err);
+    image_free(&img);
+    printf("thumbnail %dx%d, %d Euler steps, CFG 12: %.3f s end to end\n", width, height, steps, timed.total);
+    printf("  text encoders %.3f s, denoising %.3f s (%.2f steps/s), VAE decode %.3f s, the rest %.3f s\n", timed.text,
+           timed.denoise, steps / timed.denoise, timed.decode, timed.total - timed.text - timed.denoise - timed.decode);
+    if (backend_current() == BACKEND_CUDA)
+        printf("  peak device memory %.0f MiB held by sdxl.c, %.0f MiB in use on the device\n", mib(device_memory_peak()),
+               mib(device_memory_in_use_on_device()));
+    sdxl_model_free(&m);
     return 0;
 }
 
 int bench_main(int argc, char** argv) {
     if (argc < 3 || strcmp(argv[2], "--help") == 0) {
-        printf("usage: sdxl bench <what> [options]\n\n  matmul   GEMM throughput on the CPU or CUDA backend\n"
-               "  unet     seconds per full-size SDXL UNet evaluation, random weights\n");
+        printf("usage: sdxl bench <what> [options]\n\n  matmul     GEMM throughput on the CPU or CUDA backend\n"
+               "  unet       seconds per full-size SDXL UNet evaluation, random weights\n"
+               "  generate   one whole storyboard thumbnail on a random full-size SDXL\n");
         return argc < 3 ? 1 : 0;
     }
     if (strcmp(argv[2], "matmul") == 0) return bench_matmul(argc, argv);
     if (strcmp(argv[2], "unet") == 0) return bench_unet(argc, argv);
-    fatal("unknown benchmark '%s' (available: matmul, unet)", argv[2]);
+    if (strcmp(argv[2], "generate") == 0) return bench_generate(argc, argv);
+    fatal("unknown benchmark '%s' (available: matmul, unet, generate)", argv[2]);
 }

@@ -254,8 +254,12 @@ int clip_text_load(ClipText* m, const char* folder, const char* variant, char* e
     return rc;
 }
 
-void clip_text_init_random(ClipText* m, const ClipTextConfig* cfg, uint64_t seed) {
+void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg) {
     clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder");
+}
+
+void clip_text_init_random(ClipText* m, const ClipTextConfig* cfg, uint64_t seed) {
+    clip_text_allocate(m, cfg);
     weights_fill_random(&m->w, seed);
 }
 

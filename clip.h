@@ -61,6 +61,9 @@ int clip_text_load(ClipText* m, const char* folder, const char* variant, char* e
 int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensors* st, const char* prefix, int open_clip,
                         char* err);
 // Builds it with random weights (the demo and benchmarks).
+// The encoder of a config with its parameters allocated but not filled (weights.h has the fillers),
+// and the same with random weights (weights_fill_random).
+void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg);
 void clip_text_init_random(ClipText* m, const ClipTextConfig* cfg, uint64_t seed);
 void clip_text_free(ClipText* m);
 

@@ -49,7 +49,7 @@ static void byte_symbols(char sym[256][8]) {
 
 // vocab.json: ids 0..255 the byte symbols in GPT-2 order, 256..511 the same with "</w>", then
 // <|startoftext|> and <|endoftext|> (the layout of CLIP's vocabulary with no merges).
-static int write_tokenizer(const char* dir, const char* pad_token, char* err) {
+int demo_tokenizer_write(const char* dir, const char* pad_token, char* err) {
     if (make_dir(dir, err) != 0) return -1;
     char sym[256][8];
     byte_symbols(sym);
@@ -125,9 +125,9 @@ int demo_model_write(const char* root, uint64_t seed, char* err) {
     snprintf(dir, sizeof(dir), "%s/scheduler", root);
     if (make_dir(dir, err) != 0 || write_text(dir, "scheduler_config.json", SCHEDULER_CONFIG, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/tokenizer", root);
-    if (write_tokenizer(dir, "<|endoftext|>", err) != 0) return -1;
+    if (demo_tokenizer_write(dir, "<|endoftext|>", err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/tokenizer_2", root);
-    if (write_tokenizer(dir, "!", err) != 0) return -1;
+    if (demo_tokenizer_write(dir, "!", err) != 0) return -1;
 
     // text encoders: CLIP-L's shape (quick_gelu) and bigG's (gelu, projection), 3 layers each
     for (int k = 1; k <= 2; k++) {

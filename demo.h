@@ -5,3 +5,7 @@
 // Writes a tiny random-weight SDXL as a diffusers folder at `root` (created if needed).
 // Returns 0, or -1 with a one-line error.
 int demo_model_write(const char* root, uint64_t seed, char* err);
+// Writes the demo's byte-level CLIP tokenizer (vocab.json, merges.txt with no merges, the
+// configs) to `dir`; pad_token "<|endoftext|>" as tokenizer/, "!" as tokenizer_2/. Benchmarks of
+// random full-size models use it: every id it makes exists in SDXL's 49408-token vocabulary.
+int demo_tokenizer_write(const char* dir, const char* pad_token, char* err);

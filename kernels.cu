@@ -190,16 +190,53 @@ static cublasHandle_t cublas_handle(void) {
     return g_cublas;
 }
 
+// What this program holds on the device, for the benchmarks' peak memory: every cuda_malloc is
+// recorded with its size until its cuda_free. Allocations are few (weights, arenas, scratch), so
+// a small table searched linearly is enough.
+typedef struct {
+    void* p;
+    size_t bytes;
+} DeviceAllocation;
+static DeviceAllocation* g_allocations = NULL;
+static int g_allocation_count = 0, g_allocation_cap = 0;
+static size_t g_held = 0, g_peak = 0;
+
 void* cuda_malloc(size_t bytes) {
     void* p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes); // 256-byte aligned, as ARENA_ALIGN asks
     // CUDA_CHECK's line, plus the size, which is what an out-of-memory report needs
     if (err != cudaSuccess)
         fatal("%s:%d: cudaMalloc(%zu bytes): %s", __FILE__, __LINE__, bytes, cudaGetErrorString(err));
+    if (g_allocation_count == g_allocation_cap) {
+        g_allocation_cap = g_allocation_cap ? 2 * g_allocation_cap : 64;
+        g_allocations = (DeviceAllocation*)xrealloc(g_allocations, sizeof(DeviceAllocation) * g_allocation_cap);
+    }
+    g_allocations[g_allocation_count++] = DeviceAllocation{p, bytes};
+    g_held += bytes;
+    g_peak = g_held > g_peak ? g_held : g_peak;
     return p;
 }
 
-void cuda_free(void* p) { CUDA_CHECK(cudaFree(p)); } // cudaFree(NULL) does nothing
+void cuda_free(void* p) {
+    if (!p) return; // as cudaFree(NULL)
+    for (int i = 0; i < g_allocation_count; i++)
+        if (g_allocations[i].p == p) {
+            g_held -= g_allocations[i].bytes;
+            g_allocations[i] = g_allocations[--g_allocation_count];
+            break;
+        }
+    CUDA_CHECK(cudaFree(p));
+}
+
+size_t cuda_memory_held(void) { return g_held; }
+size_t cuda_memory_peak(void) { return g_peak; }
+void cuda_memory_peak_reset(void) { g_peak = g_held; }
+
+size_t cuda_memory_in_use_on_device(void) {
+    size_t free_bytes = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return total - free_bytes;
+}
 
 void cuda_memset_zero(void* p, size_t bytes) { CUDA_CHECK(cudaMemset(p, 0, bytes)); }
 
@@ -607,7 +644,7 @@ static void* g_workspace = NULL;
 static size_t g_workspace_bytes = 0;
 static void* cuda_workspace(size_t bytes) {
     if (bytes > g_workspace_bytes) {
-        CUDA_CHECK(cudaFree(g_workspace)); // waits for kernels still using the old one
+        cuda_free(g_workspace); // cudaFree waits for kernels still using the old one
         g_workspace = cuda_malloc(bytes);
         g_workspace_bytes = bytes;
     }

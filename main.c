@@ -4,7 +4,7 @@
 //   sdxl eval                 judge a folder of thumbnails and write report.json/csv/html
 //   sdxl demo                 the whole pipeline on a tiny random-weight SDXL (no download)
 //   sdxl info                 what this binary was built with and what it can see
-//   sdxl bench matmul|unet    GEMM throughput; seconds per full-size UNet evaluation
+//   sdxl bench matmul|unet|generate  GEMM throughput; full-size UNet evaluations; a whole thumbnail
 //   sdxl verify unet          our UNet against a reference evaluation from another implementation
 //
 // LoRA training (`train`) arrives with its issue; README.md keeps the table of what works today.
@@ -415,6 +415,7 @@ static void usage(void) {
            "  info           what this binary was built with and the devices it sees\n"
            "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n"
            "  bench unet     seconds per full-size SDXL UNet evaluation (random weights)\n"
+           "  bench generate a whole 25-step thumbnail on a random full-size SDXL\n"
            "  verify unet    our UNet against a reference evaluation (scripts/check_full_size.sh)\n\n"
            "`sdxl <command> --help` lists a command's options.\n");
 }

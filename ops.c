@@ -108,6 +108,33 @@ void device_synchronize(void) {
 #endif
 }
 
+size_t device_memory_held(void) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_memory_held();
+#endif
+    return 0;
+}
+
+size_t device_memory_peak(void) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_memory_peak();
+#endif
+    return 0;
+}
+
+void device_memory_peak_reset(void) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) cuda_memory_peak_reset();
+#endif
+}
+
+size_t device_memory_in_use_on_device(void) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_memory_in_use_on_device();
+#endif
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 // Matrix products
 

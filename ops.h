@@ -52,6 +52,14 @@ void copy_to_host(void* dst_host, const void* src, size_t bytes);
 void copy_device_to_device(void* dst, const void* src, size_t bytes); // regions must not overlap
 void device_synchronize(void);
 
+// Device memory, for benchmarks (CUDA backend; all 0 on the CPU): what this program holds through
+// device_malloc and the CUDA ops' own scratch, now and at most since the last reset; and what the
+// device reports in use (cudaMemGetInfo), which adds the CUDA context and cuBLAS's workspace.
+size_t device_memory_held(void);
+size_t device_memory_peak(void);
+void device_memory_peak_reset(void);
+size_t device_memory_in_use_on_device(void);
+
 // Aligned host memory (for the CPU backend's allocations and the GEMM's packing buffers).
 void* aligned_host_malloc(size_t bytes);
 void aligned_host_free(void* p);
@@ -351,4 +359,8 @@ void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
 void cuda_copy_device_to_device(void* dst, const void* src, size_t bytes);
 void cuda_synchronize(void);
+size_t cuda_memory_held(void);
+size_t cuda_memory_peak(void);
+void cuda_memory_peak_reset(void);
+size_t cuda_memory_in_use_on_device(void);
 size_t cuda_torch_randn_threads(size_t n); // torch's randn grid for n values on the current device

@@ -354,6 +354,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     int gen_w = (p->width + 7) / 8 * 8, gen_h = (p->height + 7) / 8 * 8, h = gen_h / 8, w = gen_w / 8;
     Schedule sched;
     if (schedule_init(&sched, p->sampler, p->steps, &m->sched, err) != 0) return -1;
+    double t_start = now_seconds();
 
     // text -> conditioning
     float *context, *pooled;
@@ -373,6 +374,7 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     float* d_pooled = device_malloc(sizeof(float) * N * P);
     copy_to_device(d_context, N == 2 ? context : context + row, sizeof(float) * N * row);
     copy_to_device(d_pooled, N == 2 ? pooled : pooled + P, sizeof(float) * N * P);
+    double t_text = now_seconds(); // the encoders' results were copied to the host: finished
 
     // initial latents: torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(seed)) * init_noise_sigma
     size_t n = (size_t)4 * h * w;
@@ -410,6 +412,8 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     d.steps = p->steps;
     d.t_start = now_seconds();
     sample(&sched, x, n, guided_eps, &d, &gen, &scratch);
+    device_synchronize();
+    double t_denoise = now_seconds();
     arena_free(&scratch);
     arena_free(&act);
     device_free(d.x2);
@@ -437,7 +441,10 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     float* d_image = device_malloc(sizeof(float) * npix);
     Arena vae_act;
     arena_init(&vae_act, "vae activations", vae_decode_arena_bytes(&m->vae.config, 1, h, w, m->vae.weights.dtype), backend_current() == BACKEND_CUDA);
+    double t_decode0 = now_seconds();
     vae_decode(&m->vae, d_image, x, 1, h, w, &vae_act);
+    device_synchronize();
+    double t_decode = now_seconds() - t_decode0;
     arena_free(&vae_act);
     float* image = xmalloc(sizeof(float) * npix);
     copy_to_host(image, d_image, sizeof(float) * npix);
@@ -468,5 +475,11 @@ int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTra
     char* params = a1111_parameters(m, p);
     image_add_text(out, "parameters", params);
     free(params);
+    if (p->timings) {
+        p->timings->text = t_text - t_start;
+        p->timings->denoise = t_denoise - t_text;
+        p->timings->decode = t_decode;
+        p->timings->total = now_seconds() - t_start;
+    }
     return 0;
 }

@@ -59,7 +59,15 @@ typedef struct {
     int quiet;              // no progress lines
     const char* lora_name;  // for the PNG parameters only (the LoRA is merged at load): NULL when none
     float lora_scale;
+    struct GenerateTimings* timings; // when not NULL, filled with where the time went (benchmarks)
 } GenerateParams;
+
+// Seconds of one sdxl_generate, the backend synchronised at each boundary: prompts to
+// conditioning (tokenizers, both text encoders), the denoising loop (all UNet evaluations and
+// sampler updates), the VAE decode, and everything from start to the finished 8-bit image.
+typedef struct GenerateTimings {
+    double text, denoise, decode, total;
+} GenerateTimings;
 
 // Filled when the caller wants to look inside (tests compare each stage with diffusers); host memory,
 // malloc'd, freed by generate_trace_free.

@@ -293,12 +293,17 @@ static void unet_build(Unet* u, Weights* w) {
     u->conv_out = conv2d_build(w, "conv_out", c->block_out[0], c->out_channels, 3, 1, 1, 1);
 }
 
-static void unet_create(Unet* u, const UnetConfig* cfg, DType dtype) {
+// The blocks and the first build pass: every layer's shape, no parameter memory yet.
+static void unet_declare(Unet* u, const UnetConfig* cfg, DType dtype) {
     memset(u, 0, sizeof(*u));
     u->cfg = *cfg;
     unet_allocate_blocks(u);
     weights_init(&u->w, "unet", dtype);
     unet_build(u, &u->w);
+}
+
+void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype) {
+    unet_declare(u, cfg, dtype);
     weights_allocate(&u->w);
     unet_build(u, &u->w);
     weights_finish(&u->w);
@@ -311,7 +316,7 @@ int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, cha
     if (unet_config_read(&cfg, path, err) != 0) return -1;
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "diffusion_pytorch_model", variant, err) != 0) return -1;
-    unet_create(u, &cfg, dtype);
+    unet_allocate(u, &cfg, dtype);
     int rc = weights_load(&u->w, &st, "", err);
     safetensors_close(&st);
     if (rc != 0) unet_free(u);
@@ -402,14 +407,14 @@ static int sgm_key(const char* name, ParamSource* src, void* ctx) {
 }
 
 int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err) {
-    unet_create(u, cfg, dtype);
+    unet_allocate(u, cfg, dtype);
     int rc = weights_load_mapped(&u->w, st, sgm_key, &u->cfg, err);
     if (rc != 0) unet_free(u);
     return rc;
 }
 
 void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed) {
-    unet_create(u, cfg, dtype);
+    unet_allocate(u, cfg, dtype);
     weights_fill_random(&u->w, seed);
 }
 
@@ -757,4 +762,74 @@ size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx,
         peak = block > peak ? block : peak;
     }
     return (total + peak + 64 * align) * es;
+}
+
+// ----------------------------------------------------------------------------
+// FLOPs of one evaluation (for the benchmark's TFLOP/s): the matrix products, convolutions and
+// attention products unet_forward runs, 2 per multiply-add, walked level by level as the forward
+// goes; elementwise work (norms, activations: ~0.3% of the total) is left out, as is customary.
+
+static double linear_flops(const Linear* l, double rows) { return 2.0 * rows * l->in * l->out; }
+static double conv_flops(const Conv2d* c, int N, int H_out, int W_out) {
+    return 2.0 * N * H_out * W_out * (double)c->out * c->in * c->k * c->k;
+}
+
+static double resblock_flops(const UnetResBlock* rb, int N, int h, int w) {
+    double f = conv_flops(&rb->conv1, N, h, w) + conv_flops(&rb->conv2, N, h, w) + linear_flops(&rb->time_emb_proj, N);
+    if (rb->has_shortcut) f += conv_flops(&rb->shortcut, N, h, w);
+    return f;
+}
+
+static double transformer_flops(const UnetSpatialTransformer* st, int N, int h, int w, int Lctx) {
+    double T = (double)N * h * w, C = st->C;
+    double f = linear_flops(&st->proj_in, T) + linear_flops(&st->proj_out, T);
+    for (int d = 0; d < st->depth; d++) {
+        const UnetTransformerBlock* b = &st->blocks[d];
+        f += linear_flops(&b->q1, T) + linear_flops(&b->k1, T) + linear_flops(&b->v1, T) + linear_flops(&b->out1, T);
+        f += 4.0 * N * (double)h * w * h * w * C;                  // self-attention: Q K^T and P V
+        f += linear_flops(&b->q2, T) + linear_flops(&b->out2, T);
+        f += linear_flops(&b->k2, (double)N * Lctx) + linear_flops(&b->v2, (double)N * Lctx);
+        f += 4.0 * N * (double)h * w * Lctx * C;                   // cross-attention
+        f += linear_flops(&b->ff_in, T) + linear_flops(&b->ff_out, T);
+    }
+    return f;
+}
+
+static double unet_walk_flops(const Unet* u, int N, int h, int w, int Lctx) {
+    const UnetConfig* c = &u->cfg;
+    int L = c->layers_per_block, last = c->levels - 1;
+    double f = linear_flops(&u->time_linear_1, N) + linear_flops(&u->time_linear_2, N) +
+               linear_flops(&u->add_linear_1, N) + linear_flops(&u->add_linear_2, N);
+    f += conv_flops(&u->conv_in, N, h, w);
+    int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
+    level_sizes(c, h, w, hs, ws);
+    for (int i = 0; i < c->levels; i++) {
+        const UnetBlock* b = &u->down[i];
+        for (int j = 0; j < L; j++) {
+            f += resblock_flops(&b->resnets[j], N, hs[i], ws[i]);
+            if (c->has_attention[i]) f += transformer_flops(&b->attentions[j], N, hs[i], ws[i], Lctx);
+        }
+        if (b->has_sampler) f += conv_flops(&b->sampler, N, hs[i + 1], ws[i + 1]);
+    }
+    f += resblock_flops(&u->mid_res0, N, hs[last], ws[last]) + resblock_flops(&u->mid_res1, N, hs[last], ws[last]);
+    f += transformer_flops(&u->mid_attn, N, hs[last], ws[last], Lctx);
+    for (int i = 0; i < c->levels; i++) {
+        const UnetBlock* b = &u->up[i];
+        int r = last - i;
+        for (int j = 0; j <= L; j++) {
+            f += resblock_flops(&b->resnets[j], N, hs[r], ws[r]);
+            if (c->has_attention[r]) f += transformer_flops(&b->attentions[j], N, hs[r], ws[r], Lctx);
+        }
+        if (b->has_sampler) f += conv_flops(&b->sampler, N, hs[r - 1], ws[r - 1]);
+    }
+    f += conv_flops(&u->conv_out, N, h, w);
+    return f;
+}
+
+double unet_flops(const UnetConfig* cfg, int N, int h, int w, int Lctx) {
+    Unet u; // the layer shapes only: the first build pass declares parameters without allocating them
+    unet_declare(&u, cfg, DT_F32);
+    double f = unet_walk_flops(&u, N, h, w, Lctx);
+    unet_free(&u);
+    return f;
 }

@@ -89,6 +89,9 @@ void unet_config_sdxl(UnetConfig* c); // SDXL base 1.0, for single-file checkpoi
 int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, char* err);
 // The UNet of an SGM single-file checkpoint (model.diffusion_model.*), with the given config.
 int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err);
+// The UNet of a config with its parameter memory allocated but not filled (weights.h has the
+// fillers), and the same filled with weights_fill_random.
+void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype);
 void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed);
 void unet_free(Unet* u);
 
@@ -106,3 +109,7 @@ int unet_sgm_name(const UnetConfig* c, const char* diffusers_name, char* out, si
 void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
                   const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act);
 size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx, DType dtype);
+// Floating-point operations of one unet_forward (2 per multiply-add in its matrix products,
+// convolutions and attention products), for the benchmark's TFLOP/s. SDXL base: 6.761e12 at
+// 1024 x 1024, batch 1 (../shared/notes/performance.md).
+double unet_flops(const UnetConfig* c, int N, int h, int w, int Lctx);

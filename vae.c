@@ -405,7 +405,7 @@ int vae_load(Vae* vae, const char* path, DType dtype, char* err) {
     return vae_load_with_config(vae, &cfg, path, dtype, err);
 }
 
-void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed) {
+void vae_allocate(Vae* vae, const VaeConfig* cfg, DType dtype) {
     memset(vae, 0, sizeof(*vae));
     vae->config = *cfg;
     weights_init(&vae->weights, "vae", dtype);
@@ -413,6 +413,10 @@ void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed)
     weights_allocate(&vae->weights);
     vae_build(vae, &vae->weights);
     weights_finish(&vae->weights);
+}
+
+void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed) {
+    vae_allocate(vae, cfg, dtype);
     weights_fill_random(&vae->weights, seed);
 }
 

@@ -126,7 +126,9 @@ int vae_load(Vae* vae, const char* folder_or_file, DType dtype, char* err);
 // The same with an explicit config (a single file of a non-SDXL-sized VAE, as the tests' tiny one).
 int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* folder_or_file, DType dtype, char* err);
 void vae_free(Vae* vae);
-// The VAE of a config with random weights (weights_fill_random), for the weight-free demo.
+// The VAE of a config with its parameter memory allocated but not filled, and the same with
+// random weights (weights_fill_random), for the weight-free demo.
+void vae_allocate(Vae* vae, const VaeConfig* cfg, DType dtype);
 void vae_init_random(Vae* vae, const VaeConfig* cfg, DType dtype, uint64_t seed);
 
 // Letters: N batch, h w latent size, H W image size (H = h * 2^(levels-1): 8x for SDXL).

@@ -224,6 +224,39 @@ void weights_fill_random(Weights* w, uint64_t seed) {
     free(host);
 }
 
+void weights_fill_random_gaussian(Weights* w, uint64_t seed) {
+    size_t max_n = 0;
+    for (int i = 0; i < w->count; i++) max_n = w->params[i].numel > max_n ? w->params[i].numel : max_n;
+    float* values = device_malloc(sizeof(float) * (max_n ? max_n : 1));
+    float* ones = NULL; // norm scales, converted on the host (they are short)
+    void* ones_stored = NULL;
+    for (int i = 0; i < w->count; i++) {
+        Param* p = &w->params[i];
+        int is_norm_scale = p->rank == 1 && ends_with(p->name, ".weight") &&
+                            (strstr(p->name, "norm") != NULL || strstr(p->name, "layer_norm") != NULL);
+        if (ends_with(p->name, ".bias")) {
+            device_memset_zero(p->data, dtype_size(w->dtype) * p->numel);
+        } else if (is_norm_scale) {
+            ones = xrealloc(ones, sizeof(float) * p->numel);
+            ones_stored = xrealloc(ones_stored, dtype_size(w->dtype) * p->numel);
+            for (size_t j = 0; j < p->numel; j++) ones[j] = 1.0f;
+            convert_from_f32(ones_stored, w->dtype, ones, p->numel);
+            copy_to_device(p->data, ones_stored, dtype_size(w->dtype) * p->numel);
+        } else {
+            size_t fan_in = p->numel / (size_t)p->shape[0];
+            float std = 1.0f / sqrtf(3.0f * (float)(fan_in ? fan_in : 1)); // uniform(-b, b) has variance b^2 / 3
+            // a fresh stream per tensor: seed, then the tensor's index as the Philox offset block
+            randn_philox_forward(values, p->numel, seed, (uint64_t)i << 20, randn_philox_threads(p->numel));
+            scale_forward(values, values, std, p->numel, DT_F32);
+            cast_forward(p->data, w->dtype, values, DT_F32, p->numel);
+        }
+    }
+    device_synchronize();
+    device_free(values);
+    free(ones);
+    free(ones_stored);
+}
+
 int weights_save(const Weights* w, const char* path, const char* prefix, DType dtype, char* err) {
     SafeTensorOut* out = xcalloc((size_t)w->count + 1, sizeof(SafeTensorOut));
     char** names = xcalloc((size_t)w->count + 1, sizeof(char*));

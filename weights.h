@@ -76,5 +76,10 @@ int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx
 // Deterministic random values for weight-free runs: biases 0, norm scales 1, other tensors
 // uniform in +-1/sqrt(fan_in) (fan_in = numel / shape[0]), as PyTorch's default init bounds.
 void weights_fill_random(Weights* w, uint64_t seed);
+// The same bounds for benchmarks of full-size models, made on the backend: Gaussian values of the
+// uniform's variance (std = bound / sqrt(3)) from the Philox generator of randn_philox_forward,
+// so an H100 fills SDXL's 2.6 billion UNet weights in a fraction of a second instead of the
+// host's tens. Not the same values as weights_fill_random, nor across backends bit for bit.
+void weights_fill_random_gaussian(Weights* w, uint64_t seed);
 // Writes every parameter as `prefix + name` to a safetensors file (dtype F32, F16 or BF16).
 int weights_save(const Weights* w, const char* path, const char* prefix, DType dtype, char* err);

@@ -1,17 +1,27 @@
-"""diffusers' SDXL UNet on PyTorch, CPU or CUDA, timed the way `sdxl bench unet` times ours.
+"""diffusers on PyTorch, timed the way `sdxl bench` times sdxl.c, for the ratios in docs/.
 
-    pip install torch diffusers
-    python3 scripts/bench_torch.py --size 512 --batch 1            # CPU, fp32, all cores
-    python3 scripts/bench_torch.py --device cuda --dtype float16   # on a GPU
+    pip install torch diffusers transformers
+    python3 scripts/bench_torch.py unet --size 512 --batch 1                 # CPU, fp32, all cores
+    python3 scripts/bench_torch.py unet --device cuda --dtype float16        # 1024x1024 and 1368x768, batch 2
+    python3 scripts/bench_torch.py generate --device cuda --dtype float16    # a whole 25-step thumbnail
 
-The full-size SDXL base UNet architecture (the values of its unet/config.json), random weights
-(nothing is downloaded), 77 text tokens, one warm-up, then the best of --repeat evaluations.
+unet:     the full-size SDXL base UNet architecture (the values of its unet/config.json), random
+          weights (nothing is downloaded), 77 text tokens, PyTorch's default attention (SDPA),
+          eager mode; one warm-up, then --repeat evaluations: the median and the best, and the
+          peak memory PyTorch allocated.
+generate: StableDiffusionXLPipeline built from SDXL base's configs with random weights: both
+          CLIP text encoders, the UNet, the VAE (upcast to fp32 for decoding, diffusers' default
+          for SDXL: force_upcast), Euler; the tokenizers are the byte-level ones `sdxl bench
+          generate` writes under build/ (--tokenizer), since SDXL's own cannot be downloaded.
+          The benchmark's short prompt and negative prompt (one chunk each), CFG 12, at 1368x768
+          (diffusers needs multiples of 8; sdxl.c generates at 1368x768 and crops to 1365). One
+          2-step warm-up, then the timed generation.
 """
 import argparse
+import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -21,46 +31,120 @@ SDXL_UNET = dict(
     norm_num_groups=32, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816, upcast_attention=False,
 )
+SDXL_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+)
+# the prompts of `sdxl bench generate` (bench.c): one 77-token chunk each with the byte-level tokenizer
+PROMPT = "a detective opens a door, black and white storyboard"
+NEGATIVE = "colors, color, colorful, double body, double face"
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
-    args = ap.parse_args()
-    dtype = getattr(torch, args.dtype)
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(device):
+    if device != "cuda":
+        return ""
+    return (f", peak memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB allocated by PyTorch "
+            f"({torch.cuda.max_memory_reserved() / 2**20:.0f} MiB reserved)")
+
+
+def bench_unet(args, dtype):
+    from diffusers import UNet2DConditionModel
     t0 = time.time()
     with torch.device(args.device):
         unet = UNet2DConditionModel(**SDXL_UNET).to(dtype).eval()
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}: "
           f"SDXL UNet {n_params} parameters, built in {time.time() - t0:.1f} s")
-    h = w = args.size // 8
-    B = args.batch
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
-    ctx = torch.randn(B, 77, 2048, generator=g).to(args.device, dtype)
-    added = {"text_embeds": torch.randn(B, 1280, generator=g).to(args.device, dtype),
-             "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * B, dtype=dtype, device=args.device)}
-    t = torch.full((B,), 500.0, device=args.device)
+    sizes = [(args.size, args.size)] if args.size else [(args.width, args.height)] if args.width else [(1024, 1024), (1368, 768)]
+    for W, H in sizes:
+        h, w, B = H // 8, W // 8, args.batch
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
+        ctx = torch.randn(B, 77, 2048, generator=g).to(args.device, dtype)
+        added = {"text_embeds": torch.randn(B, 1280, generator=g).to(args.device, dtype),
+                 "time_ids": torch.tensor([[H, W, 0, 0, H, W]] * B, dtype=dtype, device=args.device)}
+        t = torch.full((B,), 500.0, device=args.device)
 
+        def run():
+            with torch.no_grad():
+                unet(sample, t, encoder_hidden_states=ctx, added_cond_kwargs=added)
+            sync(args.device)
 
-    def run():
-        with torch.no_grad():
-            unet(sample, t, encoder_hidden_states=ctx, added_cond_kwargs=added)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-
-
-    run()
-    best = 1e30
-    for _ in range(args.repeat):
-        t1 = time.time()
         run()
-        best = min(best, time.time() - t1)
-    print(f"unet {args.size}x{args.size} px (latent {h}x{w}), batch {B}: {best:.3f} s per evaluation (best of {args.repeat})")
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.repeat):
+            t1 = time.time()
+            run()
+            times.append(time.time() - t1)
+        median = statistics.median(times)
+        print(f"unet {W}x{H} px (latent {w}x{h}), batch {B}, {args.dtype}: {median:.4f} s per evaluation "
+              f"(median of {args.repeat}; best {min(times):.4f}){peak_memory(args.device)}")
+
+
+def bench_generate(args, dtype):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    t0 = time.time()
+    common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    c1 = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        hidden_act="quick_gelu", projection_dim=768, **common)
+    c2 = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                        hidden_act="gelu", projection_dim=1280, **common)
+    with torch.device(args.device):
+        te1 = CLIPTextModel(c1).to(dtype).eval()
+        te2 = CLIPTextModelWithProjection(c2).to(dtype).eval()
+        unet = UNet2DConditionModel(**SDXL_UNET).to(dtype).eval()
+        vae = AutoencoderKL(**SDXL_VAE).to(dtype).eval()
+    tok1 = CLIPTokenizer(f"{args.tokenizer}/vocab.json", f"{args.tokenizer}/merges.txt", model_max_length=77)
+    tok2 = CLIPTokenizer(f"{args.tokenizer}_2/vocab.json", f"{args.tokenizer}_2/merges.txt", pad_token="!",
+                         model_max_length=77)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,
+                                     unet=unet, scheduler=sched).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    print(f"torch {torch.__version__}, device {args.device}, {args.dtype}: random SDXL pipeline built in "
+          f"{time.time() - t0:.1f} s")
+    kw = dict(prompt=PROMPT, negative_prompt=NEGATIVE, width=args.width or 1368, height=args.height or 768,
+              guidance_scale=12.0, generator=torch.Generator(args.device).manual_seed(42))
+    with torch.no_grad():
+        pipe(num_inference_steps=2, **kw)
+        sync(args.device)
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t1 = time.time()
+        pipe(num_inference_steps=args.steps, **kw)
+        sync(args.device)
+    print(f"thumbnail {kw['width']}x{kw['height']}, {args.steps} Euler steps, CFG 12: {time.time() - t1:.3f} s end to end"
+          f"{peak_memory(args.device)}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", nargs="?", default="unet", choices=["unet", "generate"])
+    ap.add_argument("--size", type=int, default=0, help="square image side (unet)")
+    ap.add_argument("--width", type=int, default=0)
+    ap.add_argument("--height", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--tokenizer", default="build/bench_tokenizer", help="generate: the folder `sdxl bench generate` writes")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    if args.what == "unet":
+        bench_unet(args, dtype)
+    else:
+        bench_generate(args, dtype)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 make -s sdxl >/dev/null
-ours=$(./sdxl bench unet --size "$SIZE" --batch "$BATCH" --repeat 2 | grep "per evaluation")
-theirs=$(unset OPENBLAS_CORETYPE; python3 scripts/bench_torch.py --size "$SIZE" --batch "$BATCH" --repeat 2 2>/dev/null | tail -2)
+ours=$(./sdxl bench unet --size "$SIZE" --batch "$BATCH" --repeat 2 --precision fp32 | grep "per evaluation")
+theirs=$(unset OPENBLAS_CORETYPE; python3 scripts/bench_torch.py unet --size "$SIZE" --batch "$BATCH" --repeat 2 2>/dev/null | tail -2)
 echo "sdxl.c : $ours"
 echo "torch  : $theirs"
 python3 - "$ours" "$theirs" "$WRITE" "$SIZE" "$BATCH" <<'PY'

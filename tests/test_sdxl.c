@@ -5,6 +5,7 @@
 // Tolerances: whole networks in f32. The references ran in PyTorch f32 from the same fp16-stored
 // weights, so what differs is summation order (our GEMM, attention and norm statistics vs
 // oneDNN/MKL): errors of a few 1e-6 relative per layer, compounding over depth.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,22 @@ static void test_sdxl_unet_square_latent(void) { check_unet("unet_8x8", DT_F32, 
 static void test_sdxl_unet_fp16(void) { check_unet("unet_6x9", DT_F16, 1e-2f, 1e-2f); }
 static void test_sdxl_unet_bf16(void) { check_unet("unet_6x9", DT_BF16, 6e-2f, 6e-2f); }
 
+// The benchmark's FLOP count against ../shared/notes/tools/sdxl_flops.py, an independent counter
+// validated there against torchprofile and diffusers' CI figures: SDXL base, batch 1.
+static void test_sdxl_unet_flops(void) {
+    UnetConfig cfg;
+    unet_config_sdxl(&cfg);
+    struct { int h, w; double want; } cases[] = {{128, 128, 6.761e12}, {96, 168, 6.645e12}, {96, 171, 6.816e12}, {64, 64, 1.589e12}};
+    for (int i = 0; i < 4; i++) {
+        double f = unet_flops(&cfg, 1, cases[i].h, cases[i].w, 77);
+        // the tool prints 4 significant digits: agreement within half a unit of the last
+        check_true(fabs(f - cases[i].want) <= 0.0006e12, "UNet at latent %dx%d: %.4f TFLOP (sdxl_flops.py: %.3f)", cases[i].h,
+                   cases[i].w, f / 1e12, cases[i].want / 1e12);
+    }
+    check_true(fabs(unet_flops(&cfg, 2, 128, 128, 77) - 2 * unet_flops(&cfg, 1, 128, 128, 77)) < 1e6,
+               "a CFG step (batch 2) is twice one evaluation");
+}
+
 const TestCase tests_sdxl[] = {
     {"sdxl_text_encoder_1", test_sdxl_text_encoder_1},
     {"sdxl_text_encoder_2", test_sdxl_text_encoder_2},
@@ -217,5 +234,6 @@ const TestCase tests_sdxl[] = {
     {"sdxl_unet_square_latent", test_sdxl_unet_square_latent},
     {"sdxl_unet_fp16", test_sdxl_unet_fp16},
     {"sdxl_unet_bf16", test_sdxl_unet_bf16},
+    {"sdxl_unet_flops", test_sdxl_unet_flops},
     {NULL, NULL},
 };
