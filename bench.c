@@ -130,6 +130,7 @@ static SdxlPrecision bench_precision(const char* unet, const char* vae) {
     SdxlPrecision p;
     p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
     p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
+    p.text = p.unet == DT_F32 ? DT_F32 : DT_F16; // the text encoders follow the UNet: f32 or f16
     return p;
 }
 
@@ -148,8 +149,8 @@ static void random_sdxl(SdxlModel* m, const SdxlPrecision* p) {
     ClipTextConfig c1, c2;
     clip_text_config_sdxl(&c1, 1);
     clip_text_config_sdxl(&c2, 2);
-    clip_text_allocate(&m->te1, &c1);
-    clip_text_allocate(&m->te2, &c2);
+    clip_text_allocate(&m->te1, &c1, p->text);
+    clip_text_allocate(&m->te2, &c2, p->text);
     UnetConfig uc;
     unet_config_sdxl(&uc);
     unet_allocate(&m->unet, &uc, p->unet);
@@ -296,8 +297,9 @@ static int bench_generate(int argc, char** argv) {
     SdxlModel m;
     random_sdxl(&m, &prec);
     device_synchronize();
-    printf("sdxl bench generate: random full-size SDXL (UNet %s, VAE %s, text encoders fp32) built in %.1f s on %s\n",
-           precision_label(prec.unet), precision_label(prec.vae), now_seconds() - t0, backend_name(backend_current()));
+    printf("sdxl bench generate: random full-size SDXL (UNet %s, VAE %s, text encoders %s) built in %.1f s on %s\n",
+           precision_label(prec.unet), precision_label(prec.vae), precision_label(prec.text), now_seconds() - t0,
+           backend_name(backend_current()));
     GenerateParams p = {0};
     // The demo's byte-level tokenizer makes a token of every character, so these stay within one
     // 77-token chunk each, as the storyboard prompt does with SDXL's BPE (about 25 tokens). The

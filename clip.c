@@ -141,11 +141,11 @@ static void clip_text_build(ClipText* m, Weights* w) {
 }
 
 // Both build passes and the one allocation (weights.h).
-static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what) {
+static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
-    weights_init(&m->w, what, DT_F32);
+    weights_init(&m->w, what, dtype);
     clip_text_build(m, &m->w);
     weights_allocate(&m->w);
     clip_text_build(m, &m->w);
@@ -226,8 +226,8 @@ static int open_clip_key(const char* name, ParamSource* src, void* ctx) {
 }
 
 int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensors* st, const char* prefix, int open_clip,
-                        char* err) {
-    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder");
+                        DType dtype, char* err) {
+    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
     int rc;
     if (open_clip) {
         OpenClipKeys keys = {prefix, cfg->hidden};
@@ -242,24 +242,24 @@ int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensor
     return rc;
 }
 
-int clip_text_load(ClipText* m, const char* folder, const char* variant, char* err) {
+int clip_text_load(ClipText* m, const char* folder, const char* variant, DType dtype, char* err) {
     char path[4096];
     ClipTextConfig cfg;
     snprintf(path, sizeof(path), "%s/config.json", folder);
     if (clip_text_config_read(&cfg, path, err) != 0) return -1;
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "model", variant, err) != 0) return -1;
-    int rc = clip_text_load_from(m, &cfg, &st, "", 0, err);
+    int rc = clip_text_load_from(m, &cfg, &st, "", 0, dtype, err);
     safetensors_close(&st);
     return rc;
 }
 
-void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg) {
-    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder");
+void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg, DType dtype) {
+    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
 }
 
 void clip_text_init_random(ClipText* m, const ClipTextConfig* cfg, uint64_t seed) {
-    clip_text_allocate(m, cfg);
+    clip_text_allocate(m, cfg, DT_F32);
     weights_fill_random(&m->w, seed);
 }
 
@@ -279,32 +279,34 @@ size_t clip_text_scratch_floats(const ClipTextConfig* c, int B, int L) {
     return 6 * T * c->hidden + T * c->intermediate + (size_t)B * c->hidden + T + 16 * ARENA_ALIGN;
 }
 
-// One pre-LN CLIPEncoderLayer on x (T = B*L tokens of width D), in place. The text tower runs
-// it with the causal mask, the vision tower without; everything else is shared.
-static void clip_encoder_layer(const ClipLayer* L, float* x, int B, int Ltok, int D, int heads, int intermediate,
+// One pre-LN CLIPEncoderLayer on x (T = B*L tokens of width D), in place, in the storage type of
+// its weights. The text tower runs it with the causal mask, the vision tower without; everything
+// else is shared.
+static void clip_encoder_layer(const ClipLayer* L, void* x, int B, int Ltok, int D, int heads, int intermediate,
                                ClipActivation act, int causal, Arena* scratch) {
+    DType dt = L->q.dtype;
     size_t T = (size_t)B * Ltok, mark = arena_mark(scratch);
-    float* h = arena_floats(scratch, T * D, "clip h");
-    float* q = arena_floats(scratch, T * D, "clip q");
-    float* k = arena_floats(scratch, T * D, "clip k");
-    float* v = arena_floats(scratch, T * D, "clip v");
-    float* a = arena_floats(scratch, T * D, "clip attention");
+    void* h = arena_elems(scratch, T * D, dt, "clip h");
+    void* q = arena_elems(scratch, T * D, dt, "clip q");
+    void* k = arena_elems(scratch, T * D, dt, "clip k");
+    void* v = arena_elems(scratch, T * D, dt, "clip v");
+    void* a = arena_elems(scratch, T * D, dt, "clip attention");
     // x = x + out_proj(attention(layer_norm1(x)))                   (B, L, D)
     layer_norm(&L->ln1, h, x, (int)T);
     linear(&L->q, q, h, (int)T);
     linear(&L->k, k, h, (int)T);
     linear(&L->v, v, h, (int)T);
-    attention_forward(a, q, k, v, B, heads, Ltok, Ltok, D / heads, causal, DT_F32);
+    attention_forward(a, q, k, v, B, heads, Ltok, Ltok, D / heads, causal, dt);
     linear(&L->out, h, a, (int)T);
-    add_forward(x, x, h, T * D, DT_F32);
+    add_forward(x, x, h, T * D, dt);
     // x = x + fc2(act(fc1(layer_norm2(x))))
-    float* f = arena_floats(scratch, T * intermediate, "clip mlp");
+    void* f = arena_elems(scratch, T * intermediate, dt, "clip mlp");
     layer_norm(&L->ln2, h, x, (int)T);
     linear(&L->fc1, f, h, (int)T);                                 // (B, L, intermediate)
-    if (act == CLIP_ACT_QUICK_GELU) quick_gelu_forward(f, f, T * intermediate, DT_F32);
-    else gelu_forward(f, f, T * intermediate, DT_F32);
+    if (act == CLIP_ACT_QUICK_GELU) quick_gelu_forward(f, f, T * intermediate, dt);
+    else gelu_forward(f, f, T * intermediate, dt);
     linear(&L->fc2, h, f, (int)T);                                 // (B, L, D)
-    add_forward(x, x, h, T * D, DT_F32);
+    add_forward(x, x, h, T * D, dt);
     arena_release(scratch, mark);
 }
 
@@ -316,16 +318,18 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
     for (size_t i = 0; i < T; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             fatal("clip_text_forward: token id %d outside the vocabulary of %d", ids[i], c->vocab_size);
+    DType dt = m->w.dtype;
+    size_t es = dtype_size(dt);
     int32_t* d_ids = arena_alloc(scratch, sizeof(int32_t) * T, "clip ids");
     copy_to_device(d_ids, ids, sizeof(int32_t) * T);
-    float* x = arena_floats(scratch, T * c->hidden, "clip x");
+    char* x = arena_elems(scratch, T * c->hidden, dt, "clip x");
     // x = token_embedding[ids] + position_embedding[0..L)          (B, L, hidden)
-    embedding_forward(x, d_ids, m->token_embedding, (int)T, c->vocab_size, c->hidden, DT_F32);
-    for (int b = 0; b < B; b++) add_forward(x + (size_t)b * L * c->hidden, x + (size_t)b * L * c->hidden,
-                                            m->position_embedding, (size_t)L * c->hidden, DT_F32);
+    embedding_forward(x, d_ids, m->token_embedding, (int)T, c->vocab_size, c->hidden, dt);
+    for (int b = 0; b < B; b++) add_forward(x + (size_t)b * L * c->hidden * es, x + (size_t)b * L * c->hidden * es,
+                                            m->position_embedding, (size_t)L * c->hidden, dt);
     for (int l = 0; l < c->layers; l++) {
-        if (l == c->layers - 1) { // hidden_states[-2]: what enters the last layer
-            if (penultimate) copy_device_to_device(penultimate, x, sizeof(float) * T * c->hidden);
+        if (l == c->layers - 1) { // hidden_states[-2]: what enters the last layer (f32 for the caller)
+            if (penultimate) cast_forward(penultimate, DT_F32, x, dt, T * c->hidden);
             if (!pooled) break;
         }
         clip_encoder_layer(&m->layers[l], x, B, L, c->hidden, c->heads, c->intermediate, c->act, 1, scratch); // causal
@@ -351,9 +355,15 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
         }
         int32_t* d_rows = arena_alloc(scratch, sizeof(int32_t) * B, "clip eos rows");
         copy_to_device(d_rows, rows, sizeof(int32_t) * B);
-        float* eos = arena_floats(scratch, (size_t)B * c->hidden, "clip pooled rows");
-        embedding_forward(eos, d_rows, x, B, (int)T, c->hidden, DT_F32); // a row gather
-        linear(&m->projection, pooled, eos, B);
+        void* eos = arena_elems(scratch, (size_t)B * c->hidden, dt, "clip pooled rows");
+        embedding_forward(eos, d_rows, x, B, (int)T, c->hidden, dt); // a row gather
+        if (dt == DT_F32) {
+            linear(&m->projection, pooled, eos, B);
+        } else {
+            void* p16 = arena_elems(scratch, (size_t)B * c->projection_dim, dt, "clip pooled");
+            linear(&m->projection, p16, eos, B);
+            cast_forward(pooled, DT_F32, p16, dt, (size_t)B * c->projection_dim);
+        }
     }
     arena_release(scratch, mark);
 }
@@ -637,7 +647,7 @@ int clip_model_load(ClipModel* m, const char* folder, const char* variant, char*
         tokenizer_free(&m->tok);
         return -1;
     }
-    rc = clip_text_load_from(&m->text, &tcfg, &st, "", 0, err);
+    rc = clip_text_load_from(&m->text, &tcfg, &st, "", 0, DT_F32, err);
     if (rc == 0) {
         rc = clip_vision_load_from(&m->vision, &vcfg, &st, "", err);
         if (rc != 0) clip_text_free(&m->text);

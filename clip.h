@@ -54,16 +54,17 @@ int clip_text_config_read(ClipTextConfig* c, const char* path, char* err);
 
 // Builds the parameter table and loads it from a transformers folder (`text_encoder/`:
 // config.json + model[.variant].safetensors; keys with or without the "text_model." prefix).
-int clip_text_load(ClipText* m, const char* folder, const char* variant, char* err);
+int clip_text_load(ClipText* m, const char* folder, const char* variant, DType dtype, char* err);
 // Builds it from a config and loads the tensors from an open SafeTensors set: the HF names after
 // `prefix` (the SGM file's CLIP-L: "conditioner.embedders.0.transformer."), or, with open_clip
 // set, OpenCLIP's names after `prefix` (the SGM file's bigG: "conditioner.embedders.1.model.").
+// dtype is how the weights are stored and the encoder runs (F32, or F16 on the fast GPU path);
+// its outputs are f32 either way.
 int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensors* st, const char* prefix, int open_clip,
-                        char* err);
-// Builds it with random weights (the demo and benchmarks).
+                        DType dtype, char* err);
 // The encoder of a config with its parameters allocated but not filled (weights.h has the fillers),
-// and the same with random weights (weights_fill_random).
-void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg);
+// and the same with random weights (weights_fill_random, f32; the demo).
+void clip_text_allocate(ClipText* m, const ClipTextConfig* cfg, DType dtype);
 void clip_text_init_random(ClipText* m, const ClipTextConfig* cfg, uint64_t seed);
 void clip_text_free(ClipText* m);
 

@@ -147,14 +147,16 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
-// --precision: the UNet's storage and arithmetic, and --vae-precision the VAE's. "auto" is the fast
-// path on a GPU (UNet f16 on the tensor cores, VAE bf16, which has f32's range: SDXL's VAE
-// overflows in f16) and the reference on the CPU (f32, what the tests compare with diffusers).
+// --precision: the UNet's storage and arithmetic (the text encoders follow it: f32, or f16 for a
+// 16-bit UNet), and --vae-precision the VAE's. "auto" is the fast path on a GPU (UNet and text
+// encoders f16 on the tensor cores, VAE bf16, which has f32's range: SDXL's VAE overflows in f16)
+// and the reference on the CPU (f32, what the tests compare with diffusers).
 static SdxlPrecision model_precision(const char* unet, const char* vae) {
     int gpu = backend_current() == BACKEND_CUDA;
     SdxlPrecision p;
     p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
     p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
+    p.text = p.unet == DT_F32 ? DT_F32 : DT_F16; // the text encoders follow the UNet: f32 or f16
     return p;
 }
 
@@ -165,8 +167,8 @@ static void load_model(SdxlModel* model, const char* path, const char* variant, 
     char err[ERR_MAX];
     double t0 = now_seconds();
     if (sdxl_model_load(model, path, variant, config, tokenizer, precision, err) != 0) fatal("%s", err);
-    printf("loaded %s in %.1f s (UNet %s, VAE %s)\n", path, now_seconds() - t0, precision_name(precision->unet),
-           precision_name(precision->vae));
+    printf("loaded %s in %.1f s (UNet %s, VAE %s, text encoders %s)\n", path, now_seconds() - t0,
+           precision_name(precision->unet), precision_name(precision->vae), precision_name(precision->text));
     if (lora) {
         Lora l;
         if (lora_load(&l, lora, err) != 0) fatal("%s", err);

@@ -79,9 +79,9 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     snprintf(dir, sizeof(dir), "%s/tokenizer_2", root);
     if (tokenizer_load(&m->tok2, dir, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/text_encoder", root);
-    if (clip_text_load(&m->te1, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
+    if (clip_text_load(&m->te1, dir, pick_variant(dir, "model", variant), p->text, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/text_encoder_2", root);
-    if (clip_text_load(&m->te2, dir, pick_variant(dir, "model", variant), err) != 0) return -1;
+    if (clip_text_load(&m->te2, dir, pick_variant(dir, "model", variant), p->text, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/unet", root);
     if (unet_load(&m->unet, dir, pick_variant(dir, "diffusion_pytorch_model", variant), p->unet, err) != 0) return -1;
     snprintf(dir, sizeof(dir), "%s/vae", root);
@@ -148,8 +148,8 @@ static int load_single_file(SdxlModel* m, const char* file, const char* config_d
     if (tokenizer_load(&m->tok1, tok1_dir, err) != 0) goto done;
     if (tokenizer_load(&m->tok2, tok2_dir, err) != 0) goto done;
     if (tokenizer_dir && tokenizer_set_pad_token(&m->tok2, "!", err) != 0) goto done; // split out, as diffusers does
-    if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, err) != 0) goto done;
-    if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, err) != 0) goto done;
+    if (clip_text_load_from(&m->te1, &c1, &st, "conditioner.embedders.0.transformer.", 0, p->text, err) != 0) goto done;
+    if (clip_text_load_from(&m->te2, &c2, &st, "conditioner.embedders.1.model.", 1, p->text, err) != 0) goto done;
     if (unet_load_sgm(&m->unet, &uc, &st, p->unet, err) != 0) goto done;
     if (vae_load_with_config(&m->vae, &vc, file, p->vae, err) != 0) goto done;
     m->force_zeros_for_empty_prompt = 1;
@@ -161,7 +161,7 @@ done:
 
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
                     const SdxlPrecision* precision, char* err) {
-    const SdxlPrecision reference = {DT_F32, DT_F32};
+    const SdxlPrecision reference = {DT_F32, DT_F32, DT_F32};
     const SdxlPrecision* p = precision ? precision : &reference;
     memset(m, 0, sizeof(*m));
     base_name(m->name, sizeof(m->name), path);

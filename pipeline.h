@@ -38,11 +38,11 @@ typedef struct {
 // tokenizer: its architecture is SDXL base's unless `config_dir` names a diffusers folder whose
 // config.json files describe it (its weights are not read), and its tokenizers come from
 // `tokenizer_dir` (a folder with vocab.json and merges.txt) or else config_dir's tokenizer(_2)/.
-// precision says how the UNet and the VAE are stored and run (NULL: f32, the reference); the text
-// encoders are always f32 (0.1 TFLOP a prompt: nothing to gain).
+// precision says how each network is stored and run (NULL: all f32, the reference).
 typedef struct {
     DType unet; // F32, or F16 for the fast GPU path (BF16 works too)
     DType vae;  // F32, or BF16 for the fast GPU path (SDXL's VAE overflows in F16)
+    DType text; // the two text encoders: F32, or F16 for the fast GPU path (as diffusers loads them)
 } SdxlPrecision;
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
                     const SdxlPrecision* precision, char* err);

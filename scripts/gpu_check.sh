@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # GPU check: run on a machine with an NVIDIA GPU (it needs nvcc, cuBLAS and a device).
 #
-#   scripts/gpu_check.sh
+#   scripts/gpu_check.sh              (the device tool: carry .whl, see docs/gpu-runs.md)
 #
-# 1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set), and has torch (when it is there) write its
-#    CUDA randn for seed 42 etc., so our curand kernel is checked bit for bit against it;
-# 2. runs the whole test suite on the CPU backend: with a device present, the ops_cuda_* tests
-#    now compare every CUDA kernel against its CPU reference on fresh random inputs;
-# 3. runs the suite again with --backend cuda: the op goldens (PyTorch outputs) on the GPU;
-# 4. runs the op goldens under compute-sanitizer (memcheck), when it is installed;
-# 5. runs `sdxl demo` (the whole tiny pipeline) on both backends and compares the pictures;
-# 6. runs `sdxl eval` with every tiny evaluator on both backends and compares the reports;
-# 7. benchmarks matmul on the GPU (fp32 cuBLAS, TF32 off) and the CPU, and one full-size UNet
-#    evaluation (fp32) beside diffusers on the same card;
+#  1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set); has torch (when it is there) write its CUDA
+#     randn for seed 42 etc., so our curand kernel is checked bit for bit against it;
+#  2. runs the whole test suite on the CPU backend: with a device present, the ops_cuda_* tests
+#     compare every CUDA kernel against its CPU reference on fresh random inputs, in f32 and in the
+#     16-bit storage of the fast path (ops_cuda_16bit: tensor-core GEMMs, FlashAttention, fused
+#     group norm + SiLU), and the model tests compare the CUDA VAE, CLIP, YOLO and BLIP;
+#  3. runs the suite again with --backend cuda: the PyTorch goldens on the GPU;
+#  4. runs the op tests under compute-sanitizer (memcheck), when it is installed;
+#  5. runs `sdxl demo` (the whole tiny pipeline) on both backends, in f32 and in the fast
+#     precision (UNet f16, VAE bf16), and compares the pictures; and `sdxl eval` on both;
+#  6. measures the card's ceilings (a device-to-device copy, fp16 and fp32 GEMMs), then the
+#     benchmarks: `sdxl bench unet` (full-size SDXL, fp16, batch 2, 1024x1024 and 1368x768) and
+#     `sdxl bench generate` (a whole 25-step 1365x768 thumbnail), each beside diffusers on the
+#     same card with the same settings (scripts/bench_torch.py; diffusers comes as a wheel in
+#     .whl/, installed here into /tmp/site when the machine has none);
 # then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/.
-# Everything is sized to finish in a few minutes on an H100.
+# Sized to finish in about 8 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -26,11 +31,19 @@ rows=()
 row() { rows+=("| $1 | $2 | $3 |"); }
 step() { echo "== $*" | tee -a "$LOG"; }
 secs() { echo $(( $(date +%s) - $1 )); }
+START=$(date +%s)
 
 step "device"
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 echo "$device" | tee -a "$LOG"
 row "device" "${device:-none}" "$(date -u +%Y-%m-%dT%H:%MZ)"
+
+# diffusers for the comparisons: carried as wheels when the machine has none
+if ! python3 -c "import diffusers" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$LOG" 2>&1 && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+row "diffusers / torch" "$(python3 -c 'import diffusers, torch; print(diffusers.__version__, "/", torch.__version__)' 2>/dev/null || echo "not importable")" "for the ratios"
 
 step "build: make CUDA=1"
 t=$(date +%s)
@@ -44,51 +57,55 @@ skipped() { grep -E '^[0-9]+ skipped' "$1" | sed 's/:.*//' | tail -1; }
 step "torch's CUDA randn golden (made here: it depends on the GPU)"
 if python3 scripts/make_golden_torch_cuda_randn.py "$OUT_DIR/torch_cuda_randn.safetensors" >>"$LOG" 2>&1; then
   export SDXL_TORCH_CUDA_RANDN="$OUT_DIR/torch_cuda_randn.safetensors"
-  row "torch CUDA randn golden" "made" "$(python3 -c 'import torch; print("torch", torch.__version__)' 2>/dev/null)"
-else
-  row "torch CUDA randn golden" "not made (no torch with CUDA?)" "rng_cuda_philox_vs_torch skips"
 fi
 
 step "tests on the CPU backend (with CUDA-vs-CPU comparisons)"
 t=$(date +%s)
-timeout 600 ./tests/run_tests >"$OUT_DIR/tests_cpu_backend.log" 2>&1
+timeout 300 ./tests/run_tests >"$OUT_DIR/tests_cpu_backend.log" 2>&1
 rc=$?
-row "tests --backend cpu (incl. ops_cuda_*)" "$(summary "$OUT_DIR/tests_cpu_backend.log") (rc $rc)" "$(skipped "$OUT_DIR/tests_cpu_backend.log"); $(secs $t) s"
-grep -E '^(FAIL|SKIP)' "$OUT_DIR/tests_cpu_backend.log" | tee -a "$LOG"
+row "tests (incl. ops_cuda_*, ops_cuda_16bit, *_cuda_*)" "$(summary "$OUT_DIR/tests_cpu_backend.log") (rc $rc)" "$(skipped "$OUT_DIR/tests_cpu_backend.log"); $(secs $t) s"
+grep -E '^(FAIL|SKIP)|FAIL$' "$OUT_DIR/tests_cpu_backend.log" | head -40 | tee -a "$LOG"
 
-step "tests on the CUDA backend (op goldens on the GPU)"
+step "tests on the CUDA backend (PyTorch goldens on the GPU)"
 t=$(date +%s)
-timeout 600 ./tests/run_tests --backend cuda >"$OUT_DIR/tests_cuda_backend.log" 2>&1
+timeout 240 ./tests/run_tests --backend cuda >"$OUT_DIR/tests_cuda_backend.log" 2>&1
 rc=$?
 row "tests --backend cuda" "$(summary "$OUT_DIR/tests_cuda_backend.log") (rc $rc)" "$(secs $t) s"
-grep -E '^(FAIL|SKIP)' "$OUT_DIR/tests_cuda_backend.log" | tee -a "$LOG"
+grep -E '^(FAIL|SKIP)|FAIL$' "$OUT_DIR/tests_cuda_backend.log" | head -40 | tee -a "$LOG"
 
-step "compute-sanitizer memcheck on the op tests"
+step "compute-sanitizer memcheck on the 16-bit op tests"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   t=$(date +%s)
-  timeout 300 compute-sanitizer --tool memcheck --leak-check no ./tests/run_tests --backend cuda ops_ >"$OUT_DIR/sanitizer.log" 2>&1
+  timeout 120 compute-sanitizer --tool memcheck --leak-check no ./tests/run_tests ops_cuda_16bit >"$OUT_DIR/sanitizer.log" 2>&1
   rc=$?
   errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$OUT_DIR/sanitizer.log" | tail -1)
-  row "compute-sanitizer memcheck (ops_)" "${errs:-no summary} (rc $rc)" "$(secs $t) s"
+  row "compute-sanitizer memcheck (ops_cuda_16bit)" "${errs:-no summary} (rc $rc)" "$(secs $t) s"
 else
   row "compute-sanitizer" "not installed" "-"
 fi
 
-step "demo (the whole tiny pipeline) on both backends"
-if ! ./sdxl demo --backend cpu --steps 4 --out "$OUT_DIR/demo_cpu.png" >>"$LOG" 2>&1; then row "demo, cpu" "FAILED" "see $LOG"
-elif ! ./sdxl demo --backend cuda --steps 4 --out "$OUT_DIR/demo_cuda.png" >>"$LOG" 2>&1; then row "demo, cuda" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
-else
-  # summation orders differ, so pixels may differ by a level or two; report the largest difference
-  diff=$(python3 -c "
+# max and mean 8-bit difference of two PNGs
+pngdiff() {
+  python3 -c "
 import sys; from PIL import Image; import numpy as np
 a = np.asarray(Image.open(sys.argv[1]), dtype=int); b = np.asarray(Image.open(sys.argv[2]), dtype=int)
-print(f'max pixel difference {abs(a - b).max()} of 255, mean {abs(a - b).mean():.3f}')" "$OUT_DIR/demo_cpu.png" "$OUT_DIR/demo_cuda.png" 2>&1 | tail -1)
-  row "demo 1365x768, 4 steps: cuda vs cpu" "${diff:-compare failed}" "-"
-fi
+print(f'max difference {abs(a - b).max()} of 255, mean {abs(a - b).mean():.3f}')" "$1" "$2" 2>&1 | tail -1
+}
+
+step "demo (the whole tiny pipeline) on both backends, f32 and the fast precision"
+for prec in fp32 fast; do
+  args="--precision fp32 --vae-precision fp32"; [ $prec = fast ] && args="--precision fp16 --vae-precision bf16"
+  if ./sdxl demo --backend cpu --steps 4 $args --out "$OUT_DIR/demo_cpu_$prec.png" >>"$LOG" 2>&1 &&
+     ./sdxl demo --backend cuda --steps 4 $args --out "$OUT_DIR/demo_cuda_$prec.png" >>"$LOG" 2>&1; then
+    row "demo 1365x768, 4 steps, $prec: cuda vs cpu" "$(pngdiff "$OUT_DIR/demo_cpu_$prec.png" "$OUT_DIR/demo_cuda_$prec.png")" "-"
+  else
+    row "demo $prec" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
+  fi
+done
 
 step "eval (every tiny evaluator) on both backends"
 mkdir -p "$OUT_DIR/frames"
-cp "$OUT_DIR/demo_cpu.png" "$OUT_DIR/frames/" 2>/dev/null
+cp "$OUT_DIR/demo_cpu_fp32.png" "$OUT_DIR/frames/" 2>/dev/null
 EVALUATORS="--clip tests/golden/clip_vision/tiny_clip --interrogator-lists tests/golden/clip_vision/labels --cache $OUT_DIR/label_cache --yolo tests/golden/yolo/tiny.safetensors --blip tests/golden/blip/tiny_blip --minilm tests/golden/blip/tiny_minilm"
 if ./sdxl eval --backend cpu --images "$OUT_DIR/frames" --out "$OUT_DIR/eval_cpu" $EVALUATORS >>"$LOG" 2>&1 &&
    ./sdxl eval --backend cuda --images "$OUT_DIR/frames" --out "$OUT_DIR/eval_cuda" $EVALUATORS >>"$LOG" 2>&1; then
@@ -104,22 +121,47 @@ else
   row "eval on both backends" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
 fi
 
-step "bench matmul"
-./sdxl bench matmul --backend cuda --repeat 10 | tee "$OUT_DIR/bench_cuda.txt" | tee -a "$LOG"
-./sdxl bench matmul --backend cpu --max-size 2048 --repeat 2 | tee "$OUT_DIR/bench_cpu.txt" | tee -a "$LOG"
-gf() { awk -v s="$2" '$1 == s { print $3 }' "$1"; }
-row "matmul 4096^3 fp32, cuBLAS (TF32 off)" "$(gf "$OUT_DIR/bench_cuda.txt" 4096x4096x4096) GFLOP/s" "cuda"
-row "matmul 8192x5120x640 fp32, cuBLAS" "$(gf "$OUT_DIR/bench_cuda.txt" 8192x5120x640) GFLOP/s" "cuda"
-row "matmul 2048^3 fp32, CPU" "$(gf "$OUT_DIR/bench_cpu.txt" 2048x2048x2048) GFLOP/s" "$(nproc) cores"
+step "the card's ceilings: device-to-device copy, GEMMs"
+bw=$(timeout 60 python3 -c "
+import torch
+x = torch.empty(2**30, dtype=torch.uint8, device='cuda').random_(); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record(); [y.copy_(x) for _ in range(10)]; e.record(); torch.cuda.synchronize()
+print(f'{2 * 10 * 2**30 / (s.elapsed_time(e) / 1e3) / 1e12:.2f} TB/s (read + write)')" 2>>"$LOG")
+row "device-to-device copy, 1 GiB" "${bw:-not measured}" "torch"
+./sdxl bench matmul --backend cuda --precision fp16 --repeat 20 | tee "$OUT_DIR/bench_matmul_fp16.txt" >>"$LOG"
+./sdxl bench matmul --backend cuda --precision fp32 --repeat 10 --max-size 4096 | tee "$OUT_DIR/bench_matmul_fp32.txt" >>"$LOG"
+gf() { awk -v s="$2" '$1 == s { printf "%.0f", $3 / 1000 }' "$1"; }
+row "GEMM 4096^3: fp16 (f32 accumulate) / fp32, cuBLAS" "$(gf "$OUT_DIR/bench_matmul_fp16.txt" 4096x4096x4096) / $(gf "$OUT_DIR/bench_matmul_fp32.txt" 4096x4096x4096) TFLOP/s" "random data"
+row "GEMM 2048x10240x1280 (level-2 GEGLU in), fp16" "$(gf "$OUT_DIR/bench_matmul_fp16.txt" 2048x10240x1280) TFLOP/s" "cuBLAS"
 
-step "bench unet: full-size SDXL, fp32, 1024x1024, batch 2 (one CFG step)"
-ours=$(timeout 300 ./sdxl bench unet --backend cuda --size 1024 --batch 2 --repeat 3 2>&1 | tee -a "$LOG" | grep "per evaluation" | grep -o "[0-9.]* s per" | cut -d' ' -f1)
-theirs=$(timeout 300 python3 scripts/bench_torch.py --device cuda --dtype float32 --size 1024 --batch 2 --repeat 3 2>&1 | tee -a "$LOG" | grep "per evaluation" | grep -o "[0-9.]* s per" | cut -d' ' -f1)
-row "UNet 1024^2 batch 2 fp32: sdxl.c" "${ours:-failed} s" "first kernels; fp16 is issue 5"
-row "UNet 1024^2 batch 2 fp32: diffusers (torch)" "${theirs:-not run} s" "same card, same run"
+step "bench unet: full-size SDXL, fp16, batch 2 (one CFG step)"
+timeout 180 ./sdxl bench unet --backend cuda --precision fp16 --repeat 10 2>&1 | tee "$OUT_DIR/bench_unet.txt" >>"$LOG"
+timeout 240 python3 scripts/bench_torch.py unet --device cuda --dtype float16 --repeat 10 2>&1 | tee "$OUT_DIR/bench_unet_torch.txt" >>"$LOG"
+# "<s> s per evaluation" for the given size, ours and theirs
+per_eval() { grep "^unet $2 px" "$1" | grep -o "[0-9.]* s per evaluation" | cut -d' ' -f1; }
+for size in 1024x1024 1368x768; do
+  ours=$(per_eval "$OUT_DIR/bench_unet.txt" "$size"); theirs=$(per_eval "$OUT_DIR/bench_unet_torch.txt" "$size")
+  detail=$(grep -A1 "^unet $size px" "$OUT_DIR/bench_unet.txt" | tail -1 | sed 's/^ *//; s/, peak/; peak/')
+  ratio=$(python3 -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{1/a:.2f} it/s vs {1/b:.2f} it/s: {b/a:.2f}x')" "${ours:-0}" "${theirs:-0}" 2>/dev/null)
+  row "UNet $size, batch 2, fp16: sdxl.c vs diffusers" "${ratio:-ours ${ours:-failed} s, diffusers ${theirs:-failed} s}" "${detail:-}"
+  tmem=$(grep "^unet $size px" "$OUT_DIR/bench_unet_torch.txt" | grep -o "peak memory.*")
+  [ -n "$tmem" ] && row "UNet $size, diffusers memory" "$tmem" "torch"
+done
 
+step "bench generate: a whole 1365x768 thumbnail, 25 Euler steps, CFG 12"
+timeout 180 ./sdxl bench generate --backend cuda 2>&1 | tee "$OUT_DIR/bench_generate.txt" >>"$LOG"
+timeout 180 python3 scripts/bench_torch.py generate --device cuda --dtype float16 2>&1 | tee "$OUT_DIR/bench_generate_torch.txt" >>"$LOG"
+ours=$(grep -o "[0-9.]* s end to end" "$OUT_DIR/bench_generate.txt" | cut -d' ' -f1)
+theirs=$(grep -o "[0-9.]* s end to end" "$OUT_DIR/bench_generate_torch.txt" | cut -d' ' -f1)
+row "thumbnail 1365x768, 25 steps: sdxl.c (UNet fp16, VAE bf16)" "${ours:-failed} s" "$(grep -E '^  (text|peak)' "$OUT_DIR/bench_generate.txt" | sed 's/^ *//' | tr '\n' ';')"
+row "thumbnail 1368x768, 25 steps: diffusers fp16 (VAE upcast fp32)" "${theirs:-failed} s" "$(grep -o 'peak memory.*' "$OUT_DIR/bench_generate_torch.txt")"
+
+row "gpu_check.sh" "done" "$(secs $START) s"
 echo
 echo "| check | result | detail |"
 echo "|---|---|---|"
 printf '%s\n' "${rows[@]}"
 { echo; echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; } >>"$LOG"
+{ echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; } >"$OUT_DIR/table.md"

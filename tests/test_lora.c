@@ -42,12 +42,12 @@ static int tiny_load(Tiny* t) {
     snprintf(path, sizeof(path), "%s/unet", dir);
     if (!check_true(unet_load(&t->unet, path, NULL, DT_F32, err) == 0, "load tiny unet: %s", err)) return 0;
     snprintf(path, sizeof(path), "%s/text_encoder", dir);
-    if (!check_true(clip_text_load(&t->te1, path, NULL, err) == 0, "load tiny text_encoder: %s", err)) {
+    if (!check_true(clip_text_load(&t->te1, path, NULL, DT_F32, err) == 0, "load tiny text_encoder: %s", err)) {
         unet_free(&t->unet);
         return 0;
     }
     snprintf(path, sizeof(path), "%s/text_encoder_2", dir);
-    if (!check_true(clip_text_load(&t->te2, path, NULL, err) == 0, "load tiny text_encoder_2: %s", err)) {
+    if (!check_true(clip_text_load(&t->te2, path, NULL, DT_F32, err) == 0, "load tiny text_encoder_2: %s", err)) {
         unet_free(&t->unet);
         clip_text_free(&t->te1);
         return 0;

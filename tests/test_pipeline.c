@@ -73,7 +73,7 @@ static void test_pipeline_matches_diffusers(void) {
     safetensors_close(&ref);
 }
 
-// The GPU's fast precision (UNet f16, VAE bf16) through the whole pipeline, on its CPU
+// The GPU's fast precision (UNet and text encoders f16, VAE bf16) through the whole pipeline, on its CPU
 // specification: the same 3-step CFG-12 image as diffusers' f32 one, within what 16-bit storage
 // costs (the per-network tests compare each network with diffusers' own fp16/bf16 runs).
 static void test_pipeline_fast_precision(void) {
@@ -81,9 +81,9 @@ static void test_pipeline_fast_precision(void) {
     if (!golden_open(&ref, "tiny_sdxl_ref.safetensors")) return;
     SdxlModel m;
     char err[ERR_MAX] = "";
-    SdxlPrecision fast = {DT_F16, DT_BF16};
+    SdxlPrecision fast = {DT_F16, DT_BF16, DT_F16};
     if (!check_true(sdxl_model_load(&m, golden_path("tiny_sdxl"), NULL, NULL, NULL, &fast, err) == 0,
-                    "load tiny_sdxl with UNet f16, VAE bf16: %s", err[0] ? err : "ok"))
+                    "load tiny_sdxl with UNet and text encoders f16, VAE bf16: %s", err[0] ? err : "ok"))
         return;
     GenerateParams p = {0};
     p.prompt = safetensors_metadata(&ref, "prompt");
