@@ -223,7 +223,7 @@ static int generate_main(int argc, char** argv) {
         {"--config", OPT_STRING, &config, "single files: a diffusers folder with their configs and tokenizers"},
         {"--tokenizer", OPT_STRING, &tokenizer, "single files: a tokenizer folder (vocab.json, merges.txt)"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
-        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--precision", OPT_STRING, &precision, "UNet and text-encoder precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
         {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
@@ -267,7 +267,7 @@ static int demo_main(int argc, char** argv) {
         {"--model-dir", OPT_STRING, &folder, "where the tiny model is written"},
         {"--out", OPT_STRING, &o.out, "PNG to write"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
-        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--precision", OPT_STRING, &precision, "UNet and text-encoder precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
         {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
     };
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 2, "sdxl demo [options]")) return 0;
