@@ -1,0 +1,2 @@
+// data.c: see data.h.
+#include "data.h"

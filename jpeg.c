@@ -1,0 +1,2 @@
+// jpeg.c: see jpeg.h.
+#include "jpeg.h"

@@ -1,0 +1,2 @@
+// optim.c: see optim.h.
+#include "optim.h"

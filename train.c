@@ -1,0 +1,2 @@
+// train.c: see train.h.
+#include "train.h"
