@@ -990,7 +990,7 @@ static void decoder_head(const Blip* m, const float* hidden, int R, float* logit
     linear(&m->head_dense, h, hidden, R);
     gelu_forward(h, h, (size_t)R * c->hidden, DT_F32);
     layer_norm(&m->head_ln, h, h, R);
-    Linear decoder = {m->decoder_weight, m->decoder_bias, c->hidden, c->vocab_size, m->w.dtype};
+    Linear decoder = {m->decoder_weight, m->decoder_bias, c->hidden, c->vocab_size, m->w.dtype, NULL};
     linear(&decoder, logits, h, R);
     arena_release(scratch, mark);
 }

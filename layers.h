@@ -10,11 +10,26 @@
 #include "tensor.h"
 #include "weights.h"
 
+// A trainable low-rank adapter on a Linear (the trainer's LoRA, peft's Linear):
+//   y = W x + b + scale * B (A x)
+// A and B are the copies the forward and backward compute with (the layer's dtype, on the
+// backend); the trainer keeps f32 master copies and refreshes these after each update. The
+// backward adds the f32 gradients of A and B into grad_A and grad_B.
+typedef struct {
+    void* A;        // (rank, in)
+    void* B;        // (out, rank)
+    int rank;
+    float scale;    // alpha / rank (peft's scaling)
+    float* grad_A;  // (rank, in), f32, on the backend
+    float* grad_B;  // (out, rank)
+} LoraAdapter;
+
 typedef struct {
     void* weight; // (out, in)
     void* bias;   // (out) or NULL
     int in, out;
     DType dtype;
+    const LoraAdapter* lora; // NULL, or the trainer's adapter: only the training passes read it
 } Linear;
 
 typedef struct {
