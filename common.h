@@ -75,3 +75,16 @@ uint32_t load_be32(const uint8_t* p);
 void store_be32(uint8_t* p, uint32_t v);
 uint64_t load_le64(const uint8_t* p);
 void store_le64(uint8_t* p, uint64_t v);
+
+// SHA-256 (FIPS 180-4), incrementally: the trainer's cache keys (a file's content and settings).
+typedef struct {
+    uint32_t h[8];
+    uint8_t block[64];
+    size_t used;     // bytes in block
+    uint64_t length; // bytes hashed so far
+} Sha256;
+void sha256_init(Sha256* s);
+void sha256_update(Sha256* s, const void* data, size_t n);
+void sha256_final(Sha256* s, uint8_t digest[32]);
+// The 64 lowercase hex digits of a digest, into hex[65].
+void sha256_hex(const uint8_t digest[32], char hex[65]);

@@ -195,7 +195,19 @@ static int crop_offset(int range, int center, TorchGenerator* rng) {
     return (int)v;
 }
 
+int data_draw_flip(const DataConfig* c, TorchGenerator* rng) {
+    float u = 1.0f;
+    if (c->random_flip) torch_rand(rng, &u, 1);
+    return c->random_flip && u < 0.5f;
+}
+
 int dataset_example(const Dataset* d, int index, const DataConfig* c, TorchGenerator* rng, Example* ex, char* err) {
+    int flipped = data_draw_flip(c, rng); // no draw comes before it, so drawing it first changes nothing
+    return dataset_example_flipped(d, index, c, flipped, rng, ex, err);
+}
+
+int dataset_example_flipped(const Dataset* d, int index, const DataConfig* c, int flipped, TorchGenerator* rng,
+                            Example* ex, char* err) {
     memset(ex, 0, sizeof(*ex));
     if (index < 0 || index >= d->count) return set_error(err, "dataset: item %d of %d", index, d->count);
     Image img;
@@ -227,9 +239,7 @@ int dataset_example(const Dataset* d, int index, const DataConfig* c, TorchGener
     image_free(&img);
     if (rc != 0) return -1;
     // diffusers flips after the resize and before the crop; the crop offsets refer to the flipped image
-    float u = 1.0f;
-    if (c->random_flip) torch_rand(rng, &u, 1);
-    ex->flipped = c->random_flip && u < 0.5f;
+    ex->flipped = flipped;
     if (ex->flipped) flip_horizontal(&resized);
     ex->crop_top = crop_offset(rh - target_h, c->center_crop, rng);
     ex->crop_left = crop_offset(rw - target_w, c->center_crop, rng);

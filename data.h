@@ -82,4 +82,10 @@ typedef struct {
 // Loads and preprocesses item `index` with the config, drawing the crop and the flip from rng
 // (nothing is drawn in modes that make no random choice). Returns 0, or -1 with err filled.
 int dataset_example(const Dataset* d, int index, const DataConfig* c, TorchGenerator* rng, Example* ex, char* err);
+// The same in two parts: the flip decision (one torch.rand draw when random_flip, else 0), and
+// the example with a given flip, drawing only the crop from rng (NULL is fine with center_crop).
+// The trainer draws the flip alone when it reads the example's latents from its cache.
+int data_draw_flip(const DataConfig* c, TorchGenerator* rng);
+int dataset_example_flipped(const Dataset* d, int index, const DataConfig* c, int flipped, TorchGenerator* rng,
+                            Example* ex, char* err);
 void example_free(Example* ex);

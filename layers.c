@@ -1,4 +1,5 @@
-// layers.c: Linear, Conv2d, GroupNorm and LayerNorm: parameter declaration and forward passes.
+// layers.c: Linear, Conv2d, GroupNorm and LayerNorm: parameter declaration, forward passes, and
+// backpropagation through them with frozen weights (the LoRA trainer).
 #include "layers.h"
 
 #include <stdarg.h>
@@ -69,12 +70,22 @@ void* tensor_build(Weights* w, const char* name, int rank, const int64_t* shape)
     return weights_param(w, name, rank, shape);
 }
 
+// out += scale * (inp A^T) B^T, the adapter's branch, after the frozen product.
+static void lora_forward(const Linear* l, void* out, const void* inp, int N) {
+    const LoraAdapter* a = l->lora;
+    if ((size_t)N > a->work_rows) fatal("LoRA forward: %d rows, the adapter's work buffer holds %zu", N, a->work_rows);
+    matmul_forward(a->work, inp, a->A, 1, N, a->rank, l->in, 0, 1, 1.0f, 0.0f, l->dtype);       // t = x A^T (N, r)
+    matmul_forward(out, a->work, a->B, 1, N, l->out, a->rank, 0, 1, a->scale, 1.0f, l->dtype); // out += s t B^T
+}
+
 void linear(const Linear* l, void* out, const void* inp, int N) {
     linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 0, l->dtype);
+    if (l->lora) lora_forward(l, out, inp, N);
 }
 
 void linear_accumulate(const Linear* l, void* out, const void* inp, int N) {
     linear_forward(out, inp, l->weight, l->bias, N, l->in, l->out, 1, l->dtype);
+    if (l->lora) lora_forward(l, out, inp, N);
 }
 
 int conv2d_out_size(const Conv2d* c, int in) { return (in + 2 * c->pad - c->k) / c->stride + 1; }
@@ -105,4 +116,75 @@ void group_norm_silu(const GroupNorm* g, void* out, const void* inp, int N, int 
 
 void layer_norm(const LayerNorm* l, void* out, const void* inp, int N) {
     layer_norm_forward(out, NULL, NULL, inp, l->weight, l->bias, N, l->C, l->eps, l->dtype);
+}
+
+void group_norm_saving(const GroupNorm* g, void* out, float* mean, float* rstd, const void* inp, int N, int HW, int silu) {
+    group_norm_forward(out, mean, rstd, inp, g->weight, g->bias, N, g->C, HW, g->groups, g->eps, silu, g->dtype);
+}
+
+void layer_norm_saving(const LayerNorm* l, void* out, float* mean, float* rstd, const void* inp, int N) {
+    layer_norm_forward(out, mean, rstd, inp, l->weight, l->bias, N, l->C, l->eps, l->dtype);
+}
+
+// ----------------------------------------------------------------------------
+// Backpropagation (frozen weights; the LoRA adapter's gradients)
+
+// grad (f32) += product, where the product was computed in dt: widened first when dt is 16-bit.
+static void add_to_f32_gradient(float* grad, const void* product, size_t n, DType dt, Arena* scratch) {
+    size_t mark = arena_mark(scratch);
+    float* wide = arena_floats(scratch, n, "LoRA gradient (f32)");
+    cast_forward(wide, DT_F32, product, dt, n);
+    axpby_forward(grad, 1.0f, grad, 1.0f, wide, n);
+    arena_release(scratch, mark);
+}
+
+// grad (f32, rows x cols) += scale * op(a) @ op(b), as one product of inner size K.
+static void lora_gradient(float* grad, const void* a, const void* b, int rows, int cols, int K, int trans_a, int trans_b,
+                          float scale, DType dt, Arena* scratch) {
+    if (dt == DT_F32) {
+        matmul_forward(grad, a, b, 1, rows, cols, K, trans_a, trans_b, scale, 1.0f, DT_F32);
+        return;
+    }
+    size_t mark = arena_mark(scratch);
+    void* product = arena_elems(scratch, (size_t)rows * cols, dt, "LoRA gradient");
+    matmul_forward(product, a, b, 1, rows, cols, K, trans_a, trans_b, scale, 0.0f, dt);
+    add_to_f32_gradient(grad, product, (size_t)rows * cols, dt, scratch);
+    arena_release(scratch, mark);
+}
+
+void linear_backprop(const Linear* l, void* dinp, const void* dout, const void* inp, int N, int accumulate, Arena* scratch) {
+    DType dt = l->dtype;
+    if (dinp) linear_backward(dinp, NULL, NULL, dout, inp, l->weight, N, l->in, l->out, accumulate, dt);
+    const LoraAdapter* a = l->lora;
+    if (!a) return;
+    int r = a->rank;
+    size_t mark = arena_mark(scratch);
+    void* t = arena_elems(scratch, (size_t)N * r, dt, "LoRA x A^T");
+    void* u = arena_elems(scratch, (size_t)N * r, dt, "LoRA dout B");
+    matmul_forward(t, inp, a->A, 1, N, r, l->in, 0, 1, 1.0f, 0.0f, dt);    // t = x A^T        (N, r)
+    matmul_forward(u, dout, a->B, 1, N, r, l->out, 0, 0, 1.0f, 0.0f, dt);  // u = dout B       (N, r)
+    lora_gradient(a->grad_B, dout, t, l->out, r, N, 1, 0, a->scale, dt, scratch); // += s dout^T t (out, r)
+    lora_gradient(a->grad_A, u, inp, r, l->in, N, 1, 0, a->scale, dt, scratch);   // += s u^T x    (r, in)
+    if (dinp) matmul_forward(dinp, u, a->A, 1, N, l->in, r, 0, 0, a->scale, 1.0f, dt); // dinp += s u A
+    arena_release(scratch, mark);
+}
+
+void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, int N, int H, int W, int accumulate, Arena* scratch) {
+    size_t mark = arena_mark(scratch);
+    size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
+    void* buf = n ? arena_elems(scratch, n, c->dtype, "conv2d backward col2im") : NULL;
+    conv2d_backward(dinp, NULL, NULL, dout, NULL, c->weight, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad,
+                    accumulate, c->dtype);
+    arena_release(scratch, mark);
+}
+
+void group_norm_backprop(const GroupNorm* g, void* dinp, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, int N, int HW, int silu, int accumulate) {
+    group_norm_backward(dinp, NULL, NULL, dout, inp, mean, rstd, g->weight, g->bias, N, g->C, HW, g->groups, silu,
+                        accumulate, g->dtype);
+}
+
+void layer_norm_backprop(const LayerNorm* l, void* dinp, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, int N, int accumulate) {
+    layer_norm_backward(dinp, NULL, NULL, dout, inp, mean, rstd, l->weight, N, l->C, accumulate, l->dtype);
 }

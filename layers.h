@@ -10,11 +10,13 @@
 #include "tensor.h"
 #include "weights.h"
 
-// A trainable low-rank adapter on a Linear (the trainer's LoRA, peft's Linear):
+// A trainable low-rank adapter on a Linear (the trainer's LoRA, peft's lora.Linear):
 //   y = W x + b + scale * B (A x)
 // A and B are the copies the forward and backward compute with (the layer's dtype, on the
 // backend); the trainer keeps f32 master copies and refreshes these after each update. The
-// backward adds the f32 gradients of A and B into grad_A and grad_B.
+// backward (linear_backprop) adds the f32 gradients of A and B into grad_A and grad_B.
+// `work` is scratch for the forward's A x, at least rows x rank elements of the layer's dtype
+// for every forward it runs (linear() has no arena); one buffer can serve every adapter.
 typedef struct {
     void* A;        // (rank, in)
     void* B;        // (out, rank)
@@ -22,6 +24,8 @@ typedef struct {
     float scale;    // alpha / rank (peft's scaling)
     float* grad_A;  // (rank, in), f32, on the backend
     float* grad_B;  // (out, rank)
+    void* work;     // (work_rows, rank)
+    size_t work_rows;
 } LoraAdapter;
 
 typedef struct {
@@ -29,7 +33,7 @@ typedef struct {
     void* bias;   // (out) or NULL
     int in, out;
     DType dtype;
-    const LoraAdapter* lora; // NULL, or the trainer's adapter: only the training passes read it
+    const LoraAdapter* lora; // NULL, or the trainer's adapter, which linear() and linear_backprop() add in
 } Linear;
 
 typedef struct {
@@ -74,6 +78,27 @@ int conv2d_out_size(const Conv2d* c, int in);
 void group_norm(const GroupNorm* g, void* out, const void* inp, int N, int HW);
 void group_norm_silu(const GroupNorm* g, void* out, const void* inp, int N, int HW); // silu(group_norm(x))
 void layer_norm(const LayerNorm* l, void* out, const void* inp, int N);
+// The same norms, also saving the per-group (per-row) mean and rstd for their backward, f32 on
+// the backend; mean and rstd may be NULL (then these are exactly group_norm / layer_norm).
+void group_norm_saving(const GroupNorm* g, void* out, float* mean, float* rstd, const void* inp, int N, int HW, int silu);
+void layer_norm_saving(const LayerNorm* l, void* out, float* mean, float* rstd, const void* inp, int N);
+
+// Backpropagation through frozen layers, for the LoRA trainer. Each takes dout, the gradient of
+// the loss with respect to the layer's output, and writes dinp, that of its input (=, or += with
+// accumulate; dinp may be NULL when nobody needs it). The layer's own weights get no gradient
+// (they are frozen), except a Linear's LoRA adapter, whose f32 grad_A and grad_B are added to:
+//   t = x A^T   u = dout B   grad_B += scale dout^T t   grad_A += scale u^T x   dinp += scale u A
+// (t is recomputed rather than saved: it is rows x rank, one small product.) With 16-bit storage
+// the products are rounded to the layer's dtype, then widened and added to the f32 gradients, as
+// autocast does with fp32 LoRA weights. Temporaries come from scratch and are released.
+//   inp: the forward's input (linear: read only for the adapter; the norms: always)
+//   mean, rstd: what the *_saving forward saved
+void linear_backprop(const Linear* l, void* dinp, const void* dout, const void* inp, int N, int accumulate, Arena* scratch);
+void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, int N, int H, int W, int accumulate, Arena* scratch);
+void group_norm_backprop(const GroupNorm* g, void* dinp, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, int N, int HW, int silu, int accumulate);
+void layer_norm_backprop(const LayerNorm* l, void* dinp, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, int N, int accumulate);
 
 #define NAME_MAX_LEN 200
 // Formats a parameter name into a caller's buffer of NAME_MAX_LEN bytes: name_fmt(buf, "%s.resnets.%d", prefix, j).

@@ -709,3 +709,62 @@ done:
     free(target_dtype);
     return rc;
 }
+
+// ----------------------------------------------------------------------------
+// Writing
+
+int lora_write(const char* path, LoraFormat format, const UnetConfig* ucfg, const LoraWriteModule* modules, int count,
+               DType dtype, const char* const* meta_keys, const char* const* meta_values, int meta_count, char* err) {
+    if (format != LORA_KOHYA && format != LORA_DIFFUSERS) return set_error(err, "%s: LoRA files are written as kohya or diffusers", path);
+    if (dtype != DT_F32 && dtype != DT_F16 && dtype != DT_BF16) return set_error(err, "%s: LoRA tensors are F32, F16 or BF16", path);
+    int per_module = format == LORA_KOHYA ? 3 : 2;
+    SafeTensorOut* out = xcalloc((size_t)count * per_module, sizeof(SafeTensorOut));
+    char (*names)[LORA_NAME_MAX + 32] = xcalloc((size_t)count * per_module, sizeof(*names));
+    void** stored = xcalloc((size_t)count * 2, sizeof(void*));
+    float* alphas = xcalloc((size_t)count, sizeof(float));
+    int n = 0, rc = 0;
+    for (int i = 0; i < count && rc == 0; i++) {
+        const LoraWriteModule* m = &modules[i];
+        char spellings[LORA_MAX_SPELLINGS][LORA_NAME_MAX];
+        if (lora_param_names(format, LORA_UNET, ucfg, m->param, spellings) == 0) {
+            rc = set_error(err, "%s: '%s' is not a UNet parameter a LoRA can adapt", path, m->param);
+            break;
+        }
+        if (format == LORA_DIFFUSERS && m->alpha != (float)m->rank) {
+            rc = set_error(err, "%s: the diffusers format has no alphas; '%s' has alpha %g with rank %d (write kohya's format)",
+                           path, m->param, m->alpha, m->rank);
+            break;
+        }
+        const char* suffix_down = format == LORA_KOHYA ? ".lora_down.weight" : ".lora.down.weight";
+        const char* suffix_up = format == LORA_KOHYA ? ".lora_up.weight" : ".lora.up.weight";
+        size_t n_down = (size_t)m->rank * m->in, n_up = (size_t)m->out * m->rank;
+        stored[2 * i] = xmalloc(n_down * dtype_size(dtype));
+        stored[2 * i + 1] = xmalloc(n_up * dtype_size(dtype));
+        convert_from_f32(stored[2 * i], dtype, m->down, n_down);
+        convert_from_f32(stored[2 * i + 1], dtype, m->up, n_up);
+        snprintf(names[n], sizeof(names[n]), "%s%s", spellings[0], suffix_down);
+        out[n] = (SafeTensorOut){names[n], dtype, 2, {m->rank, m->in}, stored[2 * i]};
+        n++;
+        snprintf(names[n], sizeof(names[n]), "%s%s", spellings[0], suffix_up);
+        out[n] = (SafeTensorOut){names[n], dtype, 2, {m->out, m->rank}, stored[2 * i + 1]};
+        n++;
+        if (format == LORA_KOHYA) {
+            alphas[i] = m->alpha;
+            snprintf(names[n], sizeof(names[n]), "%s.alpha", spellings[0]);
+            out[n] = (SafeTensorOut){names[n], DT_F32, 0, {0}, &alphas[i]};
+            n++;
+        }
+    }
+    if (rc == 0) {
+        const char* pt_key[] = {"format"};
+        const char* pt_value[] = {"pt"};
+        if (format == LORA_DIFFUSERS) rc = safetensors_write(path, out, n, pt_key, pt_value, 1, err);
+        else rc = safetensors_write(path, out, n, meta_keys, meta_values, meta_count, err);
+    }
+    for (int i = 0; i < 2 * count; i++) free(stored[i]);
+    free(stored);
+    free(alphas);
+    free(names);
+    free(out);
+    return rc;
+}

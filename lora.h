@@ -79,3 +79,24 @@ void lora_describe(const Lora* l, char* buf, size_t cap);
 #define LORA_MAX_SPELLINGS 2
 int lora_param_names(LoraFormat f, LoraModel m, const UnetConfig* ucfg, const char* param,
                      char names[LORA_MAX_SPELLINGS][LORA_NAME_MAX]);
+
+// Writing (the trainer's output). Each module adapts the UNet Linear whose weight is `param`
+// ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"), with down (rank, in) and
+// up (out, rank) in host f32, stored as `dtype` (F32, F16 or BF16).
+//   LORA_KOHYA:     what sd-scripts writes for SDXL: "lora_unet_" + the SGM module path with '_',
+//                   .lora_down.weight, .lora_up.weight and .alpha (a 0-d F32, kohya's float buffer),
+//                   so A1111, ComfyUI, diffusers and kohya's tools all load it. meta: the caller's
+//                   ss_* / modelspec.* pairs.
+//   LORA_DIFFUSERS: what train_text_to_image_lora_sdxl.py saves (save_lora_weights): "unet." +
+//                   module path + .lora.down.weight / .lora.up.weight, __metadata__ {"format": "pt"},
+//                   no alphas (alpha must equal rank: other alphas would be lost, so they are refused).
+// The file appears atomically. Returns 0, or -1 with a one-line err.
+typedef struct {
+    const char* param;
+    int rank, in, out;
+    float alpha;
+    const float* down;
+    const float* up;
+} LoraWriteModule;
+int lora_write(const char* path, LoraFormat format, const UnetConfig* ucfg, const LoraWriteModule* modules, int count,
+               DType dtype, const char* const* meta_keys, const char* const* meta_values, int meta_count, char* err);

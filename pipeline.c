@@ -202,6 +202,41 @@ static void apply_emphasis(float* z, const float* multipliers, int tokens, int C
     for (size_t i = 0; i < (size_t)tokens * C; i++) z[i] *= ratio;
 }
 
+// B sequences of 77 ids through a text encoder on the current backend: hidden (B, 77, hidden)
+// penultimate states and, when pooled is not NULL, the pooled projections (B, projection_dim),
+// into host arrays.
+static void encode_ids(const ClipText* te, const int32_t* ids, int B, float* hidden, float* pooled) {
+    int C = te->cfg.hidden, P = te->cfg.projection_dim;
+    Arena scratch;
+    arena_init(&scratch, "text encoder scratch", sizeof(float) * clip_text_scratch_floats(&te->cfg, B, CLIP_CONTEXT),
+               backend_current() == BACKEND_CUDA);
+    float* d_hidden = device_malloc(sizeof(float) * B * CLIP_CONTEXT * C);
+    float* d_pooled = pooled ? device_malloc(sizeof(float) * B * P) : NULL;
+    clip_text_forward(te, ids, B, CLIP_CONTEXT, d_hidden, d_pooled, &scratch);
+    copy_to_host(hidden, d_hidden, sizeof(float) * B * CLIP_CONTEXT * C);
+    if (pooled) {
+        copy_to_host(pooled, d_pooled, sizeof(float) * B * P);
+        device_free(d_pooled);
+    }
+    device_free(d_hidden);
+    arena_free(&scratch);
+}
+
+void sdxl_encode_caption(SdxlModel* m, const char* caption, float* context, float* pooled) {
+    const Tokenizer* toks[2] = {&m->tok1, &m->tok2};
+    const ClipText* encoders[2] = {&m->te1, &m->te2};
+    int C[2] = {m->te1.cfg.hidden, m->te2.cfg.hidden}, Ctot = C[0] + C[1];
+    for (int k = 0; k < 2; k++) {
+        int32_t ids[CLIP_CONTEXT];
+        tokenizer_encode_padded(toks[k], caption, ids);
+        float* hidden = xmalloc(sizeof(float) * CLIP_CONTEXT * C[k]);
+        encode_ids(encoders[k], ids, 1, hidden, k == 1 ? pooled : NULL);
+        for (int t = 0; t < CLIP_CONTEXT; t++) // channels [0, C1) CLIP-L, [C1, C1 + C2) bigG
+            memcpy(context + (size_t)t * Ctot + (k ? C[0] : 0), hidden + (size_t)t * C[k], sizeof(float) * C[k]);
+        free(hidden);
+    }
+}
+
 int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context_out,
                         float** pooled_out, int* tokens_out, char* err) {
     int zero_negative = m->force_zeros_for_empty_prompt && negative[0] == 0;
@@ -235,20 +270,12 @@ int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative
         for (int p = 0; p < 2; p++)
             for (int c = 0; c < n; c++)
                 memcpy(ids + (size_t)(p * n + c) * CLIP_CONTEXT, chunks[p][k].chunks[c].ids, sizeof(int32_t) * CLIP_CONTEXT);
-        Arena scratch;
-        arena_init(&scratch, "text encoder scratch", sizeof(float) * clip_text_scratch_floats(&te->cfg, B, CLIP_CONTEXT),
-                   backend_current() == BACKEND_CUDA);
-        float* d_hidden = device_malloc(sizeof(float) * B * CLIP_CONTEXT * C[k]);
-        float* d_pooled = k == 1 ? device_malloc(sizeof(float) * B * P) : NULL;
-        clip_text_forward(te, ids, B, CLIP_CONTEXT, d_hidden, d_pooled, &scratch);
         float* hidden = xmalloc(sizeof(float) * B * CLIP_CONTEXT * C[k]);
-        copy_to_host(hidden, d_hidden, sizeof(float) * B * CLIP_CONTEXT * C[k]);
+        float* all_pooled = k == 1 ? xmalloc(sizeof(float) * B * P) : NULL;
+        encode_ids(te, ids, B, hidden, all_pooled);
         if (k == 1) { // A1111 and SGM pool the first chunk only
-            float* all_pooled = xmalloc(sizeof(float) * B * P);
-            copy_to_host(all_pooled, d_pooled, sizeof(float) * B * P);
             for (int p = 0; p < 2; p++) memcpy(pooled + (size_t)p * P, all_pooled + (size_t)(p * n) * P, sizeof(float) * P);
             free(all_pooled);
-            device_free(d_pooled);
         }
         for (int p = 0; p < 2; p++) {
             for (int c = 0; c < n; c++) {
@@ -261,8 +288,6 @@ int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative
             }
         }
         free(hidden);
-        device_free(d_hidden);
-        arena_free(&scratch);
     }
     if (zero_negative) { // diffusers: negative_prompt None -> zeros; A1111: "" -> zeros
         memset(context, 0, sizeof(float) * L * Ctot);

@@ -86,6 +86,12 @@ typedef struct {
 int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context, float** pooled,
                         int* tokens, char* err);
 
+// A caption as diffusers' training script encodes it (train_text_to_image_lora_sdxl.py
+// encode_prompt): each tokenizer's 77 padded ids, truncated, with no emphasis syntax; both
+// encoders' penultimate states side by side into context (77, 768 + 1280), host memory of the
+// caller; the bigG pooled projection into pooled (1280).
+void sdxl_encode_caption(SdxlModel* m, const char* caption, float* context, float* pooled);
+
 // Runs the pipeline on the current backend. out receives an 8-bit RGB image of width x height
 // carrying the `parameters` text; trace may be NULL. Returns 0, or -1 with a one-line error.
 int sdxl_generate(SdxlModel* m, const GenerateParams* p, Image* out, GenerateTrace* trace, char* err);

@@ -445,23 +445,27 @@ void unet_free(Unet* u) {
 
 // ResnetBlock2D (resnet.py):  out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(emb)))))
 //   x (N, in, h, w)   emb_act = silu(emb) (N, TE)   out (N, out, h, w), must not alias x
+// With a tape (training) it also keeps what resblock_backward needs: both norms' statistics and
+// norm2's input b; the convolutions' inputs are not needed, since their weights are frozen.
 static void resblock_forward(const UnetResBlock* rb, void* out, const void* x, const void* emb_act, int N, int h, int w,
-                             Arena* scratch) {
+                             Arena* scratch, ResblockTape* tape) {
     DType dt = rb->conv1.dtype;
     size_t HW = (size_t)h * w, mark = arena_mark(scratch);
     void* a = arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet norm1");
-    void* b = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet conv1");
+    void* b = tape ? tape->b : arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet conv1");
+    void* c = tape ? arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet norm2") : b; // in place at inference
     void* e = arena_elems(scratch, (size_t)N * rb->out, dt, "resnet time embedding");
-    group_norm_silu(&rb->norm1, a, x, N, (int)HW);
+    group_norm_saving(&rb->norm1, a, tape ? tape->mean1 : NULL, tape ? tape->rstd1 : NULL, x, N, (int)HW, 1);
     conv2d(&rb->conv1, b, a, N, h, w, scratch);                    // (N, out, h, w)
     linear(&rb->time_emb_proj, e, emb_act, N);                     // (N, out)
     add_channel_vector_forward(b, b, e, N, rb->out, (int)HW, dt);  // + emb[:, :, None, None]
-    group_norm_silu(&rb->norm2, b, b, N, (int)HW);                 // dropout is the identity at inference
+    // dropout is the identity at inference and, at diffusers' default of 0, in training too
+    group_norm_saving(&rb->norm2, c, tape ? tape->mean2 : NULL, tape ? tape->rstd2 : NULL, b, N, (int)HW, 1);
     if (rb->has_shortcut) {
         conv2d(&rb->shortcut, out, x, N, h, w, scratch);           // 1x1: in -> out
-        conv2d_accumulate(&rb->conv2, out, b, N, h, w, scratch);   // out = shortcut(x) + conv2(b)
+        conv2d_accumulate(&rb->conv2, out, c, N, h, w, scratch);   // out = shortcut(x) + conv2(c)
     } else {
-        conv2d(&rb->conv2, out, b, N, h, w, scratch);
+        conv2d(&rb->conv2, out, c, N, h, w, scratch);
         add_forward(out, out, x, (size_t)N * rb->out * HW, dt);
     }
     arena_release(scratch, mark);
@@ -470,60 +474,75 @@ static void resblock_forward(const UnetResBlock* rb, void* out, const void* x, c
 // BasicTransformerBlock (attention.py) on x (N, HW, C) in place:
 //   x += attn1(norm1(x));  x += attn2(norm2(x), context);  x += ff(norm3(x))
 // Each `x +=` is the output projection accumulating into x (linear_accumulate): no extra pass.
+// At inference the three norms share one buffer, and so do the two attentions' q and outputs;
+// with a tape each step writes its own buffer there, and the stream is copied before each `+=`.
 static void transformer_block_forward(const UnetTransformerBlock* b, void* x, const void* context, int Lctx, int N, int HW,
-                                      int C, int heads, Arena* scratch) {
+                                      int C, int heads, Arena* scratch, TransformerBlockTape* tape) {
     DType dt = b->q1.dtype;
     size_t T = (size_t)N * HW, mark = arena_mark(scratch);
     int HS = C / heads;
-    void* n = arena_elems(scratch, T * C, dt, "transformer norm");
-    void* q = arena_elems(scratch, T * C, dt, "transformer q");
-    void* k = arena_elems(scratch, T * C, dt, "transformer k");
-    void* v = arena_elems(scratch, T * C, dt, "transformer v");
-    void* a = arena_elems(scratch, T * C, dt, "transformer attention");
+    TransformerBlockTape s = {0}; // the buffers this pass writes
+    if (tape) {
+        s = *tape;
+    } else {
+        s.n1 = s.n2 = s.n3 = arena_elems(scratch, T * C, dt, "transformer norm");
+        s.q1 = s.q2 = arena_elems(scratch, T * C, dt, "transformer q");
+        s.k1 = arena_elems(scratch, T * C, dt, "transformer k");
+        s.v1 = arena_elems(scratch, T * C, dt, "transformer v");
+        s.a1 = s.a2 = arena_elems(scratch, T * C, dt, "transformer attention");
+        s.kc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context k");
+        s.vc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context v");
+        s.f = arena_elems(scratch, T * 8 * C, dt, "transformer ff");
+        s.g = arena_elems(scratch, T * 4 * C, dt, "transformer geglu");
+    }
+    size_t bytes = T * C * dtype_size(dt);
     // self-attention                                                 (N, HW, C)
-    layer_norm(&b->norm1, n, x, (int)T);
-    linear(&b->q1, q, n, (int)T);
-    linear(&b->k1, k, n, (int)T);
-    linear(&b->v1, v, n, (int)T);
-    attention_forward(a, q, k, v, N, heads, HW, HW, HS, 0, dt);
-    linear_accumulate(&b->out1, x, a, (int)T);
+    if (s.x0) copy_device_to_device(s.x0, x, bytes);
+    layer_norm_saving(&b->norm1, s.n1, s.mean1, s.rstd1, x, (int)T);
+    linear(&b->q1, s.q1, s.n1, (int)T);
+    linear(&b->k1, s.k1, s.n1, (int)T);
+    linear(&b->v1, s.v1, s.n1, (int)T);
+    attention_forward(s.a1, s.q1, s.k1, s.v1, N, heads, HW, HW, HS, 0, dt);
+    linear_accumulate(&b->out1, x, s.a1, (int)T);
     // cross-attention to the text: keys and values from context        (N, Lctx, cross_dim) -> (N, Lctx, C)
-    void* kc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context k");
-    void* vc = arena_elems(scratch, (size_t)N * Lctx * C, dt, "transformer context v");
-    layer_norm(&b->norm2, n, x, (int)T);
-    linear(&b->q2, q, n, (int)T);
-    linear(&b->k2, kc, context, N * Lctx);
-    linear(&b->v2, vc, context, N * Lctx);
-    attention_forward(a, q, kc, vc, N, heads, HW, Lctx, HS, 0, dt);
-    linear_accumulate(&b->out2, x, a, (int)T);
+    if (s.x1) copy_device_to_device(s.x1, x, bytes);
+    layer_norm_saving(&b->norm2, s.n2, s.mean2, s.rstd2, x, (int)T);
+    linear(&b->q2, s.q2, s.n2, (int)T);
+    linear(&b->k2, s.kc, context, N * Lctx);
+    linear(&b->v2, s.vc, context, N * Lctx);
+    attention_forward(s.a2, s.q2, s.kc, s.vc, N, heads, HW, Lctx, HS, 0, dt);
+    linear_accumulate(&b->out2, x, s.a2, (int)T);
     // GEGLU feed-forward                                              (N, HW, 8C) -> (N, HW, 4C) -> (N, HW, C)
-    void* f = arena_elems(scratch, T * 8 * C, dt, "transformer ff");
-    void* g = arena_elems(scratch, T * 4 * C, dt, "transformer geglu");
-    layer_norm(&b->norm3, n, x, (int)T);
-    linear(&b->ff_in, f, n, (int)T);
-    geglu_forward(g, f, (int)T, 4 * C, dt);
-    linear_accumulate(&b->ff_out, x, g, (int)T);
+    if (s.x2) copy_device_to_device(s.x2, x, bytes);
+    layer_norm_saving(&b->norm3, s.n3, s.mean3, s.rstd3, x, (int)T);
+    linear(&b->ff_in, s.f, s.n3, (int)T);
+    geglu_forward(s.g, s.f, (int)T, 4 * C, dt);
+    linear_accumulate(&b->ff_out, x, s.g, (int)T);
     arena_release(scratch, mark);
 }
 
 // Transformer2DModel (transformer_2d.py, continuous input, linear projections):
 //   out = proj_out(blocks(proj_in(norm(x) as tokens))) as NCHW + x
 //   x (N, C, h, w)   out (N, C, h, w), must not alias x
+// With a tape: the group norm's statistics, proj_in's input (tokens), proj_out's input (the
+// stream after the last block) and every block's tape.
 static void spatial_transformer_forward(const UnetSpatialTransformer* st, void* out, const void* x, const void* context,
-                                        int Lctx, int N, int h, int w, Arena* scratch) {
+                                        int Lctx, int N, int h, int w, Arena* scratch, SpatialTransformerTape* tape) {
     DType dt = st->proj_in.dtype;
     int C = st->C, HW = h * w;
     size_t T = (size_t)N * HW, mark = arena_mark(scratch);
     void* normed = arena_elems(scratch, T * C, dt, "transformer group norm");
-    void* tokens = arena_elems(scratch, T * C, dt, "transformer tokens");
-    void* y = arena_elems(scratch, T * C, dt, "transformer stream");
-    group_norm(&st->norm, normed, x, N, HW);
+    void* tokens = tape ? tape->tokens : arena_elems(scratch, T * C, dt, "transformer tokens");
+    void* y = tape ? tape->stream : arena_elems(scratch, T * C, dt, "transformer stream");
+    void* projected = tape ? arena_elems(scratch, T * C, dt, "transformer proj_out") : tokens;
+    group_norm_saving(&st->norm, normed, tape ? tape->mean : NULL, tape ? tape->rstd : NULL, x, N, HW, 0);
     transpose_forward(tokens, normed, N, C, HW, dt);                // (N, C, HW) -> (N, HW, C)
     linear(&st->proj_in, y, tokens, (int)T);
     for (int d = 0; d < st->depth; d++)
-        transformer_block_forward(&st->blocks[d], y, context, Lctx, N, HW, C, st->heads, scratch);
-    linear(&st->proj_out, tokens, y, (int)T);
-    transpose_forward(out, tokens, N, HW, C, dt);                   // (N, HW, C) -> (N, C, HW)
+        transformer_block_forward(&st->blocks[d], y, context, Lctx, N, HW, C, st->heads, scratch,
+                                  tape ? &tape->blocks[d] : NULL);
+    linear(&st->proj_out, projected, y, (int)T);
+    transpose_forward(out, projected, N, HW, C, dt);                // (N, HW, C) -> (N, C, HW)
     add_forward(out, out, x, T * C, dt);
     arena_release(scratch, mark);
 }
@@ -579,17 +598,15 @@ static const void* input_as(const float* x, size_t n, DType dt, Arena* act, cons
     return y;
 }
 
-void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
-                  const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act) {
+// The conditioning every resnet reads: silu(emb), with emb the time embedding plus the added
+// "text_time" embedding (pooled text and the six size/crop ids), (N, TE) of dt, left in act.
+static void* unet_embedding_forward(const Unet* u, const float* t, const float* text_embeds, const float* time_ids, int N,
+                                    Arena* act) {
     const UnetConfig* c = &u->cfg;
     DType dt = u->w.dtype;
-    int L = c->layers_per_block, last = c->levels - 1, TE = c->time_embed_dim, A = c->addition_time_embed_dim;
+    int TE = c->time_embed_dim, A = c->addition_time_embed_dim;
     int pooled_dim = c->projection_class_embeddings_input_dim - 6 * A;
-    size_t mark0 = arena_mark(act);
-    const void* x_in = input_as(sample, (size_t)N * c->in_channels * h * w, dt, act, "unet sample");
-    const void* ctx = input_as(context, (size_t)N * Lctx * c->cross_attention_dim, dt, act, "unet context");
     const void* pooled = input_as(text_embeds, (size_t)N * pooled_dim, dt, act, "unet pooled text");
-
     // time embedding: emb = linear_2(silu(linear_1(sinusoid(t))))                 (N, TE)
     float* t_dev = arena_floats(act, (size_t)N, "unet timesteps");
     copy_to_device(t_dev, t, sizeof(float) * N);
@@ -612,6 +629,18 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
     linear_accumulate(&u->add_linear_2, emb, tmp, N);                // emb = emb + aug
     void* emb_act = arena_elems(act, (size_t)N * TE, dt, "unet silu(embedding)"); // every resnet starts with silu(emb)
     silu_forward(emb_act, emb, (size_t)N * TE, dt);
+    return emb_act;
+}
+
+void unet_forward(const Unet* u, float* out, const float* sample, const float* t, const float* context, int Lctx,
+                  const float* text_embeds, const float* time_ids, int N, int h, int w, Arena* act) {
+    const UnetConfig* c = &u->cfg;
+    DType dt = u->w.dtype;
+    int L = c->layers_per_block, last = c->levels - 1;
+    size_t mark0 = arena_mark(act);
+    const void* x_in = input_as(sample, (size_t)N * c->in_channels * h * w, dt, act, "unet sample");
+    const void* ctx = input_as(context, (size_t)N * Lctx * c->cross_attention_dim, dt, act, "unet context");
+    const void* emb_act = unet_embedding_forward(u, t, text_embeds, time_ids, N, act);
 
     // down path: every block output is kept as a skip connection
     SkipStack skips = {0};
@@ -627,11 +656,11 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
             if (c->has_attention[i]) {
                 size_t mark = arena_mark(act);
                 void* r = arena_elems(act, (size_t)N * C * H * W, dt, "unet resnet output");
-                resblock_forward(&b->resnets[j], r, hcur, emb_act, N, H, W, act);
-                spatial_transformer_forward(&b->attentions[j], next, r, ctx, Lctx, N, H, W, act);
+                resblock_forward(&b->resnets[j], r, hcur, emb_act, N, H, W, act, NULL);
+                spatial_transformer_forward(&b->attentions[j], next, r, ctx, Lctx, N, H, W, act, NULL);
                 arena_release(act, mark);
             } else {
-                resblock_forward(&b->resnets[j], next, hcur, emb_act, N, H, W, act);
+                resblock_forward(&b->resnets[j], next, hcur, emb_act, N, H, W, act, NULL);
             }
             hcur = next;
             skip_push(&skips, hcur, C, H, W);
@@ -657,9 +686,9 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
     {
         size_t mark = arena_mark(act);
         void* r = arena_elems(act, (size_t)N * Cm * H * W, dt, "unet mid resnet");
-        resblock_forward(&u->mid_res0, r, hcur, emb_act, N, H, W, act);
-        spatial_transformer_forward(&u->mid_attn, ping, r, ctx, Lctx, N, H, W, act);
-        resblock_forward(&u->mid_res1, pong, ping, emb_act, N, H, W, act);
+        resblock_forward(&u->mid_res0, r, hcur, emb_act, N, H, W, act, NULL);
+        spatial_transformer_forward(&u->mid_attn, ping, r, ctx, Lctx, N, H, W, act, NULL);
+        resblock_forward(&u->mid_res1, pong, ping, emb_act, N, H, W, act, NULL);
         arena_release(act, mark);
     }
     hcur = pong;
@@ -681,10 +710,10 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
             void* next = hcur == ping ? pong : ping;
             if (c->has_attention[r]) {
                 void* rout = arena_elems(act, (size_t)N * C * H * W, dt, "unet up resnet output");
-                resblock_forward(&b->resnets[j], rout, cat, emb_act, N, H, W, act);
-                spatial_transformer_forward(&b->attentions[j], next, rout, ctx, Lctx, N, H, W, act);
+                resblock_forward(&b->resnets[j], rout, cat, emb_act, N, H, W, act, NULL);
+                spatial_transformer_forward(&b->attentions[j], next, rout, ctx, Lctx, N, H, W, act, NULL);
             } else {
-                resblock_forward(&b->resnets[j], next, cat, emb_act, N, H, W, act);
+                resblock_forward(&b->resnets[j], next, cat, emb_act, N, H, W, act, NULL);
             }
             arena_release(act, mark);
             hcur = next;
@@ -832,4 +861,547 @@ double unet_flops(const UnetConfig* cfg, int N, int h, int w, int Lctx) {
     double f = unet_walk_flops(&u, N, h, w, Lctx);
     unet_free(&u);
     return f;
+}
+
+// ----------------------------------------------------------------------------
+// Training: the forward that keeps what the backward needs, and the backward (see sdxl.h)
+//
+// The walk is unet_forward's, in "layers": a resnet and, at attention levels, the transformer
+// after it. Every layer's input and output stay in act (the down path's outputs are the skip
+// connections anyway); a layer's tape (its internals) stays too, unless checkpointing, when it
+// is made again in the backward. The backward walks the same layers in reverse. Gradients are
+// of the UNet's dtype; the adapters' gradients are f32 (layers.h).
+
+static int linear_has_adapter(const Linear* l) { return l->lora != NULL; }
+
+static int transformer_has_adapter(const UnetSpatialTransformer* st) {
+    if (!st) return 0;
+    int any = linear_has_adapter(&st->proj_in) || linear_has_adapter(&st->proj_out);
+    for (int d = 0; d < st->depth; d++) {
+        const UnetTransformerBlock* b = &st->blocks[d];
+        const Linear* all[] = {&b->q1, &b->k1, &b->v1, &b->out1, &b->q2, &b->k2, &b->v2, &b->out2, &b->ff_in, &b->ff_out};
+        for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) any |= linear_has_adapter(all[i]);
+    }
+    return any;
+}
+
+// Appends the adaptable Linears of one Transformer2DModel to layers (up to cap), counting all.
+static void transformer_lora_linears(UnetSpatialTransformer* st, UnetLoraTargets targets, Linear** layers, int cap,
+                                     int* count) {
+    int wide = targets == UNET_LORA_TRANSFORMER;
+    if (wide) {
+        if (*count < cap && layers) layers[*count] = &st->proj_in;
+        (*count)++;
+    }
+    for (int d = 0; d < st->depth; d++) {
+        UnetTransformerBlock* b = &st->blocks[d];
+        Linear* attention[] = {&b->q1, &b->k1, &b->v1, &b->out1, &b->q2, &b->k2, &b->v2, &b->out2, &b->ff_in, &b->ff_out};
+        int n = wide ? 10 : 8;
+        for (int i = 0; i < n; i++, (*count)++)
+            if (*count < cap && layers) layers[*count] = attention[i];
+    }
+    if (wide) {
+        if (*count < cap && layers) layers[*count] = &st->proj_out;
+        (*count)++;
+    }
+}
+
+int unet_lora_linears(Unet* u, UnetLoraTargets targets, Linear** layers, int cap) {
+    const UnetConfig* c = &u->cfg;
+    int L = c->layers_per_block, last = c->levels - 1, count = 0;
+    for (int i = 0; i < c->levels; i++)
+        if (c->has_attention[i])
+            for (int j = 0; j < L; j++) transformer_lora_linears(&u->down[i].attentions[j], targets, layers, cap, &count);
+    transformer_lora_linears(&u->mid_attn, targets, layers, cap, &count);
+    for (int i = 0; i < c->levels; i++)
+        if (c->has_attention[last - i])
+            for (int j = 0; j <= L; j++) transformer_lora_linears(&u->up[i].attentions[j], targets, layers, cap, &count);
+    return count;
+}
+
+static void resblock_tape_alloc(ResblockTape* t, const UnetResBlock* rb, int N, size_t HW, Arena* a) {
+    DType dt = rb->conv1.dtype;
+    size_t groups = (size_t)N * rb->norm1.groups;
+    t->mean1 = arena_floats(a, groups, "tape resnet mean1");
+    t->rstd1 = arena_floats(a, groups, "tape resnet rstd1");
+    t->mean2 = arena_floats(a, groups, "tape resnet mean2");
+    t->rstd2 = arena_floats(a, groups, "tape resnet rstd2");
+    t->b = arena_elems(a, (size_t)N * rb->out * HW, dt, "tape resnet conv1");
+}
+
+// The buffers of a transformer's tape; st_tape->blocks is a host array the caller owns.
+static void spatial_transformer_tape_alloc(SpatialTransformerTape* t, const UnetSpatialTransformer* st, int N, size_t HW,
+                                           int Lctx, Arena* a) {
+    DType dt = st->proj_in.dtype;
+    size_t C = (size_t)st->C, T = (size_t)N * HW, ctx_rows = (size_t)N * Lctx;
+    t->mean = arena_floats(a, (size_t)N * st->norm.groups, "tape transformer mean");
+    t->rstd = arena_floats(a, (size_t)N * st->norm.groups, "tape transformer rstd");
+    t->tokens = arena_elems(a, T * C, dt, "tape transformer tokens");
+    t->stream = arena_elems(a, T * C, dt, "tape transformer stream");
+    for (int d = 0; d < st->depth; d++) {
+        TransformerBlockTape* b = &t->blocks[d];
+        void** stream_sized[] = {&b->x0, &b->x1, &b->x2, &b->n1, &b->q1, &b->k1, &b->v1, &b->a1,
+                                 &b->n2, &b->q2, &b->a2, &b->n3};
+        for (size_t i = 0; i < sizeof(stream_sized) / sizeof(stream_sized[0]); i++)
+            *stream_sized[i] = arena_elems(a, T * C, dt, "tape transformer block");
+        b->kc = arena_elems(a, ctx_rows * C, dt, "tape transformer context k");
+        b->vc = arena_elems(a, ctx_rows * C, dt, "tape transformer context v");
+        b->f = arena_elems(a, T * 8 * C, dt, "tape transformer ff");
+        b->g = arena_elems(a, T * 4 * C, dt, "tape transformer geglu");
+        float** stats[] = {&b->mean1, &b->rstd1, &b->mean2, &b->rstd2, &b->mean3, &b->rstd3};
+        for (size_t i = 0; i < 6; i++) *stats[i] = arena_floats(a, T, "tape layer norm statistics");
+    }
+}
+
+// Runs a layer's forward, its tape's buffers taken from `a` (and written), its output into out.
+static void layer_forward_taped(const UnetTape* tape, UnetLayerTape* l, void* out, Arena* a) {
+    size_t HW = (size_t)l->h * l->w;
+    resblock_tape_alloc(&l->res, l->resnet, tape->N, HW, a);
+    if (l->has_attention) spatial_transformer_tape_alloc(&l->attn, l->transformer, tape->N, HW, tape->Lctx, a);
+    resblock_forward(l->resnet, l->has_attention ? l->res_out : out, l->input, tape->emb_act, tape->N, l->h, l->w, a,
+                     &l->res);
+    if (l->has_attention)
+        spatial_transformer_forward(l->transformer, out, l->res_out, tape->context, tape->Lctx, tape->N, l->h, l->w, a,
+                                    &l->attn);
+}
+
+// Records layer `index` and runs its forward on `input` (kept in act); returns its output.
+static void* layer_forward_train(UnetTape* tape, const UnetResBlock* rb, const UnetSpatialTransformer* st, void* input,
+                                 int h, int w, Arena* act) {
+    UnetLayerTape* l = &tape->layers[tape->layer_count];
+    DType dt = tape->dtype;
+    int N = tape->N;
+    size_t HW = (size_t)h * w;
+    l->taped = tape->layer_count >= tape->first_taped;
+    l->resnet = rb;
+    l->transformer = st;
+    l->has_attention = st != NULL;
+    l->input = input;
+    l->in = rb->in;
+    l->out_channels = rb->out;
+    l->h = h;
+    l->w = w;
+    l->out = arena_elems(act, (size_t)N * rb->out * HW, dt, "train layer output");
+    if (st) {
+        l->res_out = arena_elems(act, (size_t)N * rb->out * HW, dt, "train resnet output");
+        l->attn.blocks = xcalloc((size_t)st->depth, sizeof(TransformerBlockTape));
+    }
+    tape->layer_count++;
+    if (!l->taped) {                     // before the first adapter: the inference forward
+        size_t mark = arena_mark(act);
+        resblock_forward(rb, st ? l->res_out : l->out, input, tape->emb_act, N, h, w, act, NULL);
+        if (st) spatial_transformer_forward(st, l->out, l->res_out, tape->context, tape->Lctx, N, h, w, act, NULL);
+        arena_release(act, mark);
+    } else if (tape->checkpointing) {    // the tape is made, used by nothing, and dropped
+        size_t mark = arena_mark(act);
+        layer_forward_taped(tape, l, l->out, act);
+        arena_release(act, mark);
+    } else {
+        layer_forward_taped(tape, l, l->out, act);
+    }
+    return l->out;
+}
+
+static int unet_layer_count(const UnetConfig* c) { return c->levels * c->layers_per_block + 2 + c->levels * (c->layers_per_block + 1); }
+
+// The index, in forward order, of the first layer holding an adapter (the layer count: none).
+static int unet_first_adapter_layer(const Unet* u) {
+    const UnetConfig* c = &u->cfg;
+    int L = c->layers_per_block, last = c->levels - 1, index = 0;
+    for (int i = 0; i < c->levels; i++)
+        for (int j = 0; j < L; j++, index++)
+            if (c->has_attention[i] && transformer_has_adapter(&u->down[i].attentions[j])) return index;
+    if (transformer_has_adapter(&u->mid_attn)) return index;
+    index += 2;
+    for (int i = 0; i < c->levels; i++)
+        for (int j = 0; j <= L; j++, index++)
+            if (c->has_attention[last - i] && transformer_has_adapter(&u->up[i].attentions[j])) return index;
+    return index;
+}
+
+void unet_forward_train(const Unet* u, UnetTape* tape, float* out, const float* sample, const float* t,
+                        const float* context, int Lctx, const float* text_embeds, const float* time_ids, int N, int h,
+                        int w, int checkpointing, Arena* act) {
+    const UnetConfig* c = &u->cfg;
+    DType dt = u->w.dtype;
+    int L = c->layers_per_block, last = c->levels - 1;
+    memset(tape, 0, sizeof(*tape));
+    tape->N = N;
+    tape->h = h;
+    tape->w = w;
+    tape->Lctx = Lctx;
+    tape->checkpointing = checkpointing;
+    tape->dtype = dt;
+    tape->layers = xcalloc((size_t)unet_layer_count(c), sizeof(UnetLayerTape));
+    tape->first_taped = unet_first_adapter_layer(u);
+    const void* x_in = input_as(sample, (size_t)N * c->in_channels * h * w, dt, act, "unet sample");
+    tape->context = input_as(context, (size_t)N * Lctx * c->cross_attention_dim, dt, act, "unet context");
+    tape->emb_act = unet_embedding_forward(u, t, text_embeds, time_ids, N, act);
+
+    // down path
+    void* hcur = arena_elems(act, (size_t)N * c->block_out[0] * h * w, dt, "unet conv_in");
+    conv2d(&u->conv_in, hcur, x_in, N, h, w, act);
+    int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
+    level_sizes(c, h, w, hs, ws);
+    SkipStack skips = {0};
+    skip_push(&skips, hcur, c->block_out[0], h, w);
+    for (int i = 0; i < c->levels; i++) {
+        const UnetBlock* b = &u->down[i];
+        for (int j = 0; j < L; j++) {
+            hcur = layer_forward_train(tape, &b->resnets[j], c->has_attention[i] ? &b->attentions[j] : NULL, hcur, hs[i],
+                                       ws[i], act);
+            skip_push(&skips, hcur, c->block_out[i], hs[i], ws[i]);
+        }
+        if (b->has_sampler) {
+            void* next = arena_elems(act, (size_t)N * c->block_out[i] * hs[i + 1] * ws[i + 1], dt, "unet downsample");
+            conv2d(&b->sampler, next, hcur, N, hs[i], ws[i], act);
+            hcur = next;
+            skip_push(&skips, hcur, c->block_out[i], hs[i + 1], ws[i + 1]);
+        }
+    }
+    // mid block: two layers (resnet + transformer, resnet)
+    hcur = layer_forward_train(tape, &u->mid_res0, &u->mid_attn, hcur, hs[last], ws[last], act);
+    hcur = layer_forward_train(tape, &u->mid_res1, NULL, hcur, hs[last], ws[last], act);
+    // up path: each layer's input is the concatenation [h, skip]
+    int Ccur = c->block_out[last];
+    for (int i = 0; i < c->levels; i++) {
+        const UnetBlock* b = &u->up[i];
+        int r = last - i, H = hs[r], W = ws[r];
+        for (int j = 0; j <= L; j++) {
+            skips.count--;
+            int Cs = skips.C[skips.count];
+            void* cat = arena_elems(act, (size_t)N * (Ccur + Cs) * H * W, dt, "unet skip concat");
+            concat_forward(cat, hcur, skips.data[skips.count], N, Ccur * H * W, Cs * H * W, dt);
+            hcur = layer_forward_train(tape, &b->resnets[j], c->has_attention[r] ? &b->attentions[j] : NULL, cat, H, W, act);
+            Ccur = c->block_out[r];
+        }
+        if (b->has_sampler) {
+            int H2 = hs[r - 1], W2 = ws[r - 1];
+            void* next = arena_elems(act, (size_t)N * Ccur * H2 * W2, dt, "unet upsampler output");
+            size_t mark = arena_mark(act);
+            void* up = arena_elems(act, (size_t)N * Ccur * H2 * W2, dt, "unet upsample");
+            upsample_nearest_forward(up, hcur, N, Ccur, H, W, H2, W2, dt);
+            conv2d(&b->sampler, next, up, N, H2, W2, act);
+            arena_release(act, mark);
+            hcur = next;
+        }
+    }
+    // out: conv_out(silu(conv_norm_out(h)))
+    size_t n_out = (size_t)N * c->out_channels * h * w;
+    tape->out_input = hcur;
+    tape->out_mean = arena_floats(act, (size_t)N * u->norm_out.groups, "unet norm out mean");
+    tape->out_rstd = arena_floats(act, (size_t)N * u->norm_out.groups, "unet norm out rstd");
+    size_t mark = arena_mark(act);
+    void* n = arena_elems(act, (size_t)N * Ccur * h * w, dt, "unet norm out");
+    void* o = dt == DT_F32 ? (void*)out : arena_elems(act, n_out, dt, "unet noise");
+    group_norm_saving(&u->norm_out, n, tape->out_mean, tape->out_rstd, hcur, N, h * w, 1);
+    conv2d(&u->conv_out, o, n, N, h, w, act);
+    if (o != out) cast_forward(out, DT_F32, o, dt, n_out);
+    arena_release(act, mark);
+}
+
+// The backward of resblock_forward: dx (=) from dout, the block's input x and its tape.
+//   c = silu(norm2(b)), b = conv1(silu(norm1(x))) + e, out = shortcut(x) + conv2(c)
+static void resblock_backward(const UnetResBlock* rb, void* dx, const void* dout, const void* x, const ResblockTape* t,
+                              int N, int h, int w, Arena* scratch) {
+    DType dt = rb->conv1.dtype;
+    size_t HW = (size_t)h * w, mark = arena_mark(scratch);
+    void* dc = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet backward dc");
+    void* db = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet backward db");
+    void* da = arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet backward da");
+    conv2d_backprop(&rb->conv2, dc, dout, N, h, w, 0, scratch);
+    group_norm_backprop(&rb->norm2, db, dc, t->b, t->mean2, t->rstd2, N, (int)HW, 1, 0);
+    // the time embedding's branch gets db summed over HW; it leads only to frozen weights
+    conv2d_backprop(&rb->conv1, da, db, N, h, w, 0, scratch);
+    group_norm_backprop(&rb->norm1, dx, da, x, t->mean1, t->rstd1, N, (int)HW, 1, 0);
+    if (rb->has_shortcut) conv2d_backprop(&rb->shortcut, dx, dout, N, h, w, 1, scratch);
+    else add_forward(dx, dx, dout, (size_t)N * rb->out * HW, dt);
+    arena_release(scratch, mark);
+}
+
+// The backward of transformer_block_forward, in place: dx holds the gradient of the block's
+// output on entry and that of its input on return (the residual stream carries dx through each
+// `x +=` unchanged, and each branch adds its share).
+static void transformer_block_backward(const UnetTransformerBlock* b, void* dx, const void* context,
+                                       const TransformerBlockTape* t, int Lctx, int N, int HW, int C, int heads,
+                                       Arena* scratch) {
+    DType dt = b->q1.dtype;
+    size_t T = (size_t)N * HW, ctx_rows = (size_t)N * Lctx, mark = arena_mark(scratch);
+    int HS = C / heads;
+    void* dn = arena_elems(scratch, T * C, dt, "transformer backward dnorm");
+    void* da = arena_elems(scratch, T * C, dt, "transformer backward dattention");
+    void* dq = arena_elems(scratch, T * C, dt, "transformer backward dq");
+    void* dk = arena_elems(scratch, T * C, dt, "transformer backward dk");
+    void* dv = arena_elems(scratch, T * C, dt, "transformer backward dv");
+    // feed-forward: x3 = x2 + ff_out(geglu(ff_in(norm3(x2))))
+    {
+        size_t mark_ff = arena_mark(scratch);
+        void* dg = arena_elems(scratch, T * 4 * C, dt, "transformer backward dgeglu");
+        void* df = arena_elems(scratch, T * 8 * C, dt, "transformer backward dff");
+        linear_backprop(&b->ff_out, dg, dx, t->g, (int)T, 0, scratch);
+        geglu_backward(df, dg, t->f, (int)T, 4 * C, dt);
+        linear_backprop(&b->ff_in, dn, df, t->n3, (int)T, 0, scratch);
+        arena_release(scratch, mark_ff);
+    }
+    layer_norm_backprop(&b->norm3, dx, dn, t->x2, t->mean3, t->rstd3, (int)T, 1);
+    // cross-attention: x2 = x1 + out2(attention(q2(norm2(x1)), k2(context), v2(context)))
+    {
+        size_t mark_ctx = arena_mark(scratch);
+        void* dkc = arena_elems(scratch, ctx_rows * C, dt, "transformer backward dk context");
+        void* dvc = arena_elems(scratch, ctx_rows * C, dt, "transformer backward dv context");
+        linear_backprop(&b->out2, da, dx, t->a2, (int)T, 0, scratch);
+        attention_backward(dq, dkc, dvc, da, t->q2, t->kc, t->vc, t->a2, N, heads, HW, Lctx, HS, 0, dt);
+        linear_backprop(&b->q2, dn, dq, t->n2, (int)T, 0, scratch);
+        linear_backprop(&b->k2, NULL, dkc, context, (int)ctx_rows, 0, scratch); // the text is frozen: adapters only
+        linear_backprop(&b->v2, NULL, dvc, context, (int)ctx_rows, 0, scratch);
+        arena_release(scratch, mark_ctx);
+    }
+    layer_norm_backprop(&b->norm2, dx, dn, t->x1, t->mean2, t->rstd2, (int)T, 1);
+    // self-attention: x1 = x0 + out1(attention(q1(n1), k1(n1), v1(n1))), n1 = norm1(x0)
+    linear_backprop(&b->out1, da, dx, t->a1, (int)T, 0, scratch);
+    attention_backward(dq, dk, dv, da, t->q1, t->k1, t->v1, t->a1, N, heads, HW, HW, HS, 0, dt);
+    linear_backprop(&b->q1, dn, dq, t->n1, (int)T, 0, scratch);
+    linear_backprop(&b->k1, dn, dk, t->n1, (int)T, 1, scratch);
+    linear_backprop(&b->v1, dn, dv, t->n1, (int)T, 1, scratch);
+    layer_norm_backprop(&b->norm1, dx, dn, t->x0, t->mean1, t->rstd1, (int)T, 1);
+    arena_release(scratch, mark);
+}
+
+// The backward of spatial_transformer_forward: dx (=) from dout and the input x.
+static void spatial_transformer_backward(const UnetSpatialTransformer* st, void* dx, const void* dout, const void* x,
+                                         const SpatialTransformerTape* t, const void* context, int Lctx, int N, int h,
+                                         int w, Arena* scratch) {
+    DType dt = st->proj_in.dtype;
+    int C = st->C, HW = h * w;
+    size_t T = (size_t)N * HW, mark = arena_mark(scratch);
+    void* dtokens = arena_elems(scratch, T * C, dt, "transformer backward dtokens");
+    void* dstream = arena_elems(scratch, T * C, dt, "transformer backward dstream");
+    transpose_forward(dtokens, dout, N, C, HW, dt);                      // out = tokens^T + x
+    linear_backprop(&st->proj_out, dstream, dtokens, t->stream, (int)T, 0, scratch);
+    for (int d = st->depth - 1; d >= 0; d--)
+        transformer_block_backward(&st->blocks[d], dstream, context, &t->blocks[d], Lctx, N, HW, C, st->heads, scratch);
+    linear_backprop(&st->proj_in, dtokens, dstream, t->tokens, (int)T, 0, scratch);
+    transpose_forward(dstream, dtokens, N, HW, C, dt);                   // back to (N, C, HW)
+    copy_device_to_device(dx, dout, T * C * dtype_size(dt));             // the residual
+    group_norm_backprop(&st->norm, dx, dstream, x, t->mean, t->rstd, N, HW, 0, 1);
+    arena_release(scratch, mark);
+}
+
+// A layer's backward: dinput (=) from dout. With checkpointing, its tape is made again first by
+// re-running its forward (the same ops on the same inputs: the same values).
+static void layer_backward(const UnetTape* tape, UnetLayerTape* l, void* dinput, const void* dout, Arena* act) {
+    DType dt = tape->dtype;
+    int N = tape->N;
+    size_t HW = (size_t)l->h * l->w, mark = arena_mark(act);
+    if (tape->checkpointing) {
+        void* discarded = arena_elems(act, (size_t)N * l->out_channels * HW, dt, "recomputed layer output");
+        layer_forward_taped(tape, l, discarded, act);
+    }
+    const void* dres = dout;
+    if (l->has_attention) {
+        void* d = arena_elems(act, (size_t)N * l->out_channels * HW, dt, "layer backward dresnet");
+        spatial_transformer_backward(l->transformer, d, dout, l->res_out, &l->attn, tape->context, tape->Lctx, N, l->h,
+                                     l->w, act);
+        dres = d;
+    }
+    resblock_backward(l->resnet, dinput, dres, l->input, &l->res, N, l->h, l->w, act);
+    arena_release(act, mark);
+}
+
+void unet_backward(const Unet* u, UnetTape* tape, const float* dout, Arena* act) {
+    const UnetConfig* c = &u->cfg;
+    DType dt = tape->dtype;
+    int N = tape->N, h = tape->h, w = tape->w, L = c->layers_per_block, last = c->levels - 1;
+    int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
+    level_sizes(c, h, w, hs, ws);
+    size_t mark0 = arena_mark(act);
+    // two gradient buffers, each as large as any layer's input or output (the up path's concat)
+    size_t most = (size_t)N * c->block_out[0] * h * w;
+    for (int i = 0; i < tape->layer_count; i++) {
+        const UnetLayerTape* l = &tape->layers[i];
+        size_t n = (size_t)N * (l->in > l->out_channels ? l->in : l->out_channels) * l->h * l->w;
+        most = n > most ? n : most;
+    }
+    void* grad = arena_elems(act, most, dt, "unet backward gradient A");
+    void* grad_next = arena_elems(act, most, dt, "unet backward gradient B");
+    // the skip connections' gradients, made by the up path, read by the down path
+    void* dskip[UNET_MAX_SKIPS] = {0};
+    int skip_C[UNET_MAX_SKIPS], skip_h[UNET_MAX_SKIPS], skip_w[UNET_MAX_SKIPS], skips = 0;
+    skip_C[skips] = c->block_out[0], skip_h[skips] = h, skip_w[skips++] = w;
+    for (int i = 0; i < c->levels; i++) {
+        for (int j = 0; j < L; j++) skip_C[skips] = c->block_out[i], skip_h[skips] = hs[i], skip_w[skips++] = ws[i];
+        if (i != last) skip_C[skips] = c->block_out[i], skip_h[skips] = hs[i + 1], skip_w[skips++] = ws[i + 1];
+    }
+    for (int k = 0; k < skips; k++)
+        dskip[k] = arena_elems(act, (size_t)N * skip_C[k] * skip_h[k] * skip_w[k], dt, "unet backward skip gradient");
+
+    // out: conv_out(silu(conv_norm_out(h)))
+    int C0 = c->block_out[0];
+    {
+        size_t mark = arena_mark(act), n_out = (size_t)N * c->out_channels * h * w;
+        void* dout_dt = (void*)dout;
+        if (dt != DT_F32) {
+            dout_dt = arena_elems(act, n_out, dt, "unet backward dnoise");
+            cast_forward(dout_dt, dt, dout, DT_F32, n_out);
+        }
+        void* dn = arena_elems(act, (size_t)N * C0 * h * w, dt, "unet backward dnorm out");
+        conv2d_backprop(&u->conv_out, dn, dout_dt, N, h, w, 0, act);
+        group_norm_backprop(&u->norm_out, grad, dn, tape->out_input, tape->out_mean, tape->out_rstd, N, h * w, 1, 0);
+        arena_release(act, mark);
+    }
+    // up path, backwards: the upsampler, then each layer, splitting its input's gradient between
+    // h and the skip it concatenated
+    int index = tape->layer_count;
+    for (int i = last; i >= 0; i--) {
+        const UnetBlock* b = &u->up[i];
+        int r = last - i, C = c->block_out[r], H = hs[r], W = ws[r];
+        if (b->has_sampler) {
+            int H2 = hs[r - 1], W2 = ws[r - 1];
+            size_t mark = arena_mark(act);
+            void* dup = arena_elems(act, (size_t)N * C * H2 * W2, dt, "unet backward dupsample");
+            conv2d_backprop(&b->sampler, dup, grad, N, H2, W2, 0, act);
+            upsample_nearest_backward(grad, dup, N, C, H, W, H2, W2, dt);
+            arena_release(act, mark);
+        }
+        for (int j = L; j >= 0; j--) {
+            UnetLayerTape* l = &tape->layers[--index];
+            if (!l->taped) goto done;                                 // no adapter below here
+            layer_backward(tape, l, grad_next, grad, act);           // d[h, skip] (N, Ccur + Cs, H, W)
+            int skip = skips - 1 - (i * (L + 1) + j);                 // popped in reverse push order
+            int Cs = skip_C[skip], Ccur = l->in - Cs;
+            split_forward(grad, dskip[skip], grad_next, N, Ccur * H * W, Cs * H * W, dt);
+        }
+    }
+    // mid block
+    for (int k = 0; k < 2; k++) {
+        UnetLayerTape* l = &tape->layers[--index];
+        if (!l->taped) goto done;
+        layer_backward(tape, l, grad_next, grad, act);
+        void* swap = grad;
+        grad = grad_next;
+        grad_next = swap;
+    }
+    // down path, backwards, down to the first layer with an adapter: each output's gradient is
+    // what the path above sent plus its skip's
+    int skip = skips - 1;
+    for (int i = last; i >= 0 && index > tape->first_taped; i--) { // (layers[index - 1] is taped)
+        const UnetBlock* b = &u->down[i];
+        int C = c->block_out[i];
+        if (b->has_sampler) {
+            add_forward(grad, grad, dskip[skip], (size_t)N * C * hs[i + 1] * ws[i + 1], dt);
+            skip--;
+            conv2d_backprop(&b->sampler, grad_next, grad, N, hs[i], ws[i], 0, act);
+            void* swap = grad;
+            grad = grad_next;
+            grad_next = swap;
+        }
+        for (int j = L - 1; j >= 0 && index > tape->first_taped; j--) {
+            UnetLayerTape* l = &tape->layers[--index];
+            add_forward(grad, grad, dskip[skip], (size_t)N * C * hs[i] * ws[i], dt);
+            skip--;
+            layer_backward(tape, l, grad_next, grad, act);
+            void* swap = grad;
+            grad = grad_next;
+            grad_next = swap;
+        }
+    }
+done:
+    for (int i = 0; i < tape->layer_count; i++) free(tape->layers[i].attn.blocks);
+    free(tape->layers);
+    tape->layers = NULL;
+    arena_release(act, mark0);
+}
+
+// The bytes of one layer: what stays in act (output, resnet output, up-path input and, without
+// checkpointing and past the first adapter, the tape) and the most it allocates on top while
+// running (its forward's temporaries, or in the backward the re-made tape, the gradients and the
+// backward's temporaries). Each allocation is counted with its alignment padding.
+typedef struct { size_t kept, transient; } LayerBytes;
+
+static LayerBytes layer_bytes(const UnetResBlock* rb, const UnetSpatialTransformer* st, int up, int taped, int checkpointing,
+                              int N, int h, int w, int Lctx, DType dt) {
+    size_t es = dtype_size(dt), pad = ARENA_ALIGN, HW = (size_t)h * w, T = (size_t)N * HW, ctx_rows = (size_t)N * Lctx;
+    size_t in = (size_t)N * rb->in * HW * es + pad, out = (size_t)N * rb->out * HW * es + pad;
+    size_t conv = conv2d_scratch_elems(rb->in > rb->out ? rb->in : rb->out, h, w, 3, 1, 1) * es + pad;
+    size_t groups = (size_t)N * rb->norm1.groups * 4 + pad;
+    size_t tape = 4 * groups + out, fwd = in + 3 * out + (size_t)N * rb->out * es + pad + conv;
+    size_t bwd = 2 * out + in + conv + 2 * out; // dc, db, da; the layer's dresnet and the recomputed output
+    LayerBytes b = {out + (up ? in : 0), 0};
+    if (st) {
+        size_t C = (size_t)st->C, tc = T * C * es + pad, ctx = ctx_rows * C * es + pad, stats = T * 4 + pad;
+        size_t block = 12 * tc + 2 * ctx + (8 * T * C + 4 * T * C) * es + 2 * pad + 6 * stats;
+        size_t lora = 4 * (T * 64 * es + pad) + 4 * (C * 8 * 64 * 4 + pad); // rank <= 64: t, u, products
+        b.kept += out;                                                        // the resnet's output
+        tape += 2 * groups + 2 * tc + (size_t)st->depth * block;
+        fwd += 4 * tc + 5 * tc + 2 * ctx + 12 * T * C * es + 2 * pad + lora;
+        bwd += 2 * tc + 5 * tc + 2 * ctx + 12 * T * C * es + 2 * pad + lora;
+    }
+    if (taped && !checkpointing) b.kept += tape;
+    size_t with_tape = taped && checkpointing ? tape : 0;
+    b.transient = with_tape + (fwd > bwd ? fwd : bwd);
+    return b;
+}
+
+// The running totals of unet_train_activation_bytes' walk over the layers.
+typedef struct {
+    size_t kept, transient, widest; // widest: the most elements any layer's input or output holds
+    int index, first, checkpointing, N, Lctx;
+    DType dt;
+} TrainBytes;
+
+static void count_layer(TrainBytes* t, const UnetResBlock* rb, const UnetSpatialTransformer* st, int up, int h, int w) {
+    LayerBytes b = layer_bytes(rb, st, up, t->index >= t->first, t->checkpointing, t->N, h, w, t->Lctx, t->dt);
+    t->kept += b.kept;
+    t->transient = b.transient > t->transient ? b.transient : t->transient;
+    size_t wide = (size_t)t->N * (rb->in > rb->out ? rb->in : rb->out) * h * w;
+    t->widest = wide > t->widest ? wide : t->widest;
+    t->index++;
+}
+
+size_t unet_train_activation_bytes(const Unet* u, int N, int h, int w, int Lctx, int checkpointing) {
+    const UnetConfig* c = &u->cfg;
+    DType dt = u->w.dtype;
+    size_t es = dtype_size(dt), pad = ARENA_ALIGN;
+    int L = c->layers_per_block, last = c->levels - 1, first = unet_first_adapter_layer(u);
+    int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
+    level_sizes(c, h, w, hs, ws);
+    size_t HW0 = (size_t)h * w, TE = (size_t)c->time_embed_dim;
+    // inputs in dt, the embeddings, conv_in, the output block's statistics and temporaries
+    size_t kept = (size_t)N * (c->in_channels * HW0 + (size_t)Lctx * c->cross_attention_dim +
+                               c->projection_class_embeddings_input_dim) * es + 3 * pad;
+    kept += (size_t)N * (2 + c->block_out[0] + 4 * TE + 12 + 6 * c->addition_time_embed_dim +
+                         c->projection_class_embeddings_input_dim) * 4 + 16 * pad;
+    kept += (size_t)N * c->block_out[0] * HW0 * es + pad + 2 * ((size_t)N * c->groups * 4 + pad);
+    size_t transient = (size_t)N * c->block_out[0] * HW0 * es + 2 * (size_t)N * c->out_channels * HW0 * 4 +
+                       conv2d_scratch_elems(c->block_out[0], h, w, 3, 1, 1) * es + 4 * pad;
+    size_t skips = (size_t)N * c->block_out[0] * HW0 * es + pad, most = (size_t)N * c->block_out[0] * HW0;
+    TrainBytes t = {.kept = kept, .transient = transient, .widest = most, .first = first, .checkpointing = checkpointing,
+                    .N = N, .Lctx = Lctx, .dt = dt};
+    for (int i = 0; i < c->levels; i++) {
+        for (int j = 0; j < L; j++) {
+            count_layer(&t, &u->down[i].resnets[j], c->has_attention[i] ? &u->down[i].attentions[j] : NULL, 0, hs[i], ws[i]);
+            skips += (size_t)N * c->block_out[i] * hs[i] * ws[i] * es + pad;
+        }
+        if (i != last) {
+            size_t n = (size_t)N * c->block_out[i] * hs[i + 1] * ws[i + 1] * es + pad;
+            t.kept += n;
+            skips += n;
+        }
+    }
+    count_layer(&t, &u->mid_res0, &u->mid_attn, 0, hs[last], ws[last]);
+    count_layer(&t, &u->mid_res1, NULL, 0, hs[last], ws[last]);
+    for (int i = 0; i < c->levels; i++) {
+        int r = last - i;
+        for (int j = 0; j <= L; j++)
+            count_layer(&t, &u->up[i].resnets[j], c->has_attention[r] ? &u->up[i].attentions[j] : NULL, 1, hs[r], ws[r]);
+        if (i != last) { // the upsampler's output, and while it runs, the upsampled input and the conv's im2col
+            size_t n = (size_t)N * c->block_out[r] * hs[r - 1] * ws[r - 1] * es + pad;
+            t.kept += n;
+            size_t up = 2 * n + conv2d_scratch_elems(c->block_out[r], hs[r - 1], ws[r - 1], 3, 1, 1) * es + pad;
+            t.transient = up > t.transient ? up : t.transient;
+        }
+    }
+    // the backward's two gradient buffers and the skips' gradients stay while the layers run
+    size_t backward = 2 * (t.widest * es + pad) + skips;
+    return t.kept + backward + t.transient + 64 * pad;
 }

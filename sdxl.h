@@ -113,3 +113,77 @@ size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx,
 // convolutions and attention products), for the benchmark's TFLOP/s. SDXL base: 6.761e12 at
 // 1024 x 1024, batch 1 (../shared/notes/performance.md).
 double unet_flops(const UnetConfig* c, int N, int h, int w, int Lctx);
+
+// ----------------------------------------------------------------------------
+// Training (the LoRA trainer, train.c)
+//
+// The base weights are frozen; the gradient flows through every activation to the LoRA adapters
+// attached to the UNet's Linear layers (Linear.lora). unet_forward_train runs the forward of
+// unet_forward and keeps, in a UnetTape, what unet_backward needs: each block's input and what
+// its backward reads (the norms' statistics, the attention inputs and outputs, the GEGLU input).
+// With checkpointing it keeps only each block's input and output, and the backward re-runs a
+// block's forward before its backward (diffusers' enable_gradient_checkpointing, per block).
+// Blocks before the first one holding an adapter get no tape and no backward.
+
+// The Linear layers a LoRA trainer adapts, in forward order. UNET_LORA_ATTENTION: to_q, to_k,
+// to_v and to_out.0 of both attentions of every transformer block, as diffusers'
+// train_text_to_image_lora_sdxl.py (560 in SDXL). UNET_LORA_TRANSFORMER: every Linear inside the
+// Transformer2DModels, as kohya's sd-scripts (those, proj_in, proj_out, ff.net.0.proj and
+// ff.net.2: 722). Fills at most cap pointers (layers may be NULL) and returns how many there are.
+typedef enum { UNET_LORA_ATTENTION, UNET_LORA_TRANSFORMER } UnetLoraTargets;
+int unet_lora_linears(Unet* u, UnetLoraTargets targets, Linear** layers, int cap);
+
+typedef struct {
+    float *mean1, *rstd1, *mean2, *rstd2; // the two group norms' statistics (N, G)
+    void* b;                              // conv1(...) + time embedding: norm2's input (N, out, h, w)
+} ResblockTape;
+
+typedef struct {
+    void *x0, *x1, *x2;                   // the stream before each of the three residual steps (N, HW, C)
+    void *n1, *q1, *k1, *v1, *a1;         // self-attention: norm1's output, q, k, v, attention output
+    void *n2, *q2, *kc, *vc, *a2;         // cross-attention (kc, vc: (N, Lctx, C))
+    void *n3, *f, *g;                     // feed-forward: norm3's output, ff_in's (8C), GEGLU's (4C)
+    float *mean1, *rstd1, *mean2, *rstd2, *mean3, *rstd3; // the layer norms' statistics (N * HW)
+} TransformerBlockTape;
+
+typedef struct {
+    float *mean, *rstd;                   // the group norm's statistics
+    void *tokens, *stream;                // proj_in's input, proj_out's input (N, HW, C)
+    TransformerBlockTape* blocks;         // one per transformer block
+} SpatialTransformerTape;
+
+// One resnet with the transformer that follows it at attention levels: a "layer" of a block.
+typedef struct {
+    int taped;                  // has a backward (at or after the first adapter)
+    void* input;                // the resnet's input (up blocks: the concatenation with the skip)
+    ResblockTape res;
+    void* res_out;              // the resnet's output: the transformer's input, or the layer's output
+    SpatialTransformerTape attn;
+    void* out;                  // the layer's output
+    int in, out_channels, h, w, has_attention;
+    const UnetResBlock* resnet;
+    const UnetSpatialTransformer* transformer;
+} UnetLayerTape;
+
+typedef struct {
+    int N, h, w, Lctx, checkpointing;
+    DType dtype;
+    const void* context;        // (N, Lctx, cross_attention_dim) of dtype
+    const void* emb_act;        // silu(time embedding) (N, TE)
+    UnetLayerTape* layers;      // every layer in forward order: down blocks, mid, up blocks
+    int layer_count;
+    int first_taped;            // the first layer with an adapter
+    void* out_input;            // conv_norm_out's input (N, C0, h, w)
+    float *out_mean, *out_rstd;
+} UnetTape;
+
+// unet_forward for training: the same arguments and result (out: the predicted noise, f32),
+// with what unet_backward needs left in tape and act. Call unet_backward before releasing act.
+void unet_forward_train(const Unet* u, UnetTape* tape, float* out, const float* sample, const float* t,
+                        const float* context, int Lctx, const float* text_embeds, const float* time_ids, int N, int h,
+                        int w, int checkpointing, Arena* act);
+// dout: the gradient of the loss with respect to out (N, 4, h, w), f32 on the backend. Adds the
+// adapters' gradients into their grad_A, grad_B; frees the tape's host arrays.
+void unet_backward(const Unet* u, UnetTape* tape, const float* dout, Arena* act);
+// The arena bytes one unet_forward_train + unet_backward uses at most, rounded up generously.
+size_t unet_train_activation_bytes(const Unet* u, int N, int h, int w, int Lctx, int checkpointing);
