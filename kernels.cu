@@ -1547,3 +1547,712 @@ void cast_forward_cuda(void* out, DType out_type, const void* inp, DType inp_typ
 }
 
 } // extern "C"
+
+// ----------------------------------------------------------------------------
+// Backward passes (ops.h, section "Backward passes")
+//
+// Correct first, fast later: every GEMM-shaped step goes to cuBLAS (f32 compute; f32 outputs
+// where a sum runs over several calls, so 16-bit storage is rounded once per output as the
+// contract asks), every reduction and elementwise step is one plain kernel. Deterministic: each
+// reduction has a fixed shape (a block sum of fixed size, or one thread walking its values in
+// order) and no float atomics are used, so a gradient has the same bits on every run.
+// ---- CUDA kernels
+
+constexpr int COLUMN_TILE = 32; // columns per block of a column sum: a warp reads 32 neighbours of a row
+constexpr int COLUMN_ROWS = 8;  // thread (x, y) of the 32 x 8 block sums rows y, y + 8, y + 16, ...
+constexpr int BACKWARD_BLOCK = 256; // threads per block of the per-channel and per-row sums
+
+// The total over threadIdx.y of v (column threadIdx.x of a 32 x 8 block), added in order of y;
+// valid in the threads with threadIdx.y == 0. Every thread of the block must call it. Safe to
+// call more than once per kernel.
+__device__ static float column_tile_total(float v) {
+    __shared__ float partial[COLUMN_ROWS][COLUMN_TILE];
+    __syncthreads(); // a previous call may still be reading partial
+    partial[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    float total = 0.0f;
+    if (threadIdx.y == 0)
+        for (int r = 0; r < COLUMN_ROWS; r++) total += partial[r][threadIdx.x];
+    return total;
+}
+
+// out[c] += sum over the rows of x (rows, cols): linear's dbias. Block b takes columns
+// 32b .. 32b+31; the += is one rounding of out + the f32 total.
+template <typename T> __global__ static void column_sums_add_kernel(T* out, const T* x, int rows, int cols) {
+    int c = blockIdx.x * COLUMN_TILE + threadIdx.x;
+    float sum = 0.0f;
+    if (c < cols)
+        for (int r = threadIdx.y; r < rows; r += COLUMN_ROWS) sum += to_f32(x[(size_t)r * cols + c]);
+    float total = column_tile_total(sum);
+    if (threadIdx.y == 0 && c < cols) out[c] = from_f32<T>(to_f32(out[c]) + total);
+}
+
+// out[o] += sum of x (N, C, P) over n and p: conv2d's dbias. One block per channel.
+template <typename T> __global__ static void channel_sums_add_kernel(T* out, const T* x, int N, int C, int P) {
+    int o = blockIdx.x;
+    float sum = 0.0f;
+    for (int n = 0; n < N; n++) {
+        const T* x_no = x + ((size_t)n * C + o) * P;
+        for (int p = threadIdx.x; p < P; p += blockDim.x) sum += to_f32(x_no[p]);
+    }
+    float total = block_sum(sum);
+    if (threadIdx.x == 0) out[o] = from_f32<T>(to_f32(out[o]) + total);
+}
+
+// col2im for output pixels [p0, p0 + cols) of one image, as a gather: one thread per input value
+// (c, y, x) adds up the entries of dcol (C_in*K*K, cols) that im2col took from it, tap by tap,
+// and adds that to acc_n (f32). Each input value has one owner, so no atomics are needed.
+__global__ static void col2im_add_kernel(float* acc_n, const float* dcol, int C_in, int H, int W, int K, int stride,
+                                         int pad, int H_out, int W_out, int p0, int cols) {
+    size_t total = (size_t)C_in * H * W;
+    for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
+        int x = (int)(idx % W), y = (int)((idx / W) % H), c = (int)(idx / ((size_t)H * W));
+        float sum = 0.0f;
+        for (int ky = 0; ky < K; ky++) {
+            int ty = y + pad - ky; // = oy * stride for the output row that read (y, x) through tap ky
+            if (ty < 0 || ty % stride != 0 || ty / stride >= H_out) continue;
+            for (int kx = 0; kx < K; kx++) {
+                int tx = x + pad - kx;
+                if (tx < 0 || tx % stride != 0 || tx / stride >= W_out) continue;
+                int p = (ty / stride) * W_out + tx / stride;
+                if (p < p0 || p >= p0 + cols) continue;
+                sum += dcol[((size_t)(c * K + ky) * K + kx) * cols + (p - p0)];
+            }
+        }
+        acc_n[idx] += sum;
+    }
+}
+
+// The gradient reaching a norm's affine output y = xhat * w + b: dout, or with the fused SiLU
+// dout * silu'(y), as norm_silu_grad in ops.c.
+__device__ __forceinline__ static float norm_silu_grad(float dout, float xhat, float w, float b, int silu) {
+    if (!silu) return dout;
+    float y = xhat * w + b;
+    float s = 1.0f / (1.0f + expf(-y));
+    return dout * s * (1.0f + y * (1.0f - s));
+}
+
+// One block per (n, c): the sums over HW of dy and dy * xhat.
+template <typename T>
+__global__ static void group_norm_backward_sums_kernel(float* sum_dy, float* sum_dy_xhat, const T* dout, const T* inp,
+                                                       const float* mean, const float* rstd, const T* weight,
+                                                       const T* bias, int C, int HW, int G, int silu) {
+    size_t nc = blockIdx.x;
+    int c = (int)(nc % C);
+    size_t ng = nc / C * G + c / (C / G);
+    float m = mean[ng], r = rstd[ng];
+    float w = weight ? to_f32(weight[c]) : 1.0f, b = bias ? to_f32(bias[c]) : 0.0f;
+    const T* x = inp + nc * HW;
+    const T* dy = dout + nc * HW;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+        float xhat = (to_f32(x[p]) - m) * r;
+        float d = norm_silu_grad(to_f32(dy[p]), xhat, w, b, silu);
+        s1 += d;
+        s2 += d * xhat;
+    }
+    s1 = block_sum(s1);
+    s2 = block_sum(s2);
+    if (threadIdx.x == 0) {
+        sum_dy[nc] = s1;
+        sum_dy_xhat[nc] = s2;
+    }
+}
+
+// One thread per channel: dbias[c] += sum_n sum_dy[n, c], dweight[c] += sum_n sum_dy_xhat[n, c],
+// n in order. Also layer norm's reduction of its per-row-block partial sums.
+template <typename T>
+__global__ static void channel_partials_add_kernel(T* dweight, T* dbias, const float* sum_dy, const float* sum_dy_xhat,
+                                                   int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int n = 0; n < N; n++) {
+        s1 += sum_dy[(size_t)n * C + c];
+        s2 += sum_dy_xhat[(size_t)n * C + c];
+    }
+    if (dbias) dbias[c] = from_f32<T>(to_f32(dbias[c]) + s1);
+    if (dweight) dweight[c] = from_f32<T>(to_f32(dweight[c]) + s2);
+}
+
+// One thread per group (n, g): mean(gx) and mean(gx * xhat) over the group, gx = dy * w.
+template <typename T>
+__global__ static void group_norm_backward_coeffs_kernel(float* coef, const float* sum_dy, const float* sum_dy_xhat,
+                                                         const T* weight, int N, int C, int HW, int G) {
+    int ng = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ng >= N * G) return;
+    int n = ng / G, g = ng % G, CG = C / G;
+    float a = 0.0f, b = 0.0f;
+    for (int cg = 0; cg < CG; cg++) {
+        int c = g * CG + cg;
+        float w = weight ? to_f32(weight[c]) : 1.0f;
+        a += w * sum_dy[(size_t)n * C + c];
+        b += w * sum_dy_xhat[(size_t)n * C + c];
+    }
+    float M = (float)CG * (float)HW;
+    coef[2 * ng] = a / M;
+    coef[2 * ng + 1] = b / M;
+}
+
+// dinp = rstd * (gx - mean(gx) - xhat * mean(gx * xhat)), elementwise, = or +=.
+template <typename T>
+__global__ static void group_norm_backward_apply_kernel(T* dinp, const T* dout, const T* inp, const float* mean,
+                                                        const float* rstd, const float* coef, const T* weight,
+                                                        const T* bias, size_t total, int C, int HW, int G, int silu,
+                                                        int accumulate) {
+    int CG = C / G;
+    for (size_t i = grid_start(); i < total; i += grid_stride()) {
+        size_t nc = i / HW;
+        int c = (int)(nc % C);
+        size_t ng = nc / C * G + c / CG;
+        float r = rstd[ng];
+        float w = weight ? to_f32(weight[c]) : 1.0f, b = bias ? to_f32(bias[c]) : 0.0f;
+        float xhat = (to_f32(inp[i]) - mean[ng]) * r;
+        float gx = norm_silu_grad(to_f32(dout[i]), xhat, w, b, silu) * w;
+        float d = r * (gx - coef[2 * ng] - xhat * coef[2 * ng + 1]);
+        dinp[i] = from_f32<T>(accumulate ? to_f32(dinp[i]) + d : d);
+    }
+}
+
+// One block per row of C values: the two sums, then dinp, = or +=.
+template <typename T>
+__global__ static void layer_norm_backward_kernel(T* dinp, const T* dout, const T* inp, const float* mean,
+                                                  const float* rstd, const T* weight, int C, int accumulate) {
+    int row = blockIdx.x;
+    const T* x = inp + (size_t)row * C;
+    const T* dy = dout + (size_t)row * C;
+    T* dx = dinp + (size_t)row * C;
+    float m = mean[row], r = rstd[row];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = (to_f32(x[c]) - m) * r;
+        float gx = to_f32(dy[c]) * (weight ? to_f32(weight[c]) : 1.0f);
+        s1 += gx;
+        s2 += gx * xhat;
+    }
+    float mean_g = block_sum(s1) / (float)C, mean_g_xhat = block_sum(s2) / (float)C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = (to_f32(x[c]) - m) * r;
+        float gx = to_f32(dy[c]) * (weight ? to_f32(weight[c]) : 1.0f);
+        float d = r * (gx - mean_g - xhat * mean_g_xhat);
+        dx[c] = from_f32<T>(accumulate ? to_f32(dx[c]) + d : d);
+    }
+}
+
+// Layer norm's parameter gradients, first stage: block (bx, by) of 32 x 8 threads sums dy and
+// dy * xhat over rows by*LN_ROWS_PER_BLOCK .. +LN_ROWS_PER_BLOCK of columns 32bx .. 32bx+31, into
+// partial[by, c]; channel_partials_add_kernel then adds the row blocks in order. Two stages
+// instead of one block walking all N rows, so thousands of tokens spread over the GPU.
+constexpr int LN_ROWS_PER_BLOCK = 256;
+template <typename T>
+__global__ static void layer_norm_params_partial_kernel(float* partial_dy, float* partial_dy_xhat, const T* dout,
+                                                        const T* inp, const float* mean, const float* rstd, int N,
+                                                        int C) {
+    int c = blockIdx.x * COLUMN_TILE + threadIdx.x;
+    int r0 = blockIdx.y * LN_ROWS_PER_BLOCK;
+    int r1 = r0 + LN_ROWS_PER_BLOCK < N ? r0 + LN_ROWS_PER_BLOCK : N;
+    float s1 = 0.0f, s2 = 0.0f;
+    if (c < C)
+        for (int r = r0 + threadIdx.y; r < r1; r += COLUMN_ROWS) {
+            float d = to_f32(dout[(size_t)r * C + c]);
+            float xhat = (to_f32(inp[(size_t)r * C + c]) - mean[r]) * rstd[r];
+            s1 += d;
+            s2 += d * xhat;
+        }
+    float t1 = column_tile_total(s1);
+    float t2 = column_tile_total(s2);
+    if (threadIdx.y == 0 && c < C) {
+        partial_dy[(size_t)blockIdx.y * C + c] = t1;
+        partial_dy_xhat[(size_t)blockIdx.y * C + c] = t2;
+    }
+}
+
+// Attention: one block per row of a query block's scores (f32, already scaled): the softmax over
+// the keys the query sees, in place, zeros past them (causal). As softmax_forward_kernel.
+__global__ static void attention_probs_kernel(float* scores, int keys, int i0, int causal) {
+    int row = blockIdx.x;
+    float* s = scores + (size_t)row * keys;
+    int visible = causal ? (i0 + row + 1 < keys ? i0 + row + 1 : keys) : keys;
+    float maxval = -INFINITY;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) maxval = fmaxf(maxval, s[j]);
+    maxval = block_max(maxval);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(s[j] - maxval);
+    float inv = 1.0f / block_sum(sum);
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) s[j] = j < visible ? expf(s[j] - maxval) * inv : 0.0f;
+}
+
+// D_r = dO_r . O_r for the rows of a query block (row stride ld): one warp per row.
+template <typename T>
+__global__ static void attention_row_dot_kernel(float* d, const T* dout_blk, const T* out_blk, int rows, int HS,
+                                                size_t ld) {
+    int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (row >= rows) return; // the whole warp leaves together
+    int lane = threadIdx.x % WARP_SIZE;
+    float sum = 0.0f;
+    for (int e = lane; e < HS; e += WARP_SIZE) sum += to_f32(dout_blk[row * ld + e]) * to_f32(out_blk[row * ld + e]);
+    sum = warp_sum(sum);
+    if (lane == 0) d[row] = sum;
+}
+
+// dS = P * (dP - D_row), in place of dP (rows of `keys` values).
+__global__ static void attention_dscores_kernel(float* dp, const float* p, const float* d, int keys, size_t total) {
+    for (size_t i = grid_start(); i < total; i += grid_stride()) dp[i] = p[i] * (dp[i] - d[i / keys]);
+}
+
+// A head's f32 gradient (L, HS), contiguous, into its strided slice of (L, NH*HS) storage.
+template <typename T> __global__ static void store_head_kernel(T* dst_h, const float* acc, int HS, size_t ld, size_t total) {
+    for (size_t i = grid_start(); i < total; i += grid_stride()) dst_h[(i / HS) * ld + i % HS] = from_f32<T>(acc[i]);
+}
+
+// dinp = dout * silu'(x), term for term as silu_backward_f32
+template <typename T> __global__ static void silu_backward_kernel(T* dinp, const T* dout, const T* inp, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) {
+        float x = to_f32(inp[i]);
+        float s = 1.0f / (1.0f + expf(-x));
+        dinp[i] = from_f32<T>(to_f32(dout[i]) * s * (1.0f + x * (1.0f - s)));
+    }
+}
+
+// gelu'(x) = Phi(x) + x phi(x), as gelu_grad in ops.c
+__device__ __forceinline__ static float gelu_grad(float x) {
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752440f));
+    float pdf = 0.39894228040143267794f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+template <typename T> __global__ static void gelu_backward_kernel(T* dinp, const T* dout, const T* inp, size_t n) {
+    for (size_t i = grid_start(); i < n; i += grid_stride()) dinp[i] = from_f32<T>(to_f32(dout[i]) * gelu_grad(to_f32(inp[i])));
+}
+
+// One thread per (row, c) of dout (N, C): the value's and the gate's gradients.
+template <typename T> __global__ static void geglu_backward_kernel(T* dinp, const T* dout, const T* inp, int C, size_t total) {
+    for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
+        size_t row = idx / C, c = idx % C;
+        float value = to_f32(inp[row * 2 * C + c]), gate = to_f32(inp[row * 2 * C + C + c]);
+        float dy = to_f32(dout[idx]);
+        dinp[row * 2 * C + c] = from_f32<T>(dy * activation<ACT_GELU>(gate));
+        dinp[row * 2 * C + C + c] = from_f32<T>(dy * value * gelu_grad(gate));
+    }
+}
+
+// The destinations [lo, hi) that copy source s under the nearest index rule: the rule is
+// nondecreasing in the destination, so they form one run. Starts near s * out / in and walks to
+// the run's ends with the rule itself, so it agrees with the forward whatever its rounding does.
+__device__ static void nearest_destination_range(int s, int in, int out, int* lo, int* hi) {
+    int d = (int)((long long)s * out / in);
+    d = d < out - 1 ? d : out - 1;
+    while (d > 0 && nearest_source_index(d - 1, in, out) >= s) d--;
+    while (d < out && nearest_source_index(d, in, out) < s) d++;
+    *lo = d;
+    while (d < out && nearest_source_index(d, in, out) == s) d++;
+    *hi = d;
+}
+
+// One thread per input cell: the sum of dout over the output cells that copied it, in row-major
+// order of the output, as the CPU's scatter adds them (so both agree bit for bit).
+template <typename T>
+__global__ static void upsample_nearest_backward_kernel(T* dinp, const T* dout, size_t total, int H, int W, int H_out,
+                                                        int W_out) {
+    for (size_t idx = grid_start(); idx < total; idx += grid_stride()) {
+        int x = (int)(idx % W), y = (int)((idx / W) % H);
+        size_t nc = idx / ((size_t)W * H);
+        int y0, y1, x0, x1;
+        nearest_destination_range(y, H, H_out, &y0, &y1);
+        nearest_destination_range(x, W, W_out, &x0, &x1);
+        const T* dout_nc = dout + nc * H_out * W_out;
+        float sum = 0.0f;
+        for (int oy = y0; oy < y1; oy++)
+            for (int ox = x0; ox < x1; ox++) sum += to_f32(dout_nc[(size_t)oy * W_out + ox]);
+        dinp[idx] = from_f32<T>(sum);
+    }
+}
+
+// ---- launchers
+
+// Carves consecutive 256-byte-aligned f32 regions out of one workspace request.
+static size_t align_floats(size_t n) { return (n + 63) / 64 * 64; }
+
+extern "C" {
+
+void linear_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                          const void* weight, int N, int C_in, int C_out, int accumulate, DType dt) {
+    if (N <= 0 || C_in <= 0 || C_out <= 0) return;
+    if (dinp) {
+        // dinp (N, C_in) = dout (N, C_out) @ weight (C_out, C_in), all row-major. Column-major,
+        // cuBLAS sees dinp as dinp^T (C_in, N) ld C_in, and dinp^T = weight^T @ dout^T: weight
+        // stored (C_out, C_in) is column-major weight^T (C_in, C_out) ld C_in, so A = weight with
+        // OP_N; dout stored (N, C_out) is column-major dout^T (C_out, N) ld C_out, so B = dout with
+        // OP_N; m = C_in, n = N, k = C_out. accumulate: beta = 1 adds into what dinp holds.
+        gemm_ex(CUBLAS_OP_N, CUBLAS_OP_N, C_in, N, C_out, 1.0f, weight, C_in, dout, C_out, accumulate ? 1.0f : 0.0f,
+                dinp, C_in, dt, "linear_backward");
+    }
+    if (dweight) {
+        // dweight (C_out, C_in) += dout^T @ inp. Column-major: dweight^T (C_in, C_out) ld C_in
+        // = inp^T @ dout, where inp stored (N, C_in) is column-major inp^T (C_in, N) ld C_in: A =
+        // inp, OP_N; dout stored (N, C_out) is column-major dout^T (C_out, N) ld C_out, and B must
+        // be dout (N, C_out): OP_T. m = C_in, n = C_out, k = N; beta = 1 for +=.
+        gemm_ex(CUBLAS_OP_N, CUBLAS_OP_T, C_in, C_out, N, 1.0f, inp, C_in, dout, C_out, 1.0f, dweight, C_in, dt,
+                "linear_backward");
+    }
+    if (dbias) {
+        with_storage_type(dt, "linear_backward", [&](auto zero) {
+            using T = decltype(zero);
+            column_sums_add_kernel<<<(C_out + COLUMN_TILE - 1) / COLUMN_TILE, dim3(COLUMN_TILE, COLUMN_ROWS)>>>(
+                (T*)dbias, (const T*)dout, N, C_out);
+        });
+        CHECK_LAUNCH();
+    }
+}
+
+void conv2d_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                          const void* weight, void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride,
+                          int pad, int accumulate, DType dt) {
+    int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
+    if (N <= 0 || C_in <= 0 || C_out <= 0 || H_out <= 0 || W_out <= 0) return;
+    int P = H_out * W_out; // output pixels per image
+    int CKK = C_in * K * K;
+    int pointwise = K == 1 && stride == 1 && pad == 0; // as conv_is_pointwise in ops.c
+    int low = dt != DT_F32; // 16-bit storage: the sums over several GEMMs are kept in f32
+    if (!pointwise && !scratch && (dinp || dweight))
+        fatal("conv2d_backward: scratch is NULL, but a %dx%d conv needs conv2d_scratch_elems() elements", K, K);
+    size_t es = dtype_size(dt);
+    cudaDataType_t t = cublas_type(dt, "conv2d_backward");
+    const float one = 1.0f, zero_f = 0.0f;
+
+    if (dbias) {
+        with_storage_type(dt, "conv2d_backward", [&](auto zero) {
+            using T = decltype(zero);
+            channel_sums_add_kernel<<<C_out, BACKWARD_BLOCK>>>((T*)dbias, (const T*)dout, N, C_out, P);
+        });
+        CHECK_LAUNCH();
+    }
+    if (!dinp && !dweight) return;
+
+    // f32 workspace: dweight's running sum (16-bit storage), dcol of a chunk and the image's dinp
+    // (general convs; dcol lives in scratch for f32 storage, which holds f32 then)
+    int chunk = P < CONV_CHUNK ? P : CONV_CHUNK;
+    size_t n_dw = dweight && low ? align_floats((size_t)C_out * CKK) : 0;
+    size_t n_dcol = dinp && !pointwise && low ? align_floats((size_t)CKK * chunk) : 0;
+    size_t n_dinp = dinp && !pointwise && low ? align_floats((size_t)C_in * H * W) : 0;
+    float* ws = (float*)cuda_workspace(sizeof(float) * (n_dw + n_dcol + n_dinp + 64));
+    // dweight's sum: in place for f32, else in f32 starting from dweight's values
+    float* dw_acc = low ? ws : (float*)dweight;
+    float* dcol = low ? ws + n_dw : (float*)scratch;
+    float* dinp_acc = ws + n_dw + n_dcol;
+    cudaDataType_t acc_t = CUDA_R_32F;
+    if (dweight && low) cast_forward_cuda(dw_acc, DT_F32, dweight, dt, (size_t)C_out * CKK);
+
+    if (pointwise) {
+        if (dinp) {
+            // dinp_n (C_in, P) = weight^T @ dout_n (C_out, P), row-major, for every image n.
+            // Column-major: dinp_n^T (P, C_in) ld P = dout_n^T @ weight, where dout_n stored
+            // (C_out, P) is column-major dout_n^T (P, C_out) ld P: A = dout, OP_N; weight stored
+            // (C_out, C_in) is column-major weight^T (C_in, C_out) ld C_in, and B must be weight:
+            // OP_T. m = P, n = C_in, k = C_out; one strided batch over the images, the weight's
+            // stride 0. One rounding per output (beta = 1 adds what dinp holds with accumulate).
+            float beta = accumulate ? 1.0f : 0.0f;
+            CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, P, C_in, C_out, &one, dout,
+                                                    t, P, (long long)C_out * P, weight, t, C_in, 0, &beta, dinp, t, P,
+                                                    (long long)C_in * P, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+        if (dweight) {
+            for (int n = 0; n < N; n++) {
+                const char* inp_n = (const char*)inp + (size_t)n * C_in * P * es;
+                const char* dout_n = (const char*)dout + (size_t)n * C_out * P * es;
+                // dweight (C_out, C_in) += dout_n (C_out, P) @ inp_n^T (P, C_in). Column-major:
+                // dweight^T (C_in, C_out) ld C_in = inp_n @ dout_n^T; inp_n stored (C_in, P) is
+                // column-major inp_n^T (P, C_in) ld P, so A = inp_n with OP_T; dout_n stored
+                // (C_out, P) is column-major dout_n^T (P, C_out) ld P: B = dout_n, OP_N.
+                // m = C_in, n = C_out, k = P; the sum over images stays in dw_acc (f32 when low).
+                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, C_in, C_out, P, &one, inp_n, t, P,
+                                          dout_n, t, P, &one, dw_acc, low ? acc_t : t, C_in, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+            }
+            if (low) cast_forward_cuda(dweight, dt, dw_acc, DT_F32, (size_t)C_out * CKK);
+        }
+        return;
+    }
+
+    // without accumulate, col2im adds into zeros
+    if (dinp && !accumulate && !low) cuda_memset_zero(dinp, sizeof(float) * (size_t)N * C_in * H * W);
+    with_storage_type(dt, "conv2d_backward", [&](auto zero) {
+        using T = decltype(zero);
+        for (int n = 0; n < N; n++) {
+            const T* inp_n = (const T*)inp + (size_t)n * C_in * H * W;
+            const T* dout_n = (const T*)dout + (size_t)n * C_out * P;
+            T* dinp_n = dinp ? (T*)dinp + (size_t)n * C_in * H * W : NULL;
+            // the image's dinp in f32: dinp itself for f32 storage, else the workspace copy
+            float* acc_n = low ? dinp_acc : (float*)dinp_n;
+            if (dinp && low) {
+                if (accumulate) cast_forward_cuda(acc_n, DT_F32, dinp_n, dt, (size_t)C_in * H * W);
+                else cuda_memset_zero(acc_n, sizeof(float) * (size_t)C_in * H * W);
+            }
+            for (int p0 = 0; p0 < P; p0 += CONV_CHUNK) {
+                int cols = P - p0 < CONV_CHUNK ? P - p0 : CONV_CHUNK;
+                if (dweight) {
+                    size_t col_n = (size_t)CKK * cols;
+                    im2col_kernel<<<elementwise_grid(col_n), ELEMENTWISE_BLOCK>>>((T*)scratch, inp_n, C_in, H, W, K,
+                                                                                 stride, pad, W_out, p0, cols);
+                    CHECK_LAUNCH();
+                    // dweight (C_out, CKK) += dout chunk (C_out, cols; row stride P) @ col^T,
+                    // col = im2col (CKK, cols). Column-major: dweight^T (CKK, C_out) ld CKK = col @
+                    // dout_chunk^T; col stored (CKK, cols) is column-major col^T (cols, CKK) ld
+                    // cols, so A = scratch with OP_T; the chunk of dout is column-major
+                    // dout_chunk^T (cols, C_out) ld P: B = dout_n + p0, OP_N. m = CKK, n = C_out,
+                    // k = cols, beta = 1.
+                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, CKK, C_out, cols, &one, scratch,
+                                              t, cols, dout_n + p0, t, P, &one, dw_acc, low ? acc_t : t, CKK,
+                                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                }
+                if (dinp) {
+                    // dcol (CKK, cols) = weight^T (CKK, C_out) @ dout chunk (C_out, cols), f32.
+                    // Column-major: dcol^T (cols, CKK) ld cols = dout_chunk^T @ weight; the chunk
+                    // is column-major dout_chunk^T (cols, C_out) ld P: A = dout_n + p0, OP_N;
+                    // weight stored (C_out, CKK) is column-major weight^T (CKK, C_out) ld CKK, and
+                    // B must be weight: OP_T. m = cols, n = CKK, k = C_out.
+                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, cols, CKK, C_out, &one,
+                                              dout_n + p0, t, P, weight, t, CKK, &zero_f, dcol, acc_t, cols,
+                                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                    size_t n_inp = (size_t)C_in * H * W;
+                    col2im_add_kernel<<<elementwise_grid(n_inp), ELEMENTWISE_BLOCK>>>(acc_n, dcol, C_in, H, W, K, stride,
+                                                                                     pad, H_out, W_out, p0, cols);
+                    CHECK_LAUNCH();
+                }
+            }
+            if (dinp && low) cast_forward_cuda(dinp_n, dt, acc_n, DT_F32, (size_t)C_in * H * W);
+        }
+    });
+    if (dweight && low) cast_forward_cuda(dweight, dt, dw_acc, DT_F32, (size_t)C_out * CKK);
+}
+
+void group_norm_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                              const float* mean, const float* rstd, const void* weight, const void* bias, int N, int C,
+                              int HW, int G, int silu, int accumulate, DType dt) {
+    if (N <= 0 || C <= 0 || G <= 0 || HW <= 0) return;
+    if (!dinp && !dweight && !dbias) return;
+    size_t n_nc = align_floats((size_t)N * C);
+    float* ws = (float*)cuda_workspace(sizeof(float) * (2 * n_nc + align_floats(2 * (size_t)N * G)));
+    float *sum_dy = ws, *sum_dy_xhat = ws + n_nc, *coef = ws + 2 * n_nc;
+    size_t total = (size_t)N * C * HW;
+    with_storage_type(dt, "group_norm_backward", [&](auto zero) {
+        using T = decltype(zero);
+        group_norm_backward_sums_kernel<<<N * C, BACKWARD_BLOCK>>>(sum_dy, sum_dy_xhat, (const T*)dout, (const T*)inp, mean,
+                                                                   rstd, (const T*)weight, (const T*)bias, C, HW, G, silu);
+        CHECK_LAUNCH();
+        if (dweight || dbias) {
+            channel_partials_add_kernel<<<(C + 127) / 128, 128>>>((T*)dweight, (T*)dbias, sum_dy, sum_dy_xhat, N, C);
+            CHECK_LAUNCH();
+        }
+        if (dinp) {
+            group_norm_backward_coeffs_kernel<<<(N * G + 127) / 128, 128>>>(coef, sum_dy, sum_dy_xhat, (const T*)weight, N,
+                                                                            C, HW, G);
+            CHECK_LAUNCH();
+            group_norm_backward_apply_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>(
+                (T*)dinp, (const T*)dout, (const T*)inp, mean, rstd, coef, (const T*)weight, (const T*)bias, total, C, HW,
+                G, silu, accumulate);
+            CHECK_LAUNCH();
+        }
+    });
+}
+
+void layer_norm_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                              const float* mean, const float* rstd, const void* weight, int N, int C, int accumulate,
+                              DType dt) {
+    if (N <= 0 || C <= 0) return;
+    with_storage_type(dt, "layer_norm_backward", [&](auto zero) {
+        using T = decltype(zero);
+        if (dinp) {
+            layer_norm_backward_kernel<<<N, ROW_BLOCK>>>((T*)dinp, (const T*)dout, (const T*)inp, mean, rstd,
+                                                         (const T*)weight, C, accumulate);
+            CHECK_LAUNCH();
+        }
+        if (dweight || dbias) {
+            int row_blocks = (N + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK;
+            size_t n_part = align_floats((size_t)row_blocks * C);
+            float* ws = (float*)cuda_workspace(sizeof(float) * 2 * n_part);
+            dim3 grid((unsigned int)((C + COLUMN_TILE - 1) / COLUMN_TILE), (unsigned int)row_blocks);
+            layer_norm_params_partial_kernel<<<grid, dim3(COLUMN_TILE, COLUMN_ROWS)>>>(ws, ws + n_part, (const T*)dout,
+                                                                                       (const T*)inp, mean, rstd, N, C);
+            CHECK_LAUNCH();
+            channel_partials_add_kernel<<<(C + 127) / 128, 128>>>((T*)dweight, (T*)dbias, ws, ws + n_part, row_blocks, C);
+            CHECK_LAUNCH();
+        }
+    });
+}
+
+} // extern "C"
+
+// Scores per query block of the attention backward (f32; the backward holds three such blocks:
+// P, dP and a 16-bit copy): 16 MiB each, 1024 queries of SDXL's 4096 keys at 1024 px.
+constexpr size_t ATTENTION_BACKWARD_SCORES = 1 << 22;
+constexpr int ATTENTION_ROW_DOT_WARPS = 4;
+
+extern "C" {
+
+void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                             const void* v, const void* out, int N, int NH, int Lq, int Lk, int HS, int causal,
+                             DType dt) {
+    if (HS > ATTENTION_MAX_HS) fatal("attention_backward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
+    if (causal && Lq != Lk) fatal("attention_backward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
+    if (N <= 0 || NH <= 0 || HS <= 0 || Lk <= 0) return;
+    size_t es = dtype_size(dt), D = (size_t)NH * HS;
+    if (Lq <= 0) { // no queries: nothing reaches the keys and values
+        if (dk) cuda_memset_zero(dk, (size_t)N * Lk * D * es);
+        if (dv) cuda_memset_zero(dv, (size_t)N * Lk * D * es);
+        return;
+    }
+    const float scale = 1.0f / sqrtf((float)HS), one = 1.0f, zero_f = 0.0f;
+    int low = dt != DT_F32;
+    int block = (int)(ATTENTION_BACKWARD_SCORES / (size_t)Lk);
+    block = block < 1 ? 1 : block > Lq ? Lq : block;
+    size_t n_scores = align_floats((size_t)block * Lk);
+    // f32 workspace: P, dP (then dS), a 16-bit copy of P (then of dS), D, and the head's dK and
+    // dV sums (Lk x HS each)
+    size_t n_low = low ? align_floats((n_scores * es + 3) / 4) : 0;
+    size_t n_head = align_floats((size_t)Lk * HS);
+    float* ws = (float*)cuda_workspace(sizeof(float) * (2 * n_scores + n_low + align_floats(block) + 2 * n_head));
+    float *probs = ws, *dprobs = ws + n_scores;
+    void* probs_low = ws + 2 * n_scores;
+    float* row_dot = ws + 2 * n_scores + n_low;
+    float* dk_acc = row_dot + align_floats(block);
+    float* dv_acc = dk_acc + n_head;
+    cudaDataType_t t = cublas_type(dt, "attention_backward");
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < NH; h++) {
+            const char* k_h = (const char*)k + ((size_t)n * Lk * D + (size_t)h * HS) * es;
+            const char* v_h = (const char*)v + ((size_t)n * Lk * D + (size_t)h * HS) * es;
+            if (dk) cuda_memset_zero(dk_acc, sizeof(float) * (size_t)Lk * HS);
+            if (dv) cuda_memset_zero(dv_acc, sizeof(float) * (size_t)Lk * HS);
+            for (int i0 = 0; i0 < Lq; i0 += block) {
+                int bq = Lq - i0 < block ? Lq - i0 : block;
+                int keys = causal ? i0 + bq : Lk; // the keys any query of the block sees
+                size_t row0 = (((size_t)n * Lq + i0) * D + (size_t)h * HS) * es;
+                const char *q_blk = (const char*)q + row0, *o_blk = (const char*)out + row0;
+                const char* do_blk = (const char*)dout + row0;
+                // S (bq, keys) row-major = scale * Q_blk K^T, f32, as attention_by_gemm: cuBLAS
+                // sees S^T (keys x bq, ld keys) = K Q_blk^T; K's rows (ld D) are column-major K^T,
+                // so A = K with OP_T; Q_blk's rows likewise are column-major Q_blk^T: B, OP_N.
+                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &scale, k_h, t, (int)D,
+                                          q_blk, t, (int)D, &zero_f, probs, CUDA_R_32F, keys, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+                attention_probs_kernel<<<bq, ROW_BLOCK>>>(probs, keys, i0, causal);
+                CHECK_LAUNCH();
+                // the products take P in dt (cuBLAS needs A and B of one type): rounded for 16 bits
+                const void* p_dt = probs;
+                if (low) {
+                    cast_forward_cuda(probs_low, dt, probs, DT_F32, (size_t)bq * keys);
+                    p_dt = probs_low;
+                }
+                if (dv) {
+                    // dV (keys, HS) += P^T (keys, bq) @ dO_blk (bq, HS), into dv_acc (f32, ld HS).
+                    // Column-major: dv_acc^T (HS, keys) = dO_blk^T @ P; dO_blk's rows (ld D) are
+                    // column-major dO_blk^T (HS, bq): A, OP_N; P stored (bq, keys) is column-major
+                    // P^T (keys, bq) ld keys, and B must be P: OP_T. m = HS, n = keys, k = bq.
+                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &one, do_blk, t,
+                                              (int)D, p_dt, t, keys, &one, dv_acc, CUDA_R_32F, HS, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+                }
+                if (!dq && !dk) continue;
+                // dP (bq, keys) = dO_blk @ V^T, f32: cuBLAS sees dP^T (keys, bq) = V dO_blk^T; V's
+                // rows are column-major V^T (HS, keys) ld D, so A = V with OP_T; dO_blk's rows are
+                // column-major dO_blk^T (HS, bq): B, OP_N. m = keys, n = bq, k = HS.
+                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &one, v_h, t, (int)D,
+                                          do_blk, t, (int)D, &zero_f, dprobs, CUDA_R_32F, keys, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT));
+                // dS = P * (dP - D_i), D_i = dO_i . O_i (masked keys: P = 0, so dS = 0)
+                with_storage_type(dt, "attention_backward", [&](auto zero) {
+                    using T = decltype(zero);
+                    int per_block = ATTENTION_ROW_DOT_WARPS;
+                    attention_row_dot_kernel<<<(bq + per_block - 1) / per_block, per_block * WARP_SIZE>>>(
+                        row_dot, (const T*)do_blk, (const T*)o_blk, bq, HS, D);
+                });
+                CHECK_LAUNCH();
+                size_t n_block = (size_t)bq * keys;
+                attention_dscores_kernel<<<elementwise_grid(n_block), ELEMENTWISE_BLOCK>>>(dprobs, probs, row_dot, keys,
+                                                                                          n_block);
+                CHECK_LAUNCH();
+                const void* ds_dt = dprobs;
+                if (low) { // P's copy is no longer needed: the dV product was queued before this
+                    cast_forward_cuda(probs_low, dt, dprobs, DT_F32, n_block);
+                    ds_dt = probs_low;
+                }
+                if (dq) {
+                    // dQ_blk (bq, HS; ld D) = scale * dS (bq, keys) @ K (keys, HS), one rounding.
+                    // Column-major: dQ_blk^T (HS, bq) = K^T dS^T; K's rows are column-major K^T
+                    // (HS, keys) ld D: A, OP_N; dS stored (bq, keys) is column-major dS^T (keys,
+                    // bq) ld keys: B, OP_N. m = HS, n = bq, k = keys.
+                    char* dq_blk = (char*)dq + row0;
+                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, HS, bq, keys, &scale, k_h, t, (int)D,
+                                              ds_dt, t, keys, &zero_f, dq_blk, t, (int)D, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+                }
+                if (dk) {
+                    // dK (keys, HS) += scale * dS^T (keys, bq) @ Q_blk (bq, HS), into dk_acc (f32).
+                    // Column-major: dk_acc^T (HS, keys) = Q_blk^T dS; Q_blk's rows are
+                    // column-major Q_blk^T (HS, bq) ld D: A, OP_N; dS must be B (bq, keys), stored
+                    // column-major as dS^T: OP_T, ld keys. m = HS, n = keys, k = bq.
+                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &scale, q_blk, t,
+                                              (int)D, ds_dt, t, keys, &one, dk_acc, CUDA_R_32F, HS, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+                }
+            }
+            // the head's sums, rounded once, into their strided slices of dk and dv
+            size_t n_acc = (size_t)Lk * HS;
+            with_storage_type(dt, "attention_backward", [&](auto zero) {
+                using T = decltype(zero);
+                size_t head0 = (size_t)n * Lk * D + (size_t)h * HS;
+                if (dk) store_head_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dk + head0, dk_acc, HS, D, n_acc);
+                CHECK_LAUNCH();
+                if (dv) store_head_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dv + head0, dv_acc, HS, D, n_acc);
+                CHECK_LAUNCH();
+            });
+        }
+}
+
+void silu_backward_cuda(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+    if (n == 0) return;
+    with_storage_type(dt, "silu_backward", [&](auto zero) {
+        using T = decltype(zero);
+        silu_backward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)dinp, (const T*)dout, (const T*)inp, n);
+    });
+    CHECK_LAUNCH();
+}
+
+void gelu_backward_cuda(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+    if (n == 0) return;
+    with_storage_type(dt, "gelu_backward", [&](auto zero) {
+        using T = decltype(zero);
+        gelu_backward_kernel<<<elementwise_grid(n), ELEMENTWISE_BLOCK>>>((T*)dinp, (const T*)dout, (const T*)inp, n);
+    });
+    CHECK_LAUNCH();
+}
+
+void geglu_backward_cuda(void* dinp, const void* dout, const void* inp, int N, int C, DType dt) {
+    size_t total = (size_t)(N > 0 ? N : 0) * (size_t)(C > 0 ? C : 0);
+    if (total == 0) return;
+    with_storage_type(dt, "geglu_backward", [&](auto zero) {
+        using T = decltype(zero);
+        geglu_backward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)dinp, (const T*)dout, (const T*)inp, C,
+                                                                              total);
+    });
+    CHECK_LAUNCH();
+}
+
+void upsample_nearest_backward_cuda(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out,
+                                    DType dt) {
+    if (N <= 0 || C <= 0 || H <= 0 || W <= 0) return;
+    size_t total = (size_t)N * C * H * W;
+    if (H_out <= 0 || W_out <= 0) { // nothing was copied: every gradient is 0
+        cuda_memset_zero(dinp, total * dtype_size(dt));
+        return;
+    }
+    with_storage_type(dt, "upsample_nearest_backward", [&](auto zero) {
+        using T = decltype(zero);
+        upsample_nearest_backward_kernel<<<elementwise_grid(total), ELEMENTWISE_BLOCK>>>((T*)dinp, (const T*)dout, total,
+                                                                                         H, W, H_out, W_out);
+    });
+    CHECK_LAUNCH();
+}
+
+} // extern "C"

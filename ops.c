@@ -413,6 +413,23 @@ static void softmax_f32(float* out, const float* inp, int N, int C) {
 
 #define ATTENTION_QUERY_BLOCK 64 // queries per task: the score block is 64 x Lk floats
 
+// The scores of queries i0 .. i0+bq-1 (rows of bq x keys) into probabilities, in place: an exact
+// softmax per row over the keys the query sees (all of them, or j <= i when causal), zeros for
+// the keys it does not see. Shared by attention_f32 and attention_backward_f32, so the backward
+// recomputes exactly the probabilities the forward used.
+static void attention_probs(float* scores, int bq, int keys, int i0, int causal) {
+    for (int r = 0; r < bq; r++) {
+        float* s = scores + (size_t)r * keys;
+        int visible = causal ? i0 + r + 1 : keys; // query i sees keys j <= i
+        float maxval = row_max8(s, visible);
+        for (int j = 0; j < visible; j++) s[j] = exp_nonpositive(s[j] - maxval);
+        double sum = row_sum8(s, visible);
+        float inv = (float)(1.0 / sum);
+        for (int j = 0; j < visible; j++) s[j] *= inv;
+        for (int j = visible; j < keys; j++) s[j] = 0.0f;
+    }
+}
+
 // For each (n, head, block of up to 64 queries), with the CPU GEMM:
 //   S = Q_blk K^T * scale          (Bq, Lk)  scores of the block against every key
 //   P = softmax(S) per row         exact: row maximum subtracted, sum in double
@@ -442,16 +459,7 @@ static void attention_f32(float* out, const float* q, const float* k, const floa
             float* o_blk = out + ((size_t)n * Lq + i0) * D + (size_t)h * HS;
             // S (bq, keys) = scale * Q_blk (bq, HS) @ K^T (HS, keys)
             sgemm_cpu(0, 1, bq, keys, HS, scale, q_blk, D, k_h, D, 0.0f, scores, keys);
-            for (int r = 0; r < bq; r++) {
-                float* s = scores + (size_t)r * keys;
-                int visible = causal ? i0 + r + 1 : keys; // query i sees keys j <= i
-                float maxval = row_max8(s, visible);
-                for (int j = 0; j < visible; j++) s[j] = exp_nonpositive(s[j] - maxval);
-                double sum = row_sum8(s, visible);
-                float inv = (float)(1.0 / sum);
-                for (int j = 0; j < visible; j++) s[j] *= inv;
-                for (int j = visible; j < keys; j++) s[j] = 0.0f;
-            }
+            attention_probs(scores, bq, keys, i0, causal);
             // O_blk (bq, HS) = P (bq, keys) @ V (keys, HS)
             sgemm_cpu(0, 0, bq, HS, keys, 1.0f, scores, keys, v_h, D, 0.0f, o_blk, D);
         }
@@ -994,6 +1002,535 @@ void timestep_embedding_forward_cpu(void* out, const float* t, int N, int dim, i
 }
 
 // ----------------------------------------------------------------------------
+// Backward passes (the contract is in ops.h, section "Backward passes")
+//
+// The f32 references first (`<op>_backward_f32`, with the whole contract: accumulate, += into
+// parameter gradients, NULL outputs), then the `_cpu` entry points, which add 16-bit storage
+// around them exactly as the forward ops do. Parameter gradients are sums over the batch and the
+// pixels or tokens; each of those sums is computed by one thread in a fixed order (or from
+// per-(n, c) partial sums that are then added in order of n), so no result depends on the number
+// of threads. Long sums are accumulated in double, as the forward's statistics are.
+
+// out[c] += sum over the rows of x (rows, cols), in double, rows in order. Threads take blocks
+// of 64 columns, so each walks contiguous row segments and every column has one owner.
+#define COLUMN_BLOCK 64
+static void add_column_sums(float* out, const float* x, int rows, int cols) {
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < cols; c0 += COLUMN_BLOCK) {
+        int c1 = c0 + COLUMN_BLOCK < cols ? c0 + COLUMN_BLOCK : cols;
+        double acc[COLUMN_BLOCK] = {0};
+        for (int r = 0; r < rows; r++) {
+            const float* x_r = x + (size_t)r * cols;
+            for (int c = c0; c < c1; c++) acc[c - c0] += x_r[c];
+        }
+        for (int c = c0; c < c1; c++) out[c] += (float)acc[c - c0];
+    }
+}
+
+static void linear_backward_f32(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                const float* weight, int N, int C_in, int C_out, int accumulate) {
+    // dinp (N, C_in) = dout (N, C_out) @ weight (C_out, C_in); beta 1 adds it to what dinp holds
+    if (dinp) sgemm_cpu(0, 0, N, C_in, C_out, 1.0f, dout, C_out, weight, C_in, accumulate ? 1.0f : 0.0f, dinp, C_in);
+    // dweight (C_out, C_in) += dout^T @ inp: dout stored (N, C_out) is op(a) with trans_a, lda C_out
+    if (dweight) sgemm_cpu(1, 0, C_out, C_in, N, 1.0f, dout, C_out, inp, C_in, 1.0f, dweight, C_in);
+    if (dbias) add_column_sums(dbias, dout, N, C_out);
+}
+
+// col2im for output pixels [p0, p0 + cols): the transpose of im2col_cpu. Every value of dcol
+// (C_in*K*K, cols) is added to the input pixel im2col read it from; taps that fell in the
+// padding are dropped. Threads split the channels, so an input pixel has one owner, and its
+// additions come in a fixed order (tap by tap, then output pixel by output pixel).
+static void col2im_add_cpu(float* dinp_n, const float* dcol, int C_in, int H, int W, int K, int stride, int pad,
+                           int W_out, int p0, int cols) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C_in; c++) {
+        float* dinp_c = dinp_n + (size_t)c * H * W;
+        for (int ky = 0; ky < K; ky++) {
+            for (int kx = 0; kx < K; kx++) {
+                const float* col_r = dcol + ((size_t)(c * K + ky) * K + kx) * cols;
+                int oy = p0 / W_out, ox = p0 % W_out;
+                for (int i = 0; i < cols; i++) {
+                    int y = oy * stride - pad + ky, x = ox * stride - pad + kx;
+                    if (y >= 0 && y < H && x >= 0 && x < W) dinp_c[(size_t)y * W + x] += col_r[i];
+                    if (++ox == W_out) {
+                        ox = 0;
+                        oy++;
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void conv2d_backward_f32(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                const float* weight, float* scratch, int N, int C_in, int H, int W, int C_out, int K,
+                                int stride, int pad, int accumulate) {
+    int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
+    int P = H_out * W_out; // output pixels per image
+    int CKK = C_in * K * K;
+    int pointwise = conv_is_pointwise(K, stride, pad);
+    if (!scratch && !pointwise && (dinp || dweight))
+        fatal("conv2d_backward: a %dx%d convolution needs conv2d_scratch_elems() of scratch, got NULL", K, K);
+    // col2im adds into dinp chunk by chunk, so without accumulate it starts from zero
+    if (dinp && !accumulate && !pointwise) memset(dinp, 0, sizeof(float) * (size_t)N * C_in * H * W);
+    for (int n = 0; n < N; n++) {
+        const float* inp_n = inp ? inp + (size_t)n * C_in * H * W : NULL;
+        const float* dout_n = dout + (size_t)n * C_out * P;
+        float* dinp_n = dinp ? dinp + (size_t)n * C_in * H * W : NULL;
+        if (pointwise) {
+            // dinp_n (C_in, P) = weight^T (C_in, C_out) @ dout_n (C_out, P); weight stored (C_out, C_in)
+            if (dinp)
+                sgemm_cpu(1, 0, C_in, P, C_out, 1.0f, weight, C_in, dout_n, P, accumulate ? 1.0f : 0.0f, dinp_n, P);
+            // dweight (C_out, C_in) += dout_n (C_out, P) @ inp_n^T (P, C_in); inp_n stored (C_in, P)
+            if (dweight) sgemm_cpu(0, 1, C_out, C_in, P, 1.0f, dout_n, P, inp_n, P, 1.0f, dweight, C_in);
+            continue;
+        }
+        for (int p0 = 0; p0 < P; p0 += CONV_CHUNK) {
+            int cols = P - p0 < CONV_CHUNK ? P - p0 : CONV_CHUNK;
+            if (dweight) {
+                // dweight (C_out, CKK) += dout_n[:, p0:p0+cols] (C_out, cols; row stride P) @ col^T,
+                // col = im2col of this chunk (CKK, cols), the matrix the forward multiplied
+                im2col_cpu(scratch, inp_n, C_in, H, W, K, stride, pad, W_out, p0, cols);
+                sgemm_cpu(0, 1, C_out, CKK, cols, 1.0f, dout_n + p0, P, scratch, cols, 1.0f, dweight, CKK);
+            }
+            if (dinp) {
+                // dcol (CKK, cols) = weight^T (CKK, C_out) @ dout chunk (C_out, cols), then back to pixels
+                sgemm_cpu(1, 0, CKK, cols, C_out, 1.0f, weight, CKK, dout_n + p0, P, 0.0f, scratch, cols);
+                col2im_add_cpu(dinp_n, scratch, C_in, H, W, K, stride, pad, W_out, p0, cols);
+            }
+        }
+    }
+    if (dbias) {
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < C_out; o++) {
+            double sum = 0.0;
+            for (int n = 0; n < N; n++) {
+                const float* dout_no = dout + ((size_t)n * C_out + o) * P;
+                for (int p = 0; p < P; p++) sum += dout_no[p];
+            }
+            dbias[o] += (float)sum;
+        }
+    }
+}
+
+// The gradient reaching the norm's affine output y = xhat * w + b: dout itself, or with the
+// fused SiLU dout * silu'(y), y recomputed exactly as group_norm_f32 computed it.
+static inline float norm_silu_grad(float dout, float xhat, float w, float b, int silu) {
+    if (!silu) return dout;
+    float y = xhat * w + b;
+    float s = 1.0f / (1.0f + expf(-y));
+    return dout * s * (1.0f + y * (1.0f - s));
+}
+
+static void group_norm_backward_f32(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                    const float* mean, const float* rstd, const float* weight, const float* bias,
+                                    int N, int C, int HW, int G, int silu, int accumulate) {
+    int CG = C / G; // channels per group; a group is CG*HW contiguous values
+    size_t M = (size_t)CG * HW;
+    // per (n, c), the sums of dy and dy * xhat over HW that the parameter gradients add up
+    double* sum_dy = dweight || dbias ? xmalloc(sizeof(double) * (size_t)N * C) : NULL;
+    double* sum_dy_xhat = dweight || dbias ? xmalloc(sizeof(double) * (size_t)N * C) : NULL;
+#pragma omp parallel for schedule(static)
+    for (int ng = 0; ng < N * G; ng++) {
+        int n = ng / G, g = ng % G;
+        const float* x = inp + (size_t)ng * M;
+        const float* dy = dout + (size_t)ng * M;
+        float m = mean[ng], r = rstd[ng];
+        // over the group, with gx = dy * w the gradient reaching xhat: sum(gx) and sum(gx * xhat)
+        double sum_g = 0.0, sum_g_xhat = 0.0;
+        for (int cg = 0; cg < CG; cg++) {
+            int c = g * CG + cg;
+            float w = weight ? weight[c] : 1.0f, b = bias ? bias[c] : 0.0f;
+            double s1 = 0.0, s2 = 0.0;
+            for (int p = 0; p < HW; p++) {
+                size_t i = (size_t)cg * HW + p;
+                float xhat = (x[i] - m) * r;
+                float d = norm_silu_grad(dy[i], xhat, w, b, silu);
+                s1 += d;
+                s2 += (double)d * xhat;
+            }
+            if (sum_dy) {
+                sum_dy[(size_t)n * C + c] = s1;
+                sum_dy_xhat[(size_t)n * C + c] = s2;
+            }
+            sum_g += w * s1;
+            sum_g_xhat += w * s2;
+        }
+        if (!dinp) continue;
+        float mean_g = (float)(sum_g / (double)M), mean_g_xhat = (float)(sum_g_xhat / (double)M);
+        float* dx = dinp + (size_t)ng * M;
+        for (int cg = 0; cg < CG; cg++) {
+            int c = g * CG + cg;
+            float w = weight ? weight[c] : 1.0f, b = bias ? bias[c] : 0.0f;
+            for (int p = 0; p < HW; p++) {
+                size_t i = (size_t)cg * HW + p;
+                float xhat = (x[i] - m) * r;
+                float gx = norm_silu_grad(dy[i], xhat, w, b, silu) * w;
+                float d = r * (gx - mean_g - xhat * mean_g_xhat);
+                dx[i] = accumulate ? dx[i] + d : d;
+            }
+        }
+    }
+    if (sum_dy) {
+        // each channel adds its per-image sums in order of n
+        for (int c = 0; c < C; c++) {
+            double s1 = 0.0, s2 = 0.0;
+            for (int n = 0; n < N; n++) {
+                s1 += sum_dy[(size_t)n * C + c];
+                s2 += sum_dy_xhat[(size_t)n * C + c];
+            }
+            if (dbias) dbias[c] += (float)s1;
+            if (dweight) dweight[c] += (float)s2;
+        }
+    }
+    free(sum_dy);
+    free(sum_dy_xhat);
+}
+
+static void layer_norm_backward_f32(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                    const float* mean, const float* rstd, const float* weight, int N, int C,
+                                    int accumulate) {
+    if (dinp) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float* x = inp + (size_t)n * C;
+            const float* dy = dout + (size_t)n * C;
+            float* dx = dinp + (size_t)n * C;
+            float m = mean[n], r = rstd[n];
+            double sum_g = 0.0, sum_g_xhat = 0.0; // gx = dy * w, the gradient reaching xhat
+            for (int c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * r;
+                float gx = dy[c] * (weight ? weight[c] : 1.0f);
+                sum_g += gx;
+                sum_g_xhat += (double)gx * xhat;
+            }
+            float mean_g = (float)(sum_g / C), mean_g_xhat = (float)(sum_g_xhat / C);
+            for (int c = 0; c < C; c++) {
+                float xhat = (x[c] - m) * r;
+                float gx = dy[c] * (weight ? weight[c] : 1.0f);
+                float d = r * (gx - mean_g - xhat * mean_g_xhat);
+                dx[c] = accumulate ? dx[c] + d : d;
+            }
+        }
+    }
+    if (!dweight && !dbias) return;
+    // dweight[c] += sum_n dy * xhat, dbias[c] += sum_n dy: columns in blocks, one owner each
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += COLUMN_BLOCK) {
+        int c1 = c0 + COLUMN_BLOCK < C ? c0 + COLUMN_BLOCK : C;
+        double acc_w[COLUMN_BLOCK] = {0}, acc_b[COLUMN_BLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float* x = inp + (size_t)n * C;
+            const float* dy = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) {
+                float xhat = (x[c] - mean[n]) * rstd[n];
+                acc_w[c - c0] += (double)dy[c] * xhat;
+                acc_b[c - c0] += dy[c];
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            if (dweight) dweight[c] += (float)acc_w[c - c0];
+            if (dbias) dbias[c] += (float)acc_b[c - c0];
+        }
+    }
+}
+
+// One task per (n, head), its query blocks in order, so dK and dV of the head are summed over
+// the blocks by one thread in a fixed order. Per block of up to 64 queries:
+//   S = scale * Q_blk K^T,  P = softmax(S)             (attention_probs: the forward's P exactly)
+//   dV += P^T dO_blk
+//   dP = dO_blk V^T,  dS = P * (dP - D),  D_i = dO_i . O_i
+//   dQ_blk = scale * dS K,  dK += scale * dS^T Q_blk
+// P and dP are the only temporaries, bq x Lk floats each per thread.
+static void attention_backward_f32(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                   const float* k, const float* v, const float* out, int N, int NH, int Lq, int Lk,
+                                   int HS, int causal) {
+    if (HS > ATTENTION_MAX_HS) fatal("attention_backward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
+    if (causal && Lq != Lk) fatal("attention_backward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
+    const int D = NH * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const int blocks = (Lq + ATTENTION_QUERY_BLOCK - 1) / ATTENTION_QUERY_BLOCK;
+    const long tasks = (long)N * NH;
+#pragma omp parallel
+    {
+        float* probs = aligned_host_malloc(sizeof(float) * ATTENTION_QUERY_BLOCK * (size_t)Lk);
+        float* dprobs = aligned_host_malloc(sizeof(float) * ATTENTION_QUERY_BLOCK * (size_t)Lk);
+#pragma omp for schedule(dynamic)
+        for (long task = 0; task < tasks; task++) {
+            int n = (int)(task / NH), h = (int)(task % NH);
+            const float* k_h = k + (size_t)n * Lk * D + (size_t)h * HS;
+            const float* v_h = v + (size_t)n * Lk * D + (size_t)h * HS;
+            float* dk_h = dk ? dk + (size_t)n * Lk * D + (size_t)h * HS : NULL;
+            float* dv_h = dv ? dv + (size_t)n * Lk * D + (size_t)h * HS : NULL;
+            // dK and dV collect every query block's share, from zero
+            for (int j = 0; j < Lk; j++) {
+                if (dk_h) memset(dk_h + (size_t)j * D, 0, sizeof(float) * HS);
+                if (dv_h) memset(dv_h + (size_t)j * D, 0, sizeof(float) * HS);
+            }
+            for (int blk = 0; blk < blocks; blk++) {
+                int i0 = blk * ATTENTION_QUERY_BLOCK;
+                int bq = Lq - i0 < ATTENTION_QUERY_BLOCK ? Lq - i0 : ATTENTION_QUERY_BLOCK;
+                int keys = causal ? i0 + bq : Lk; // the keys any query of the block sees
+                size_t row0 = ((size_t)n * Lq + i0) * D + (size_t)h * HS;
+                const float *q_blk = q + row0, *o_blk = out + row0, *do_blk = dout + row0;
+                // P (bq, keys) = softmax(scale * Q_blk (bq, HS) @ K^T (HS, keys)), as the forward
+                sgemm_cpu(0, 1, bq, keys, HS, scale, q_blk, D, k_h, D, 0.0f, probs, keys);
+                attention_probs(probs, bq, keys, i0, causal);
+                // dV (keys, HS) += P^T (keys, bq) @ dO_blk (bq, HS); P stored (bq, keys)
+                if (dv_h) sgemm_cpu(1, 0, keys, HS, bq, 1.0f, probs, keys, do_blk, D, 1.0f, dv_h, D);
+                if (!dq && !dk) continue;
+                // dP (bq, keys) = dO_blk (bq, HS) @ V^T (HS, keys)
+                sgemm_cpu(0, 1, bq, keys, HS, 1.0f, do_blk, D, v_h, D, 0.0f, dprobs, keys);
+                // dS = P * (dP - D_i), in place of dP: the softmax's backward, row by row. Masked
+                // keys have P = 0, so their dS is 0 too.
+                for (int r = 0; r < bq; r++) {
+                    double d_i = 0.0;
+                    for (int d = 0; d < HS; d++) d_i += (double)do_blk[(size_t)r * D + d] * o_blk[(size_t)r * D + d];
+                    float d_f = (float)d_i;
+                    const float* p_r = probs + (size_t)r * keys;
+                    float* ds_r = dprobs + (size_t)r * keys;
+                    for (int j = 0; j < keys; j++) ds_r[j] = p_r[j] * (ds_r[j] - d_f);
+                }
+                // dQ_blk (bq, HS) = scale * dS (bq, keys) @ K (keys, HS)
+                if (dq) sgemm_cpu(0, 0, bq, HS, keys, scale, dprobs, keys, k_h, D, 0.0f, dq + row0, D);
+                // dK (keys, HS) += scale * dS^T (keys, bq) @ Q_blk (bq, HS)
+                if (dk_h) sgemm_cpu(1, 0, keys, HS, bq, scale, dprobs, keys, q_blk, D, 1.0f, dk_h, D);
+            }
+        }
+        aligned_host_free(probs);
+        aligned_host_free(dprobs);
+    }
+}
+
+static void silu_backward_f32(float* dinp, const float* dout, const float* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float s = 1.0f / (1.0f + expf(-x));
+        dinp[i] = dout[i] * s * (1.0f + x * (1.0f - s)); // torch's silu_backward, term for term
+    }
+}
+
+// gelu'(x) = Phi(x) + x phi(x), as torch's GeluBackward for approximate="none"
+static inline float gelu_grad(float x) {
+    const float inv_sqrt2 = 0.70710678118654752440f, inv_sqrt_2pi = 0.39894228040143267794f;
+    float cdf = 0.5f * (1.0f + erff(x * inv_sqrt2));
+    float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+static void gelu_backward_f32(float* dinp, const float* dout, const float* inp, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] = dout[i] * gelu_grad(inp[i]);
+}
+
+static void geglu_backward_f32(float* dinp, const float* dout, const float* inp, int N, int C) {
+    const float inv_sqrt2 = 0.70710678118654752440f;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* value = inp + (size_t)n * 2 * C;
+        const float* gate = value + C;
+        const float* dy = dout + (size_t)n * C;
+        float* dvalue = dinp + (size_t)n * 2 * C;
+        float* dgate = dvalue + C;
+        for (int c = 0; c < C; c++) {
+            float gelu = 0.5f * gate[c] * (1.0f + erff(gate[c] * inv_sqrt2)); // geglu_f32's gelu(gate)
+            dvalue[c] = dy[c] * gelu;
+            dgate[c] = dy[c] * value[c] * gelu_grad(gate[c]);
+        }
+    }
+}
+
+// Scatter: each output cell's gradient goes to the input cell it copied, visited in row-major
+// order of the output, so every input cell sums its gradients in that order (CUDA's gather
+// visits them in the same order and agrees bit for bit).
+static void upsample_nearest_backward_f32(float* dinp, const float* dout, int N, int C, int H, int W, int H_out,
+                                          int W_out) {
+#pragma omp parallel for schedule(static)
+    for (long nc = 0; nc < (long)N * C; nc++) {
+        float* dinp_nc = dinp + nc * H * W;
+        const float* dout_nc = dout + nc * H_out * W_out;
+        memset(dinp_nc, 0, sizeof(float) * (size_t)H * W);
+        for (int y = 0; y < H_out; y++) {
+            float* dst_row = dinp_nc + (size_t)nearest_source_index(y, H, H_out) * W;
+            for (int x = 0; x < W_out; x++) dst_row[nearest_source_index(x, W, W_out)] += dout_nc[(size_t)y * W_out + x];
+        }
+    }
+}
+
+// The 16-bit entry points: a gradient output is a fresh f32 buffer when it is overwritten, the
+// widened existing values when it is added to (+=), NULL when not wanted; it is rounded into the
+// caller's buffer once, after the f32 reference.
+static float* widen_grad(const void* g, size_t n, DType dt, int add) {
+    if (!g) return NULL;
+    return add ? widen(g, n, dt) : f32_buffer(n);
+}
+
+static void narrow_grad(void* out, float* g, size_t n, DType dt) {
+    if (g) narrow_free(out, g, n, dt);
+}
+
+void linear_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                         int N, int C_in, int C_out, int accumulate, DType dt) {
+    require_float_storage(dt, "linear_backward");
+    if (dt == DT_F32) {
+        linear_backward_f32(dinp, dweight, dbias, dout, inp, weight, N, C_in, C_out, accumulate);
+        return;
+    }
+    size_t n_inp = (size_t)N * C_in, n_w = (size_t)C_out * C_in;
+    float *g = widen(dout, (size_t)N * C_out, dt), *x = widen(inp, n_inp, dt), *w = widen(weight, n_w, dt);
+    float *gi = widen_grad(dinp, n_inp, dt, accumulate), *gw = widen_grad(dweight, n_w, dt, 1);
+    float* gb = widen_grad(dbias, C_out, dt, 1);
+    linear_backward_f32(gi, gw, gb, g, x, w, N, C_in, C_out, accumulate);
+    narrow_grad(dinp, gi, n_inp, dt);
+    narrow_grad(dweight, gw, n_w, dt);
+    narrow_grad(dbias, gb, C_out, dt);
+    free(g);
+    free(x);
+    free(w);
+}
+
+void conv2d_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                         void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride, int pad,
+                         int accumulate, DType dt) {
+    require_float_storage(dt, "conv2d_backward");
+    if (dt == DT_F32) {
+        conv2d_backward_f32(dinp, dweight, dbias, dout, inp, weight, scratch, N, C_in, H, W, C_out, K, stride, pad,
+                            accumulate);
+        return;
+    }
+    size_t n_inp = (size_t)N * C_in * H * W, n_w = (size_t)C_out * C_in * K * K;
+    size_t n_out = (size_t)N * C_out * conv_out_size(H, K, stride, pad) * conv_out_size(W, K, stride, pad);
+    // the caller's scratch holds 16-bit elements: the f32 reference gets its own
+    size_t scratch_n = conv2d_scratch_elems(C_in, H, W, K, stride, pad);
+    float* col = scratch_n ? f32_buffer(scratch_n) : NULL;
+    float *g = widen(dout, n_out, dt), *x = widen(inp, n_inp, dt), *w = widen(weight, n_w, dt);
+    float *gi = widen_grad(dinp, n_inp, dt, accumulate), *gw = widen_grad(dweight, n_w, dt, 1);
+    float* gb = widen_grad(dbias, C_out, dt, 1);
+    conv2d_backward_f32(gi, gw, gb, g, x, w, col, N, C_in, H, W, C_out, K, stride, pad, accumulate);
+    narrow_grad(dinp, gi, n_inp, dt);
+    narrow_grad(dweight, gw, n_w, dt);
+    narrow_grad(dbias, gb, C_out, dt);
+    free(col);
+    free(g);
+    free(x);
+    free(w);
+}
+
+void group_norm_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                             const float* mean, const float* rstd, const void* weight, const void* bias, int N, int C,
+                             int HW, int G, int silu, int accumulate, DType dt) {
+    require_float_storage(dt, "group_norm_backward");
+    if (dt == DT_F32) {
+        group_norm_backward_f32(dinp, dweight, dbias, dout, inp, mean, rstd, weight, bias, N, C, HW, G, silu, accumulate);
+        return;
+    }
+    size_t n = (size_t)N * C * HW;
+    float *g = widen(dout, n, dt), *x = widen(inp, n, dt), *w = widen(weight, C, dt), *b = widen(bias, C, dt);
+    float *gi = widen_grad(dinp, n, dt, accumulate), *gw = widen_grad(dweight, C, dt, 1), *gb = widen_grad(dbias, C, dt, 1);
+    group_norm_backward_f32(gi, gw, gb, g, x, mean, rstd, w, b, N, C, HW, G, silu, accumulate);
+    narrow_grad(dinp, gi, n, dt);
+    narrow_grad(dweight, gw, C, dt);
+    narrow_grad(dbias, gb, C, dt);
+    free(g);
+    free(x);
+    free(w);
+    free(b);
+}
+
+void layer_norm_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                             const float* mean, const float* rstd, const void* weight, int N, int C, int accumulate,
+                             DType dt) {
+    require_float_storage(dt, "layer_norm_backward");
+    if (dt == DT_F32) {
+        layer_norm_backward_f32(dinp, dweight, dbias, dout, inp, mean, rstd, weight, N, C, accumulate);
+        return;
+    }
+    size_t n = (size_t)N * C;
+    float *g = widen(dout, n, dt), *x = widen(inp, n, dt), *w = widen(weight, C, dt);
+    float *gi = widen_grad(dinp, n, dt, accumulate), *gw = widen_grad(dweight, C, dt, 1), *gb = widen_grad(dbias, C, dt, 1);
+    layer_norm_backward_f32(gi, gw, gb, g, x, mean, rstd, w, N, C, accumulate);
+    narrow_grad(dinp, gi, n, dt);
+    narrow_grad(dweight, gw, C, dt);
+    narrow_grad(dbias, gb, C, dt);
+    free(g);
+    free(x);
+    free(w);
+}
+
+void attention_backward_cpu(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                            const void* v, const void* out, int N, int NH, int Lq, int Lk, int HS, int causal, DType dt) {
+    require_float_storage(dt, "attention_backward");
+    if (dt == DT_F32) {
+        attention_backward_f32(dq, dk, dv, dout, q, k, v, out, N, NH, Lq, Lk, HS, causal);
+        return;
+    }
+    size_t nq = (size_t)N * Lq * NH * HS, nk = (size_t)N * Lk * NH * HS;
+    float *g = widen(dout, nq, dt), *q32 = widen(q, nq, dt), *k32 = widen(k, nk, dt), *v32 = widen(v, nk, dt);
+    float* o32 = widen(out, nq, dt);
+    float *gq = widen_grad(dq, nq, dt, 0), *gk = widen_grad(dk, nk, dt, 0), *gv = widen_grad(dv, nk, dt, 0);
+    attention_backward_f32(gq, gk, gv, g, q32, k32, v32, o32, N, NH, Lq, Lk, HS, causal);
+    narrow_grad(dq, gq, nq, dt);
+    narrow_grad(dk, gk, nk, dt);
+    narrow_grad(dv, gv, nk, dt);
+    free(g);
+    free(q32);
+    free(k32);
+    free(v32);
+    free(o32);
+}
+
+// silu and gelu: dinp = dout * f'(inp), elementwise (dinp may alias either input)
+typedef void (*UnaryBackwardF32)(float* dinp, const float* dout, const float* inp, size_t n);
+static void unary_backward_cpu(UnaryBackwardF32 f, void* dinp, const void* dout, const void* inp, size_t n, DType dt,
+                               const char* op) {
+    require_float_storage(dt, op);
+    if (dt == DT_F32) {
+        f(dinp, dout, inp, n);
+        return;
+    }
+    float *g = widen(dout, n, dt), *x = widen(inp, n, dt);
+    f(g, g, x, n);
+    narrow_free(dinp, g, n, dt);
+    free(x);
+}
+
+void silu_backward_cpu(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+    unary_backward_cpu(silu_backward_f32, dinp, dout, inp, n, dt, "silu_backward");
+}
+void gelu_backward_cpu(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+    unary_backward_cpu(gelu_backward_f32, dinp, dout, inp, n, dt, "gelu_backward");
+}
+
+void geglu_backward_cpu(void* dinp, const void* dout, const void* inp, int N, int C, DType dt) {
+    require_float_storage(dt, "geglu_backward");
+    if (dt == DT_F32) {
+        geglu_backward_f32(dinp, dout, inp, N, C);
+        return;
+    }
+    size_t n = (size_t)N * C;
+    float *g = widen(dout, n, dt), *x = widen(inp, 2 * n, dt), *gi = f32_buffer(2 * n);
+    geglu_backward_f32(gi, g, x, N, C);
+    narrow_free(dinp, gi, 2 * n, dt);
+    free(g);
+    free(x);
+}
+
+void upsample_nearest_backward_cpu(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out,
+                                   DType dt) {
+    require_float_storage(dt, "upsample_nearest_backward");
+    if (dt == DT_F32) {
+        upsample_nearest_backward_f32(dinp, dout, N, C, H, W, H_out, W_out);
+        return;
+    }
+    size_t n_inp = (size_t)N * C * H * W;
+    float *g = widen(dout, (size_t)N * C * H_out * W_out, dt), *gi = f32_buffer(n_inp);
+    upsample_nearest_backward_f32(gi, g, N, C, H, W, H_out, W_out);
+    narrow_free(dinp, gi, n_inp, dt);
+    free(g);
+}
+
+// ----------------------------------------------------------------------------
 // Dispatchers: the one place that chooses a backend for each op.
 
 void matmul_forward(void* out, const void* a, const void* b, int batch, int M, int N, int K, int trans_a, int trans_b, float alpha, float beta, DType dt) {
@@ -1274,6 +1811,98 @@ void cast_forward(void* out, DType out_type, const void* inp, DType inp_type, si
     }
 #endif
     cast_forward_cpu(out, out_type, inp, inp_type, n);
+}
+
+// The backward passes' dispatchers.
+
+void linear_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight, int N, int C_in, int C_out, int accumulate, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        linear_backward_cuda(dinp, dweight, dbias, dout, inp, weight, N, C_in, C_out, accumulate, dt);
+        return;
+    }
+#endif
+    linear_backward_cpu(dinp, dweight, dbias, dout, inp, weight, N, C_in, C_out, accumulate, dt);
+}
+
+void conv2d_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight, void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        conv2d_backward_cuda(dinp, dweight, dbias, dout, inp, weight, scratch, N, C_in, H, W, C_out, K, stride, pad, accumulate, dt);
+        return;
+    }
+#endif
+    conv2d_backward_cpu(dinp, dweight, dbias, dout, inp, weight, scratch, N, C_in, H, W, C_out, K, stride, pad, accumulate, dt);
+}
+
+void group_norm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const float* mean, const float* rstd, const void* weight, const void* bias, int N, int C, int HW, int G, int silu, int accumulate, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        group_norm_backward_cuda(dinp, dweight, dbias, dout, inp, mean, rstd, weight, bias, N, C, HW, G, silu, accumulate, dt);
+        return;
+    }
+#endif
+    group_norm_backward_cpu(dinp, dweight, dbias, dout, inp, mean, rstd, weight, bias, N, C, HW, G, silu, accumulate, dt);
+}
+
+void layer_norm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const float* mean, const float* rstd, const void* weight, int N, int C, int accumulate, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        layer_norm_backward_cuda(dinp, dweight, dbias, dout, inp, mean, rstd, weight, N, C, accumulate, dt);
+        return;
+    }
+#endif
+    layer_norm_backward_cpu(dinp, dweight, dbias, dout, inp, mean, rstd, weight, N, C, accumulate, dt);
+}
+
+void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v, const void* out, int N, int NH, int Lq, int Lk, int HS, int causal, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        attention_backward_cuda(dq, dk, dv, dout, q, k, v, out, N, NH, Lq, Lk, HS, causal, dt);
+        return;
+    }
+#endif
+    attention_backward_cpu(dq, dk, dv, dout, q, k, v, out, N, NH, Lq, Lk, HS, causal, dt);
+}
+
+void silu_backward(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        silu_backward_cuda(dinp, dout, inp, n, dt);
+        return;
+    }
+#endif
+    silu_backward_cpu(dinp, dout, inp, n, dt);
+}
+
+void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        gelu_backward_cuda(dinp, dout, inp, n, dt);
+        return;
+    }
+#endif
+    gelu_backward_cpu(dinp, dout, inp, n, dt);
+}
+
+void geglu_backward(void* dinp, const void* dout, const void* inp, int N, int C, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        geglu_backward_cuda(dinp, dout, inp, N, C, dt);
+        return;
+    }
+#endif
+    geglu_backward_cpu(dinp, dout, inp, N, C, dt);
+}
+
+void upsample_nearest_backward(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out, DType dt) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) {
+        upsample_nearest_backward_cuda(dinp, dout, N, C, H, W, H_out, W_out, dt);
+        return;
+    }
+#endif
+    upsample_nearest_backward_cpu(dinp, dout, N, C, H, W, H_out, W_out, dt);
 }
 
 // The grid torch uses for randn on this device (on the CPU backend: an H100's, see ops.h).

@@ -349,6 +349,155 @@ void cast_forward_cpu(void* out, DType out_type, const void* inp, DType inp_type
 void cast_forward_cuda(void* out, DType out_type, const void* inp, DType inp_type, size_t n);
 
 // ----------------------------------------------------------------------------
+// Backward passes
+//
+// What the LoRA trainer needs to backpropagate through the UNet: the base weights are frozen,
+// but the loss gradient still flows through every activation, so each op the UNet is made of
+// has a backward. The contract, once for all of them:
+//   - `<op>_backward` takes dout, the gradient of the loss with respect to the op's output, and
+//     the forward's inputs (plus what the forward saved: the norms' mean and rstd, attention's
+//     output), and produces the gradients of the inputs and of the parameters.
+//   - Input gradients (dinp, dq, dk, dv) are overwritten (=), unless the op takes `accumulate`
+//     and it is 1: then they are added to what the buffer holds (+=), so a residual branch can
+//     add its gradient to the one the skip path already left there.
+//   - Parameter gradients (dweight, dbias) are always accumulated (+=): zero them once, then
+//     every micro-batch adds its share.
+//   - Any output pointer may be NULL when that gradient is not wanted (a frozen weight's
+//     dweight, the first layer's dinp); the work only it needs is skipped.
+//   - dt is the storage type of every tensor argument, gradients included; the saved mean and
+//     rstd are f32, as the forward wrote them. The arithmetic is f32 (the CPU's long sums in
+//     double, as the forward's statistics). Unless an op says otherwise, outputs must not alias
+//     inputs or each other.
+//   - 16-bit storage on the CPU: as the forward ops, widen every input to f32, run the f32
+//     reference, round each output once; a += output is widened first, the f32 reference adds
+//     into it, and the sum is rounded once. So a 16-bit CPU result is bit for bit the rounded f32
+//     result on the same (rounded) inputs, and tests/test_backward.c checks that for every op.
+//   - CUDA keeps 16-bit tensors in 16 bits and accumulates in f32; where it rounds an
+//     intermediate to dt (named at each op), the CUDA-against-CPU tests allow for it. Every
+//     CUDA backward is deterministic: fixed-order reductions, no atomics.
+// The other ops need no backward of their own: add's is the identity (the same gradient to both
+// inputs), scale's is scale, transpose's is transpose, concat's is split and split's is concat,
+// add_channel_vector's is dout for inp and, for vec, dout summed over HW (no op here does that
+// sum yet: only a trainer that differentiates the time embedding's projection needs it).
+
+// linear_backward: the backward of linear_forward.
+//   dout (N, C_out)   inp (N, C_in)   weight (C_out, C_in)
+//   dinp    (N, C_in)      = dout @ weight        (=, or += with accumulate)
+//   dweight (C_out, C_in) += dout^T @ inp
+//   dbias   (C_out)       += sum over the N rows of dout
+//   16-bit on CUDA: each output is one cuBLAS product (or one reduction) added to what it holds
+//   with one rounding, as the contract asks.
+void linear_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                     int N, int C_in, int C_out, int accumulate, DType dt);
+void linear_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                         int N, int C_in, int C_out, int accumulate, DType dt);
+void linear_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                          const void* weight, int N, int C_in, int C_out, int accumulate, DType dt);
+
+// conv2d_backward: the backward of conv2d_forward (square K, the same zero padding on all
+// sides, groups 1).
+//   dout (N, C_out, H_out, W_out)   inp (N, C_in, H, W)   weight (C_out, C_in, K, K)
+//   dinp    (N, C_in, H, W)       (=, or += with accumulate)
+//   dweight (C_out, C_in, K, K)  += the correlation of dout with inp
+//   dbias   (C_out)              += sum of dout over N, H_out, W_out
+//   scratch: conv2d_scratch_elems(C_in, H, W, K, stride, pad) elements of dt (NULL for a 1x1
+//   stride-1 conv), the forward's im2col buffer. Per chunk of at most CONV_CHUNK output pixels,
+//   dweight += dout_chunk @ col^T with col = im2col(inp), and dcol = weight^T @ dout_chunk is
+//   scattered back onto the input pixels it came from (col2im).
+//   CUDA keeps dcol, and for 16-bit storage the image's dinp and the dweight sums, in f32 device
+//   workspace (ops' own, grown on demand: C_in*K*K*min(P, CONV_CHUNK) + C_in*H*W + C_out*C_in*K*K
+//   floats at most), so each output is rounded to dt once.
+void conv2d_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                     void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride, int pad, int accumulate,
+                     DType dt);
+void conv2d_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const void* weight,
+                         void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride, int pad,
+                         int accumulate, DType dt);
+void conv2d_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                          const void* weight, void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride,
+                          int pad, int accumulate, DType dt);
+
+// group_norm_backward: the backward of group_norm_forward(out, mean, rstd, inp, weight, bias, N,
+// C, HW, G, eps, silu, dt). With silu the forward's output was silu(y), y = gn(x)*w + b, so the
+// backward recomputes y from inp, mean, rstd, weight and bias and multiplies dout by silu'(y)
+// first; bias is read only then (NULL otherwise is fine). Then, per group of M = C/G*HW values,
+// with xhat = (x - mean) * rstd and g = dy * w:
+//   dinp = rstd * (g - mean(g) - xhat * mean(g * xhat))       (=, or += with accumulate)
+//   dweight[c] += sum over n, hw of dy * xhat     dbias[c] += sum over n, hw of dy
+//   mean, rstd (N, G) f32: what the forward saved. weight, bias (C) or NULL (no affine: w = 1,
+//   b = 0); dweight, dbias (C) are computed whenever they are not NULL.
+void group_norm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, const void* weight, const void* bias, int N, int C, int HW, int G, int silu,
+                         int accumulate, DType dt);
+void group_norm_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                             const float* mean, const float* rstd, const void* weight, const void* bias, int N, int C,
+                             int HW, int G, int silu, int accumulate, DType dt);
+void group_norm_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                              const float* mean, const float* rstd, const void* weight, const void* bias, int N, int C,
+                              int HW, int G, int silu, int accumulate, DType dt);
+
+// layer_norm_backward: the backward of layer_norm_forward, the same formulas as group norm with
+// one group per row of C values (the bias is not needed).
+//   dout, inp (N, C)   mean, rstd (N) f32 as the forward saved them   weight (C) or NULL
+//   dinp (N, C) (=, or += with accumulate)   dweight, dbias (C) +=
+void layer_norm_backward(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp, const float* mean,
+                         const float* rstd, const void* weight, int N, int C, int accumulate, DType dt);
+void layer_norm_backward_cpu(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                             const float* mean, const float* rstd, const void* weight, int N, int C, int accumulate,
+                             DType dt);
+void layer_norm_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
+                              const float* mean, const float* rstd, const void* weight, int N, int C, int accumulate,
+                              DType dt);
+
+// attention_backward: the backward of attention_forward (the same (N, L, NH*HS) head layout,
+// scale 1/sqrt(HS), causal needing Lq == Lk).
+//   dout, q, out (N, Lq, NH*HS)   k, v (N, Lk, NH*HS)   out: the forward's output
+//   dq (N, Lq, NH*HS), dk, dv (N, Lk, NH*HS): all three =.
+// Per head, with S = scale * Q K^T, P = softmax(S) (masked when causal) and D_i = dO_i . O_i:
+//   dV = P^T dO    dP = dO V^T    dS = P * (dP - D)    dQ = scale * dS K    dK = scale * dS^T Q
+// Both backends recompute P for a block of queries at a time, never the whole Lq x Lk matrix,
+// and add that block's share to dK and dV. CUDA runs the products through cuBLAS with f32
+// scores (as the forward's large-head path); with 16-bit storage P and dS are rounded to dt
+// before they enter the products that need them (P^T dO, dS K, dS^T Q), and dK, dV are summed
+// over the query blocks in f32 and rounded once.
+void attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
+                        const void* out, int N, int NH, int Lq, int Lk, int HS, int causal, DType dt);
+void attention_backward_cpu(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                            const void* v, const void* out, int N, int NH, int Lq, int Lk, int HS, int causal, DType dt);
+void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                             const void* v, const void* out, int N, int NH, int Lq, int Lk, int HS, int causal,
+                             DType dt);
+
+// Activations, elementwise over n values: dinp = dout * f'(inp) (=); dinp may alias dout or inp.
+//   silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x)
+//   gelu'(x) = Phi(x) + x phi(x), the exact (erf) GELU: Phi(x) = (1 + erf(x/sqrt 2)) / 2,
+//   phi(x) = exp(-x^2/2) / sqrt(2 pi)
+void silu_backward(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+void silu_backward_cpu(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+void silu_backward_cuda(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+void gelu_backward(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+void gelu_backward_cpu(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+void gelu_backward_cuda(void* dinp, const void* dout, const void* inp, size_t n, DType dt);
+
+// geglu_backward: the backward of geglu_forward.
+//   dout (N, C)   inp (N, 2C): value in [:, :C], gate in [:, C:]
+//   dinp (N, 2C) (=): d value = dout * gelu(gate), d gate = dout * value * gelu'(gate). No aliasing.
+void geglu_backward(void* dinp, const void* dout, const void* inp, int N, int C, DType dt);
+void geglu_backward_cpu(void* dinp, const void* dout, const void* inp, int N, int C, DType dt);
+void geglu_backward_cuda(void* dinp, const void* dout, const void* inp, int N, int C, DType dt);
+
+// upsample_nearest_backward: the backward of upsample_nearest_forward (the same index rule).
+//   dout (N, C, H_out, W_out)   dinp (N, C, H, W) (=): each input cell gets the sum of dout over
+//   the output cells that copied it (none, when H_out < H skips it: 0), added in row-major order
+//   of the output cells, in both backends (so they agree bit for bit in f32). No aliasing.
+void upsample_nearest_backward(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out,
+                               DType dt);
+void upsample_nearest_backward_cpu(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out,
+                                   DType dt);
+void upsample_nearest_backward_cuda(void* dinp, const void* dout, int N, int C, int H, int W, int H_out, int W_out,
+                                    DType dt);
+
+// ----------------------------------------------------------------------------
 // CUDA backend internals the dispatchers call (kernels.cu); CPU builds get stubs.
 int cuda_device_count_impl(void);
 void cuda_init(void);
