@@ -27,8 +27,6 @@
 #include "rng.h"
 #include "sdxl.h"
 
-typedef enum { LR_CONSTANT_NAMED, LR_PLACEHOLDER } TrainUnusedEnum; // (unused; schedules are optim.h's)
-
 // ----------------------------------------------------------------------------
 // Trainable LoRA adapters on the UNet
 
@@ -74,8 +72,6 @@ int lora_trainable_save(const LoraTrainable* t, const Unet* u, const char* path,
 // ----------------------------------------------------------------------------
 // The objective and the update, on tensors the caller supplies (tests drive these directly)
 
-typedef enum { PREDICT_EPSILON, PREDICT_V } PredictionType;
-
 typedef struct {
     PredictionType prediction;
     float noise_offset;  // 0: off; else eps += offset * N(0, 1) per sample and channel
@@ -83,7 +79,7 @@ typedef struct {
     int grad_accum;      // micro-batches per update
     double max_grad_norm; // 0: no clipping
     AdamWConfig adamw;    // lr is the schedule's base rate
-    LrScheduleKind schedule;
+    LrSchedule schedule;
     int64_t warmup_steps, total_steps; // in updates
     int loss_scaling;     // GradScaler on (fp16); off for f32 and bf16, as accelerate does
 } TrainObjective;
@@ -135,9 +131,12 @@ typedef struct {
 void noise_schedule_init(NoiseSchedule* s, const SchedulerConfig* c);
 TrainObjective train_objective_default(void); // diffusers' script with the settings
 
-// Sets up the optimizer state for the attached adapters; act_bytes sizes the activation arena
-// (unet_train_activation_bytes of the largest micro-batch). Returns 0, or -1 with err.
-int trainer_init(Trainer* tr, Unet* u, const TrainObjective* obj, int checkpointing, size_t act_bytes, char* err);
+// Attaches the adapters (lora_trainable_attach, drawing their init from init_rng) and sets up the
+// optimizer state and the activation arena for micro-batches of up to N latents of h x w with Lctx
+// text tokens. work_rows: the most rows any adapted Linear sees in a forward (training, sampling).
+// Returns 0, or -1 with err.
+int trainer_init(Trainer* tr, Unet* u, const LoraTrainConfig* lora, TorchGenerator* init_rng, const TrainObjective* obj,
+                 int checkpointing, int N, int h, int w, int Lctx, size_t work_rows, char* err);
 void trainer_free(Trainer* tr);
 // Forward, loss and backward of one micro-batch, adding its gradients (times loss scale /
 // grad_accum) to the adapters'. Returns the micro-batch's loss (f32, unscaled, before the 1/GA).
