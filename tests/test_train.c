@@ -13,6 +13,8 @@
 
 #include "../common.h"
 #include "../data.h"
+#include "../ops.h"
+#include "../train.h"
 #include "check.h"
 
 #define WORK_DIR "build/test_train"
@@ -173,9 +175,284 @@ static void test_data_examples(void) {
     safetensors_close(&g);
 }
 
+// ----------------------------------------------------------------------------
+// The trainer's arithmetic against diffusers + peft (scripts/make_golden_train.py)
+
+static int load_tiny_unet(Unet* u, DType dt) {
+    char err[ERR_MAX] = "";
+    return check_true(unet_load(u, golden_path("tiny_sdxl/unet"), NULL, dt, err) == 0, "load the tiny UNet: %s", err);
+}
+
+static int64_t* golden_i64(const SafeTensors* st, const char* name, size_t* count) {
+    const SafeTensor* t = safetensors_find(st, name);
+    if (!check_true(t && t->dtype == DT_I64, "golden %s is I64", name)) return NULL;
+    *count = safetensor_numel(t);
+    int64_t* v = xmalloc(sizeof(int64_t) * *count);
+    memcpy(v, t->data, sizeof(int64_t) * *count);
+    return v;
+}
+
+// The module name of adapter i ("down_blocks.1....to_q"): its weight's name without ".weight".
+static const char* module_name(const LoraTrainable* t, int i, char* buf) {
+    snprintf(buf, NAME_MAX_LEN, "%.*s", (int)strlen(t->names[i]) - 7, t->names[i]);
+    return buf;
+}
+
+// Sets every adapter's master A and B from golden tensors "<prefix_a>.<module>", "<prefix_b>.<module>".
+static int set_params_from(LoraTrainable* t, const SafeTensors* g, const char* prefix_a, const char* prefix_b) {
+    char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
+    for (int i = 0; i < t->count; i++) {
+        module_name(t, i, module);
+        size_t nA, nB;
+        snprintf(key, sizeof(key), "%s.%s", prefix_a, module);
+        float* A = golden_f32(g, key, &nA);
+        snprintf(key, sizeof(key), "%s.%s", prefix_b, module);
+        float* B = golden_f32(g, key, &nB);
+        if (!A || !B || nA != t->offset_B[i] - t->offset_A[i]) return 0;
+        memcpy(t->params + t->offset_A[i], A, sizeof(float) * nA);
+        memcpy(t->params + t->offset_B[i], B, sizeof(float) * nB);
+        free(A);
+        free(B);
+    }
+    lora_trainable_upload(t);
+    return 1;
+}
+
+// Compares every adapter's f32 master (or gradient, when grads) with golden "<prefix>.<module>"
+// tensors, all as one vector in the adapters' layout.
+static int compare_with(const LoraTrainable* t, const float* got, const SafeTensors* g, const char* prefix_a,
+                        const char* prefix_b, const char* label, float atol_scale, float rtol) {
+    float* want = xcalloc(t->total, sizeof(float));
+    char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
+    for (int i = 0; i < t->count; i++) {
+        module_name(t, i, module);
+        size_t n;
+        snprintf(key, sizeof(key), "%s.%s", prefix_a, module);
+        float* a = golden_f32(g, key, &n);
+        if (a) memcpy(want + t->offset_A[i], a, sizeof(float) * n);
+        free(a);
+        snprintf(key, sizeof(key), "%s.%s", prefix_b, module);
+        float* b = golden_f32(g, key, &n);
+        if (b) memcpy(want + t->offset_B[i], b, sizeof(float) * n);
+        free(b);
+    }
+    float most = 0;
+    for (size_t i = 0; i < t->total; i++) most = fabsf(want[i]) > most ? fabsf(want[i]) : most;
+    int ok = check_close(label, got, want, t->total, atol_scale * most, rtol);
+    if (!ok && getenv("DEBUG_ADAPTERS"))
+        for (int i = 0; i < t->count; i++) {
+            size_t end = i + 1 < t->count ? t->offset_A[i + 1] : t->total;
+            double e = 0, m = 0;
+            for (size_t k = t->offset_A[i]; k < end; k++) {
+                e = fmax(e, fabs(got[k] - want[k]));
+                m = fmax(m, fabs(want[k]));
+            }
+            if (e > 2e-5 * m) printf("    adapter %d %s: max err %.3g of max %.3g\n", i, t->names[i], e, m);
+        }
+    free(want);
+    return ok;
+}
+
+static TrainObjective golden_objective(void) {
+    TrainObjective o = train_objective_default();
+    o.grad_accum = 1;
+    o.loss_scaling = 0;
+    return o;
+}
+
+static void test_lora_init_matches_peft(void) {
+    Unet u;
+    if (!load_tiny_unet(&u, DT_F32)) return;
+    SafeTensors g;
+    if (!golden_open(&g, "train/init.safetensors")) return;
+    TorchGenerator rng;
+    torch_manual_seed(&rng, 1234);
+    LoraTrainable t;
+    LoraTrainConfig c = {4, 4.0f, UNET_LORA_ATTENTION};
+    char err[ERR_MAX] = "";
+    if (check_true(lora_trainable_attach(&t, &u, &c, &rng, 1024, err) == 0, "attach: %s", err)) {
+        check_true(t.count == 176, "176 adapted layers in the tiny UNet (8 per transformer block), got %d", t.count);
+        // A as peft draws it (exactly), B = 0
+        float* got_a = xcalloc(t.total, sizeof(float));
+        float* want = xcalloc(t.total, sizeof(float));
+        char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
+        for (int i = 0; i < t.count; i++) {
+            size_t n;
+            memcpy(got_a + t.offset_A[i], t.params + t.offset_A[i], sizeof(float) * (t.offset_B[i] - t.offset_A[i]));
+            snprintf(key, sizeof(key), "A.%s", module_name(&t, i, module));
+            float* a = golden_f32(&g, key, &n);
+            if (a) memcpy(want + t.offset_A[i], a, sizeof(float) * n);
+            free(a);
+        }
+        check_bytes_equal("A ~ N(0, 1/r) drawn as peft draws it (torch.manual_seed(1234))", got_a, want, sizeof(float) * t.total);
+        int b_zero = 1;
+        for (int i = 0; i < t.count; i++)
+            for (size_t k = t.offset_B[i]; k < t.offset_B[i] + (size_t)t.layers[i]->out * 4; k++) b_zero &= t.params[k] == 0.0f;
+        check_true(b_zero, "every B starts at 0");
+        free(got_a);
+        free(want);
+        lora_trainable_detach(&t);
+    }
+    safetensors_close(&g);
+    unet_free(&u);
+}
+
+// One micro-batch's loss and LoRA gradients against peft autograd; the same with gradient
+// checkpointing (bit-identical: the same ops on the same inputs), and with the UNet in f16.
+static void check_grads(const char* golden, UnetLoraTargets targets, float alpha, PredictionType pred, float snr_gamma) {
+    SafeTensors g;
+    if (!golden_open(&g, golden)) return;
+    size_t n;
+    float* latents = golden_f32(&g, "latents", &n);
+    float* noise = golden_f32(&g, "noise", &n);
+    float* context = golden_f32(&g, "context", &n);
+    float* pooled = golden_f32(&g, "pooled", &n);
+    float* time_ids = golden_f32(&g, "time_ids", &n);
+    float* loss_want = golden_f32(&g, "loss", &n);
+    int64_t* t = golden_i64(&g, "timesteps", &n);
+    if (!latents || !noise || !context || !pooled || !time_ids || !loss_want || !t) return;
+    MicroBatch b = {latents, noise, t, context, pooled, time_ids, 2, 10, 14, 77};
+    TrainObjective obj = golden_objective();
+    obj.prediction = pred;
+    obj.snr_gamma = snr_gamma;
+    LoraTrainConfig lc = {4, alpha, targets};
+    float* grads_f32 = NULL;
+    DType dts[2] = {DT_F32, DT_F16};
+    for (int variant = 0; variant < 3; variant++) {
+        DType dt = dts[variant == 2];
+        int checkpointing = variant == 1;
+        Unet u;
+        if (!load_tiny_unet(&u, dt)) break;
+        Trainer tr;
+        TorchGenerator rng;
+        torch_manual_seed(&rng, 0);
+        char err[ERR_MAX] = "", label[160];
+        if (!check_true(trainer_init(&tr, &u, &lc, &rng, &obj, checkpointing, 2, 10, 14, 77, 2 * 10 * 14 + 2 * 77, err) == 0,
+                        "trainer: %s", err)) {
+            unet_free(&u);
+            break;
+        }
+        NoiseSchedule ns;
+        SchedulerConfig sc;
+        scheduler_config_sdxl(&sc);
+        noise_schedule_init(&ns, &sc);
+        tr.noise = ns;
+        if (set_params_from(&tr.lora, &g, "A", "B")) {
+            float loss = trainer_micro_step(&tr, &b);
+            float* grads = xmalloc(sizeof(float) * tr.lora.total);
+            copy_to_host(grads, tr.lora.grads, sizeof(float) * tr.lora.total);
+            const char* what = variant == 0 ? "f32" : variant == 1 ? "f32, checkpointing" : "f16 UNet";
+            snprintf(label, sizeof(label), "%s: loss (%s)", golden, what);
+            check_close(label, &loss, loss_want, 1, 0, variant == 2 ? 2e-3f : 2e-6f);
+            snprintf(label, sizeof(label), "%s: LoRA gradients (%s)", golden, what);
+            if (variant == 0) {
+                // the reference is float64 autograd; f32 cannot promise more than torch's own f32
+                // run reaches (torch_f32_error, relative to the largest gradient): allow 3 times that
+                const char* e = safetensors_metadata(&g, "torch_f32_error");
+                float scale = fmaxf(1e-5f, 3.0f * (e ? (float)atof(e) : 0.0f));
+                printf("  torch's f32 gradients are %s of the largest away from float64; allowing %.2g\n", e ? e : "?", scale);
+                compare_with(&tr.lora, grads, &g, "gA", "gB", label, scale, 1e-4f);
+                grads_f32 = grads;
+                grads = NULL;
+            } else if (variant == 1) {
+                check_bytes_equal(label, grads, grads_f32, sizeof(float) * tr.lora.total);
+            } else {
+                // f16 rounds every activation to 11 bits: elementwise agreement is not the
+                // question, direction and size are. The vector's relative L2 error against the
+                // float64 reference, within 8192 (the f16/f32 rounding ratio) times torch's f32 one,
+                // at least 1%.
+                double num = 0, den = 0, dot = 0, gg = 0;
+                for (size_t k = 0; k < tr.lora.total; k++) {
+                    num += ((double)grads[k] - grads_f32[k]) * ((double)grads[k] - grads_f32[k]);
+                    den += (double)grads_f32[k] * grads_f32[k];
+                    dot += (double)grads[k] * grads_f32[k];
+                    gg += (double)grads[k] * grads[k];
+                }
+                const char* e = safetensors_metadata(&g, "torch_f32_error");
+                double allowed = fmax(0.01, 8192.0 * (e ? atof(e) : 0.0));
+                double rel = sqrt(num / den), cosine = dot / sqrt(gg * den);
+                check_true(rel <= allowed && cosine > 1 - allowed, "%s: relative L2 error %.3g (<= %.3g), cosine %.6f", label,
+                           rel, allowed, cosine);
+            }
+            free(grads);
+            arena_report(&tr.act);
+        }
+        trainer_free(&tr);
+        unet_free(&u);
+    }
+    free(grads_f32);
+    free(latents), free(noise), free(context), free(pooled), free(time_ids), free(loss_want), free(t);
+    safetensors_close(&g);
+}
+
+static void test_lora_grads_attention(void) {
+    check_grads("train/grads_attention.safetensors", UNET_LORA_ATTENTION, 4.0f, PREDICT_EPSILON, 0.0f);
+}
+
+static void test_lora_grads_transformer(void) {
+    check_grads("train/grads_transformer.safetensors", UNET_LORA_TRANSFORMER, 8.0f, PREDICT_V, 5.0f);
+}
+
+// Ten updates of the recipe (AdamW, two micro-batches per update, clipping at 1, a cosine schedule
+// with two warmup steps) fed the golden's latents, noise and timesteps: every loss and the final
+// weights against the same run in PyTorch.
+static void test_trajectory(void) {
+    SafeTensors g;
+    if (!golden_open(&g, "train/trajectory.safetensors")) return;
+    size_t n;
+    float* latents = golden_f32(&g, "latents", &n);
+    float* noise = golden_f32(&g, "noise", &n);
+    float* context = golden_f32(&g, "context", &n);
+    float* pooled = golden_f32(&g, "pooled", &n);
+    float* time_ids = golden_f32(&g, "time_ids", &n);
+    float* losses_want = golden_f32(&g, "losses", &n);
+    int64_t* t = golden_i64(&g, "timesteps", &n);
+    Unet u;
+    if (!latents || !noise || !context || !pooled || !time_ids || !losses_want || !t || !load_tiny_unet(&u, DT_F32)) return;
+    TrainObjective obj = golden_objective();
+    obj.grad_accum = 2;
+    obj.adamw.lr = 1e-3;
+    obj.schedule = LR_COSINE;
+    obj.warmup_steps = 2;
+    obj.total_steps = 10;
+    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_ATTENTION};
+    Trainer tr;
+    TorchGenerator rng;
+    torch_manual_seed(&rng, 0);
+    char err[ERR_MAX] = "";
+    if (check_true(trainer_init(&tr, &u, &lc, &rng, &obj, 0, 1, 10, 14, 77, 10 * 14 + 77, err) == 0, "trainer: %s", err) &&
+        set_params_from(&tr.lora, &g, "A0", "B0")) {
+        SchedulerConfig sc;
+        scheduler_config_sdxl(&sc);
+        noise_schedule_init(&tr.noise, &sc);
+        float losses[20];
+        size_t per = 4 * 10 * 14;
+        for (int k = 0; k < 20; k++) {
+            int c = k % 2;
+            MicroBatch b = {latents + k * per, noise + k * per, t + k, context + (size_t)c * 77 * 96, pooled + c * 32,
+                            time_ids + c * 6, 1, 10, 14, 77};
+            losses[k] = trainer_micro_step(&tr, &b);
+            if (k % 2 == 1) {
+                UpdateInfo info;
+                trainer_update(&tr, &info);
+            }
+        }
+        check_close("20 micro-batch losses over 10 updates", losses, losses_want, 20, 0, 1e-5f);
+        compare_with(&tr.lora, tr.lora.params, &g, "A", "B", "LoRA weights after 10 updates", 1e-5f, 1e-4f);
+    }
+    trainer_free(&tr);
+    unet_free(&u);
+    free(latents), free(noise), free(context), free(pooled), free(time_ids), free(losses_want), free(t);
+    safetensors_close(&g);
+}
+
 const TestCase tests_train[] = {
     {"train_data_imagefolder", test_data_imagefolder},
     {"train_data_buckets", test_data_buckets},
     {"train_data_examples", test_data_examples},
+    {"train_lora_init_matches_peft", test_lora_init_matches_peft},
+    {"train_lora_grads_attention", test_lora_grads_attention},
+    {"train_lora_grads_transformer", test_lora_grads_transformer},
+    {"train_trajectory", test_trajectory},
     {NULL, NULL},
 };
