@@ -276,11 +276,6 @@ static const char* config_token(const JsonValue* cfg, const char* key, const cha
     return fallback;
 }
 
-static int file_exists(const char* path) {
-    struct stat s;
-    return stat(path, &s) == 0;
-}
-
 int bert_tokenizer_load(BertTokenizer* tok, const char* folder, char* err) {
     memset(tok, 0, sizeof(*tok));
     char path[4200];
@@ -316,7 +311,7 @@ int bert_tokenizer_load(BertTokenizer* tok, const char* folder, char* err) {
     JsonDoc doc;
     const JsonValue* cfg = NULL;
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", folder);
-    int have_cfg = file_exists(path);
+    int have_cfg = path_is_file(path);
     if (have_cfg) {
         if (json_read_file(&doc, path, err) != 0) {
             bert_tokenizer_free(tok);
@@ -1301,7 +1296,7 @@ static int minilm_read_st_configs(MiniLM* m, const char* folder, char* err) {
     JsonDoc doc;
     m->max_seq_length = m->cfg.max_positions;
     snprintf(path, sizeof(path), "%s/sentence_bert_config.json", folder);
-    if (file_exists(path)) {
+    if (path_is_file(path)) {
         if (json_read_file(&doc, path, err) != 0) return -1;
         int rc = 0;
         int n = config_int(&doc.root, "max_seq_length", m->cfg.max_positions, path, err, &rc);
@@ -1311,7 +1306,7 @@ static int minilm_read_st_configs(MiniLM* m, const char* folder, char* err) {
         m->max_seq_length = n < m->cfg.max_positions ? n : m->cfg.max_positions;
     }
     snprintf(path, sizeof(path), "%s/1_Pooling/config.json", folder);
-    if (file_exists(path)) {
+    if (path_is_file(path)) {
         if (json_read_file(&doc, path, err) != 0) return -1;
         static const char* const others[] = {"pooling_mode_cls_token", "pooling_mode_max_tokens",
                                              "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",

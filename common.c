@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 void fatal(const char* fmt, ...) {
@@ -305,4 +306,36 @@ void sha256_final(Sha256* s, uint8_t digest[32]) {
 
 void sha256_hex(const uint8_t digest[32], char hex[65]) {
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+}
+
+// ----------------------------------------------------------------------------
+// Paths
+
+int path_is_dir(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+int path_is_file(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int make_dir(const char* path, char* err) {
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) return set_error(err, "%s: %s", path, strerror(errno));
+    if (!path_is_dir(path)) return set_error(err, "%s: exists and is not a folder", path);
+    return 0;
+}
+
+int make_dirs(const char* path, char* err) {
+    char partial[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(partial)) return set_error(err, "%s: bad folder name", path);
+    for (size_t i = 1; i <= n; i++) {
+        if (path[i] != '/' && path[i] != '\0') continue;
+        memcpy(partial, path, i);
+        partial[i] = '\0';
+        if (make_dir(partial, err) != 0) return -1;
+    }
+    return 0;
 }

@@ -88,3 +88,9 @@ void sha256_update(Sha256* s, const void* data, size_t n);
 void sha256_final(Sha256* s, uint8_t digest[32]);
 // The 64 lowercase hex digits of a digest, into hex[65].
 void sha256_hex(const uint8_t digest[32], char hex[65]);
+
+// Paths.
+int path_is_dir(const char* path);
+int path_is_file(const char* path);               // a regular file (or a link to one)
+int make_dir(const char* path, char* err);        // mkdir 0755; an existing folder is fine
+int make_dirs(const char* path, char* err);       // mkdir -p

@@ -22,11 +22,6 @@
 #include "sdxl.h"
 #include "vae.h"
 
-static int make_dir(const char* path, char* err) {
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) return set_error(err, "%s: %s", path, strerror(errno));
-    return 0;
-}
-
 static int write_text(const char* dir, const char* file, const char* text, char* err) {
     char path[4400];
     snprintf(path, sizeof(path), "%s/%s", dir, file);

@@ -266,11 +266,6 @@ static const char* path_base(const char* path) {
     return slash ? slash + 1 : path;
 }
 
-static int file_exists(const char* path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 // Appends a sentence to l->note ("; " between sentences; a PEFT folder may add one per component).
 static void add_note(Lora* l, const char* text) {
     size_t used = strlen(l->note);
@@ -391,7 +386,7 @@ static int read_lora_file(Lora* l, const char* path, char* err) {
         char dir[4096], cfg_path[4200];
         path_dir(dir, sizeof(dir), path);
         snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", dir);
-        if (file_exists(cfg_path)) {
+        if (path_is_file(cfg_path)) {
             if (json_read_file(&config_doc, cfg_path, err) != 0) goto done;
             have_config_doc = 1;
         } else {
@@ -491,33 +486,28 @@ done:
 // ----------------------------------------------------------------------------
 // lora_load: a file, or a folder of one of the known layouts
 
-static int is_dir(const char* path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
 int lora_load(Lora* l, const char* path, char* err) {
     memset(l, 0, sizeof(*l));
     snprintf(l->path, sizeof(l->path), "%s", path);
     int rc = 0;
     char file[4200];
-    if (!is_dir(path)) {
+    if (!path_is_dir(path)) {
         rc = read_lora_file(l, path, err);
     } else {
         snprintf(file, sizeof(file), "%s/pytorch_lora_weights.safetensors", path); // diffusers' save_lora_weights
         int found = 0;
-        if (file_exists(file)) {
+        if (path_is_file(file)) {
             found = 1;
             rc = read_lora_file(l, file, err);
         }
         snprintf(file, sizeof(file), "%s/adapter_model.safetensors", path); // one PEFT adapter
-        if (rc == 0 && !found && file_exists(file)) {
+        if (rc == 0 && !found && path_is_file(file)) {
             found = 1;
             rc = read_lora_file(l, file, err);
         }
         for (int m = 0; m < LORA_MODELS && rc == 0 && !found; m++) { // PEFT adapters per component
             snprintf(file, sizeof(file), "%s/%s/adapter_model.safetensors", path, component_name[m]);
-            if (file_exists(file)) rc = read_lora_file(l, file, err);
+            if (path_is_file(file)) rc = read_lora_file(l, file, err);
         }
         if (rc == 0 && !found && l->file_count == 0)
             rc = set_error(err, "%s: no LoRA in this folder (no pytorch_lora_weights.safetensors, adapter_model.safetensors, "

@@ -28,16 +28,6 @@ const char* const STORYBOARD_NEGATIVE =
 // ----------------------------------------------------------------------------
 // Loading
 
-static int is_dir(const char* path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static int file_exists(const char* path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 static void base_name(char* out, size_t cap, const char* path) {
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s", path);
@@ -55,7 +45,7 @@ static const char* pick_variant(const char* dir, const char* stem, const char* a
     char single[4400], index[4400];
     snprintf(single, sizeof(single), "%s/%s.safetensors", dir, stem);
     snprintf(index, sizeof(index), "%s/%s.safetensors.index.json", dir, stem);
-    return file_exists(single) || file_exists(index) ? NULL : "fp16";
+    return path_is_file(single) || path_is_file(index) ? NULL : "fp16";
 }
 
 static int load_diffusers_folder(SdxlModel* m, const char* root, const char* variant, const SdxlPrecision* p, char* err) {
@@ -87,7 +77,7 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     snprintf(dir, sizeof(dir), "%s/vae", root);
     if (vae_load(&m->vae, dir, p->vae, err) != 0) return -1;
     snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", root);
-    if (file_exists(path)) return scheduler_config_read(&m->sched, path, err);
+    if (path_is_file(path)) return scheduler_config_read(&m->sched, path, err);
     scheduler_config_sdxl(&m->sched);
     return 0;
 }
@@ -114,7 +104,7 @@ static int single_file_configs(const char* config_dir, UnetConfig* uc, ClipTextC
     snprintf(path, sizeof(path), "%s/vae/config.json", config_dir);
     if (vae_config_read(vc, path, err) != 0) return -1;
     snprintf(path, sizeof(path), "%s/scheduler/scheduler_config.json", config_dir);
-    if (file_exists(path)) return scheduler_config_read(sc, path, err);
+    if (path_is_file(path)) return scheduler_config_read(sc, path, err);
     scheduler_config_sdxl(sc);
     return 0;
 }
@@ -166,8 +156,8 @@ int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const c
     memset(m, 0, sizeof(*m));
     base_name(m->name, sizeof(m->name), path);
     int rc;
-    if (is_dir(path)) rc = load_diffusers_folder(m, path, variant, p, err);
-    else if (file_exists(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, p, err);
+    if (path_is_dir(path)) rc = load_diffusers_folder(m, path, variant, p, err);
+    else if (path_is_file(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, p, err);
     else rc = set_error(err, "%s: no such file or folder", path);
     if (rc != 0) sdxl_model_free(m);
     return rc;

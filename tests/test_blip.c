@@ -136,7 +136,7 @@ static int load_tiny_blip(Blip* m) {
                       err[0] ? err : "ok");
 }
 
-static void make_dir(const char* sub, char* path, size_t cap) {
+static void make_work_dir(const char* sub, char* path, size_t cap) {
     mkdir("build", 0755);
     mkdir(WORK_DIR, 0755);
     snprintf(path, cap, "%s/%s", WORK_DIR, sub);
@@ -654,14 +654,14 @@ static void test_blip_load_errors(void) {
     char dir[512], path[1024], err[ERR_MAX];
     Blip m;
     // a folder without vocab.txt
-    make_dir("no_vocab", dir, sizeof(dir));
+    make_work_dir("no_vocab", dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/config.json", dir);
     copy_file(blip_golden("tiny_blip/config.json"), path);
     err[0] = 0;
     int rc = blip_load(&m, dir, err);
     check_true(rc < 0 && strstr(err, "vocab.txt") && !strchr(err, '\n'), "no vocab.txt: %s", err);
     // a config with a third text layer: the file lacks its tensors
-    make_dir("missing_tensor", dir, sizeof(dir));
+    make_work_dir("missing_tensor", dir, sizeof(dir));
     uint8_t* cfg;
     size_t size;
     rc = read_file(blip_golden("tiny_blip/config.json"), &cfg, &size, err);
@@ -686,7 +686,7 @@ static void test_blip_load_errors(void) {
         free(cfg);
     }
     // a BERT that is not GELU
-    make_dir("bad_act", dir, sizeof(dir));
+    make_work_dir("bad_act", dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/config.json", dir);
     const char* relu = "{\"hidden_size\": 32, \"num_attention_heads\": 4, \"hidden_act\": \"relu\"}";
     write_file_atomic(path, relu, strlen(relu), err);
@@ -695,7 +695,7 @@ static void test_blip_load_errors(void) {
     rc = minilm_load(&mm, dir, err);
     check_true(rc < 0 && strstr(err, "relu"), "hidden_act relu is refused: %s", err);
     // MiniLM with a pooling mode other than mean
-    make_dir("cls_pooling", dir, sizeof(dir));
+    make_work_dir("cls_pooling", dir, sizeof(dir));
     const char* files[] = {"config.json", "vocab.txt", "tokenizer_config.json", "model.safetensors", "sentence_bert_config.json"};
     for (int i = 0; i < 5; i++) {
         char from[1024];
@@ -712,7 +712,7 @@ static void test_blip_load_errors(void) {
     rc = minilm_load(&mm, dir, err);
     check_true(rc < 0 && strstr(err, "mean pooling") && !strchr(err, '\n'), "CLS pooling is refused: %s", err);
     // a tokenizer folder without [UNK]
-    make_dir("no_unk", dir, sizeof(dir));
+    make_work_dir("no_unk", dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/vocab.txt", dir);
     const char* vocab = "[PAD]\n[CLS]\n[SEP]\n[MASK]\na\n";
     write_file_atomic(path, vocab, strlen(vocab), err);

@@ -35,7 +35,7 @@ static int load_ref(JsonDoc* doc) {
     return check_true(rc == 0, "read %s (%s; re-run scripts/make_golden_tokenizer.py)", path, rc ? err : "ok");
 }
 
-static void make_dir(const char* path) {
+static void make_test_dir(const char* path) {
     mkdir("build", 0755);
     mkdir(WORK_DIR, 0755);
     mkdir(path, 0755);
@@ -79,7 +79,7 @@ static int load_named(const JsonValue* ref, const char* name, Tokenizer* tok) {
         snprintf(dir, sizeof(dir), "%s", golden_path(folder));
     } else {
         snprintf(dir, sizeof(dir), WORK_DIR "/%s", folder);
-        make_dir(dir);
+        make_test_dir(dir);
         if (copy_golden("clip_tokenizer/vocab.json", dir, "vocab.json") || copy_golden("clip_tokenizer/merges.txt", dir, "merges.txt"))
             return -1;
         const JsonValue* files = json_get(json_get(ref, "folders"), folder);
@@ -282,7 +282,7 @@ static void test_tokenizer_json_fallback(void) {
     JsonDoc ref;
     if (!load_ref(&ref)) return;
     const char* dir = WORK_DIR "/tokenizer_json_only";
-    make_dir(dir);
+    make_test_dir(dir);
     remove(WORK_DIR "/tokenizer_json_only/vocab.json");
     remove(WORK_DIR "/tokenizer_json_only/merges.txt");
     if (copy_golden("tiny_sdxl/tokenizer_2/tokenizer.json", dir, "tokenizer.json") ||
@@ -514,7 +514,7 @@ static void test_tokenizer_rejects_bad_folders(void) {
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         char dir[512];
         snprintf(dir, sizeof(dir), WORK_DIR "/bad_%s", cases[c].name);
-        make_dir(dir);
+        make_test_dir(dir);
         const char* files[3] = {"vocab.json", "merges.txt", "tokenizer_config.json"};
         const char* texts[3] = {cases[c].vocab, cases[c].merges, cases[c].config};
         for (int f = 0; f < 3; f++) {
