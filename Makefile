@@ -41,7 +41,7 @@ endif
 
 LIB_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c rng.c weights.c layers.c \
           unicode.c tokenizer.c sample.c vae.c clip.c sdxl.c lora.c pipeline.c image.c yolo.c blip.c eval.c \
-          optim.c jpeg.c data.c train.c
+          optim.c jpeg.c data.c train.c plot.c
 CLI_SRC = main.c cli.c bench.c demo.c
 TEST_SRC = $(wildcard tests/*.c)
 HEADERS = $(wildcard *.h tests/*.h)

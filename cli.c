@@ -20,6 +20,7 @@ static void format_value(const Option* o, char* buf, size_t cap) {
     switch (o->type) {
     case OPT_INT: snprintf(buf, cap, "%d", *(int*)o->target); break;
     case OPT_FLOAT: snprintf(buf, cap, "%g", *(float*)o->target); break;
+    case OPT_DOUBLE: snprintf(buf, cap, "%g", *(double*)o->target); break;
     case OPT_STRING: snprintf(buf, cap, "%s", *(const char**)o->target ? *(const char**)o->target : "(none)"); break;
     case OPT_FLAG: snprintf(buf, cap, "%s", *(int*)o->target ? "on" : "off"); break;
     }
@@ -30,7 +31,7 @@ void options_print_help(const Option* options, int count, const char* usage) {
     for (int i = 0; i < count; i++) {
         char def[256];
         format_value(&options[i], def, sizeof(def));
-        const char* arg = options[i].type == OPT_INT ? " N" : options[i].type == OPT_FLOAT ? " F" : options[i].type == OPT_STRING ? " S" : "";
+        const char* arg = options[i].type == OPT_INT ? " N" : options[i].type == OPT_FLOAT || options[i].type == OPT_DOUBLE ? " F" : options[i].type == OPT_STRING ? " S" : "";
         char left[64];
         snprintf(left, sizeof(left), "%s%s", options[i].name, arg);
         // a string option without a value has its default described in its help text
@@ -74,6 +75,10 @@ int options_parse(const Option* options, int count, int argc, char** argv, int f
             float x = strtof(v, &end);
             if (*v == 0 || *end != 0 || errno == ERANGE) fatal("option %s expects a number, got '%s'", o->name, v);
             *(float*)o->target = x;
+        } else if (o->type == OPT_DOUBLE) {
+            double x = strtod(v, &end);
+            if (*v == 0 || *end != 0 || errno == ERANGE) fatal("option %s expects a number, got '%s'", o->name, v);
+            *(double*)o->target = x;
         } else {
             *(const char**)o->target = v;
         }

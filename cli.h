@@ -5,12 +5,12 @@
 // values, so the three cannot drift apart. Every bad argument is a one-line error.
 #pragma once
 
-typedef enum { OPT_INT, OPT_FLOAT, OPT_STRING, OPT_FLAG } OptionType;
+typedef enum { OPT_INT, OPT_FLOAT, OPT_DOUBLE, OPT_STRING, OPT_FLAG } OptionType;
 
 typedef struct {
     const char* name;  // "--steps"
     OptionType type;
-    void* target;      // int*, float*, const char**, or int* (flag: set to 1)
+    void* target;      // int*, float*, double*, const char**, or int* (flag: set to 1)
     const char* help;  // what it does and the allowed values; the default is appended
 } Option;
 

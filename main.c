@@ -1,13 +1,12 @@
 // main.c: the `sdxl` command line.
 //
 //   sdxl generate             prompt(s) to storyboard thumbnails with an SDXL model and a LoRA
+//   sdxl train                fine-tune SDXL with LoRA on an imagefolder dataset (train.h)
 //   sdxl eval                 judge a folder of thumbnails and write report.json/csv/html
 //   sdxl demo                 the whole pipeline on a tiny random-weight SDXL (no download)
 //   sdxl info                 what this binary was built with and what it can see
 //   sdxl bench matmul|unet|generate  GEMM throughput; full-size UNet evaluations; a whole thumbnail
 //   sdxl verify unet          our UNet against a reference evaluation from another implementation
-//
-// LoRA training (`train`) arrives with its issue; README.md keeps the table of what works today.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +23,7 @@
 #include "png.h"
 #include "rng.h"
 #include "sdxl.h"
+#include "train.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -288,6 +288,117 @@ static int demo_main(int argc, char** argv) {
 }
 
 // ----------------------------------------------------------------------------
+// sdxl train: LoRA fine-tuning (train.h). The defaults are the storyboard job's: diffusers'
+// train_text_to_image_lora_sdxl.py with lr 1e-5, fp16, batch 1, gradient accumulation 4, 15,000
+// steps, at 1024 px, in kohya's aspect-ratio buckets so 16:9 frames keep their whole picture.
+
+static int train_main(int argc, char** argv) {
+    TrainConfig c = train_config_default();
+    const char* backend = "cpu";
+    const char* data_mode = "buckets";
+    const char* targets = "attention";
+    const char* prediction = "epsilon";
+    const char* scheduler = "constant";
+    const char* save_precision = "fp32";
+    const char* sample_prompt = NULL;
+    const char* sample_prompts_file = NULL;
+    int random_crop = 0, warmup = 0, seed = 42;
+    float alpha = 0.0f;
+    Option options[] = {
+        {"--model", OPT_STRING, &c.model, "the SDXL base model: a diffusers folder, or a single .safetensors (required)"},
+        {"--config", OPT_STRING, &c.config_dir, "single files: a diffusers folder with their configs and tokenizers"},
+        {"--data", OPT_STRING, &c.data, "a Hugging Face imagefolder: images + metadata.jsonl (required)"},
+        {"--caption-column", OPT_STRING, &c.caption_column, "the metadata.jsonl key holding the caption"},
+        {"--skip-bad", OPT_FLAG, &c.skip_bad, "skip unreadable images and bad lines with a warning instead of stopping"},
+        {"--out", OPT_STRING, &c.out, "the LoRA to write, kohya format (required)"},
+        {"--out-diffusers", OPT_STRING, &c.out_diffusers, "also write this diffusers-format LoRA (pytorch_lora_weights.safetensors)"},
+        {"--save-precision", OPT_STRING, &save_precision, "LoRA file tensors: fp32, fp16 or bf16"},
+        {"--resolution", OPT_INT, &c.data_cfg.resolution, "training resolution (buckets hold about this squared in pixels)"},
+        {"--data-mode", OPT_STRING, &data_mode, "buckets (kohya's aspect-ratio buckets) or crop (diffusers: square crops)"},
+        {"--random-crop", OPT_FLAG, &random_crop, "random crops (crop mode) / random trims (buckets) instead of centred"},
+        {"--random-flip", OPT_FLAG, &c.data_cfg.random_flip, "flip horizontally with probability 0.5"},
+        {"--bucket-step", OPT_INT, &c.data_cfg.bucket_step, "bucket sides are multiples of this"},
+        {"--bucket-min", OPT_INT, &c.data_cfg.bucket_min, "smallest bucket side"},
+        {"--bucket-max", OPT_INT, &c.data_cfg.bucket_max, "largest bucket side"},
+        {"--rank", OPT_INT, &c.lora.rank, "LoRA rank"},
+        {"--alpha", OPT_FLOAT, &alpha, "LoRA alpha; scale = alpha / rank (0: alpha = rank, diffusers' choice)"},
+        {"--targets", OPT_STRING, &targets, "attention (to_q/k/v/out.0, diffusers) or transformer (every transformer linear, kohya)"},
+        {"--prediction", OPT_STRING, &prediction, "epsilon (SDXL base) or v_prediction"},
+        {"--noise-offset", OPT_FLOAT, &c.obj.noise_offset, "noise offset (0: off)"},
+        {"--snr-gamma", OPT_FLOAT, &c.obj.snr_gamma, "min-SNR weighting gamma (0: off; 5 is the usual choice)"},
+        {"--lr", OPT_DOUBLE, &c.obj.adamw.lr, "learning rate"},
+        {"--lr-scheduler", OPT_STRING, &scheduler, "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial"},
+        {"--lr-warmup-steps", OPT_INT, &warmup, "warmup steps"},
+        {"--adam-beta1", OPT_DOUBLE, &c.obj.adamw.beta1, "AdamW beta1"},
+        {"--adam-beta2", OPT_DOUBLE, &c.obj.adamw.beta2, "AdamW beta2"},
+        {"--adam-eps", OPT_DOUBLE, &c.obj.adamw.eps, "AdamW epsilon"},
+        {"--weight-decay", OPT_DOUBLE, &c.obj.adamw.weight_decay, "AdamW decoupled weight decay"},
+        {"--max-grad-norm", OPT_DOUBLE, &c.obj.max_grad_norm, "clip the gradient norm to this (0: no clipping)"},
+        {"--batch-size", OPT_INT, &c.batch_size, "images per micro-batch"},
+        {"--grad-accum", OPT_INT, &c.obj.grad_accum, "micro-batches per optimizer step"},
+        {"--steps", OPT_INT, &c.max_steps, "optimizer steps"},
+        {"--seed", OPT_INT, &seed, "seed of the LoRA init, the data order and the noise"},
+        {"--mixed-precision", OPT_STRING, &c.mixed_precision, "fp16 (with loss scaling), bf16 or no (default: fp16 on cuda, no on the CPU)"},
+        {"--gradient-checkpointing", OPT_FLAG, &c.checkpointing, "keep only block inputs; recompute each block in the backward"},
+        {"--cache-dir", OPT_STRING, &c.cache_dir, "latent and text-embedding cache (default: ~/.cache/sdxl.c/train)"},
+        {"--no-cache", OPT_FLAG, &c.no_cache, "encode everything again, read and write no cache"},
+        {"--checkpoint-dir", OPT_STRING, &c.checkpoint_dir, "where checkpoints go (default: <out>.checkpoints)"},
+        {"--checkpoint-every", OPT_INT, &c.checkpoint_every, "save the whole state every N steps (0: never)"},
+        {"--checkpoints-keep", OPT_INT, &c.checkpoints_keep, "keep only the newest N checkpoints (0: all)"},
+        {"--resume", OPT_STRING, &c.resume, "continue from a checkpoint folder, or \"latest\""},
+        {"--stop-after", OPT_INT, &c.stop_after, "stop after N steps of this run without saving, as if killed (for testing resume)"},
+        {"--sample-prompt", OPT_STRING, &sample_prompt, "a prompt to draw while training (fixed seed 42)"},
+        {"--sample-prompts", OPT_STRING, &sample_prompts_file, "a file of prompts to draw while training (seeds 42, 43, ...)"},
+        {"--sample-every", OPT_INT, &c.sample_every, "draw the samples every N steps (0: never) into <out>.samples/"},
+        {"--sample-steps", OPT_INT, &c.sample_steps, "sampler steps for the samples (Euler)"},
+        {"--sample-cfg", OPT_FLOAT, &c.sample_cfg, "guidance scale for the samples"},
+        {"--validation-data", OPT_STRING, &c.validation_data, "a held-out imagefolder for a validation loss"},
+        {"--validation-every", OPT_INT, &c.validation_every, "validation loss every N steps"},
+        {"--log", OPT_STRING, &c.log_csv, "the CSV log (default: <out>.csv)"},
+        {"--loss-png", OPT_STRING, &c.loss_png, "the loss curve (default: <out>.loss.png)"},
+        {"--quiet", OPT_FLAG, &c.quiet, "no progress lines"},
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+    };
+    int n_options = sizeof(options) / sizeof(options[0]);
+    if (options_parse(options, n_options, argc, argv, 2, "sdxl train --model PATH --data DIR --out LORA.safetensors [options]"))
+        return 0;
+    if (!c.model || !c.data || !c.out) fatal("--model, --data and --out are required; see sdxl train --help");
+    char err[ERR_MAX];
+    if (strcmp(data_mode, "buckets") == 0) c.data_cfg.mode = DATA_BUCKETS;
+    else if (strcmp(data_mode, "crop") == 0) c.data_cfg.mode = DATA_CROP;
+    else fatal("--data-mode: expected buckets or crop, got '%s'", data_mode);
+    c.data_cfg.center_crop = !random_crop;
+    if (strcmp(targets, "attention") == 0) c.lora.targets = UNET_LORA_ATTENTION;
+    else if (strcmp(targets, "transformer") == 0) c.lora.targets = UNET_LORA_TRANSFORMER;
+    else fatal("--targets: expected attention or transformer, got '%s'", targets);
+    if (strcmp(prediction, "epsilon") == 0) c.obj.prediction = PREDICT_EPSILON;
+    else if (strcmp(prediction, "v_prediction") == 0) c.obj.prediction = PREDICT_V;
+    else fatal("--prediction: expected epsilon or v_prediction, got '%s'", prediction);
+    if (lr_schedule_from_name(scheduler, &c.obj.schedule, err) != 0) fatal("--lr-scheduler: %s", err);
+    if (warmup < 0) fatal("--lr-warmup-steps must be >= 0 (got %d)", warmup);
+    c.obj.warmup_steps = warmup;
+    c.lora.alpha = alpha > 0 ? alpha : (float)c.lora.rank;
+    if (alpha < 0) fatal("--alpha must be positive, or 0 for alpha = rank (got %g)", alpha);
+    c.save_dtype = (DType)precision_by_name(save_precision, "--save-precision");
+    if (seed < 0) fatal("--seed must be non-negative (got %d)", seed);
+    c.seed = (uint64_t)seed;
+    char** prompts = NULL;
+    if (sample_prompts_file) {
+        c.sample_prompt_count = read_prompts(sample_prompts_file, &prompts);
+        if (c.sample_prompt_count > TRAIN_MAX_SAMPLE_PROMPTS) fatal("%s: at most %d sample prompts", sample_prompts_file, TRAIN_MAX_SAMPLE_PROMPTS);
+        for (int i = 0; i < c.sample_prompt_count; i++) c.sample_prompts[i] = prompts[i];
+    } else if (sample_prompt) {
+        c.sample_prompts[c.sample_prompt_count++] = sample_prompt;
+    }
+    backend_select_by_name(backend);
+    options_print_values(options, n_options);
+    if (train_run(&c, err) != 0) fatal("%s", err);
+    for (int i = 0; prompts && i < c.sample_prompt_count; i++) free(prompts[i]);
+    free(prompts);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
 // sdxl eval: judge a folder of thumbnails (eval.h)
 
 static int eval_main(int argc, char** argv) {
@@ -412,6 +523,7 @@ static void usage(void) {
     printf("usage: sdxl <command> [options]\n\n"
            "commands:\n"
            "  generate       prompt(s) to storyboard thumbnails (sdxl generate --help)\n"
+           "  train          fine-tune SDXL with LoRA on an imagefolder dataset (sdxl train --help)\n"
            "  eval           judge a folder of thumbnails: CLIP score, YOLOv8, BLIP, style, report\n"
            "  demo           the whole pipeline on a tiny random-weight SDXL, no download\n"
            "  info           what this binary was built with and the devices it sees\n"
@@ -429,6 +541,7 @@ int main(int argc, char** argv) {
         return argc < 2 ? 1 : 0;
     }
     if (strcmp(argv[1], "generate") == 0) return generate_main(argc, argv);
+    if (strcmp(argv[1], "train") == 0) return train_main(argc, argv);
     if (strcmp(argv[1], "eval") == 0) return eval_main(argc, argv);
     if (strcmp(argv[1], "info") == 0) return info_main();
     if (strcmp(argv[1], "demo") == 0) return demo_main(argc, argv);

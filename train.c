@@ -9,8 +9,10 @@
 //      validation, the CSV log and the loss curve, and the LoRA file at the end.
 #include "train.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "plot.h"
 #include "safetensors.h"
 
 // ----------------------------------------------------------------------------
@@ -335,4 +338,1071 @@ void trainer_update(Trainer* tr, UpdateInfo* info) {
     tr->steps++;
     tr->micro = 0;
     tr->loss_sum = 0;
+}
+
+// ----------------------------------------------------------------------------
+// 3. The run
+//
+// Two generators drive everything random, as a DataLoader and the training loop would:
+//   order  the shuffle of every epoch (torch.randperm)
+//   noise  per micro-batch, in this order: for each example its flip (and crop, when random) and
+//          the posterior's sample noise; then the batch's noise, its noise offset, its timesteps
+// Both are saved in checkpoints, with the epoch's order and the position in it, so a resumed run
+// draws exactly what the uninterrupted one would have.
+
+#define CAPTION_TOKENS 77 // one chunk: diffusers' training script truncates captions there
+
+typedef struct {
+    int width, height;       // the training size (the bucket, or resolution^2)
+    int h, w;                // its latent size
+    float time_ids[2][6];    // without and with the flip
+    float* mean[2];          // (4, h, w) host f32 per flip; NULL when the crop is random (encoded each step)
+    float* logvar[2];
+    int caption;             // index into PreparedSet.captions
+    int usable;              // 0: skipped (unreadable, with --skip-bad)
+} PreparedItem;
+
+typedef struct {
+    char* text;
+    float* context;          // (77, 2048)
+    float* pooled;           // (1280)
+} Caption;
+
+typedef struct {
+    Dataset data;
+    DataConfig cfg;
+    PreparedItem* items;
+    Caption* captions;
+    int caption_count;
+    int deterministic;       // the preprocessing makes no random choice but the flip: latents are cached
+} PreparedSet;
+
+// Everything train_run holds.
+typedef struct {
+    const TrainConfig* cfg;
+    SdxlModel model;
+    DType dtype;             // the UNet's and text encoders' storage type
+    Trainer tr;
+    PreparedSet train, val;
+    TorchGenerator order_rng, noise_rng;
+    int64_t* order;          // this epoch's batches: item indices, batch after batch
+    int* batch_sizes;
+    int batch_count, batch_pos, epoch;
+    char cache_dir[4096], checkpoint_dir[4096], csv_path[4096], png_path[4096], samples_dir[4096];
+    char settings[8192];     // what a checkpoint must have been made with to be resumed
+    char vae_key[65], text_key[65]; // fingerprints of the encoders a cache entry was made with
+    Arena vae_arena;
+    // the log
+    float *log_loss, *log_val;
+    int64_t* log_step;
+    int log_count, log_cap;
+    FILE* csv;
+} Run;
+
+// ---- cache keys
+
+// Adds every .safetensors file of model/sub (or the model file itself) to the hash by name, size
+// and modification time: the identity of the weights an entry was computed with (hashing gigabytes
+// of weights at every start would cost more than the cache saves).
+static void hash_model_files(Sha256* s, const char* model, const char* sub) {
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%s", model, sub);
+    const char* paths[1] = {model};
+    if (!path_is_dir(model)) {
+        struct stat sb;
+        if (stat(paths[0], &sb) == 0) {
+            char line[4200];
+            int n = snprintf(line, sizeof(line), "%s %lld %lld\n", model, (long long)sb.st_size, (long long)sb.st_mtime);
+            sha256_update(s, line, (size_t)n);
+        }
+        return;
+    }
+    static const char* const stems[] = {"model", "diffusion_pytorch_model", "model.fp16", "diffusion_pytorch_model.fp16"};
+    for (size_t i = 0; i < sizeof(stems) / sizeof(stems[0]); i++) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s/%s.safetensors", dir, stems[i]);
+        struct stat sb;
+        if (stat(path, &sb) != 0) continue;
+        char line[4400];
+        int n = snprintf(line, sizeof(line), "%s %lld %lld\n", path, (long long)sb.st_size, (long long)sb.st_mtime);
+        sha256_update(s, line, (size_t)n);
+    }
+}
+
+static void encoder_keys(Run* r) {
+    uint8_t digest[32];
+    Sha256 s;
+    sha256_init(&s);
+    sha256_update(&s, "vae f32\n", 8);
+    hash_model_files(&s, r->cfg->model, "vae");
+    sha256_final(&s, digest);
+    sha256_hex(digest, r->vae_key);
+    sha256_init(&s);
+    const char* dt = dtype_name(r->dtype);
+    sha256_update(&s, dt, strlen(dt));
+    hash_model_files(&s, r->cfg->model, "text_encoder");
+    hash_model_files(&s, r->cfg->model, "text_encoder_2");
+    hash_model_files(&s, r->cfg->model, "tokenizer");
+    sha256_final(&s, digest);
+    sha256_hex(digest, r->text_key);
+}
+
+// <cache>/<kind>-<sha256 of (what, the encoder's key, the settings, the content)>.safetensors
+static void cache_path(char* out, size_t cap, const Run* r, const char* kind, const char* encoder_key, const char* settings,
+                       const void* content, size_t size) {
+    uint8_t digest[32];
+    char hex[65];
+    Sha256 s;
+    sha256_init(&s);
+    sha256_update(&s, kind, strlen(kind) + 1);
+    sha256_update(&s, encoder_key, 64);
+    sha256_update(&s, settings, strlen(settings) + 1);
+    sha256_update(&s, content, size);
+    sha256_final(&s, digest);
+    sha256_hex(digest, hex);
+    snprintf(out, cap, "%s/%s-%s.safetensors", r->cache_dir, kind, hex);
+}
+
+// Reads the named f32 tensors of a cache file into fresh arrays; 0 when it holds them all.
+static int cache_read(const char* path, int count, const char* const* names, const int* ranks, const int64_t (*shapes)[4],
+                      float** out) {
+    if (!path_is_file(path)) return -1;
+    SafeTensors st;
+    char err[ERR_MAX];
+    if (safetensors_open(&st, path, err) != 0) return -1;
+    int ok = 1;
+    for (int i = 0; i < count; i++) out[i] = NULL;
+    for (int i = 0; i < count && ok; i++) {
+        size_t n = 1;
+        for (int d = 0; d < ranks[i]; d++) n *= (size_t)shapes[i][d];
+        out[i] = xmalloc(sizeof(float) * n);
+        ok = safetensors_read_f32(&st, names[i], ranks[i], shapes[i], out[i], err) == 0;
+    }
+    safetensors_close(&st);
+    if (!ok)
+        for (int i = 0; i < count; i++) free(out[i]), out[i] = NULL;
+    return ok ? 0 : -1;
+}
+
+// Writes a cache entry; a failure is a warning (the run goes on without that entry cached).
+static void cache_write(const char* path, int count, const char* const* names, const int* ranks, const int64_t (*shapes)[4],
+                        float* const* data) {
+    SafeTensorOut* t = xcalloc((size_t)count, sizeof(SafeTensorOut));
+    for (int i = 0; i < count; i++) {
+        t[i] = (SafeTensorOut){names[i], DT_F32, ranks[i], {0}, data[i]};
+        for (int d = 0; d < ranks[i]; d++) t[i].shape[d] = shapes[i][d];
+    }
+    char err[ERR_MAX];
+    const char* key[] = {"written_by"};
+    const char* value[] = {"sdxl.c train (cache)"};
+    if (safetensors_write(path, t, count, key, value, 1, err) != 0) fprintf(stderr, "warning: cache not written: %s\n", err);
+    free(t);
+}
+
+// ---- preparation: captions and latents
+
+static int caption_index(Run* r, PreparedSet* p, const char* text) {
+    for (int i = 0; i < p->caption_count; i++)
+        if (strcmp(p->captions[i].text, text) == 0) return i;
+    int C = r->model.te1.cfg.hidden + r->model.te2.cfg.hidden, P = r->model.te2.cfg.projection_dim;
+    p->captions = xrealloc(p->captions, sizeof(Caption) * (p->caption_count + 1));
+    Caption* c = &p->captions[p->caption_count];
+    c->text = xstrdup(text);
+    char path[4400];
+    cache_path(path, sizeof(path), r, "text", r->text_key, "77 tokens, penultimate + pooled", text, strlen(text));
+    const char* names[2] = {"context", "pooled"};
+    int ranks[2] = {2, 1};
+    int64_t shapes[2][4] = {{CAPTION_TOKENS, C}, {P}};
+    float* got[2];
+    if (r->cfg->no_cache || cache_read(path, 2, names, ranks, shapes, got) != 0) {
+        got[0] = xmalloc(sizeof(float) * CAPTION_TOKENS * C);
+        got[1] = xmalloc(sizeof(float) * P);
+        sdxl_encode_caption(&r->model, text, got[0], got[1]);
+        if (!r->cfg->no_cache) cache_write(path, 2, names, ranks, shapes, got);
+    }
+    c->context = got[0];
+    c->pooled = got[1];
+    return p->caption_count++;
+}
+
+// The VAE's posterior (mean, logvar) of an example's pixels, host f32 (4, h, w) each.
+static void vae_posterior(Run* r, const Example* ex, float* mean, float* logvar) {
+    const Vae* vae = &r->model.vae;
+    int h = vae_latent_size(&vae->config, ex->height), w = vae_latent_size(&vae->config, ex->width);
+    size_t need = vae_encode_arena_bytes(&vae->config, 1, ex->height, ex->width, vae->weights.dtype) +
+                  sizeof(float) * (3 * (size_t)ex->width * ex->height + 8 * (size_t)h * w) + 4 * ARENA_ALIGN;
+    if (r->vae_arena.capacity < need) {
+        if (r->vae_arena.capacity) arena_free(&r->vae_arena);
+        arena_init(&r->vae_arena, "vae encode", need, backend_current() == BACKEND_CUDA);
+    }
+    Arena* a = &r->vae_arena;
+    size_t mark = arena_mark(a);
+    float* d_px = arena_floats(a, 3 * (size_t)ex->width * ex->height, "train pixels");
+    float* d_mean = arena_floats(a, 4 * (size_t)h * w, "train latent mean");
+    float* d_logvar = arena_floats(a, 4 * (size_t)h * w, "train latent logvar");
+    copy_to_device(d_px, ex->pixels, sizeof(float) * 3 * ex->width * ex->height);
+    vae_encode(vae, d_mean, d_logvar, NULL, NULL, d_px, 1, ex->height, ex->width, a);
+    copy_to_host(mean, d_mean, sizeof(float) * 4 * h * w);
+    copy_to_host(logvar, d_logvar, sizeof(float) * 4 * h * w);
+    arena_release(a, mark);
+}
+
+static void data_settings(char* out, size_t cap, const DataConfig* c, int flip) {
+    snprintf(out, cap, "mode %d resolution %d center %d step %d buckets %d..%d flipped %d", c->mode, c->resolution,
+             c->center_crop, c->bucket_step, c->bucket_min, c->bucket_max, flip);
+}
+
+// Prepares one item: its caption, and, when the preprocessing is deterministic, the latents of
+// each flip (from the cache, or encoded and cached). Returns 0, or -1 with err.
+static int prepare_item(Run* r, PreparedSet* p, int i, char* err) {
+    PreparedItem* it = &p->items[i];
+    const DataItem* d = &p->data.items[i];
+    it->caption = caption_index(r, p, d->caption);
+    int flips = p->cfg.random_flip ? 2 : 1;
+    if (!p->deterministic) { // random square crops: the size is fixed, the latents come each step
+        it->width = it->height = p->cfg.resolution;
+        it->h = vae_latent_size(&r->model.vae.config, it->height);
+        it->w = vae_latent_size(&r->model.vae.config, it->width);
+        it->usable = 1;
+        Image img;
+        if (image_load_rgb(&img, d->file, err) != 0) return -1; // readable now, not halfway through the run
+        image_free(&img);
+        return 0;
+    }
+    uint8_t* bytes;
+    size_t size;
+    if (read_file(d->file, &bytes, &size, err) != 0) return -1;
+    for (int flip = 0; flip < flips; flip++) {
+        char settings[256], path[4400];
+        data_settings(settings, sizeof(settings), &p->cfg, flip);
+        cache_path(path, sizeof(path), r, "latents", r->vae_key, settings, bytes, size);
+        // the size comes from the cache file too: read its header first
+        SafeTensors st;
+        char cache_err[ERR_MAX];
+        int cached = 0;
+        if (!r->cfg->no_cache && path_is_file(path) && safetensors_open(&st, path, cache_err) == 0) {
+            const SafeTensor* m = safetensors_find(&st, "mean");
+            if (m && m->rank == 3 && m->shape[0] == 4) {
+                int64_t shape3[4] = {4, m->shape[1], m->shape[2]}, shape6[4] = {6};
+                float* mean = xmalloc(sizeof(float) * 4 * m->shape[1] * m->shape[2]);
+                float* logvar = xmalloc(sizeof(float) * 4 * m->shape[1] * m->shape[2]);
+                if (safetensors_read_f32(&st, "mean", 3, shape3, mean, cache_err) == 0 &&
+                    safetensors_read_f32(&st, "logvar", 3, shape3, logvar, cache_err) == 0 &&
+                    safetensors_read_f32(&st, "time_ids", 1, shape6, it->time_ids[flip], cache_err) == 0) {
+                    it->mean[flip] = mean;
+                    it->logvar[flip] = logvar;
+                    it->h = (int)m->shape[1];
+                    it->w = (int)m->shape[2];
+                    it->height = (int)it->time_ids[flip][4];
+                    it->width = (int)it->time_ids[flip][5];
+                    cached = 1;
+                } else {
+                    free(mean);
+                    free(logvar);
+                }
+            }
+            safetensors_close(&st);
+        }
+        if (cached) continue;
+        Example ex;
+        if (dataset_example_flipped(&p->data, i, &p->cfg, flip, NULL, &ex, err) != 0) {
+            free(bytes);
+            return -1;
+        }
+        it->width = ex.width;
+        it->height = ex.height;
+        it->h = vae_latent_size(&r->model.vae.config, ex.height);
+        it->w = vae_latent_size(&r->model.vae.config, ex.width);
+        memcpy(it->time_ids[flip], ex.time_ids, sizeof(ex.time_ids));
+        it->mean[flip] = xmalloc(sizeof(float) * 4 * it->h * it->w);
+        it->logvar[flip] = xmalloc(sizeof(float) * 4 * it->h * it->w);
+        vae_posterior(r, &ex, it->mean[flip], it->logvar[flip]);
+        example_free(&ex);
+        if (!r->cfg->no_cache) {
+            const char* names[3] = {"mean", "logvar", "time_ids"};
+            int ranks[3] = {3, 3, 1};
+            int64_t shapes[3][4] = {{4, it->h, it->w}, {4, it->h, it->w}, {6}};
+            float* data[3] = {it->mean[flip], it->logvar[flip], it->time_ids[flip]};
+            cache_write(path, 3, names, ranks, shapes, data);
+        }
+    }
+    free(bytes);
+    it->usable = 1;
+    return 0;
+}
+
+static int prepare_set(Run* r, PreparedSet* p, const char* root, const DataConfig* cfg, const char* what, char* err) {
+    memset(p, 0, sizeof(*p));
+    p->cfg = *cfg;
+    if (dataset_open(&p->data, root, r->cfg->caption_column, r->cfg->skip_bad, err) != 0) return -1;
+    if (p->data.count == 0) return set_error(err, "%s: no images in metadata.jsonl", root);
+    p->deterministic = cfg->mode == DATA_BUCKETS || cfg->center_crop;
+    p->items = xcalloc((size_t)p->data.count, sizeof(PreparedItem));
+    int usable = 0;
+    double t0 = now_seconds();
+    for (int i = 0; i < p->data.count; i++) {
+        char item_err[ERR_MAX];
+        if (prepare_item(r, p, i, item_err) != 0) {
+            if (!r->cfg->skip_bad) return set_error(err, "%s", item_err);
+            fprintf(stderr, "warning: skipping %s\n", item_err);
+            continue;
+        }
+        usable++;
+        if (!r->cfg->quiet && (i + 1 == p->data.count || now_seconds() - t0 > 5)) {
+            printf("%s: prepared %d/%d (captions encoded, latents %s)\n", what, i + 1, p->data.count,
+                   p->deterministic ? "encoded or read from the cache" : "encoded each step: random crops");
+            t0 = now_seconds();
+        }
+    }
+    if (usable == 0) return set_error(err, "%s: no usable images", root);
+    return 0;
+}
+
+static void prepared_free(PreparedSet* p) {
+    for (int i = 0; p->items && i < p->data.count; i++)
+        for (int f = 0; f < 2; f++) free(p->items[i].mean[f]), free(p->items[i].logvar[f]);
+    for (int i = 0; i < p->caption_count; i++) free(p->captions[i].text), free(p->captions[i].context), free(p->captions[i].pooled);
+    free(p->items);
+    free(p->captions);
+    if (p->data.items) dataset_free(&p->data);
+    memset(p, 0, sizeof(*p));
+}
+
+// ---- batches
+
+// The next epoch's batches: a torch.randperm of the items; with batches of more than one, items
+// of the same training size are grouped (kohya's buckets), in the order they come up, and each
+// size's last batch may be short.
+static void new_epoch(Run* r) {
+    const PreparedSet* p = &r->train;
+    int n = p->data.count, B = r->cfg->batch_size;
+    int64_t* perm = xmalloc(sizeof(int64_t) * n);
+    torch_randperm(&r->order_rng, perm, n);
+    free(r->order);
+    free(r->batch_sizes);
+    r->order = xmalloc(sizeof(int64_t) * n);
+    r->batch_sizes = xmalloc(sizeof(int) * n);
+    r->batch_count = 0;
+    int placed = 0;
+    char* used = xcalloc((size_t)n, 1);
+    for (int a = 0; a < n; a++) {
+        int i = (int)perm[a];
+        if (used[a] || !p->items[i].usable) continue;
+        int size = 0;
+        for (int b = a; b < n && size < B; b++) { // this item and the next ones of its size
+            int j = (int)perm[b];
+            if (used[b] || !p->items[j].usable || p->items[j].width != p->items[i].width || p->items[j].height != p->items[i].height)
+                continue;
+            used[b] = 1;
+            r->order[placed++] = j;
+            size++;
+        }
+        r->batch_sizes[r->batch_count++] = size;
+    }
+    free(used);
+    free(perm);
+    r->batch_pos = 0;
+    r->epoch++;
+}
+
+// Fills a micro-batch from the next batch (host arrays the caller frees with micro_batch_free).
+static int next_micro_batch(Run* r, MicroBatch* b, char* err) {
+    if (r->batch_pos >= r->batch_count) new_epoch(r);
+    int start = 0;
+    for (int k = 0; k < r->batch_pos; k++) start += r->batch_sizes[k];
+    int N = r->batch_sizes[r->batch_pos++];
+    const PreparedSet* p = &r->train;
+    const PreparedItem* first = &p->items[r->order[start]];
+    int h = first->h, w = first->w, C = r->model.te1.cfg.hidden + r->model.te2.cfg.hidden, P = r->model.te2.cfg.projection_dim;
+    size_t per = (size_t)4 * h * w;
+    float* latents = xmalloc(sizeof(float) * N * per);
+    float* context = xmalloc(sizeof(float) * N * CAPTION_TOKENS * C);
+    float* pooled = xmalloc(sizeof(float) * N * P);
+    float* time_ids = xmalloc(sizeof(float) * N * 6);
+    float* eps = xmalloc(sizeof(float) * per);
+    float* mean = xmalloc(sizeof(float) * per);
+    float* logvar = xmalloc(sizeof(float) * per);
+    float scaling = r->model.vae.config.scaling_factor;
+    for (int k = 0; k < N; k++) {
+        int i = (int)r->order[start + k];
+        const PreparedItem* it = &p->items[i];
+        if (p->deterministic) {
+            int flip = data_draw_flip(&p->cfg, &r->noise_rng);
+            memcpy(mean, it->mean[flip], sizeof(float) * per);
+            memcpy(logvar, it->logvar[flip], sizeof(float) * per);
+            memcpy(time_ids + 6 * k, it->time_ids[flip], sizeof(float) * 6);
+        } else {
+            Example ex;
+            if (dataset_example(&p->data, i, &p->cfg, &r->noise_rng, &ex, err) != 0) return -1;
+            vae_posterior(r, &ex, mean, logvar);
+            memcpy(time_ids + 6 * k, ex.time_ids, sizeof(float) * 6);
+            example_free(&ex);
+        }
+        // latent_dist.sample() * scaling_factor: mean + exp(0.5 logvar) * N(0, 1)
+        torch_randn(&r->noise_rng, eps, per);
+        for (size_t e = 0; e < per; e++) latents[k * per + e] = (mean[e] + expf(0.5f * logvar[e]) * eps[e]) * scaling;
+        memcpy(context + (size_t)k * CAPTION_TOKENS * C, p->captions[it->caption].context, sizeof(float) * CAPTION_TOKENS * C);
+        memcpy(pooled + (size_t)k * P, p->captions[it->caption].pooled, sizeof(float) * P);
+    }
+    free(eps);
+    free(mean);
+    free(logvar);
+    // noise = randn_like(latents) [+ offset * randn(N, 4, 1, 1)]; timesteps = randint(0, 1000, (N,))
+    float* noise = xmalloc(sizeof(float) * N * per);
+    torch_randn(&r->noise_rng, noise, N * per);
+    if (r->cfg->obj.noise_offset > 0) {
+        float offset[4 * 64];
+        torch_randn(&r->noise_rng, offset, (size_t)4 * N);
+        for (int k = 0; k < N; k++)
+            for (int c = 0; c < 4; c++)
+                for (size_t e = 0; e < (size_t)h * w; e++)
+                    noise[k * per + c * (size_t)h * w + e] += r->cfg->obj.noise_offset * offset[4 * k + c];
+    }
+    int64_t* t = xmalloc(sizeof(int64_t) * N);
+    torch_randint(&r->noise_rng, t, N, 0, r->tr.noise.steps);
+    *b = (MicroBatch){latents, noise, t, context, pooled, time_ids, N, h, w, CAPTION_TOKENS};
+    return 0;
+}
+
+static void micro_batch_free(MicroBatch* b) {
+    free((void*)b->latents);
+    free((void*)b->noise);
+    free((void*)b->timesteps);
+    free((void*)b->context);
+    free((void*)b->pooled);
+    free((void*)b->time_ids);
+}
+
+// ---- validation: the held-out set's loss with the same noise and timesteps every time
+
+static float validation_loss(Run* r) {
+    const PreparedSet* p = &r->val;
+    TorchGenerator g;
+    torch_manual_seed(&g, r->cfg->seed + 1000003); // the same draws at every evaluation
+    double total = 0;
+    int count = 0;
+    for (int i = 0; i < p->data.count; i++) {
+        const PreparedItem* it = &p->items[i];
+        if (!it->usable) continue;
+        size_t per = (size_t)4 * it->h * it->w;
+        float* latents = xmalloc(sizeof(float) * per);
+        float* noise = xmalloc(sizeof(float) * per);
+        torch_randn(&g, noise, per);
+        for (size_t e = 0; e < per; e++)
+            latents[e] = (it->mean[0][e] + expf(0.5f * it->logvar[0][e]) * noise[e]) * r->model.vae.config.scaling_factor;
+        torch_randn(&g, noise, per);
+        int64_t t;
+        torch_randint(&g, &t, 1, 0, r->tr.noise.steps);
+        const Caption* c = &p->captions[it->caption];
+        MicroBatch b = {latents, noise, &t, c->context, c->pooled, it->time_ids[0], 1, it->h, it->w, CAPTION_TOKENS};
+        total += trainer_eval_loss(&r->tr, &b);
+        count++;
+        free(latents);
+        free(noise);
+    }
+    return count ? (float)(total / count) : NAN;
+}
+
+// ---- samples: the current LoRA (scale 1: the adapters are live in the UNet) at the training size
+
+static int training_size(const Run* r, int* width, int* height) {
+    // the most common size among the training items
+    int best = 0;
+    for (int i = 0; i < r->train.data.count; i++) {
+        const PreparedItem* a = &r->train.items[i];
+        if (!a->usable) continue;
+        int n = 0;
+        for (int j = 0; j < r->train.data.count; j++)
+            n += r->train.items[j].usable && r->train.items[j].width == a->width && r->train.items[j].height == a->height;
+        if (n > best) best = n, *width = a->width, *height = a->height;
+    }
+    return best > 0;
+}
+
+static int write_samples(Run* r, int64_t step, char* err) {
+    const TrainConfig* c = r->cfg;
+    int width = c->data_cfg.resolution, height = c->data_cfg.resolution;
+    training_size(r, &width, &height);
+    if (make_dirs(r->samples_dir, err) != 0) return -1;
+    for (int i = 0; i < c->sample_prompt_count; i++) {
+        GenerateParams gp = {0};
+        gp.prompt = c->sample_prompts[i];
+        gp.negative = "";
+        gp.width = width;
+        gp.height = height;
+        gp.steps = c->sample_steps;
+        gp.cfg = c->sample_cfg;
+        gp.seed = 42 + (uint64_t)i; // fixed per prompt, so samples of successive steps compare
+        gp.sampler = SAMPLER_EULER;
+        gp.quiet = 1;
+        gp.lora_name = "training";
+        gp.lora_scale = 1.0f;
+        Image img;
+        if (sdxl_generate(&r->model, &gp, &img, NULL, err) != 0) return -1;
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/step-%06lld-%d.png", r->samples_dir, (long long)step, i);
+        int rc = png_write(path, &img, err);
+        image_free(&img);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+// ---- the log: one CSV row per step, and the curve
+
+static void log_append(Run* r, int64_t step, float loss, float val) {
+    if (r->log_count == r->log_cap) {
+        r->log_cap = r->log_cap ? 2 * r->log_cap : 1024;
+        r->log_step = xrealloc(r->log_step, sizeof(int64_t) * r->log_cap);
+        r->log_loss = xrealloc(r->log_loss, sizeof(float) * r->log_cap);
+        r->log_val = xrealloc(r->log_val, sizeof(float) * r->log_cap);
+    }
+    r->log_step[r->log_count] = step;
+    r->log_loss[r->log_count] = loss;
+    r->log_val[r->log_count] = val;
+    r->log_count++;
+}
+
+#define CSV_HEADER "step,epoch,loss,lr,loss_scale,grad_norm,skipped,seconds,val_loss\n"
+
+// Opens the CSV log; on resume keeps the rows up to `upto` steps (later ones were made by the run
+// being resumed after its last checkpoint) and reloads them for the curve.
+static int log_open(Run* r, int64_t upto, char* err) {
+    char** lines = NULL;
+    int count = 0;
+    StrBuf kept = {0};
+    strbuf_cat(&kept, CSV_HEADER);
+    if (upto > 0 && path_is_file(r->csv_path) && read_lines(r->csv_path, &lines, &count, err) == 0) {
+        for (int i = 1; i < count; i++) {
+            long long step;
+            int epoch;
+            float loss, val = NAN;
+            if (sscanf(lines[i], "%lld,%d,%f", &step, &epoch, &loss) != 3 || step > upto) continue;
+            const char* last = strrchr(lines[i], ',');
+            if (last && last[1]) val = strtof(last + 1, NULL);
+            log_append(r, step, loss, val);
+            strbuf_printf(&kept, "%s\n", lines[i]);
+        }
+        for (int i = 0; i < count; i++) free(lines[i]);
+        free(lines);
+    }
+    int rc = write_file_atomic(r->csv_path, kept.s, kept.len, err);
+    free(kept.s);
+    if (rc != 0) return -1;
+    r->csv = fopen(r->csv_path, "a");
+    if (!r->csv) return set_error(err, "%s: %s", r->csv_path, strerror(errno));
+    return 0;
+}
+
+static int draw_loss_curve(const Run* r, char* err) {
+    int n = r->log_count;
+    double* x = xmalloc(sizeof(double) * (n ? n : 1));
+    double* raw = xmalloc(sizeof(double) * (n ? n : 1));
+    double* smooth = xmalloc(sizeof(double) * (n ? n : 1));
+    double* val = xmalloc(sizeof(double) * (n ? n : 1));
+    double ema = NAN;
+    for (int i = 0; i < n; i++) {
+        x[i] = (double)r->log_step[i];
+        raw[i] = r->log_loss[i];
+        ema = isfinite(ema) ? 0.9 * ema + 0.1 * raw[i] : raw[i]; // tensorboard-style smoothing
+        smooth[i] = ema;
+        val[i] = r->log_val[i];
+    }
+    PlotSeries s[3] = {
+        {x, raw, n, {190, 190, 190}, 0, "loss"},
+        {x, smooth, n, {30, 60, 200}, 0, "loss (ema 0.9)"},
+        {x, val, n, {220, 40, 40}, 1, "validation"},
+    };
+    Image img;
+    int rc = plot_lines(&img, 900, 450, "training loss", "step", s, 3, err);
+    if (rc == 0) rc = png_write(r->png_path, &img, err);
+    if (rc == 0) image_free(&img);
+    free(x), free(raw), free(smooth), free(val);
+    return rc;
+}
+
+// ---- checkpoints
+
+static void generator_pack(const TorchGenerator* g, int64_t misc[3]) {
+    misc[0] = g->left;
+    misc[1] = g->next;
+    misc[2] = g->has_next_normal;
+}
+
+static void generator_unpack(TorchGenerator* g, const int64_t misc[3]) {
+    g->left = (int)misc[0];
+    g->next = (int)misc[1];
+    g->has_next_normal = (int)misc[2];
+}
+
+// The kohya file's metadata (sd-scripts' ss_* keys that tools read, and the SAI model spec).
+typedef struct {
+    char values[16][256];
+    const char* keys[16];
+    const char* value_ptrs[16];
+    int count;
+} Metadata;
+
+static void meta_add(Metadata* m, const char* key, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+static void meta_add(Metadata* m, const char* key, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->values[m->count], sizeof(m->values[0]), fmt, ap);
+    va_end(ap);
+    m->keys[m->count] = key;
+    m->value_ptrs[m->count] = m->values[m->count];
+    m->count++;
+}
+
+static void kohya_metadata(const Run* r, Metadata* m, int64_t step) {
+    const TrainConfig* c = r->cfg;
+    memset(m, 0, sizeof(*m));
+    meta_add(m, "ss_network_module", "networks.lora");
+    meta_add(m, "ss_network_dim", "%d", c->lora.rank);
+    meta_add(m, "ss_network_alpha", "%g", c->lora.alpha);
+    meta_add(m, "ss_base_model_version", "sdxl_base_v1-0");
+    meta_add(m, "ss_resolution", "(%d, %d)", c->data_cfg.resolution, c->data_cfg.resolution);
+    meta_add(m, "ss_steps", "%lld", (long long)step);
+    meta_add(m, "ss_learning_rate", "%g", c->obj.adamw.lr);
+    meta_add(m, "ss_gradient_accumulation_steps", "%d", c->obj.grad_accum);
+    meta_add(m, "ss_mixed_precision", "%s", r->dtype == DT_F16 ? "fp16" : r->dtype == DT_BF16 ? "bf16" : "no");
+    meta_add(m, "ss_num_train_images", "%d", r->train.data.count);
+    meta_add(m, "ss_training_comment", "sdxl.c train, %s targets", c->lora.targets == UNET_LORA_ATTENTION ? "attention" : "transformer");
+    meta_add(m, "modelspec.sai_model_spec", "1.0.0");
+    meta_add(m, "modelspec.architecture", "stable-diffusion-xl-v1-base/lora");
+    meta_add(m, "modelspec.implementation", "https://github.com/Stability-AI/generative-models");
+    meta_add(m, "modelspec.resolution", "%dx%d", c->data_cfg.resolution, c->data_cfg.resolution);
+}
+
+static int save_lora_outputs(const Run* r, const char* kohya_path, const char* diffusers_path, int64_t step, char* err) {
+    Metadata m;
+    kohya_metadata(r, &m, step);
+    if (lora_trainable_save(&r->tr.lora, &r->model.unet, kohya_path, LORA_KOHYA, r->cfg->save_dtype, m.keys, m.value_ptrs,
+                            m.count, err) != 0)
+        return -1;
+    if (diffusers_path &&
+        lora_trainable_save(&r->tr.lora, &r->model.unet, diffusers_path, LORA_DIFFUSERS, r->cfg->save_dtype, NULL, NULL, 0, err) != 0)
+        return -1;
+    return 0;
+}
+
+// Removes a checkpoint folder: its files (no subfolders are ever made there), then the folder.
+static void remove_checkpoint_dir(const char* path) {
+    DIR* d = opendir(path);
+    if (!d) return;
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char file[8400];
+        snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
+        unlink(file);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+static int cmp_str(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
+
+// The finished checkpoint-NNNNNN folders in dir, oldest first (malloc'd names).
+static int checkpoint_list(const char* dir, char*** names) {
+    *names = NULL;
+    int count = 0;
+    DIR* d = opendir(dir);
+    if (!d) return 0;
+    struct dirent* e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "checkpoint-", 11) != 0 || n != 17 || strspn(e->d_name + 11, "0123456789") != 6) continue;
+        *names = xrealloc(*names, sizeof(char*) * (count + 1));
+        (*names)[count++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (count) qsort(*names, (size_t)count, sizeof(char*), cmp_str);
+    return count;
+}
+
+// <checkpoint_dir>/checkpoint-<step>/{state.safetensors, lora.safetensors}, written into a
+// ".partial" folder and renamed, so a checkpoint is either whole or absent.
+static int save_checkpoint(Run* r, char* err) {
+    const Trainer* tr = &r->tr;
+    char dir[4400], partial[4500], path[4600];
+    snprintf(dir, sizeof(dir), "%s/checkpoint-%06lld", r->checkpoint_dir, (long long)tr->steps);
+    snprintf(partial, sizeof(partial), "%s.partial", dir);
+    remove_checkpoint_dir(partial);
+    if (make_dirs(partial, err) != 0) return -1;
+    int64_t order_misc[3], noise_misc[3];
+    generator_pack(&r->order_rng, order_misc);
+    generator_pack(&r->noise_rng, noise_misc);
+    int placed = 0;
+    for (int k = 0; k < r->batch_count; k++) placed += r->batch_sizes[k];
+    int64_t total = (int64_t)tr->lora.total;
+    SafeTensorOut t[] = {
+        {"lora.params", DT_F32, 1, {total}, tr->lora.params},
+        {"adamw.exp_avg", DT_F32, 1, {total}, tr->exp_avg},
+        {"adamw.exp_avg_sq", DT_F32, 1, {total}, tr->exp_avg_sq},
+        {"rng.order.state", DT_U32, 1, {MT19937_N}, r->order_rng.state},
+        {"rng.order.misc", DT_I64, 1, {3}, order_misc},
+        {"rng.order.next_normal", DT_F64, 1, {1}, &r->order_rng.next_normal},
+        {"rng.noise.state", DT_U32, 1, {MT19937_N}, r->noise_rng.state},
+        {"rng.noise.misc", DT_I64, 1, {3}, noise_misc},
+        {"rng.noise.next_normal", DT_F64, 1, {1}, &r->noise_rng.next_normal},
+        {"epoch.order", DT_I64, 1, {placed}, r->order},
+        {"epoch.batch_sizes", DT_I32, 1, {r->batch_count}, r->batch_sizes},
+    };
+    Metadata m;
+    memset(&m, 0, sizeof(m));
+    meta_add(&m, "step", "%lld", (long long)tr->steps);
+    meta_add(&m, "updates", "%lld", (long long)tr->updates);
+    meta_add(&m, "epoch", "%d", r->epoch);
+    meta_add(&m, "batch_pos", "%d", r->batch_pos);
+    meta_add(&m, "scaler.scale", "%a", tr->scaler.scale);
+    meta_add(&m, "scaler.growth_tracker", "%d", tr->scaler.growth_tracker);
+    const char* keys[17];
+    const char* values[17];
+    memcpy(keys, m.keys, sizeof(char*) * m.count);
+    memcpy(values, m.value_ptrs, sizeof(char*) * m.count);
+    keys[m.count] = "settings";
+    values[m.count] = r->settings;
+    snprintf(path, sizeof(path), "%s/state.safetensors", partial);
+    int placed_any = placed > 0 && r->batch_count > 0;
+    int n = (int)(sizeof(t) / sizeof(t[0])) - (placed_any ? 0 : 2);
+    if (safetensors_write(path, t, n, keys, values, m.count + 1, err) != 0) return -1;
+    snprintf(path, sizeof(path), "%s/lora.safetensors", partial);
+    if (save_lora_outputs(r, path, NULL, tr->steps, err) != 0) return -1;
+    remove_checkpoint_dir(dir);
+    if (rename(partial, dir) != 0) return set_error(err, "%s: %s", dir, strerror(errno));
+    // keep the newest checkpoints_keep (the names sort by step: fixed-width numbers)
+    if (r->cfg->checkpoints_keep > 0) {
+        char** names;
+        int count = checkpoint_list(r->checkpoint_dir, &names);
+        for (int i = 0; i < count; i++) {
+            if (i < count - r->cfg->checkpoints_keep) {
+                char old[4400];
+                snprintf(old, sizeof(old), "%s/%s", r->checkpoint_dir, names[i]);
+                remove_checkpoint_dir(old);
+            }
+            free(names[i]);
+        }
+        free(names);
+    }
+    return 0;
+}
+
+// The newest checkpoint-N folder in dir, or "" when there is none.
+static void latest_checkpoint(const char* dir, char* out, size_t cap) {
+    out[0] = '\0';
+    char** names;
+    int count = checkpoint_list(dir, &names);
+    if (count > 0) snprintf(out, cap, "%s/%s", dir, names[count - 1]);
+    for (int i = 0; i < count; i++) free(names[i]);
+    free(names);
+}
+
+static const char* metadata_or(const SafeTensors* st, const char* key, const char* fallback) {
+    const char* v = safetensors_metadata(st, key);
+    return v ? v : fallback;
+}
+
+// Restores the whole state from a checkpoint folder. The settings it was made with must equal
+// this run's (the first differing line is named).
+static int load_checkpoint(Run* r, const char* dir, char* err) {
+    char path[4400];
+    snprintf(path, sizeof(path), "%s/state.safetensors", dir);
+    SafeTensors st;
+    if (safetensors_open(&st, path, err) != 0) return -1;
+    int rc = -1;
+    const char* saved = metadata_or(&st, "settings", "");
+    if (strcmp(saved, r->settings) != 0) {
+        // name the first line that differs
+        const char *a = saved, *b = r->settings;
+        while (*a && *a == *b) a++, b++;
+        while (a > saved && a[-1] != '\n') a--;
+        while (b > r->settings && b[-1] != '\n') b--;
+        int la = (int)strcspn(a, "\n"), lb = (int)strcspn(b, "\n");
+        set_error(err, "%s: made with other settings (checkpoint: \"%.*s\", now: \"%.*s\"); resume with the same ones", path, la,
+                  a, lb, b);
+        goto done;
+    }
+    Trainer* tr = &r->tr;
+    int64_t total = (int64_t)tr->lora.total;
+    int64_t shape_total[1] = {total}, shape_mt[1] = {MT19937_N}, shape3[1] = {3};
+    if (safetensors_read_f32(&st, "lora.params", 1, shape_total, tr->lora.params, err) != 0 ||
+        safetensors_read_f32(&st, "adamw.exp_avg", 1, shape_total, tr->exp_avg, err) != 0 ||
+        safetensors_read_f32(&st, "adamw.exp_avg_sq", 1, shape_total, tr->exp_avg_sq, err) != 0)
+        goto done;
+    struct { const char* prefix; TorchGenerator* g; } gens[2] = {{"rng.order", &r->order_rng}, {"rng.noise", &r->noise_rng}};
+    for (int k = 0; k < 2; k++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s.state", gens[k].prefix);
+        const SafeTensor* s = safetensors_find(&st, name);
+        snprintf(name, sizeof(name), "%s.misc", gens[k].prefix);
+        const SafeTensor* misc = safetensors_find(&st, name);
+        snprintf(name, sizeof(name), "%s.next_normal", gens[k].prefix);
+        const SafeTensor* nn = safetensors_find(&st, name);
+        if (!s || s->dtype != DT_U32 || safetensor_numel(s) != (size_t)shape_mt[0] || !misc || misc->dtype != DT_I64 ||
+            safetensor_numel(misc) != (size_t)shape3[0] || !nn || nn->dtype != DT_F64) {
+            set_error(err, "%s: bad or missing %s generator state", path, gens[k].prefix);
+            goto done;
+        }
+        memcpy(gens[k].g->state, s->data, sizeof(uint32_t) * MT19937_N);
+        int64_t m[3];
+        memcpy(m, misc->data, sizeof(m));
+        generator_unpack(gens[k].g, m);
+        memcpy(&gens[k].g->next_normal, nn->data, sizeof(double));
+    }
+    const SafeTensor* order = safetensors_find(&st, "epoch.order");
+    const SafeTensor* sizes = safetensors_find(&st, "epoch.batch_sizes");
+    free(r->order);
+    free(r->batch_sizes);
+    r->order = NULL, r->batch_sizes = NULL, r->batch_count = 0;
+    if (order && sizes) {
+        size_t n = safetensor_numel(order), nb = safetensor_numel(sizes);
+        r->order = xmalloc(sizeof(int64_t) * (n ? n : 1));
+        r->batch_sizes = xmalloc(sizeof(int) * (nb ? nb : 1));
+        memcpy(r->order, order->data, sizeof(int64_t) * n);
+        memcpy(r->batch_sizes, sizes->data, sizeof(int32_t) * nb);
+        r->batch_count = (int)nb;
+        for (size_t i = 0; i < n; i++)
+            if (r->order[i] < 0 || r->order[i] >= r->train.data.count) {
+                set_error(err, "%s: the data order names item %lld of %d", path, (long long)r->order[i], r->train.data.count);
+                goto done;
+            }
+    }
+    tr->steps = strtoll(metadata_or(&st, "step", "0"), NULL, 10);
+    tr->updates = strtoll(metadata_or(&st, "updates", "0"), NULL, 10);
+    r->epoch = atoi(metadata_or(&st, "epoch", "0"));
+    r->batch_pos = atoi(metadata_or(&st, "batch_pos", "0"));
+    tr->scaler.scale = strtof(metadata_or(&st, "scaler.scale", "0x1p+16"), NULL);
+    tr->scaler.growth_tracker = atoi(metadata_or(&st, "scaler.growth_tracker", "0"));
+    lora_trainable_upload(&tr->lora);
+    rc = 0;
+done:
+    safetensors_close(&st);
+    return rc;
+}
+
+// ---- the run
+
+TrainConfig train_config_default(void) {
+    TrainConfig c = {0};
+    c.caption_column = "text";
+    c.save_dtype = DT_F32;
+    c.data_cfg = data_config_default();
+    c.lora = (LoraTrainConfig){4, 4.0f, UNET_LORA_ATTENTION};
+    c.obj = train_objective_default();
+    c.batch_size = 1;
+    c.max_steps = 15000;
+    c.seed = 42;
+    c.checkpoint_every = 500;
+    c.sample_steps = 25;
+    c.sample_cfg = 12.0f;
+    c.validation_every = 100;
+    return c;
+}
+
+// What a checkpoint must have been made with to be resumed: everything that changes the numbers
+// (not the checkpointing of activations, the logging or where files go).
+static void settings_string(Run* r) {
+    const TrainConfig* c = r->cfg;
+    const DataConfig* d = &c->data_cfg;
+    const TrainObjective* o = &c->obj;
+    snprintf(r->settings, sizeof(r->settings),
+             "model=%s\ndata=%s\ncaption_column=%s\ndata_mode=%s resolution=%d center_crop=%d random_flip=%d "
+             "buckets=%d..%d step %d\nlora=rank %d alpha %g %s\nprecision=%s\nprediction=%s noise_offset=%g snr_gamma=%g\n"
+             "batch_size=%d grad_accum=%d\nadamw=lr %g betas %g %g eps %g weight_decay %g max_grad_norm %g\n"
+             "schedule=%s warmup %lld%s\nseed=%llu\n",
+             c->model, c->data, c->caption_column, d->mode == DATA_CROP ? "crop" : "buckets", d->resolution, d->center_crop,
+             d->random_flip, d->bucket_min, d->bucket_max, d->bucket_step, c->lora.rank, c->lora.alpha,
+             c->lora.targets == UNET_LORA_ATTENTION ? "attention" : "transformer", dtype_name(r->dtype),
+             o->prediction == PREDICT_EPSILON ? "epsilon" : "v_prediction", o->noise_offset, o->snr_gamma, c->batch_size,
+             o->grad_accum, o->adamw.lr, o->adamw.beta1, o->adamw.beta2, o->adamw.eps, o->adamw.weight_decay, o->max_grad_norm,
+             lr_schedule_name(o->schedule), (long long)o->warmup_steps,
+             o->schedule == LR_CONSTANT || o->schedule == LR_CONSTANT_WITH_WARMUP ? "" : " (the total steps matter)",
+             (unsigned long long)c->seed);
+    if (o->schedule != LR_CONSTANT && o->schedule != LR_CONSTANT_WITH_WARMUP) {
+        size_t n = strlen(r->settings);
+        snprintf(r->settings + n, sizeof(r->settings) - n, "max_steps=%d\n", c->max_steps);
+    }
+}
+
+static void format_duration(char* out, size_t cap, double seconds) {
+    if (!isfinite(seconds) || seconds < 0) snprintf(out, cap, "?");
+    else if (seconds < 60) snprintf(out, cap, "%.0fs", seconds);
+    else if (seconds < 3600) snprintf(out, cap, "%dm%02ds", (int)seconds / 60, (int)seconds % 60);
+    else snprintf(out, cap, "%dh%02dm", (int)seconds / 3600, ((int)seconds % 3600) / 60);
+}
+
+static int check_config(const TrainConfig* c, char* err) {
+    if (!c->model || !c->data || !c->out) return set_error(err, "train: --model, --data and --out are required");
+    if (c->batch_size < 1 || c->batch_size > 64) return set_error(err, "train: --batch-size %d: must be 1 to 64", c->batch_size);
+    if (c->max_steps < 1) return set_error(err, "train: --steps %d: must be at least 1", c->max_steps);
+    if (c->obj.grad_accum < 1) return set_error(err, "train: --grad-accum %d: must be at least 1", c->obj.grad_accum);
+    if (c->data_cfg.resolution < 64 || c->data_cfg.resolution % 8 != 0)
+        return set_error(err, "train: --resolution %d: must be a multiple of 8, at least 64", c->data_cfg.resolution);
+    if (c->obj.noise_offset < 0 || c->obj.snr_gamma < 0) return set_error(err, "train: --noise-offset and --snr-gamma must be >= 0");
+    if (c->checkpoint_every < 0 || c->sample_every < 0 || c->validation_every < 0)
+        return set_error(err, "train: the --*-every intervals must be >= 0");
+    if (c->sample_every > 0 && c->sample_prompt_count == 0) return set_error(err, "train: --sample-every needs --sample-prompt");
+    return 0;
+}
+
+static void run_free(Run* r) {
+    if (r->tr.unet) trainer_free(&r->tr);
+    prepared_free(&r->train);
+    prepared_free(&r->val);
+    if (r->vae_arena.capacity) arena_free(&r->vae_arena);
+    if (r->csv) fclose(r->csv);
+    free(r->order);
+    free(r->batch_sizes);
+    free(r->log_step);
+    free(r->log_loss);
+    free(r->log_val);
+    sdxl_model_free(&r->model);
+}
+
+int train_run(const TrainConfig* c, char* err) {
+    if (check_config(c, err) != 0) return -1;
+    Run* r = xcalloc(1, sizeof(Run));
+    r->cfg = c;
+    int rc = -1;
+    // precision: accelerate's --mixed_precision; fp16 keeps GradScaler, bf16 and no do not scale
+    const char* mp = c->mixed_precision ? c->mixed_precision : backend_current() == BACKEND_CUDA ? "fp16" : "no";
+    if (strcmp(mp, "fp16") == 0) r->dtype = DT_F16;
+    else if (strcmp(mp, "bf16") == 0) r->dtype = DT_BF16;
+    else if (strcmp(mp, "no") == 0) r->dtype = DT_F32;
+    else {
+        set_error(err, "train: --mixed-precision %s: use fp16, bf16 or no", mp);
+        goto done;
+    }
+    TrainObjective obj = c->obj;
+    obj.loss_scaling = r->dtype == DT_F16;
+    obj.total_steps = c->max_steps;
+    // the VAE in f32 (diffusers keeps SDXL's VAE in f32 for training), the rest in the training dtype
+    SdxlPrecision precision = {r->dtype, DT_F32, r->dtype};
+    if (!c->quiet) printf("loading %s (UNet and text encoders %s, VAE f32)\n", c->model, dtype_name(r->dtype));
+    if (sdxl_model_load(&r->model, c->model, NULL, c->config_dir, NULL, &precision, err) != 0) goto done;
+    settings_string(r);
+    encoder_keys(r);
+    // where things go
+    const char* home = getenv("XDG_CACHE_HOME");
+    if (c->cache_dir) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s", c->cache_dir);
+    else if (home) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/sdxl.c/train", home);
+    else snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/.cache/sdxl.c/train", getenv("HOME") ? getenv("HOME") : ".");
+    if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) goto done;
+    if (c->checkpoint_dir) snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s", c->checkpoint_dir);
+    else snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s.checkpoints", c->out);
+    snprintf(r->csv_path, sizeof(r->csv_path), "%s", c->log_csv ? c->log_csv : "");
+    if (!c->log_csv) snprintf(r->csv_path, sizeof(r->csv_path), "%s.csv", c->out);
+    if (c->loss_png) snprintf(r->png_path, sizeof(r->png_path), "%s", c->loss_png);
+    else snprintf(r->png_path, sizeof(r->png_path), "%s.loss.png", c->out);
+    snprintf(r->samples_dir, sizeof(r->samples_dir), "%s.samples", c->out);
+
+    // data: captions encoded, latents encoded or read from the cache
+    if (prepare_set(r, &r->train, c->data, &c->data_cfg, "training data", err) != 0) goto done;
+    if (c->validation_data) {
+        DataConfig vc = c->data_cfg;
+        vc.center_crop = 1; // fixed pixels: the same latents every evaluation
+        vc.random_flip = 0;
+        if (prepare_set(r, &r->val, c->validation_data, &vc, "validation data", err) != 0) goto done;
+    }
+    // the largest micro-batch decides the activation arena; the adapters' scratch must also
+    // hold a sample's two CFG rows and its prompts' tokens
+    int max_h = 0, max_w = 0, max_hw = 0;
+    for (int i = 0; i < r->train.data.count; i++) {
+        const PreparedItem* it = &r->train.items[i];
+        if (!it->usable) continue;
+        if (it->h * it->w > max_hw) max_hw = it->h * it->w, max_h = it->h, max_w = it->w;
+    }
+    size_t work_rows = (size_t)(c->batch_size > 2 ? c->batch_size : 2) * max_hw + 2 * 4 * CAPTION_TOKENS;
+    TorchGenerator init_rng;
+    torch_manual_seed(&init_rng, c->seed); // torch.manual_seed(seed) before unet.add_adapter, as the script
+    if (trainer_init(&r->tr, &r->model.unet, &c->lora, &init_rng, &obj, c->checkpointing, c->batch_size, max_h, max_w,
+                     CAPTION_TOKENS, work_rows, err) != 0)
+        goto done;
+    noise_schedule_init(&r->tr.noise, &r->model.sched);
+    torch_manual_seed(&r->order_rng, c->seed);
+    torch_manual_seed(&r->noise_rng, c->seed + 1);
+    if (!c->quiet)
+        printf("LoRA: %d layers (%s), rank %d, alpha %g: %zu parameters; %d images, %d captions; micro-batches up to "
+               "%dx%d latents; activations %.1f MiB%s\n",
+               r->tr.lora.count, c->lora.targets == UNET_LORA_ATTENTION ? "attention q/k/v/out" : "every transformer linear",
+               c->lora.rank, c->lora.alpha, r->tr.lora.total, r->train.data.count, r->train.caption_count, max_h, max_w,
+               r->tr.act.capacity / 1048576.0, c->checkpointing ? " (gradient checkpointing)" : "");
+
+    // resume
+    if (c->resume) {
+        char dir[4400];
+        if (strcmp(c->resume, "latest") == 0) {
+            latest_checkpoint(r->checkpoint_dir, dir, sizeof(dir));
+            if (!dir[0]) {
+                set_error(err, "%s: no checkpoint to resume (--resume latest)", r->checkpoint_dir);
+                goto done;
+            }
+        } else {
+            snprintf(dir, sizeof(dir), "%s", c->resume);
+        }
+        if (load_checkpoint(r, dir, err) != 0) goto done;
+        if (!c->quiet) printf("resumed from %s at step %lld\n", dir, (long long)r->tr.steps);
+    }
+    if (log_open(r, r->tr.steps, err) != 0) goto done;
+
+    // the loop: one step = grad_accum micro-batches and one update
+    double start = now_seconds(), step_seconds = NAN;
+    int64_t first = r->tr.steps, stop_at = c->stop_after > 0 ? first + c->stop_after : c->max_steps;
+    int tty = isatty(fileno(stdout));
+    while (r->tr.steps < c->max_steps && r->tr.steps < stop_at) {
+        double t0 = now_seconds();
+        for (int k = 0; k < obj.grad_accum; k++) {
+            MicroBatch b;
+            if (next_micro_batch(r, &b, err) != 0) goto done;
+            trainer_micro_step(&r->tr, &b);
+            micro_batch_free(&b);
+        }
+        UpdateInfo info;
+        trainer_update(&r->tr, &info);
+        double dt = now_seconds() - t0;
+        step_seconds = isfinite(step_seconds) ? 0.9 * step_seconds + 0.1 * dt : dt;
+        int64_t step = r->tr.steps;
+        float val = NAN;
+        if (c->validation_data && c->validation_every > 0 && (step % c->validation_every == 0 || step == c->max_steps))
+            val = validation_loss(r);
+        fprintf(r->csv, "%lld,%d,%.7g,%.6g,%.0f,%.6g,%d,%.3f,", (long long)step, r->epoch, info.loss, info.lr, info.loss_scale,
+                info.grad_norm, info.skipped, dt);
+        if (isfinite(val)) fprintf(r->csv, "%.7g", val);
+        fprintf(r->csv, "\n");
+        fflush(r->csv);
+        log_append(r, step, info.loss, val);
+        if (!c->quiet) {
+            char eta[32];
+            format_duration(eta, sizeof(eta), step_seconds * (c->max_steps - step));
+            printf("%sstep %lld/%d  loss %.4f  lr %.2e  scale %.0f  %.2f s/step  ETA %s%s", tty ? "\r" : "", (long long)step,
+                   c->max_steps, info.loss, info.lr, info.loss_scale, step_seconds, eta,
+                   info.skipped ? "  (skipped: inf/NaN gradients)" : "");
+            if (isfinite(val)) printf("  val %.4f", val);
+            printf(tty ? "\033[K" : "\n");
+            fflush(stdout);
+        }
+        if (c->sample_every > 0 && step % c->sample_every == 0 && write_samples(r, step, err) != 0) goto done;
+        if (c->checkpoint_every > 0 && step % c->checkpoint_every == 0 && step < c->max_steps) {
+            if (save_checkpoint(r, err) != 0 || draw_loss_curve(r, err) != 0) goto done;
+        }
+    }
+    if (!c->quiet && tty) printf("\n");
+    if (r->tr.steps < c->max_steps) { // --stop-after: stop as a killed run would, with no final save
+        if (!c->quiet) printf("stopped after %lld steps; resume with --resume latest\n", (long long)(r->tr.steps - first));
+        rc = 0;
+        goto done;
+    }
+    if (save_lora_outputs(r, c->out, c->out_diffusers, r->tr.steps, err) != 0 || draw_loss_curve(r, err) != 0) goto done;
+    if (!c->quiet) {
+        char took[32];
+        format_duration(took, sizeof(took), now_seconds() - start);
+        printf("wrote %s%s%s (%d steps in %s); log %s, curve %s\n", c->out, c->out_diffusers ? " and " : "",
+               c->out_diffusers ? c->out_diffusers : "", c->max_steps, took, r->csv_path, r->png_path);
+    }
+    rc = 0;
+done:
+    run_free(r);
+    free(r);
+    return rc;
 }

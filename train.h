@@ -174,7 +174,7 @@ typedef struct {
     int checkpoint_every;        // steps; 0: only at the end
     int checkpoints_keep;        // keep the newest N (0: all)
     const char* resume;          // a checkpoint folder, or "latest"
-    int stop_after;              // stop (as if killed) after this many steps of this run; 0: no (tests)
+    int stop_after;              // stop after this many steps of this run, saving nothing, as if killed; 0: no (tests)
     const char* sample_prompts[TRAIN_MAX_SAMPLE_PROMPTS];
     int sample_prompt_count;
     int sample_every;            // steps; 0: no samples
