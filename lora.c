@@ -720,18 +720,21 @@ int lora_write(const char* path, LoraFormat format, const UnetConfig* ucfg, cons
             rc = set_error(err, "%s: '%s' is not a UNet parameter a LoRA can adapt", path, m->param);
             break;
         }
-        if (format == LORA_DIFFUSERS && m->alpha != (float)m->rank) {
-            rc = set_error(err, "%s: the diffusers format has no alphas; '%s' has alpha %g with rank %d (write kohya's format)",
-                           path, m->param, m->alpha, m->rank);
-            break;
-        }
         const char* suffix_down = format == LORA_KOHYA ? ".lora_down.weight" : ".lora.down.weight";
         const char* suffix_up = format == LORA_KOHYA ? ".lora_up.weight" : ".lora.up.weight";
         size_t n_down = (size_t)m->rank * m->in, n_up = (size_t)m->out * m->rank;
         stored[2 * i] = xmalloc(n_down * dtype_size(dtype));
         stored[2 * i + 1] = xmalloc(n_up * dtype_size(dtype));
         convert_from_f32(stored[2 * i], dtype, m->down, n_down);
-        convert_from_f32(stored[2 * i + 1], dtype, m->up, n_up);
+        if (format == LORA_DIFFUSERS && m->alpha != (float)m->rank) {
+            // no alphas in this format: fold alpha / rank into up, which every loader then applies at 1
+            float* folded = xmalloc(sizeof(float) * n_up);
+            for (size_t k = 0; k < n_up; k++) folded[k] = m->up[k] * (m->alpha / (float)m->rank);
+            convert_from_f32(stored[2 * i + 1], dtype, folded, n_up);
+            free(folded);
+        } else {
+            convert_from_f32(stored[2 * i + 1], dtype, m->up, n_up);
+        }
         snprintf(names[n], sizeof(names[n]), "%s%s", spellings[0], suffix_down);
         out[n] = (SafeTensorOut){names[n], dtype, 2, {m->rank, m->in}, stored[2 * i]};
         n++;

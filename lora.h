@@ -89,7 +89,8 @@ int lora_param_names(LoraFormat f, LoraModel m, const UnetConfig* ucfg, const ch
 //                   ss_* / modelspec.* pairs.
 //   LORA_DIFFUSERS: what train_text_to_image_lora_sdxl.py saves (save_lora_weights): "unet." +
 //                   module path + .lora.down.weight / .lora.up.weight, __metadata__ {"format": "pt"},
-//                   no alphas (alpha must equal rank: other alphas would be lost, so they are refused).
+//                   no alphas: a module whose alpha is not its rank has alpha / rank folded into up,
+//                   so every loader (which takes alpha = rank here) applies the same product.
 // The file appears atomically. Returns 0, or -1 with a one-line err.
 typedef struct {
     const char* param;

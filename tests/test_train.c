@@ -24,10 +24,13 @@ static void write_text(const char* path, const char* text) {
     if (write_file_atomic(path, text, strlen(text), err) != 0) check_true(0, "write %s: %s", path, err);
 }
 
+// One check for a call that returns 0 or -1 with err (the call runs before err is read).
+static int ran_ok(int rc, const char* err, const char* label) { return check_true(rc == 0, "%s: %s", label, rc ? err : "ok"); }
+
 static void test_data_imagefolder(void) {
     Dataset d;
     char err[ERR_MAX] = "";
-    if (!check_true(dataset_open(&d, golden_path("data"), "text", 0, err) == 0, "open tests/golden/data: %s", err[0] ? err : "ok"))
+    if (!ran_ok(dataset_open(&d, golden_path("data"), "text", 0, err), err, "open tests/golden/data"))
         return;
     check_true(d.count == 3 && strstr(d.items[0].file, "wide.png") && strcmp(d.items[1].caption, "caption 1: a tall frame") == 0,
                "3 items, files and captions in metadata order");
@@ -446,6 +449,273 @@ static void test_trajectory(void) {
     safetensors_close(&g);
 }
 
+// ----------------------------------------------------------------------------
+// Whole runs (train_run) on the tiny model: resume, cache, the LoRA file
+
+#define RUN_DIR WORK_DIR "/runs"
+
+// A dataset of the three golden frames (16:9, tall, square) under RUN_DIR/ds.
+static int make_run_dataset(void) {
+    char err[ERR_MAX] = "";
+    if (!check_true(make_dirs(RUN_DIR "/ds", err) == 0, "make %s: %s", RUN_DIR "/ds", err)) return 0;
+    const char* files[3] = {"wide.png", "tall.png", "square.png"};
+    for (int i = 0; i < 3; i++) {
+        char src[4200], dst[4200];
+        uint8_t* data;
+        size_t size;
+        snprintf(src, sizeof(src), "%s/%s", golden_path("data"), files[i]);
+        snprintf(dst, sizeof(dst), RUN_DIR "/ds/%s", files[i]);
+        if (read_file(src, &data, &size, err) != 0 || write_file_atomic(dst, data, size, err) != 0)
+            return check_true(0, "copy %s: %s", files[i], err);
+        free(data);
+    }
+    write_text(RUN_DIR "/ds/metadata.jsonl",
+               "{\"file_name\": \"wide.png\", \"text\": \"a man with an umbrella at night\"}\n"
+               "{\"file_name\": \"tall.png\", \"text\": \"a tall doorway\"}\n"
+               "{\"file_name\": \"square.png\", \"text\": \"a car, seen from above\"}\n");
+    return 1;
+}
+
+// Small and fast, but every part of the recipe on: fp16 with loss scaling, buckets, flips,
+// gradient accumulation, a cosine schedule with warmup, checkpoints.
+static TrainConfig tiny_run(const char* out) {
+    TrainConfig c = train_config_default();
+    c.model = golden_path("tiny_sdxl");
+    c.data = RUN_DIR "/ds";
+    c.out = out;
+    c.data_cfg.resolution = 128;
+    c.data_cfg.bucket_min = 64;
+    c.data_cfg.bucket_step = 32;
+    c.data_cfg.random_flip = 1;
+    c.obj.grad_accum = 2;
+    c.obj.adamw.lr = 1e-3;
+    c.obj.schedule = LR_COSINE;
+    c.obj.warmup_steps = 2;
+    c.max_steps = 5;
+    c.checkpoint_every = 2;
+    c.mixed_precision = "fp16";
+    c.cache_dir = RUN_DIR "/cache";
+    c.quiet = 1;
+    return c;
+}
+
+// The CSV without its seconds column (the only thing two identical runs may differ in).
+static char* csv_without_seconds(const char* path) {
+    char** lines;
+    int count;
+    char err[ERR_MAX];
+    if (read_lines(path, &lines, &count, err) != 0) return xstrdup("");
+    StrBuf b = {0};
+    for (int i = 0; i < count; i++) {
+        // step,epoch,loss,lr,loss_scale,grad_norm,skipped,seconds,val_loss: drop field 8
+        char* f = lines[i];
+        int field = 0;
+        for (char* p = f; *p; p++) {
+            if (field != 7) strbuf_append(&b, p, 1);
+            if (*p == ',') field++;
+        }
+        strbuf_cat(&b, "\n");
+        free(lines[i]);
+    }
+    free(lines);
+    return b.s ? b.s : xstrdup("");
+}
+
+static int files_equal(const char* a, const char* b) {
+    uint8_t *x, *y;
+    size_t nx, ny;
+    char err[ERR_MAX];
+    if (read_file(a, &x, &nx, err) != 0) return 0;
+    if (read_file(b, &y, &ny, err) != 0) return free(x), 0;
+    int same = nx == ny && memcmp(x, y, nx) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static int count_files(const char* dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof(cmd), "ls -1 '%s' 2>/dev/null | wc -l", dir);
+    FILE* p = popen(cmd, "r");
+    int n = 0;
+    if (p && fscanf(p, "%d", &n) != 1) n = 0;
+    if (p) pclose(p);
+    return n;
+}
+
+// A run stopped after 3 of 5 steps (its last checkpoint at step 2, a half-written one planted
+// beside it) and resumed gives exactly the uninterrupted run: every CSV row and the LoRA's bytes.
+static void test_resume_bit_exact(void) {
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/a* " RUN_DIR "/b* " RUN_DIR "/cache");
+    char err[ERR_MAX] = "";
+    TrainConfig a = tiny_run(RUN_DIR "/a.safetensors");
+    if (!ran_ok(train_run(&a, err), err, "uninterrupted 5-step run")) return;
+    TrainConfig b = tiny_run(RUN_DIR "/b.safetensors");
+    b.stop_after = 3;
+    if (!ran_ok(train_run(&b, err), err, "the same run stopped after 3 steps")) return;
+    struct stat sb;
+    check_true(stat(RUN_DIR "/b.safetensors", &sb) != 0 && stat(RUN_DIR "/b.safetensors.checkpoints/checkpoint-000002", &sb) == 0 &&
+                   stat(RUN_DIR "/b.safetensors.checkpoints/checkpoint-000003", &sb) != 0,
+               "stopped run: checkpoint 2 written, no step-3 checkpoint, no LoRA file");
+    make_dirs(RUN_DIR "/b.safetensors.checkpoints/checkpoint-000004.partial", err); // a save that was cut short
+    write_text(RUN_DIR "/b.safetensors.checkpoints/checkpoint-000004.partial/state.safetensors", "half");
+    b.stop_after = 0;
+    b.resume = "latest";
+    if (!ran_ok(train_run(&b, err), err, "resume latest")) return;
+    char* csv_a = csv_without_seconds(RUN_DIR "/a.safetensors.csv");
+    char* csv_b = csv_without_seconds(RUN_DIR "/b.safetensors.csv");
+    int rows = 0;
+    for (char* p = csv_a; *p; p++) rows += *p == '\n';
+    check_true(rows == 6 && strcmp(csv_a, csv_b) == 0, "resumed CSV equals the uninterrupted one (5 rows: loss, lr, scale, norm)");
+    if (strcmp(csv_a, csv_b) != 0) printf("uninterrupted:\n%s\nresumed:\n%s\n", csv_a, csv_b);
+    free(csv_a);
+    free(csv_b);
+    check_true(files_equal(RUN_DIR "/a.safetensors", RUN_DIR "/b.safetensors"), "resumed LoRA file is byte-identical");
+    check_true(files_equal(RUN_DIR "/a.safetensors.checkpoints/checkpoint-000004/state.safetensors",
+                           RUN_DIR "/b.safetensors.checkpoints/checkpoint-000004/state.safetensors"),
+               "the step-4 checkpoints (AdamW moments, scaler, generators, data order) are byte-identical");
+    // a checkpoint made with other settings is refused, naming the setting
+    TrainConfig c = tiny_run(RUN_DIR "/b.safetensors");
+    c.obj.adamw.lr = 2e-3;
+    c.resume = "latest";
+    int rc = train_run(&c, err);
+    check_true(rc == -1 && strstr(err, "other settings") && strstr(err, "lr 0.001") && strstr(err, "lr 0.002") && !strchr(err, '\n'),
+               "resume with another lr -> %s", rc ? err : "(accepted)");
+}
+
+// The second run reads every latent and text embedding from the cache (no new entries) and trains
+// to the same bytes as a run that caches nothing; another resolution makes new latent entries.
+static void test_cache_reuse(void) {
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/cache " RUN_DIR "/c*");
+    char err[ERR_MAX] = "";
+    TrainConfig c = tiny_run(RUN_DIR "/c1.safetensors");
+    c.max_steps = 2;
+    c.checkpoint_every = 0;
+    if (!ran_ok(train_run(&c, err), err, "first run")) return;
+    int entries = count_files(RUN_DIR "/cache");
+    check_true(entries == 3 + 6, "cache: 3 captions and 3 images x 2 flips = 9 entries (%d)", entries);
+    c.out = RUN_DIR "/c2.safetensors";
+    if (!ran_ok(train_run(&c, err), err, "second run")) return;
+    check_true(count_files(RUN_DIR "/cache") == entries, "second run added no cache entries");
+    check_true(files_equal(RUN_DIR "/c1.safetensors", RUN_DIR "/c2.safetensors"), "same LoRA from the cache");
+    c.out = RUN_DIR "/c3.safetensors";
+    c.no_cache = 1;
+    if (!ran_ok(train_run(&c, err), err, "uncached run")) return;
+    check_true(files_equal(RUN_DIR "/c1.safetensors", RUN_DIR "/c3.safetensors"), "same LoRA with --no-cache");
+    c.no_cache = 0;
+    c.data_cfg.resolution = 96;
+    c.out = RUN_DIR "/c4.safetensors";
+    if (!ran_ok(train_run(&c, err), err, "another resolution")) return;
+    check_true(count_files(RUN_DIR "/cache") == entries + 6, "another resolution: 6 new latent entries, the captions reused");
+}
+
+// The written LoRA, loaded and merged at scale 1 (lora.c, as `sdxl generate --lora` does), gives the
+// UNet output the live adapters gave in training; it moves generation with its strength, and the
+// diffusers-format file merges to the same weights.
+static void test_lora_file_roundtrip(void) {
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/d.* " RUN_DIR "/d_*");
+    char err[ERR_MAX] = "";
+    TrainConfig c = tiny_run(RUN_DIR "/d.safetensors");
+    c.mixed_precision = "no";
+    c.obj.adamw.lr = 1e-2; // large steps: B far from 0
+    c.max_steps = 4;
+    c.checkpoint_every = 0;
+    c.out_diffusers = RUN_DIR "/d_diffusers.safetensors";
+    c.lora.targets = UNET_LORA_TRANSFORMER;
+    c.lora.alpha = 2.0f; // scale 1/2: the file's alpha must carry it
+    if (!ran_ok(train_run(&c, err), err, "train")) return;
+    Lora kohya;
+    if (!check_true(lora_load(&kohya, RUN_DIR "/d.safetensors", err) == 0, "load the kohya file: %s", err)) return;
+    check_true(kohya.format == LORA_KOHYA && kohya.count == 242 && strcmp(kohya.network_dim, "4") == 0 &&
+                   strcmp(kohya.network_alpha, "2") == 0 && fabs(kohya.modules[0].factor - 0.5) < 1e-9,
+               "kohya format, 242 modules, ss_network_dim 4, ss_network_alpha 2, factor alpha/rank = 0.5");
+    // live adapters (the training forward) against the merged file, on one input
+    Unet live, merged;
+    if (!load_tiny_unet(&live, DT_F32) || !load_tiny_unet(&merged, DT_F32)) return;
+    LoraTrainable t;
+    TorchGenerator rng;
+    torch_manual_seed(&rng, 0);
+    // the adapters' values from the diffusers file, which has no alphas: alpha / rank is folded into
+    // its up weights, so the live adapters run at scale 1 (alpha = rank)
+    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_TRANSFORMER};
+    if (!check_true(lora_trainable_attach(&t, &live, &lc, &rng, 2 * 12 * 20 + 2 * 77, err) == 0, "attach: %s", err)) return;
+    Lora d1;
+    if (check_true(lora_load(&d1, RUN_DIR "/d_diffusers.safetensors", err) == 0, "load the diffusers file: %s", err)) {
+        check_true(d1.format == LORA_DIFFUSERS && d1.count == 242, "diffusers format, 242 modules");
+        int found = 0;
+        for (int i = 0; i < t.count; i++) {
+            char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
+            snprintf(key, sizeof(key), "unet.%s", module_name(&t, i, module));
+            for (int m = 0; m < d1.count; m++)
+                if (strcmp(d1.modules[m].name, key) == 0) {
+                    memcpy(t.params + t.offset_A[i], d1.modules[m].down, sizeof(float) * (t.offset_B[i] - t.offset_A[i]));
+                    memcpy(t.params + t.offset_B[i], d1.modules[m].up, sizeof(float) * t.layers[i]->out * 4);
+                    found++;
+                }
+        }
+        check_true(found == t.count, "every adapter in the diffusers file (%d of %d)", found, t.count);
+        lora_trainable_upload(&t);
+        lora_free(&d1);
+    }
+    if (check_true(lora_merge(&kohya, 1.0f, &merged, NULL, NULL, err) == 0, "merge the kohya file at 1: %s", err)) {
+        int N = 1, h = 12, w = 20, L = 77;
+        size_t n = (size_t)N * 4 * h * w;
+        float *x = xmalloc(sizeof(float) * n), *ctx = xmalloc(sizeof(float) * L * 96), *pooled = xmalloc(sizeof(float) * 32);
+        fill_uniform(x, n, 1, -1, 1);
+        fill_uniform(ctx, (size_t)L * 96, 2, -1, 1);
+        fill_uniform(pooled, 32, 3, -1, 1);
+        float t_step = 500, ids[6] = {96, 160, 0, 0, 96, 160};
+        float *out_live = xmalloc(sizeof(float) * n), *out_merged = xmalloc(sizeof(float) * n);
+        Arena act;
+        arena_init(&act, "roundtrip", unet_activation_bytes(&live.cfg, N, h, w, L, DT_F32), 0);
+        unet_forward(&live, out_live, x, &t_step, ctx, L, pooled, ids, N, h, w, &act);
+        unet_forward(&merged, out_merged, x, &t_step, ctx, L, pooled, ids, N, h, w, &act);
+        arena_free(&act);
+        float most = 0;
+        for (size_t i = 0; i < n; i++) most = fmaxf(most, fabsf(out_live[i]));
+        check_close("UNet with the merged kohya file vs the live adapters", out_merged, out_live, n, 1e-5f * most, 1e-4f);
+        free(x), free(ctx), free(pooled), free(out_live), free(out_merged);
+    }
+    lora_trainable_detach(&t);
+    unet_free(&live);
+    unet_free(&merged);
+    // generation: strength 0 changes nothing, 0.4 something, 1 more
+    SdxlModel m;
+    float dist[3] = {0};
+    uint8_t* base = NULL;
+    size_t npx = 0;
+    float scales[3] = {0.0f, 0.4f, 1.0f};
+    for (int s = -1; s < 3; s++) {
+        if (!check_true(sdxl_model_load(&m, golden_path("tiny_sdxl"), NULL, NULL, NULL, NULL, err) == 0, "model: %s", err)) break;
+        if (s >= 0 && lora_merge(&kohya, scales[s], &m.unet, NULL, NULL, err) != 0) check_true(0, "merge: %s", err);
+        GenerateParams gp = {0};
+        gp.prompt = "a man with an umbrella at night";
+        gp.negative = "";
+        gp.width = 160, gp.height = 96, gp.steps = 4, gp.cfg = 5, gp.seed = 42, gp.sampler = SAMPLER_EULER, gp.quiet = 1;
+        Image img;
+        if (check_true(sdxl_generate(&m, &gp, &img, NULL, err) == 0, "generate: %s", err)) {
+            npx = (size_t)img.width * img.height * 3;
+            if (s < 0) {
+                base = xmalloc(npx);
+                memcpy(base, img.data, npx);
+            } else {
+                double sum = 0;
+                for (size_t i = 0; i < npx; i++) sum += fabs((double)((uint8_t*)img.data)[i] - base[i]);
+                dist[s] = (float)(sum / npx);
+            }
+            image_free(&img);
+        }
+        sdxl_model_free(&m);
+    }
+    check_true(dist[0] == 0 && dist[1] > 0.5f && dist[2] > dist[1], "image change with strength 0, 0.4, 1: %.3g, %.3g, %.3g (mean |d| of 8-bit)",
+               dist[0], dist[1], dist[2]);
+    free(base);
+    lora_free(&kohya);
+}
+
 const TestCase tests_train[] = {
     {"train_data_imagefolder", test_data_imagefolder},
     {"train_data_buckets", test_data_buckets},
@@ -454,5 +724,8 @@ const TestCase tests_train[] = {
     {"train_lora_grads_attention", test_lora_grads_attention},
     {"train_lora_grads_transformer", test_lora_grads_transformer},
     {"train_trajectory", test_trajectory},
+    {"train_resume_bit_exact", test_resume_bit_exact},
+    {"train_cache_reuse", test_cache_reuse},
+    {"train_lora_file_roundtrip", test_lora_file_roundtrip},
     {NULL, NULL},
 };
