@@ -155,7 +155,7 @@ DEMO_EVALUATORS = --clip tests/golden/clip_vision/tiny_clip --interrogator-lists
                   --cache demo_out/label_cache --yolo tests/golden/yolo/tiny.safetensors \
                   --blip tests/golden/blip/tiny_blip --minilm tests/golden/blip/tiny_minilm
 demo: sdxl
-	./sdxl demo --out demo_out/frames/storyboard_demo.png
+	./sdxl demo --out demo_out/frames/storyboard_demo.png   # writes the tiny model and frames, trains a LoRA, generates
 	./sdxl eval --images demo_out/frames --out demo_out/eval $(DEMO_EVALUATORS)
 
 golden:

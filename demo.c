@@ -11,6 +11,7 @@
 #include "demo.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "clip.h"
 #include "common.h"
 #include "json.h"
+#include "png.h"
 #include "sdxl.h"
 #include "vae.h"
 
@@ -163,5 +165,93 @@ int demo_model_write(const char* root, uint64_t seed, char* err) {
     snprintf(path, sizeof(path), "%s/diffusion_pytorch_model.safetensors", dir);
     rc = weights_save(&vae.weights, path, "", DT_F32, err);
     vae_free(&vae);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// A storyboard-like dataset: black ink on white, 16:9
+
+typedef struct {
+    uint8_t* px;
+    int w, h;
+} Canvas;
+
+static void ink(Canvas* c, int x, int y, uint8_t v) {
+    if (x >= 0 && y >= 0 && x < c->w && y < c->h) memset(c->px + 3 * ((size_t)y * c->w + x), v, 3);
+}
+
+static void thick_line(Canvas* c, int x0, int y0, int x1, int y1, int width) {
+    int steps = abs(x1 - x0) > abs(y1 - y0) ? abs(x1 - x0) : abs(y1 - y0);
+    for (int s = 0; s <= steps; s++) {
+        int x = x0 + (steps ? (x1 - x0) * s / steps : 0), y = y0 + (steps ? (y1 - y0) * s / steps : 0);
+        for (int dy = -width / 2; dy <= width / 2; dy++)
+            for (int dx = -width / 2; dx <= width / 2; dx++) ink(c, x + dx, y + dy, 0);
+    }
+}
+
+static void circle(Canvas* c, int cx, int cy, int r, int width, int filled) {
+    for (int y = cy - r - width; y <= cy + r + width; y++)
+        for (int x = cx - r - width; x <= cx + r + width; x++) {
+            double d = sqrt((double)(x - cx) * (x - cx) + (double)(y - cy) * (y - cy));
+            if (filled ? d <= r : fabs(d - r) <= width / 2.0) ink(c, x, y, 0);
+        }
+}
+
+// A number in [0, n) from a 64-bit linear congruential generator (Knuth's MMIX constants).
+static int next_int(uint64_t* state, int n) {
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (int)((*state >> 33) % (uint64_t)n);
+}
+
+int demo_dataset_write(const char* root, int count, uint64_t seed, char* err) {
+    static const char* const captions[] = {
+        "a man with an umbrella walks past a car at night",
+        "two people talk at a table by a window",
+        "a woman looks out over the city from a rooftop",
+        "a detective opens a door to a dark room",
+        "a car drives along an empty road towards the hills",
+        "a crowd waits on a train platform",
+    };
+    if (make_dirs(root, err) != 0) return -1;
+    StrBuf meta = {0};
+    uint64_t state = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    for (int i = 0; i < count; i++) {
+        Canvas c = {xmalloc((size_t)3 * 1365 * 768), 1365, 768};
+        memset(c.px, 255, (size_t)3 * c.w * c.h);
+        // a random sketch: a panel border, a horizon, a figure or two, a car-like box
+        thick_line(&c, 8, 8, c.w - 9, 8, 6), thick_line(&c, c.w - 9, 8, c.w - 9, c.h - 9, 6);
+        thick_line(&c, c.w - 9, c.h - 9, 8, c.h - 9, 6), thick_line(&c, 8, c.h - 9, 8, 8, 6);
+        int horizon = 300 + next_int(&state, 250);
+        thick_line(&c, 8, horizon, c.w - 9, horizon + next_int(&state, 60) - 30, 3);
+        for (int f = 0; f < 1 + next_int(&state, 3); f++) {
+            int x = 150 + next_int(&state, c.w - 300), y = horizon + next_int(&state, 120), s = 60 + next_int(&state, 80);
+            circle(&c, x, y - 3 * s, s / 2, 4, next_int(&state, 2));                   // head
+            thick_line(&c, x, y - 5 * s / 2, x, y - s, 5);                  // body
+            thick_line(&c, x, y - s, x - s / 2, y, 5), thick_line(&c, x, y - s, x + s / 2, y, 5); // legs
+            thick_line(&c, x, y - 2 * s, x - s, y - 3 * s / 2, 4), thick_line(&c, x, y - 2 * s, x + s, y - 2 * s, 4);
+        }
+        if (next_int(&state, 2)) {
+            int x = 100 + next_int(&state, c.w - 500), y = horizon + 40 + next_int(&state, 100);
+            for (int k = 0; k < 4; k++) thick_line(&c, x + k * 90, y, x + k * 90 + 90, y, 4);
+            thick_line(&c, x, y, x, y - 90, 4), thick_line(&c, x + 360, y, x + 360, y - 90, 4);
+            thick_line(&c, x, y - 90, x + 360, y - 90, 4);
+            circle(&c, x + 70, y + 20, 30, 6, 0), circle(&c, x + 290, y + 20, 30, 6, 0);
+        }
+        Image img = {0};
+        img.width = c.w, img.height = c.h, img.channels = 3, img.depth = 8, img.data = c.px;
+        char name[32], path[4400];
+        snprintf(name, sizeof(name), "frame_%03d.png", i + 1);
+        snprintf(path, sizeof(path), "%s/%s", root, name);
+        int rc = png_write(path, &img, err);
+        free(c.px);
+        if (rc != 0) {
+            free(meta.s);
+            return -1;
+        }
+        strbuf_printf(&meta, "{\"file_name\": \"%s\", \"text\": \"%s, black and white storyboard sketch\"}\n", name,
+                      captions[i % (int)(sizeof(captions) / sizeof(captions[0]))]);
+    }
+    int rc = write_text(root, "metadata.jsonl", meta.s, err);
+    free(meta.s);
     return rc;
 }

@@ -45,7 +45,9 @@ static int have_binary(void) {
 
 static void test_cli_bad_arguments_one_line(void) {
     if (!have_binary()) return;
-    const char* model = golden_path("tiny_sdxl");
+    char model[4096], data[4096]; // golden_path's buffer is static: keep copies
+    snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
+    snprintf(data, sizeof(data), "%s", golden_path("data"));
     struct { const char* args; const char* needle; } cases[] = {
         {"frobnicate", "unknown command"},
         {"generate --prompt x", "--model is required"},
@@ -62,6 +64,14 @@ static void test_cli_bad_arguments_one_line(void) {
         {"generate --model M --prompt x --lora no/such.safetensors", "no/such.safetensors"},
         {"generate --model M --prompts no/such/prompts.txt", "no/such/prompts.txt"},
         {"generate --model M --prompt x --backend tpu", "--backend"},
+        {"train --data D --out build/test_cli/never.safetensors", "--model, --data and --out are required"},
+        {"train --model M --data no/such/data --out build/test_cli/never.safetensors", "no/such/data"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --data-mode squash", "--data-mode"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --targets everything", "--targets"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --lr-scheduler warmup_stable", "--lr-scheduler"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --mixed-precision fp8", "--mixed-precision"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --rank 0", "rank 0"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --resume latest", "no checkpoint to resume"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         // "M" stands for the tiny model, so each case fails on its own argument only; --out goes
@@ -74,6 +84,12 @@ static void test_cli_bad_arguments_one_line(void) {
             snprintf(rest, sizeof(rest), "%s", at + 2);
             snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", model, rest);
         }
+        at = strstr(args, " D "); // "D" stands for the golden training frames
+        if (at) {
+            char rest[1024];
+            snprintf(rest, sizeof(rest), "%s", at + 2);
+            snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", data, rest);
+        }
         if (strncmp(args, "generate", 8) == 0)
             snprintf(cmd, sizeof(cmd), "./sdxl generate --out build/test_cli/never.png%s", args + 8);
         else
@@ -84,7 +100,59 @@ static void test_cli_bad_arguments_one_line(void) {
                    "sdxl %.40s -> exit %d: %.90s", cases[c].args, status, line);
     }
     struct stat sb;
-    check_true(stat("build/test_cli/never.png", &sb) != 0, "no output file from a failed run");
+    check_true(stat("build/test_cli/never.png", &sb) != 0 && stat("build/test_cli/never.safetensors", &sb) != 0,
+               "no output file from a failed run");
+}
+
+// `sdxl train` with the job's settings (lr 1e-5, fp16 with loss scaling, 1024 px buckets, batch 1,
+// gradient accumulation 4) for 2 steps on the tiny model: progress lines, the LoRA (kohya keys
+// and metadata), the CSV log, the loss curve; then `sdxl generate --lora` loads what it wrote.
+static void test_cli_train_end_to_end(void) {
+    if (!have_binary()) return;
+    system("rm -rf build/test_cli/train");
+    char cmd[8192], out[65536], err[ERR_MAX], model[4096];
+    snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl")); // golden_path's buffer is static
+    snprintf(cmd, sizeof(cmd),
+             "./sdxl train --model %s --data %s --out build/test_cli/train/storyboard.safetensors --steps 2 "
+             "--mixed-precision fp16 --cache-dir build/test_cli/train/cache",
+             model, golden_path("data"));
+    int status = run(cmd, out, sizeof(out));
+    if (!check_true(status == 0, "train exits 0 (%s)", status ? last_line(out) : "ok")) return;
+    check_true(strstr(out, "lr                   = 1e-05") && strstr(out, "grad-accum           = 4") &&
+                   strstr(out, "resolution           = 1024") && strstr(out, "batch-size           = 1"),
+               "the job's settings are the defaults (lr 1e-5, GA 4, 1024, batch 1)");
+    check_true(strstr(out, "step 2/2  loss ") && strstr(out, "lr 1.00e-05  scale 65536") && strstr(out, "s/step  ETA"),
+               "progress lines: loss, lr, loss scale, s/step, ETA");
+    check_true(strstr(out, "micro-batches up to 128x128 latents") != NULL, "buckets of about 1024^2 pixels (the square frame: 128x128 latents)");
+    SafeTensors st;
+    if (check_true(safetensors_open(&st, "build/test_cli/train/storyboard.safetensors", err) == 0, "read the LoRA: %s", err)) {
+        const SafeTensor* a = safetensors_find(&st, "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.alpha");
+        const SafeTensor* d = safetensors_find(&st, "lora_unet_output_blocks_5_1_transformer_blocks_1_attn2_to_out_0.lora_down.weight");
+        const char* dim = safetensors_metadata(&st, "ss_network_dim");
+        check_true(st.count == 176 * 3 && a && a->rank == 0 && d && d->shape[0] == 4 && dim && strcmp(dim, "4") == 0,
+                   "kohya keys (SGM names, lora_down/lora_up/alpha), rank 4, ss_network_dim 4");
+        safetensors_close(&st);
+    }
+    char** lines;
+    int count;
+    if (check_true(read_lines("build/test_cli/train/storyboard.safetensors.csv", &lines, &count, err) == 0, "CSV: %s", err)) {
+        check_true(count == 3 && strncmp(lines[0], "step,epoch,loss,lr,loss_scale", 29) == 0 && strncmp(lines[2], "2,", 2) == 0,
+                   "CSV: a header and one row per step");
+        for (int i = 0; i < count; i++) free(lines[i]);
+        free(lines);
+    }
+    Image curve;
+    if (check_true(png_read(&curve, "build/test_cli/train/storyboard.safetensors.loss.png", err) == 0, "loss curve: %s", err)) {
+        check_true(curve.width == 900 && curve.height == 450, "loss curve 900x450");
+        image_free(&curve);
+    }
+    snprintf(cmd, sizeof(cmd),
+             "./sdxl generate --model %s --lora build/test_cli/train/storyboard.safetensors --prompt x --steps 1 "
+             "--width 64 --height 64 --out build/test_cli/train/frame.png",
+             golden_path("tiny_sdxl"));
+    status = run(cmd, out, sizeof(out));
+    check_true(status == 0 && strstr(out, "merged LoRA build/test_cli/train/storyboard.safetensors at scale 0.4: kohya, 176 modules"),
+               "generate --lora merges it at 0.4 (%s)", status ? last_line(out) : "ok");
 }
 
 static void test_cli_generate_writes_png(void) {
@@ -326,8 +394,8 @@ static void test_cli_readme_help_is_current(void) {
     size_t size;
     char err[ERR_MAX], out[16384];
     if (!check_true(read_file("README.md", &readme, &size, err) == 0, "read README.md: %s", err)) return;
-    const char* commands[2] = {"generate", "eval"};
-    for (int c = 0; c < 2; c++) {
+    const char* commands[3] = {"generate", "train", "eval"};
+    for (int c = 0; c < 3; c++) {
         char begin_mark[64], end_mark[64], cmd[64];
         snprintf(begin_mark, sizeof(begin_mark), "<!-- %s-help-begin -->\n```\n", commands[c]);
         snprintf(end_mark, sizeof(end_mark), "```\n<!-- %s-help-end -->", commands[c]);
@@ -348,6 +416,7 @@ const TestCase tests_cli[] = {
     {"cli_bad_arguments_one_line", test_cli_bad_arguments_one_line},
     {"cli_generate_writes_png", test_cli_generate_writes_png},
     {"cli_prompts_file_reuses_model", test_cli_prompts_file_reuses_model},
+    {"cli_train_end_to_end", test_cli_train_end_to_end},
     {"cli_eval_writes_reports", test_cli_eval_writes_reports},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
