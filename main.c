@@ -482,15 +482,18 @@ static int verify_main(int argc, char** argv) {
     const char* ref_path = NULL;
     const char* backend = "cpu";
     const char* precision = "fp32";
-    float rtol = 1e-3f;
+    float rtol = 1e-3f, lora_scale = 1.0f;
+    const char* lora = NULL;
     Option options[] = {
         {"--unet", OPT_STRING, &unet_dir, "a diffusers unet/ folder"},
+        {"--lora", OPT_STRING, &lora, "a LoRA to merge into the UNet first (its UNet modules)"},
+        {"--lora-scale", OPT_FLOAT, &lora_scale, "the LoRA's strength"},
         {"--precision", OPT_STRING, &precision, "UNet weights and activations: fp32, fp16 or bf16"},
         {"--ref", OPT_STRING, &ref_path, "safetensors with sample, t, ctx, text_embeds, time_ids and the expected out"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--rtol", OPT_FLOAT, &rtol, "pass when max |ours - ref| <= rtol * max |ref|"},
     };
-    if (argc < 3 || strcmp(argv[2], "unet") != 0) fatal("usage: sdxl verify unet --unet DIR --ref FILE");
+    if (argc < 3 || strcmp(argv[2], "unet") != 0) fatal("usage: sdxl verify unet --unet DIR --ref FILE [--lora FILE]");
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl verify unet [options]")) return 0;
     if (!unet_dir || !ref_path) fatal("sdxl verify unet needs --unet and --ref");
     backend_select_by_name(backend);
@@ -501,6 +504,17 @@ static int verify_main(int argc, char** argv) {
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     printf("loaded %s: %d tensors, %zu parameters, in %.1f s\n", unet_dir, u.w.count, params, now_seconds() - t0);
+    if (lora) {
+        Lora l;
+        if (lora_load(&l, lora, err) != 0) fatal("%s", err);
+        for (int i = 0; i < l.count; i++)
+            if (l.modules[i].model != LORA_UNET) fatal("%s: has text-encoder modules; verify unet takes UNet-only LoRAs", lora);
+        if (lora_merge(&l, lora_scale, &u, NULL, NULL, err) != 0) fatal("%s", err);
+        char desc[512];
+        lora_describe(&l, desc, sizeof(desc));
+        printf("merged %s at %g: %s\n", lora, lora_scale, desc);
+        lora_free(&l);
+    }
     SafeTensors ref;
     if (safetensors_open(&ref, ref_path, err) != 0) fatal("%s", err);
     const SafeTensor* s = safetensors_find(&ref, "sample");
