@@ -9,6 +9,9 @@
 //                        CFG step): it/s, achieved TFLOP/s (unet_flops) and peak device memory.
 //   sdxl bench generate  one whole storyboard thumbnail (1365x768, 25 Euler steps, CFG 12) on a
 //                        random full-size SDXL: text encoders, denoising, VAE, as `generate`.
+//   sdxl bench train     seconds per LoRA training micro-step (forward, loss, backward) and per
+//                        optimizer step on a random full-size SDXL UNet at 1024x1024, batch 1,
+//                        with and without gradient checkpointing, and the peak memory.
 //
 // scripts/bench_cpu_gemm.sh runs the matmul bench beside numpy's OpenBLAS sgemm, and
 // scripts/gpu_check.sh runs all three beside diffusers on the same GPU.
@@ -23,6 +26,7 @@
 #include "ops.h"
 #include "pipeline.h"
 #include "sdxl.h"
+#include "train.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -336,15 +340,153 @@ static int bench_generate(int argc, char** argv) {
     return 0;
 }
 
+// sdxl bench train: the trainer's micro-step (forward with the adapters, the loss, the backward to
+// the adapters' gradients) and optimizer step (--accum micro-steps, then unscale, clip, AdamW) on
+// the SDXL base UNet with random weights (or the architecture of --unet-config, e.g. the tiny test
+// model, for comparing the CPU path with PyTorch), diffusers' LoRA (rank 4 on q/k/v/out) at
+// 1024x1024, batch 1, 77 text tokens; with gradient checkpointing off and on. One warm-up
+// micro-step, then --repeat timed ones (median), then one timed optimizer step. Reports the time
+// 15,000 steps of 4 micro-batches would take and the peak memory. scripts/bench_torch.py train runs
+// diffusers + peft the same way.
+static int bench_train(int argc, char** argv) {
+    const char* backend = "cpu";
+    const char* precision = "auto";
+    const char* checkpointing = "both";
+    const char* unet_config = NULL;
+    const char* targets = "attention";
+    int size = 1024, width = 0, height = 0, batch = 1, repeat = 3, accum = 4, rank = 4;
+    Option options[] = {
+        {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
+        {"--size", OPT_INT, &size, "square training images of this side in pixels"},
+        {"--width", OPT_INT, &width, "image width in pixels (with --height, instead of --size)"},
+        {"--height", OPT_INT, &height, "image height in pixels"},
+        {"--batch", OPT_INT, &batch, "images per micro-batch"},
+        {"--accum", OPT_INT, &accum, "micro-batches per optimizer step"},
+        {"--rank", OPT_INT, &rank, "LoRA rank"},
+        {"--targets", OPT_STRING, &targets, "attention or transformer"},
+        {"--checkpointing", OPT_STRING, &checkpointing, "off, on, or both (one after the other)"},
+        {"--unet-config", OPT_STRING, &unet_config, "a unet/config.json instead of SDXL base's (random weights)"},
+        {"--repeat", OPT_INT, &repeat, "timed micro-steps after one warm-up"},
+    };
+    if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl bench train [options]")) return 0;
+    if (!width) width = size;
+    if (!height) height = size;
+    if (width < 64 || height < 64 || width % 8 || height % 8 || width > 4096 || height > 4096)
+        fatal("--width and --height must be multiples of 8 in [64, 4096] (got %dx%d)", width, height);
+    if (batch < 1 || batch > 16 || accum < 1 || repeat < 1 || rank < 1) fatal("--batch, --accum, --repeat and --rank must be positive");
+    int modes[2] = {0, 1}, n_modes = 2;
+    if (strcmp(checkpointing, "off") == 0) n_modes = 1;
+    else if (strcmp(checkpointing, "on") == 0) modes[0] = 1, n_modes = 1;
+    else if (strcmp(checkpointing, "both") != 0) fatal("--checkpointing: expected off, on or both, got '%s'", checkpointing);
+    UnetLoraTargets target_set = UNET_LORA_ATTENTION;
+    if (strcmp(targets, "transformer") == 0) target_set = UNET_LORA_TRANSFORMER;
+    else if (strcmp(targets, "attention") != 0) fatal("--targets: expected attention or transformer, got '%s'", targets);
+    backend_select_by_name(backend);
+    SdxlPrecision prec = bench_precision(precision, "auto");
+    char err[ERR_MAX];
+    UnetConfig cfg;
+    if (unet_config) {
+        if (unet_config_read(&cfg, unet_config, err) != 0) fatal("%s", err);
+    } else {
+        unet_config_sdxl(&cfg);
+    }
+    Unet u;
+    double t0 = now_seconds();
+    unet_allocate(&u, &cfg, prec.unet);
+    weights_fill_random_gaussian(&u.w, 42);
+    size_t params = 0;
+    for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
+    int h = height / 8, w = width / 8, L = 77, pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim;
+    printf("sdxl bench train: %s UNet, %zu parameters (%s), random weights in %.1f s, backend %s; %dx%d px (latent %dx%d), "
+           "batch %d, %d micro-batches per step\n",
+           unet_config ? unet_config : "SDXL base", params, precision_label(prec.unet), now_seconds() - t0,
+           backend_name(backend_current()), width, height, w, h, batch, accum);
+    // one micro-batch of random inputs, used for every step
+    size_t n = (size_t)batch * 4 * h * w;
+    float* latents = xmalloc(sizeof(float) * n);
+    float* noise = xmalloc(sizeof(float) * n);
+    float* context = xmalloc(sizeof(float) * batch * L * cfg.cross_attention_dim);
+    float* text = xmalloc(sizeof(float) * batch * pooled);
+    float* ids = xmalloc(sizeof(float) * batch * 6);
+    int64_t* t = xmalloc(sizeof(int64_t) * batch);
+    TorchGenerator g;
+    torch_manual_seed(&g, 1);
+    torch_randn(&g, latents, n);
+    torch_randn(&g, noise, n);
+    torch_randn(&g, context, (size_t)batch * L * cfg.cross_attention_dim);
+    torch_randn(&g, text, (size_t)batch * pooled);
+    for (int b = 0; b < batch; b++) {
+        float id[6] = {(float)height, (float)width, 0, 0, (float)height, (float)width};
+        memcpy(ids + 6 * b, id, sizeof(id));
+        t[b] = 500;
+    }
+    MicroBatch mb = {latents, noise, t, context, text, ids, batch, h, w, L};
+    SchedulerConfig sc;
+    scheduler_config_sdxl(&sc);
+    double flops = unet_flops(&cfg, batch, h, w, L);
+    for (int m = 0; m < n_modes; m++) {
+        int ckpt = modes[m];
+        TrainObjective obj = train_objective_default();
+        obj.grad_accum = accum;
+        obj.loss_scaling = prec.unet == DT_F16;
+        LoraTrainConfig lc = {rank, (float)rank, target_set};
+        Trainer tr;
+        TorchGenerator init;
+        torch_manual_seed(&init, 0);
+        device_memory_peak_reset();
+        size_t work_rows = (size_t)batch * h * w + (size_t)batch * L;
+        if (trainer_init(&tr, &u, &lc, &init, &obj, ckpt, batch, h, w, L, work_rows, err) != 0) fatal("%s", err);
+        noise_schedule_init(&tr.noise, &sc);
+        trainer_micro_step(&tr, &mb); // warm-up
+        device_synchronize();
+        double* times = xmalloc(sizeof(double) * repeat);
+        for (int r = 0; r < repeat; r++) {
+            double t1 = now_seconds();
+            trainer_micro_step(&tr, &mb);
+            device_synchronize();
+            times[r] = now_seconds() - t1;
+        }
+        qsort(times, repeat, sizeof(double), compare_doubles);
+        UpdateInfo info;
+        trainer_update(&tr, &info); // (finishes the accumulation the timed steps started)
+        double t2 = now_seconds();
+        for (int k = 0; k < accum; k++) trainer_micro_step(&tr, &mb);
+        trainer_update(&tr, &info);
+        device_synchronize();
+        double step = now_seconds() - t2, median = times[repeat / 2];
+        char eta[32];
+        double total = step * 15000;
+        snprintf(eta, sizeof(eta), "%.1f h", total / 3600);
+        printf("checkpointing %-3s: %.4f s per micro-step (median of %d; best %.4f), %.3f s per optimizer step of %d: "
+               "15,000 steps in %s; ~%.1f TFLOP/s (forward + input backward%s = %.0fx the forward's %.2f TFLOP)\n",
+               ckpt ? "on" : "off", median, repeat, times[0], step, accum, eta, flops * (2 + ckpt) / median / 1e12,
+               ckpt ? " + recompute" : "", 2.0 + ckpt, flops / 1e12);
+        printf("  LoRA: %d layers, %zu parameters; activations arena %.0f MiB (high water %.0f MiB)", tr.lora.count,
+               tr.lora.total, mib(tr.act.capacity), mib(tr.act.high_water));
+        if (backend_current() == BACKEND_CUDA)
+            printf("; peak device memory %.0f MiB held by sdxl.c (UNet weights %.0f), %.0f MiB in use on the device",
+                   mib(device_memory_peak()), mib(u.w.arena.capacity), mib(device_memory_in_use_on_device()));
+        printf("\n");
+        free(times);
+        trainer_free(&tr);
+    }
+    free(latents), free(noise), free(context), free(text), free(ids), free(t);
+    unet_free(&u);
+    return 0;
+}
+
 int bench_main(int argc, char** argv) {
     if (argc < 3 || strcmp(argv[2], "--help") == 0) {
         printf("usage: sdxl bench <what> [options]\n\n  matmul     GEMM throughput on the CPU or CUDA backend\n"
                "  unet       seconds per full-size SDXL UNet evaluation, random weights\n"
-               "  generate   one whole storyboard thumbnail on a random full-size SDXL\n");
+               "  generate   one whole storyboard thumbnail on a random full-size SDXL\n"
+               "  train      seconds per LoRA training step (full-size UNet, 1024^2), with and without checkpointing\n");
         return argc < 3 ? 1 : 0;
     }
     if (strcmp(argv[2], "matmul") == 0) return bench_matmul(argc, argv);
     if (strcmp(argv[2], "unet") == 0) return bench_unet(argc, argv);
     if (strcmp(argv[2], "generate") == 0) return bench_generate(argc, argv);
-    fatal("unknown benchmark '%s' (available: matmul, unet, generate)", argv[2]);
+    if (strcmp(argv[2], "train") == 0) return bench_train(argc, argv);
+    fatal("unknown benchmark '%s' (available: matmul, unet, generate, train)", argv[2]);
 }

@@ -4,6 +4,8 @@
     python3 scripts/bench_torch.py unet --size 512 --batch 1                 # CPU, fp32, all cores
     python3 scripts/bench_torch.py unet --device cuda --dtype float16        # 1024x1024 and 1368x768, batch 2
     python3 scripts/bench_torch.py generate --device cuda --dtype float16    # a whole 25-step thumbnail
+    python3 scripts/bench_torch.py train --device cuda --dtype float16       # LoRA training steps at 1024^2
+    python3 scripts/bench_torch.py train --unet-config tests/golden/tiny_sdxl/unet/config.json --size 512
 
 unet:     the full-size SDXL base UNet architecture (the values of its unet/config.json), random
           weights (nothing is downloaded), 77 text tokens, PyTorch's default attention (SDPA),
@@ -16,6 +18,12 @@ generate: StableDiffusionXLPipeline built from SDXL base's configs with random w
           The benchmark's short prompt and negative prompt (one chunk each), CFG 12, at 1368x768
           (diffusers needs multiples of 8; sdxl.c generates at 1368x768 and crops to 1365). One
           2-step warm-up, then the timed generation.
+train:    train_text_to_image_lora_sdxl.py's step on the same UNet (or --unet-config's
+          architecture): peft LoRA rank 4 on to_q/to_k/to_v/to_out.0, the UNet frozen in --dtype,
+          LoRA weights in fp32, autocast and GradScaler for float16 (as accelerate's fp16 mixed
+          precision), the epsilon MSE loss on a noisy latent at --size (1024), batch 1; without and
+          with unet.enable_gradient_checkpointing(). One warm-up, then --repeat timed micro-steps
+          (the median), then a timed optimizer step of --accum micro-steps (unscale, clip 1, AdamW).
 """
 import argparse
 import statistics
@@ -127,9 +135,84 @@ def bench_generate(args, dtype):
           f"{peak_memory(args.device)}")
 
 
+def bench_train(args, dtype):
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    config = json.load(open(args.unet_config)) if args.unet_config else SDXL_UNET
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    size = args.size or 1024
+    h = w = size // 8
+    B = args.batch
+    g = torch.Generator().manual_seed(1)
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        with torch.device(args.device):
+            unet = UNet2DConditionModel(**config).to(dtype)
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        for p in unet.parameters():  # cast_training_params: the LoRA weights in fp32
+            if p.requires_grad:
+                p.data = p.data.float()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-2)
+        fp16 = dtype == torch.float16
+        scaler = torch.amp.GradScaler(args.device, enabled=fp16)
+        cross = config["cross_attention_dim"]
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        latents = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
+        noise = torch.randn(B, 4, h, w, generator=g).to(args.device, dtype)
+        ctx = torch.randn(B, 77, cross, generator=g).to(args.device, dtype)
+        added = {"text_embeds": torch.randn(B, pooled, generator=g).to(args.device, dtype),
+                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * B, dtype=dtype, device=args.device)}
+        t = torch.full((B,), 500, device=args.device)
+
+        def micro():
+            with torch.autocast(args.device, dtype=torch.float16, enabled=fp16):
+                pred = unet(latents + noise, t, ctx, added_cond_kwargs=added).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            scaler.scale(loss / args.accum).backward()
+            sync(args.device)
+
+        def update():
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            sync(args.device)
+
+        micro()
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.repeat):
+            t1 = time.time()
+            micro()
+            times.append(time.time() - t1)
+        update()
+        t2 = time.time()
+        for _ in range(args.accum):
+            micro()
+        update()
+        step = time.time() - t2
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}, {size}x{size}, "
+              f"batch {B}, checkpointing {'on ' if checkpointing else 'off'}: {statistics.median(times):.4f} s per "
+              f"micro-step (median of {args.repeat}; best {min(times):.4f}), {step:.3f} s per optimizer step of "
+              f"{args.accum}{peak_memory(args.device)}")
+        del unet, opt
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="unet", choices=["unet", "generate"])
+    ap.add_argument("what", nargs="?", default="unet", choices=["unet", "generate", "train"])
+    ap.add_argument("--unet-config", default=None, help="train: a unet/config.json instead of SDXL base's")
+    ap.add_argument("--accum", type=int, default=4, help="train: micro-steps per optimizer step")
     ap.add_argument("--size", type=int, default=0, help="square image side (unet)")
     ap.add_argument("--width", type=int, default=0)
     ap.add_argument("--height", type=int, default=0)
@@ -143,6 +226,10 @@ def main():
     dtype = getattr(torch, args.dtype)
     if args.what == "unet":
         bench_unet(args, dtype)
+    elif args.what == "train":
+        if args.batch == 2 and "--batch" not in __import__("sys").argv:
+            args.batch = 1  # training runs batch 1 (the unet bench's default of 2 is one CFG step)
+        bench_train(args, dtype)
     else:
         bench_generate(args, dtype)
 
