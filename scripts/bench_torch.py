@@ -19,7 +19,8 @@ generate: StableDiffusionXLPipeline built from SDXL base's configs with random w
           (diffusers needs multiples of 8; sdxl.c generates at 1368x768 and crops to 1365). One
           2-step warm-up, then the timed generation.
 train:    train_text_to_image_lora_sdxl.py's step on the same UNet (or --unet-config's
-          architecture): peft LoRA rank 4 on to_q/to_k/to_v/to_out.0, the UNet frozen in --dtype,
+          architecture): LoRA rank 4 on to_q/to_k/to_v/to_out.0 (peft's lora.Linear computation,
+          written out below so the GPU machine needs no peft/transformers), the UNet frozen in --dtype,
           LoRA weights in fp32, autocast and GradScaler for float16 (as accelerate's fp16 mixed
           precision), the epsilon MSE loss on a noisy latent at --size (1024), batch 1; without and
           with unet.enable_gradient_checkpointing(). One warm-up, then --repeat timed micro-steps
@@ -135,11 +136,33 @@ def bench_generate(args, dtype):
           f"{peak_memory(args.device)}")
 
 
+class LoraLinear(torch.nn.Module):
+    """peft's lora.Linear forward: base(x) + lora_B(lora_A(x)) * scaling, A ~ N(0, 1/r), B = 0."""
+
+    def __init__(self, base, r=4, alpha=4):
+        super().__init__()
+        self.base, self.scaling = base, alpha / r
+        self.lora_A = torch.nn.Linear(base.in_features, r, bias=False, device=base.weight.device)
+        self.lora_B = torch.nn.Linear(r, base.out_features, bias=False, device=base.weight.device)
+        torch.nn.init.normal_(self.lora_A.weight, std=1 / r)
+        torch.nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
+
+
+def add_lora(unet, targets=("to_q", "to_k", "to_v", "to_out.0")):
+    for name, module in list(unet.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, torch.nn.Linear) and any(full.endswith(t) for t in targets):
+                setattr(module, child_name, LoraLinear(child))
+
+
 def bench_train(args, dtype):
     import json
 
     from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
     config = json.load(open(args.unet_config)) if args.unet_config else SDXL_UNET
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     size = args.size or 1024
@@ -151,11 +174,7 @@ def bench_train(args, dtype):
         with torch.device(args.device):
             unet = UNet2DConditionModel(**config).to(dtype)
         unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        for p in unet.parameters():  # cast_training_params: the LoRA weights in fp32
-            if p.requires_grad:
-                p.data = p.data.float()
+        add_lora(unet)  # the LoRA weights stay fp32 (cast_training_params)
         if checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()

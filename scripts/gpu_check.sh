@@ -18,8 +18,11 @@
 #     `sdxl bench generate` (a whole 25-step 1365x768 thumbnail), each beside diffusers on the
 #     same card with the same settings (scripts/bench_torch.py; diffusers comes as a wheel in
 #     .whl/, installed here into /tmp/site when the machine has none);
+#  7. `sdxl bench train` (LoRA training steps on the full-size UNet at 1024x1024, batch 1, fp16,
+#     with and without gradient checkpointing) beside diffusers + peft (scripts/bench_torch.py
+#     train), and a short `sdxl train` run of the tiny model on both backends;
 # then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/.
-# Sized to finish in about 8 minutes on an H100.
+# Sized to finish in about 10 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -157,6 +160,30 @@ ours=$(grep -o "[0-9.]* s end to end" "$OUT_DIR/bench_generate.txt" | cut -d' ' 
 theirs=$(grep -o "[0-9.]* s end to end" "$OUT_DIR/bench_generate_torch.txt" | cut -d' ' -f1)
 row "thumbnail 1365x768, 25 steps: sdxl.c (UNet fp16, VAE bf16)" "${ours:-failed} s" "$(grep -E '^  (text|peak)' "$OUT_DIR/bench_generate.txt" | sed 's/^ *//' | tr '\n' ';')"
 row "thumbnail 1368x768, 25 steps: diffusers fp16 (VAE upcast fp32)" "${theirs:-failed} s" "$(grep -o 'peak memory.*' "$OUT_DIR/bench_generate_torch.txt")"
+
+step "train: the tiny model on both backends, then bench train beside diffusers + peft"
+for be in cpu cuda; do
+  ./sdxl train --backend $be --model tests/golden/tiny_sdxl --data tests/golden/data --out "$OUT_DIR/train_$be.safetensors" \
+    --steps 4 --resolution 256 --bucket-min 128 --mixed-precision fp16 --lr 1e-3 --no-cache --quiet >>"$LOG" 2>&1 ||
+    row "train tiny ($be)" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
+done
+cmp=$(python3 -c "
+import csv, sys
+a, b = ([float(r['loss']) for r in csv.DictReader(open(f))] for f in sys.argv[1:3])
+print('losses cpu ' + ' '.join(f'{x:.4f}' for x in a) + ' / cuda ' + ' '.join(f'{x:.4f}' for x in b))" \
+  "$OUT_DIR/train_cpu.safetensors.csv" "$OUT_DIR/train_cuda.safetensors.csv" 2>&1 | tail -1)
+row "train tiny, 4 steps fp16: cpu vs cuda" "${cmp:-compare failed}" "same seed, same data"
+timeout 300 ./sdxl bench train --backend cuda --precision fp16 --repeat 3 2>&1 | tee "$OUT_DIR/bench_train.txt" >>"$LOG"
+timeout 300 python3 scripts/bench_torch.py train --device cuda --dtype float16 --repeat 3 2>&1 | tee "$OUT_DIR/bench_train_torch.txt" >>"$LOG"
+for ck in off on; do
+  ours=$(grep "^checkpointing $ck" "$OUT_DIR/bench_train.txt" | grep -o "[0-9.]* s per micro-step" | cut -d' ' -f1)
+  theirs=$(grep "checkpointing $ck" "$OUT_DIR/bench_train_torch.txt" | grep -o "[0-9.]* s per micro-step" | cut -d' ' -f1)
+  mem=$(grep -A1 "^checkpointing $ck" "$OUT_DIR/bench_train.txt" | tail -1 | grep -o "peak device memory [0-9]* MiB")
+  tmem=$(grep "checkpointing $ck" "$OUT_DIR/bench_train_torch.txt" | grep -o "peak memory [0-9]* MiB")
+  row "LoRA micro-step 1024^2, batch 1, fp16, checkpointing $ck: sdxl.c vs diffusers+peft" "${ours:-failed} s vs ${theirs:-failed} s" "${mem:-?}; diffusers ${tmem:-?}"
+done
+step15k=$(grep "^checkpointing off" "$OUT_DIR/bench_train.txt" | grep -o "15,000 steps in [0-9.]* h")
+row "projected: 15,000 steps x 4 micro-batches (checkpointing off)" "${step15k:-?}" "target <= 3.5 h"
 
 row "gpu_check.sh" "done" "$(secs $START) s"
 echo
