@@ -8,7 +8,7 @@
 #   make test CUDA=1     the same tests; CUDA-against-CPU tests run when a device is visible
 #   make debug           ASan + UBSan build (./sdxl_debug, tests/run_tests_debug), then runs the tests
 #   make bench           ./sdxl bench matmul
-#   make fuzz            libFuzzer on the JSON, safetensors and PNG parsers (clang; FUZZ_SECONDS=20)
+#   make fuzz            libFuzzer on the JSON, safetensors, PNG and JPEG parsers (clang; FUZZ_SECONDS=20)
 #   make demo            everything that exists, end to end, to demo_out/ (see README)
 #   make golden          regenerate tests/golden/ (needs Python with torch; never needed by `test`)
 #   make clean
@@ -130,17 +130,18 @@ bench: sdxl
 # libFuzzer targets for the parsers (clang): make fuzz FUZZ_SECONDS=60. Seeds come from the
 # goldens; crashes are written to build/fuzz/ as crash-* files.
 FUZZ_SECONDS ?= 20
-FUZZ_TARGETS = json safetensors png
+FUZZ_TARGETS = json safetensors png jpeg
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -ffp-contract=off
 fuzz:
 	@mkdir -p build/fuzz
 	@for t in $(FUZZ_TARGETS); do \
-	  clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c common.c tensor.c ops.c gemm.c json.c safetensors.c png.c -lz -lm || exit 1; \
+	  clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c common.c tensor.c ops.c gemm.c json.c safetensors.c png.c jpeg.c rng.c -lz -lm || exit 1; \
 	  mkdir -p build/fuzz/corpus_$$t; \
 	done
 	@cp tests/golden/st/*.safetensors tests/golden/st/sharded/*.safetensors build/fuzz/corpus_safetensors/
 	@cp tests/golden/st/sharded/*.json build/fuzz/corpus_json/
 	@cp tests/golden/png/*.png build/fuzz/corpus_png/ 2>/dev/null || true
+	@cp tests/golden/jpeg/*.jpg build/fuzz/corpus_jpeg/ 2>/dev/null || true
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t 2>&1 | tail -4) || exit 1; \
@@ -163,7 +164,8 @@ golden:
 	  python3 make_golden_png.py && python3 make_golden_tokenizer.py && python3 make_golden_sample.py && \
 	  python3 make_golden_sdxl.py && python3 make_golden_sgm.py && python3 make_golden_vae.py && python3 make_golden_lora.py && \
 	  python3 make_golden_image.py && python3 make_golden_clip_vision.py && python3 make_golden_yolo.py && python3 make_golden_blip.py && python3 make_golden_a1111.py && \
-	  python3 make_golden_data.py && python3 make_golden_optim.py && python3 make_golden_backward.py
+	  python3 make_golden_data.py && python3 make_golden_optim.py && python3 make_golden_backward.py && \
+	  python3 make_golden_jpeg.py
 
 clean:
 	rm -rf build demo_out sdxl sdxl_debug tests/run_tests tests/run_tests_debug

@@ -13,6 +13,7 @@
 
 #include "../common.h"
 #include "../data.h"
+#include "../image.h"
 #include "../ops.h"
 #include "../train.h"
 #include "check.h"
@@ -176,6 +177,26 @@ static void test_data_examples(void) {
     check_true(lefts[0] == lefts[1] && flips > 0 && flips < 16, "random crops and flips repeat with the seed (%d flips in 16)", flips);
     dataset_free(&d);
     safetensors_close(&g);
+}
+
+// JPEG frames in a dataset: image_load_rgb decodes them (progressive, subsampled, grayscale) to
+// the RGB Pillow's Image.open(...).convert("RGB") gives (the goldens' .png twins are Pillow's decode).
+static void test_data_jpeg(void) {
+    const char* names[] = {"pil_prog_420_45x53", "pil_q50_422_77x61", "pil_gray_prog_41x39"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char jpg[4200], png[4200], err[ERR_MAX] = "";
+        snprintf(jpg, sizeof(jpg), "%s/%s.jpg", golden_path("jpeg"), names[i]);
+        snprintf(png, sizeof(png), "%s/%s.png", golden_path("jpeg"), names[i]);
+        Image got, ref, ref_rgb;
+        if (!ran_ok(image_load_rgb(&got, jpg, err), err, names[i])) continue;
+        if (!ran_ok(png_read(&ref, png, err), err, "Pillow's decode") || !ran_ok(image_to_rgb8(&ref, &ref_rgb, err), err, "as RGB"))
+            continue;
+        check_true(got.width == ref_rgb.width && got.height == ref_rgb.height && got.channels == 3,
+                   "%s: %dx%d RGB", names[i], got.width, got.height);
+        if (got.width == ref_rgb.width && got.height == ref_rgb.height)
+            check_bytes_equal(names[i], got.data, ref_rgb.data, (size_t)3 * got.width * got.height);
+        image_free(&got), image_free(&ref), image_free(&ref_rgb);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -720,6 +741,7 @@ const TestCase tests_train[] = {
     {"train_data_imagefolder", test_data_imagefolder},
     {"train_data_buckets", test_data_buckets},
     {"train_data_examples", test_data_examples},
+    {"train_data_jpeg", test_data_jpeg},
     {"train_lora_init_matches_peft", test_lora_init_matches_peft},
     {"train_lora_grads_attention", test_lora_grads_attention},
     {"train_lora_grads_transformer", test_lora_grads_transformer},
