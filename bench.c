@@ -354,7 +354,7 @@ static int bench_train(int argc, char** argv) {
     const char* checkpointing = "both";
     const char* unet_config = NULL;
     const char* targets = "attention";
-    int size = 1024, width = 0, height = 0, batch = 1, repeat = 3, accum = 4, rank = 4;
+    int size = 1024, width = 0, height = 0, batch = 1, repeat = 3, accum = 4, rank = 4, plan = 0;
     Option options[] = {
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--precision", OPT_STRING, &precision, "UNet precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
@@ -368,6 +368,7 @@ static int bench_train(int argc, char** argv) {
         {"--checkpointing", OPT_STRING, &checkpointing, "off, on, or both (one after the other)"},
         {"--unet-config", OPT_STRING, &unet_config, "a unet/config.json instead of SDXL base's (random weights)"},
         {"--repeat", OPT_INT, &repeat, "timed micro-steps after one warm-up"},
+        {"--plan", OPT_FLAG, &plan, "only print the memory plan (weights, LoRA, activation arenas); run nothing"},
     };
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl bench train [options]")) return 0;
     if (!width) width = size;
@@ -394,7 +395,7 @@ static int bench_train(int argc, char** argv) {
     Unet u;
     double t0 = now_seconds();
     unet_allocate(&u, &cfg, prec.unet);
-    weights_fill_random_gaussian(&u.w, 42);
+    if (!plan) weights_fill_random_gaussian(&u.w, 42); // the plan needs the shapes only
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     int h = height / 8, w = width / 8, L = 77, pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim;
@@ -437,6 +438,14 @@ static int bench_train(int argc, char** argv) {
         device_memory_peak_reset();
         size_t work_rows = (size_t)batch * h * w + (size_t)batch * L;
         if (trainer_init(&tr, &u, &lc, &init, &obj, ckpt, batch, h, w, L, work_rows, err) != 0) fatal("%s", err);
+        if (plan) {
+            printf("checkpointing %-3s: UNet weights %.0f MiB, LoRA %d layers %zu parameters (f32 masters, grads and two "
+                   "AdamW moments: %.0f MiB), activation arena %.0f MiB\n",
+                   ckpt ? "on" : "off", mib(u.w.arena.capacity), tr.lora.count, tr.lora.total,
+                   mib(4 * sizeof(float) * tr.lora.total), mib(tr.act.capacity));
+            trainer_free(&tr);
+            continue;
+        }
         noise_schedule_init(&tr.noise, &sc);
         trainer_micro_step(&tr, &mb); // warm-up
         device_synchronize();
