@@ -431,7 +431,7 @@ static int bench_train(int argc, char** argv) {
         TrainObjective obj = train_objective_default();
         obj.grad_accum = accum;
         obj.loss_scaling = prec.unet == DT_F16;
-        LoraTrainConfig lc = {rank, (float)rank, target_set};
+        LoraTrainConfig lc = {rank, (float)rank, target_set, 0, 0.0f};
         Trainer tr;
         TorchGenerator init;
         torch_manual_seed(&init, 0);

@@ -90,11 +90,28 @@ void linear_accumulate(const Linear* l, void* out, const void* inp, int N) {
 
 int conv2d_out_size(const Conv2d* c, int in) { return (in + 2 * c->pad - c->k) / c->stride + 1; }
 
+// out[n] (out, P) += scale * B (out, rank) @ t[n] (rank, P): the 1x1 up-projection of a conv
+// adapter, one product per image (B is shared, so the images cannot be one batched product).
+static void conv_lora_up(const Conv2d* c, void* out, const void* t, int N, int P, float alpha, float beta) {
+    const LoraAdapter* a = c->lora;
+    size_t es = dtype_size(c->dtype);
+    for (int n = 0; n < N; n++)
+        matmul_forward((char*)out + (size_t)n * c->out * P * es, a->B, (const char*)t + (size_t)n * a->rank * P * es, 1,
+                       c->out, P, a->rank, 0, 0, alpha, beta, c->dtype);
+}
+
 static void conv2d_run(const Conv2d* c, void* out, const void* inp, int N, int H, int W, Arena* scratch, int accumulate) {
     size_t mark = arena_mark(scratch);
     size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
     void* buf = n ? arena_elems(scratch, n, c->dtype, "conv2d im2col") : NULL;
     conv2d_forward(out, inp, c->weight, c->bias, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad, accumulate, c->dtype);
+    const LoraAdapter* a = c->lora;
+    if (a) { // out += s * B conv(x; A)
+        int P = conv2d_out_size(c, H) * conv2d_out_size(c, W);
+        if ((size_t)N * P > a->work_rows) fatal("LoRA conv forward: %d x %d pixels, the work buffer holds %zu", N, P, a->work_rows);
+        conv2d_forward(a->work, inp, a->A, NULL, buf, N, c->in, H, W, a->rank, c->k, c->stride, c->pad, 0, c->dtype);
+        conv_lora_up(c, out, a->work, N, P, a->scale, 1.0f);
+    }
     arena_release(scratch, mark);
 }
 
@@ -169,12 +186,38 @@ void linear_backprop(const Linear* l, void* dinp, const void* dout, const void* 
     arena_release(scratch, mark);
 }
 
-void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, int N, int H, int W, int accumulate, Arena* scratch) {
+void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, const void* inp, int N, int H, int W, int accumulate,
+                     Arena* scratch) {
+    DType dt = c->dtype;
     size_t mark = arena_mark(scratch);
     size_t n = conv2d_scratch_elems(c->in, H, W, c->k, c->stride, c->pad);
-    void* buf = n ? arena_elems(scratch, n, c->dtype, "conv2d backward col2im") : NULL;
-    conv2d_backward(dinp, NULL, NULL, dout, NULL, c->weight, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad,
-                    accumulate, c->dtype);
+    void* buf = n ? arena_elems(scratch, n, dt, "conv2d backward col2im") : NULL;
+    if (dinp)
+        conv2d_backward(dinp, NULL, NULL, dout, NULL, c->weight, buf, N, c->in, H, W, c->out, c->k, c->stride, c->pad,
+                        accumulate, dt);
+    const LoraAdapter* a = c->lora;
+    if (a) {
+        if (!inp) fatal("conv2d_backprop: a conv with a LoRA adapter needs its forward input");
+        int r = a->rank, P = conv2d_out_size(c, H) * conv2d_out_size(c, W);
+        size_t es = dtype_size(dt), per_t = (size_t)r * P, n_A = (size_t)r * c->in * c->k * c->k;
+        void* t = arena_elems(scratch, (size_t)N * per_t, dt, "LoRA conv t");
+        void* u = arena_elems(scratch, (size_t)N * per_t, dt, "LoRA conv u");
+        conv2d_forward(t, inp, a->A, NULL, buf, N, c->in, H, W, r, c->k, c->stride, c->pad, 0, dt); // t = conv(x; A)
+        for (int i = 0; i < N; i++) {
+            const char* dout_i = (const char*)dout + (size_t)i * c->out * P * es;
+            // u_i (r, P) = s B^T (r, out) @ dout_i (out, P)
+            matmul_forward((char*)u + i * per_t * es, a->B, dout_i, 1, r, P, c->out, 1, 0, a->scale, 0.0f, dt);
+            // grad_B (out, r) += s dout_i (out, P) @ t_i^T (P, r)
+            lora_gradient(a->grad_B, dout_i, (const char*)t + i * per_t * es, c->out, r, P, 0, 1, a->scale, dt, scratch);
+        }
+        // grad_A += the weight gradient of conv(x; A) for dout = u (already scaled by s)
+        void* dA = dt == DT_F32 ? (void*)a->grad_A : arena_elems(scratch, n_A, dt, "LoRA conv dA");
+        if (dt != DT_F32) device_memset_zero(dA, n_A * es);
+        conv2d_backward(NULL, dA, NULL, u, inp, a->A, buf, N, c->in, H, W, r, c->k, c->stride, c->pad, 0, dt);
+        if (dt != DT_F32) add_to_f32_gradient(a->grad_A, dA, n_A, dt, scratch);
+        // dinp += the input gradient through A
+        if (dinp) conv2d_backward(dinp, NULL, NULL, u, NULL, a->A, buf, N, c->in, H, W, r, c->k, c->stride, c->pad, 1, dt);
+    }
     arena_release(scratch, mark);
 }
 

@@ -10,15 +10,19 @@
 #include "tensor.h"
 #include "weights.h"
 
-// A trainable low-rank adapter on a Linear (the trainer's LoRA, peft's lora.Linear):
-//   y = W x + b + scale * B (A x)
+// A trainable low-rank adapter on a Linear or a Conv2d (the trainer's LoRA, peft's lora.Linear
+// and lora.Conv2d):
+//   Linear:  y = W x + b + scale * B (A x)
+//   Conv2d:  y = conv(x; W) + b + scale * conv1x1(conv(x; A); B), A a convolution of the base's
+//            kernel, stride and padding with `rank` output channels (kohya's LoCon, peft's Conv2d)
 // A and B are the copies the forward and backward compute with (the layer's dtype, on the
 // backend); the trainer keeps f32 master copies and refreshes these after each update. The
-// backward (linear_backprop) adds the f32 gradients of A and B into grad_A and grad_B.
-// `work` is scratch for the forward's A x, at least rows x rank elements of the layer's dtype
-// for every forward it runs (linear() has no arena); one buffer can serve every adapter.
+// backward (linear_backprop, conv2d_backprop) adds the f32 gradients of A and B into grad_A and
+// grad_B. `work` is scratch for the forward's A x, at least rows x rank elements of the layer's
+// dtype (rows: a Linear's input rows, a Conv2d's N x output pixels) for every forward it runs
+// (linear() has no arena); one buffer can serve every adapter.
 typedef struct {
-    void* A;        // (rank, in)
+    void* A;        // (rank, in), or (rank, in, k, k) on a Conv2d
     void* B;        // (out, rank)
     int rank;
     float scale;    // alpha / rank (peft's scaling)
@@ -41,6 +45,7 @@ typedef struct {
     void* bias;   // (out) or NULL
     int in, out, k, stride, pad;
     DType dtype;
+    const LoraAdapter* lora; // NULL, or the trainer's adapter (as Linear.lora)
 } Conv2d;
 
 typedef struct {
@@ -91,10 +96,14 @@ void layer_norm_saving(const LayerNorm* l, void* out, float* mean, float* rstd, 
 // (t is recomputed rather than saved: it is rows x rank, one small product.) With 16-bit storage
 // the products are rounded to the layer's dtype, then widened and added to the f32 gradients, as
 // autocast does with fp32 LoRA weights. Temporaries come from scratch and are released.
-//   inp: the forward's input (linear: read only for the adapter; the norms: always)
+// A Conv2d's adapter: t = conv(x; A), u = s conv1x1^T(dout; B), grad_B += s sum_n dout_n t_n^T,
+// grad_A += conv's weight gradient of (u, x), dinp += conv's input gradient of u through A.
+//   inp: the forward's input (linear, conv2d: read only for the adapter, may be NULL without
+//   one; the norms: always)
 //   mean, rstd: what the *_saving forward saved
 void linear_backprop(const Linear* l, void* dinp, const void* dout, const void* inp, int N, int accumulate, Arena* scratch);
-void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, int N, int H, int W, int accumulate, Arena* scratch);
+void conv2d_backprop(const Conv2d* c, void* dinp, const void* dout, const void* inp, int N, int H, int W, int accumulate,
+                     Arena* scratch);
 void group_norm_backprop(const GroupNorm* g, void* dinp, const void* dout, const void* inp, const float* mean,
                          const float* rstd, int N, int HW, int silu, int accumulate);
 void layer_norm_backprop(const LayerNorm* l, void* dinp, const void* dout, const void* inp, const float* mean,

@@ -722,7 +722,7 @@ int lora_write(const char* path, LoraFormat format, const UnetConfig* ucfg, cons
         }
         const char* suffix_down = format == LORA_KOHYA ? ".lora_down.weight" : ".lora.down.weight";
         const char* suffix_up = format == LORA_KOHYA ? ".lora_up.weight" : ".lora.up.weight";
-        size_t n_down = (size_t)m->rank * m->in, n_up = (size_t)m->out * m->rank;
+        size_t n_down = (size_t)m->rank * m->in * m->k * m->k, n_up = (size_t)m->out * m->rank;
         stored[2 * i] = xmalloc(n_down * dtype_size(dtype));
         stored[2 * i + 1] = xmalloc(n_up * dtype_size(dtype));
         convert_from_f32(stored[2 * i], dtype, m->down, n_down);
@@ -736,10 +736,12 @@ int lora_write(const char* path, LoraFormat format, const UnetConfig* ucfg, cons
             convert_from_f32(stored[2 * i + 1], dtype, m->up, n_up);
         }
         snprintf(names[n], sizeof(names[n]), "%s%s", spellings[0], suffix_down);
-        out[n] = (SafeTensorOut){names[n], dtype, 2, {m->rank, m->in}, stored[2 * i]};
+        out[n] = m->conv ? (SafeTensorOut){names[n], dtype, 4, {m->rank, m->in, m->k, m->k}, stored[2 * i]}
+                         : (SafeTensorOut){names[n], dtype, 2, {m->rank, m->in}, stored[2 * i]};
         n++;
         snprintf(names[n], sizeof(names[n]), "%s%s", spellings[0], suffix_up);
-        out[n] = (SafeTensorOut){names[n], dtype, 2, {m->out, m->rank}, stored[2 * i + 1]};
+        out[n] = m->conv ? (SafeTensorOut){names[n], dtype, 4, {m->out, m->rank, 1, 1}, stored[2 * i + 1]}
+                         : (SafeTensorOut){names[n], dtype, 2, {m->out, m->rank}, stored[2 * i + 1]};
         n++;
         if (format == LORA_KOHYA) {
             alphas[i] = m->alpha;

@@ -80,9 +80,9 @@ void lora_describe(const Lora* l, char* buf, size_t cap);
 int lora_param_names(LoraFormat f, LoraModel m, const UnetConfig* ucfg, const char* param,
                      char names[LORA_MAX_SPELLINGS][LORA_NAME_MAX]);
 
-// Writing (the trainer's output). Each module adapts the UNet Linear whose weight is `param`
-// ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"), with down (rank, in) and
-// up (out, rank) in host f32, stored as `dtype` (F32, F16 or BF16).
+// Writing (the trainer's output). Each module adapts the UNet Linear or Conv2d whose weight is
+// `param` ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"), with down
+// (rank, in[, k, k]) and up (out, rank[, 1, 1]) in host f32, stored as `dtype` (F32, F16 or BF16).
 //   LORA_KOHYA:     what sd-scripts writes for SDXL: "lora_unet_" + the SGM module path with '_',
 //                   .lora_down.weight, .lora_up.weight and .alpha (a 0-d F32, kohya's float buffer),
 //                   so A1111, ComfyUI, diffusers and kohya's tools all load it. meta: the caller's
@@ -94,7 +94,8 @@ int lora_param_names(LoraFormat f, LoraModel m, const UnetConfig* ucfg, const ch
 // The file appears atomically. Returns 0, or -1 with a one-line err.
 typedef struct {
     const char* param;
-    int rank, in, out;
+    int rank, in, out, k; // down (rank, in[, k, k]), up (out, rank[, 1, 1]); k = 1 for a Linear
+    int conv;             // a Conv2d: the 4-D shapes (kohya writes 1x1 convs 4-D too)
     float alpha;
     const float* down;
     const float* up;

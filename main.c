@@ -327,7 +327,7 @@ static int train_main(int argc, char** argv) {
     const char* sample_prompt = NULL;
     const char* sample_prompts_file = NULL;
     int random_crop = 0, warmup = 0, seed = 42;
-    float alpha = 0.0f;
+    float alpha = 0.0f, conv_alpha = 0.0f;
     Option options[] = {
         {"--model", OPT_STRING, &c.model, "the SDXL base model: a diffusers folder, or a single .safetensors (required)"},
         {"--config", OPT_STRING, &c.config_dir, "single files: a diffusers folder with their configs and tokenizers"},
@@ -347,6 +347,8 @@ static int train_main(int argc, char** argv) {
         {"--rank", OPT_INT, &c.lora.rank, "LoRA rank"},
         {"--alpha", OPT_FLOAT, &alpha, "LoRA alpha; scale = alpha / rank (0: alpha = rank, diffusers' choice)"},
         {"--targets", OPT_STRING, &targets, "attention (to_q/k/v/out.0, diffusers) or transformer (every transformer linear, kohya)"},
+        {"--conv-rank", OPT_INT, &c.lora.conv_rank, "also the resnets' convs, time projections and samplers, 3x3 convs at this rank (kohya's conv_dim; 0: off)"},
+        {"--conv-alpha", OPT_FLOAT, &conv_alpha, "alpha of the 3x3 convs (0: alpha = conv rank)"},
         {"--prediction", OPT_STRING, &prediction, "epsilon (SDXL base) or v_prediction"},
         {"--noise-offset", OPT_FLOAT, &c.obj.noise_offset, "noise offset (0: off)"},
         {"--snr-gamma", OPT_FLOAT, &c.obj.snr_gamma, "min-SNR weighting gamma (0: off; 5 is the usual choice)"},
@@ -403,6 +405,8 @@ static int train_main(int argc, char** argv) {
     c.obj.warmup_steps = warmup;
     c.lora.alpha = alpha > 0 ? alpha : (float)c.lora.rank;
     if (alpha < 0) fatal("--alpha must be positive, or 0 for alpha = rank (got %g)", alpha);
+    c.lora.conv_alpha = conv_alpha > 0 ? conv_alpha : (float)c.lora.conv_rank;
+    if (conv_alpha < 0) fatal("--conv-alpha must be positive, or 0 for alpha = conv rank (got %g)", conv_alpha);
     c.save_dtype = (DType)precision_by_name(save_precision, "--save-precision");
     if (seed < 0) fatal("--seed must be non-negative (got %d)", seed);
     c.seed = (uint64_t)seed;

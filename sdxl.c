@@ -446,14 +446,15 @@ void unet_free(Unet* u) {
 // ResnetBlock2D (resnet.py):  out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(emb)))))
 //   x (N, in, h, w)   emb_act = silu(emb) (N, TE)   out (N, out, h, w), must not alias x
 // With a tape (training) it also keeps what resblock_backward needs: both norms' statistics and
-// norm2's input b; the convolutions' inputs are not needed, since their weights are frozen.
+// norm2's input b (at inference norm2 runs in place on it); the convolutions' inputs only when
+// they have LoRA adapters, since frozen weights need no input to pass a gradient back.
 static void resblock_forward(const UnetResBlock* rb, void* out, const void* x, const void* emb_act, int N, int h, int w,
                              Arena* scratch, ResblockTape* tape) {
     DType dt = rb->conv1.dtype;
     size_t HW = (size_t)h * w, mark = arena_mark(scratch);
-    void* a = arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet norm1");
+    void* a = tape && tape->a ? tape->a : arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet norm1");
     void* b = tape ? tape->b : arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet conv1");
-    void* c = tape ? arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet norm2") : b; // in place at inference
+    void* c = tape && tape->c ? tape->c : tape ? arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet norm2") : b;
     void* e = arena_elems(scratch, (size_t)N * rb->out, dt, "resnet time embedding");
     group_norm_saving(&rb->norm1, a, tape ? tape->mean1 : NULL, tape ? tape->rstd1 : NULL, x, N, (int)HW, 1);
     conv2d(&rb->conv1, b, a, N, h, w, scratch);                    // (N, out, h, w)
@@ -885,38 +886,59 @@ static int transformer_has_adapter(const UnetSpatialTransformer* st) {
     return any;
 }
 
-// Appends the adaptable Linears of one Transformer2DModel to layers (up to cap), counting all.
-static void transformer_lora_linears(UnetSpatialTransformer* st, UnetLoraTargets targets, Linear** layers, int cap,
-                                     int* count) {
-    int wide = targets == UNET_LORA_TRANSFORMER;
-    if (wide) {
-        if (*count < cap && layers) layers[*count] = &st->proj_in;
-        (*count)++;
-    }
+// Appends a target (up to cap), counting all.
+static void add_target(UnetLoraTarget* targets, int cap, int* count, Linear* linear, Conv2d* conv) {
+    if (targets && *count < cap) targets[*count] = (UnetLoraTarget){linear, conv};
+    (*count)++;
+}
+
+// The adaptable Linears of one Transformer2DModel, in module order: proj_in, each block's attn1
+// (to_q, to_k, to_v, to_out.0), attn2, ff (net.0.proj, net.2), proj_out.
+static void transformer_targets(UnetSpatialTransformer* st, UnetLoraTargets set, UnetLoraTarget* t, int cap, int* count) {
+    int wide = set == UNET_LORA_TRANSFORMER;
+    if (wide) add_target(t, cap, count, &st->proj_in, NULL);
     for (int d = 0; d < st->depth; d++) {
         UnetTransformerBlock* b = &st->blocks[d];
-        Linear* attention[] = {&b->q1, &b->k1, &b->v1, &b->out1, &b->q2, &b->k2, &b->v2, &b->out2, &b->ff_in, &b->ff_out};
-        int n = wide ? 10 : 8;
-        for (int i = 0; i < n; i++, (*count)++)
-            if (*count < cap && layers) layers[*count] = attention[i];
+        Linear* layers[] = {&b->q1, &b->k1, &b->v1, &b->out1, &b->q2, &b->k2, &b->v2, &b->out2, &b->ff_in, &b->ff_out};
+        for (int i = 0; i < (wide ? 10 : 8); i++) add_target(t, cap, count, layers[i], NULL);
     }
-    if (wide) {
-        if (*count < cap && layers) layers[*count] = &st->proj_out;
-        (*count)++;
+    if (wide) add_target(t, cap, count, &st->proj_out, NULL);
+}
+
+// ResnetBlock2D's layers in module order: conv1, time_emb_proj, conv2, conv_shortcut.
+static void resnet_targets(UnetResBlock* rb, UnetLoraTarget* t, int cap, int* count) {
+    add_target(t, cap, count, NULL, &rb->conv1);
+    add_target(t, cap, count, &rb->time_emb_proj, NULL);
+    add_target(t, cap, count, NULL, &rb->conv2);
+    if (rb->has_shortcut) add_target(t, cap, count, NULL, &rb->shortcut);
+}
+
+// One down or up block: its attentions, its resnets, its sampler (diffusers registers them so).
+static void block_targets(UnetBlock* b, int layers, int attention, UnetLoraTargets set, int convs, UnetLoraTarget* t, int cap,
+                          int* count) {
+    if (attention)
+        for (int j = 0; j < layers; j++) transformer_targets(&b->attentions[j], set, t, cap, count);
+    if (convs) {
+        for (int j = 0; j < layers; j++) resnet_targets(&b->resnets[j], t, cap, count);
+        if (b->has_sampler) add_target(t, cap, count, NULL, &b->sampler);
     }
 }
 
-int unet_lora_linears(Unet* u, UnetLoraTargets targets, Linear** layers, int cap) {
+int unet_lora_targets(Unet* u, UnetLoraTargets set, int convs, UnetLoraTarget* targets, int cap) {
     const UnetConfig* c = &u->cfg;
     int L = c->layers_per_block, last = c->levels - 1, count = 0;
-    for (int i = 0; i < c->levels; i++)
-        if (c->has_attention[i])
-            for (int j = 0; j < L; j++) transformer_lora_linears(&u->down[i].attentions[j], targets, layers, cap, &count);
-    transformer_lora_linears(&u->mid_attn, targets, layers, cap, &count);
-    for (int i = 0; i < c->levels; i++)
-        if (c->has_attention[last - i])
-            for (int j = 0; j <= L; j++) transformer_lora_linears(&u->up[i].attentions[j], targets, layers, cap, &count);
+    for (int i = 0; i < c->levels; i++) block_targets(&u->down[i], L, c->has_attention[i], set, convs, targets, cap, &count);
+    for (int i = 0; i < c->levels; i++) block_targets(&u->up[i], L + 1, c->has_attention[last - i], set, convs, targets, cap, &count);
+    transformer_targets(&u->mid_attn, set, targets, cap, &count);
+    if (convs) {
+        resnet_targets(&u->mid_res0, targets, cap, &count);
+        resnet_targets(&u->mid_res1, targets, cap, &count);
+    }
     return count;
+}
+
+static int resnet_has_adapter(const UnetResBlock* rb) {
+    return rb->conv1.lora || rb->conv2.lora || rb->shortcut.lora || rb->time_emb_proj.lora;
 }
 
 static void resblock_tape_alloc(ResblockTape* t, const UnetResBlock* rb, int N, size_t HW, Arena* a) {
@@ -927,6 +949,8 @@ static void resblock_tape_alloc(ResblockTape* t, const UnetResBlock* rb, int N, 
     t->mean2 = arena_floats(a, groups, "tape resnet mean2");
     t->rstd2 = arena_floats(a, groups, "tape resnet rstd2");
     t->b = arena_elems(a, (size_t)N * rb->out * HW, dt, "tape resnet conv1");
+    t->a = rb->conv1.lora ? arena_elems(a, (size_t)N * rb->in * HW, dt, "tape resnet conv1 input") : NULL;
+    t->c = rb->conv2.lora ? arena_elems(a, (size_t)N * rb->out * HW, dt, "tape resnet conv2 input") : NULL;
 }
 
 // The buffers of a transformer's tape; st_tape->blocks is a host array the caller owns.
@@ -1004,18 +1028,29 @@ static void* layer_forward_train(UnetTape* tape, const UnetResBlock* rb, const U
 
 static int unet_layer_count(const UnetConfig* c) { return c->levels * c->layers_per_block + 2 + c->levels * (c->layers_per_block + 1); }
 
-// The index, in forward order, of the first layer holding an adapter (the layer count: none).
+// The index, in forward order, of the first layer holding an adapter (the layer count: none). A
+// down sampler with an adapter counts as the last layer of its level, whose backward comes just
+// after the sampler's.
 static int unet_first_adapter_layer(const Unet* u) {
     const UnetConfig* c = &u->cfg;
     int L = c->layers_per_block, last = c->levels - 1, index = 0;
-    for (int i = 0; i < c->levels; i++)
+    for (int i = 0; i < c->levels; i++) {
         for (int j = 0; j < L; j++, index++)
-            if (c->has_attention[i] && transformer_has_adapter(&u->down[i].attentions[j])) return index;
-    if (transformer_has_adapter(&u->mid_attn)) return index;
+            if (resnet_has_adapter(&u->down[i].resnets[j]) ||
+                (c->has_attention[i] && transformer_has_adapter(&u->down[i].attentions[j])))
+                return index;
+        if (u->down[i].has_sampler && u->down[i].sampler.lora) return index - 1;
+    }
+    if (resnet_has_adapter(&u->mid_res0) || transformer_has_adapter(&u->mid_attn)) return index;
+    if (resnet_has_adapter(&u->mid_res1)) return index + 1;
     index += 2;
-    for (int i = 0; i < c->levels; i++)
+    for (int i = 0; i < c->levels; i++) {
         for (int j = 0; j <= L; j++, index++)
-            if (c->has_attention[last - i] && transformer_has_adapter(&u->up[i].attentions[j])) return index;
+            if (resnet_has_adapter(&u->up[i].resnets[j]) ||
+                (c->has_attention[last - i] && transformer_has_adapter(&u->up[i].attentions[j])))
+                return index;
+        if (u->up[i].has_sampler && u->up[i].sampler.lora) return index; // the backward must reach it
+    }
     return index;
 }
 
@@ -1100,21 +1135,43 @@ void unet_forward_train(const Unet* u, UnetTape* tape, float* out, const float* 
     arena_release(act, mark);
 }
 
+// The sum over the HW pixels of each of the N x C planes of x: x (N*C, HW) @ ones (HW), one GEMV.
+static void sum_over_pixels(void* out, const void* x, int rows, int HW, DType dt, Arena* scratch) {
+    size_t mark = arena_mark(scratch);
+    float* ones_host = xmalloc(sizeof(float) * HW);
+    for (int i = 0; i < HW; i++) ones_host[i] = 1.0f;
+    void* host = xmalloc(dtype_size(dt) * HW);
+    convert_from_f32(host, dt, ones_host, HW);
+    void* ones = arena_elems(scratch, (size_t)HW, dt, "ones");
+    copy_to_device(ones, host, dtype_size(dt) * HW);
+    matmul_forward(out, x, ones, 1, rows, 1, HW, 0, 0, 1.0f, 0.0f, dt);
+    free(host);
+    free(ones_host);
+    arena_release(scratch, mark);
+}
+
 // The backward of resblock_forward: dx (=) from dout, the block's input x and its tape.
-//   c = silu(norm2(b)), b = conv1(silu(norm1(x))) + e, out = shortcut(x) + conv2(c)
-static void resblock_backward(const UnetResBlock* rb, void* dx, const void* dout, const void* x, const ResblockTape* t,
-                              int N, int h, int w, Arena* scratch) {
+//   c = silu(norm2(b)), b = conv1(a) + e, a = silu(norm1(x)), e = time_emb_proj(emb_act),
+//   out = shortcut(x) + conv2(c)
+// The time embedding's branch is followed only as far as an adapter on time_emb_proj (the
+// embedding itself is frozen): de = db summed over the pixels.
+static void resblock_backward(const UnetResBlock* rb, void* dx, const void* dout, const void* x, const void* emb_act,
+                              const ResblockTape* t, int N, int h, int w, Arena* scratch) {
     DType dt = rb->conv1.dtype;
     size_t HW = (size_t)h * w, mark = arena_mark(scratch);
     void* dc = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet backward dc");
     void* db = arena_elems(scratch, (size_t)N * rb->out * HW, dt, "resnet backward db");
     void* da = arena_elems(scratch, (size_t)N * rb->in * HW, dt, "resnet backward da");
-    conv2d_backprop(&rb->conv2, dc, dout, N, h, w, 0, scratch);
+    conv2d_backprop(&rb->conv2, dc, dout, t->c, N, h, w, 0, scratch);
     group_norm_backprop(&rb->norm2, db, dc, t->b, t->mean2, t->rstd2, N, (int)HW, 1, 0);
-    // the time embedding's branch gets db summed over HW; it leads only to frozen weights
-    conv2d_backprop(&rb->conv1, da, db, N, h, w, 0, scratch);
+    if (rb->time_emb_proj.lora) {
+        void* de = arena_elems(scratch, (size_t)N * rb->out, dt, "resnet backward de");
+        sum_over_pixels(de, db, N * rb->out, (int)HW, dt, scratch);
+        linear_backprop(&rb->time_emb_proj, NULL, de, emb_act, N, 0, scratch);
+    }
+    conv2d_backprop(&rb->conv1, da, db, t->a, N, h, w, 0, scratch);
     group_norm_backprop(&rb->norm1, dx, da, x, t->mean1, t->rstd1, N, (int)HW, 1, 0);
-    if (rb->has_shortcut) conv2d_backprop(&rb->shortcut, dx, dout, N, h, w, 1, scratch);
+    if (rb->has_shortcut) conv2d_backprop(&rb->shortcut, dx, dout, x, N, h, w, 1, scratch);
     else add_forward(dx, dx, dout, (size_t)N * rb->out * HW, dt);
     arena_release(scratch, mark);
 }
@@ -1204,7 +1261,7 @@ static void layer_backward(const UnetTape* tape, UnetLayerTape* l, void* dinput,
                                      l->w, act);
         dres = d;
     }
-    resblock_backward(l->resnet, dinput, dres, l->input, &l->res, N, l->h, l->w, act);
+    resblock_backward(l->resnet, dinput, dres, l->input, tape->emb_act, &l->res, N, l->h, l->w, act);
     arena_release(act, mark);
 }
 
@@ -1245,7 +1302,7 @@ void unet_backward(const Unet* u, UnetTape* tape, const float* dout, Arena* act)
             cast_forward(dout_dt, dt, dout, DT_F32, n_out);
         }
         void* dn = arena_elems(act, (size_t)N * C0 * h * w, dt, "unet backward dnorm out");
-        conv2d_backprop(&u->conv_out, dn, dout_dt, N, h, w, 0, act);
+        conv2d_backprop(&u->conv_out, dn, dout_dt, NULL, N, h, w, 0, act);
         group_norm_backprop(&u->norm_out, grad, dn, tape->out_input, tape->out_mean, tape->out_rstd, N, h * w, 1, 0);
         arena_release(act, mark);
     }
@@ -1259,7 +1316,12 @@ void unet_backward(const Unet* u, UnetTape* tape, const float* dout, Arena* act)
             int H2 = hs[r - 1], W2 = ws[r - 1];
             size_t mark = arena_mark(act);
             void* dup = arena_elems(act, (size_t)N * C * H2 * W2, dt, "unet backward dupsample");
-            conv2d_backprop(&b->sampler, dup, grad, N, H2, W2, 0, act);
+            void* up = NULL; // the conv's input, for an adapter on it: the upsampled last layer output
+            if (b->sampler.lora) {
+                up = arena_elems(act, (size_t)N * C * H2 * W2, dt, "unet backward upsampled");
+                upsample_nearest_forward(up, tape->layers[index - 1].out, N, C, H, W, H2, W2, dt);
+            }
+            conv2d_backprop(&b->sampler, dup, grad, up, N, H2, W2, 0, act);
             upsample_nearest_backward(grad, dup, N, C, H, W, H2, W2, dt);
             arena_release(act, mark);
         }
@@ -1290,7 +1352,7 @@ void unet_backward(const Unet* u, UnetTape* tape, const float* dout, Arena* act)
         if (b->has_sampler) {
             add_forward(grad, grad, dskip[skip], (size_t)N * C * hs[i + 1] * ws[i + 1], dt);
             skip--;
-            conv2d_backprop(&b->sampler, grad_next, grad, N, hs[i], ws[i], 0, act);
+            conv2d_backprop(&b->sampler, grad_next, grad, tape->layers[index - 1].out, N, hs[i], ws[i], 0, act);
             void* swap = grad;
             grad = grad_next;
             grad_next = swap;
@@ -1326,6 +1388,12 @@ static LayerBytes layer_bytes(const UnetResBlock* rb, const UnetSpatialTransform
     size_t groups = (size_t)N * rb->norm1.groups * 4 + pad;
     size_t tape = 4 * groups + out, fwd = in + 3 * out + (size_t)N * rb->out * es + pad + conv;
     size_t bwd = 2 * out + in + conv + 2 * out; // dc, db, da; the layer's dresnet and the recomputed output
+    if (rb->conv1.lora) tape += in;             // conv inputs kept for their adapters
+    if (rb->conv2.lora) tape += out;
+    if (resnet_has_adapter(rb)) { // an adapter's t, u and weight gradient (rank <= 64), the ones for de
+        int widest = rb->in > rb->out ? rb->in : rb->out;
+        bwd += 2 * ((size_t)N * 64 * HW * es + pad) + (size_t)64 * widest * 9 * 4 + HW * es + 4 * pad + (size_t)N * rb->out * es;
+    }
     LayerBytes b = {out + (up ? in : 0), 0};
     if (st) {
         size_t C = (size_t)st->C, tc = T * C * es + pad, ctx = ctx_rows * C * es + pad, stats = T * 4 + pad;

@@ -125,17 +125,27 @@ double unet_flops(const UnetConfig* c, int N, int h, int w, int Lctx);
 // block's forward before its backward (diffusers' enable_gradient_checkpointing, per block).
 // Blocks before the first one holding an adapter get no tape and no backward.
 
-// The Linear layers a LoRA trainer adapts, in forward order. UNET_LORA_ATTENTION: to_q, to_k,
-// to_v and to_out.0 of both attentions of every transformer block, as diffusers'
-// train_text_to_image_lora_sdxl.py (560 in SDXL). UNET_LORA_TRANSFORMER: every Linear inside the
-// Transformer2DModels, as kohya's sd-scripts (those, proj_in, proj_out, ff.net.0.proj and
-// ff.net.2: 722). Fills at most cap pointers (layers may be NULL) and returns how many there are.
+// The layers a LoRA trainer adapts, in the order peft creates its adapters (model.named_modules():
+// down_blocks, up_blocks, then mid_block; in each block its attentions, resnets, then sampler).
+//   UNET_LORA_ATTENTION:   to_q, to_k, to_v and to_out.0 of both attentions of every transformer
+//                          block, as diffusers' train_text_to_image_lora_sdxl.py (560 in SDXL)
+//   UNET_LORA_TRANSFORMER: every Linear inside the Transformer2DModels, as kohya's sd-scripts
+//                          (those, proj_in, proj_out, ff.net.0.proj and ff.net.2: 722)
+//   convs: also every ResnetBlock2D's conv1, conv2, conv_shortcut and time_emb_proj and every
+//          down/upsampler conv (kohya's conv_dim, "LoCon"): 3x3 convs get the conv rank, the 1x1
+//          shortcut and the time projection the linear rank, as kohya does
+// Fills at most cap entries (targets may be NULL) and returns how many there are.
 typedef enum { UNET_LORA_ATTENTION, UNET_LORA_TRANSFORMER } UnetLoraTargets;
-int unet_lora_linears(Unet* u, UnetLoraTargets targets, Linear** layers, int cap);
+typedef struct {
+    Linear* linear;  // one of these two is set
+    Conv2d* conv;
+} UnetLoraTarget;
+int unet_lora_targets(Unet* u, UnetLoraTargets set, int convs, UnetLoraTarget* targets, int cap);
 
 typedef struct {
     float *mean1, *rstd1, *mean2, *rstd2; // the two group norms' statistics (N, G)
     void* b;                              // conv1(...) + time embedding: norm2's input (N, out, h, w)
+    void *a, *c;                          // conv1's and conv2's inputs, kept only when they have adapters
 } ResblockTape;
 
 typedef struct {

@@ -27,70 +27,78 @@
 // ----------------------------------------------------------------------------
 // 1. Trainable adapters
 
-// The order peft creates (and so initialises) the adapters in: model.named_modules(), which for
-// diffusers' UNet2DConditionModel lists down_blocks, then up_blocks, then mid_block (up_blocks is
-// registered, empty, before mid_block is built). Returns the rank of a name in that order.
-static int module_order(const char* name) {
-    if (strncmp(name, "down_blocks.", 12) == 0) return 0;
-    if (strncmp(name, "up_blocks.", 10) == 0) return 1;
-    return 2;
-}
-
 int lora_trainable_attach(LoraTrainable* t, Unet* u, const LoraTrainConfig* c, TorchGenerator* rng, size_t work_rows,
                           char* err) {
     memset(t, 0, sizeof(*t));
     if (c->rank < 1 || c->rank > 1024) return set_error(err, "LoRA rank %d: must be 1 to 1024", c->rank);
     if (!(c->alpha > 0) || !isfinite(c->alpha)) return set_error(err, "LoRA alpha %g: must be positive", c->alpha);
+    if (c->conv_rank < 0 || c->conv_rank > 1024) return set_error(err, "LoRA conv rank %d: must be 0 to 1024", c->conv_rank);
+    if (c->conv_rank > 0 && (!(c->conv_alpha > 0) || !isfinite(c->conv_alpha)))
+        return set_error(err, "LoRA conv alpha %g: must be positive", c->conv_alpha);
     t->cfg = *c;
     t->dtype = u->w.dtype;
-    t->count = unet_lora_linears(u, c->targets, NULL, 0);
+    t->count = unet_lora_targets(u, c->targets, c->conv_rank > 0, NULL, 0);
     if (t->count == 0) return set_error(err, "the UNet has no layers to adapt (no attention levels)");
-    t->layers = xcalloc((size_t)t->count, sizeof(Linear*));
-    unet_lora_linears(u, c->targets, t->layers, t->count);
-    t->names = xcalloc((size_t)t->count, sizeof(char*));
+    UnetLoraTarget* targets = xcalloc((size_t)t->count, sizeof(UnetLoraTarget));
+    unet_lora_targets(u, c->targets, c->conv_rank > 0, targets, t->count);
+    t->slots = xcalloc((size_t)t->count, sizeof(LoraSlot));
     t->adapters = xcalloc((size_t)t->count, sizeof(LoraAdapter));
-    t->offset_A = xcalloc((size_t)t->count, sizeof(size_t));
-    t->offset_B = xcalloc((size_t)t->count, sizeof(size_t));
-    int r = c->rank;
+    size_t most_per_row = 0;
     for (int i = 0; i < t->count; i++) {
-        const Linear* l = t->layers[i];
-        for (int p = 0; p < u->w.count && !t->names[i]; p++)
-            if (u->w.params[p].data == l->weight) t->names[i] = xstrdup(u->w.params[p].name);
-        if (!t->names[i]) fatal("LoRA: a target layer has no parameter name"); // a bug in unet_lora_linears
-        t->offset_A[i] = t->total;
-        t->total += (size_t)r * l->in;
-        t->offset_B[i] = t->total;
-        t->total += (size_t)l->out * r;
-    }
-    // peft's init_lora_weights="gaussian": nn.Linear(in, r) and nn.Linear(r, out) are created first
-    // (each draws its kaiming_uniform_ init: one 32-bit word per element), then A ~ N(0, 1/r), B = 0
-    t->params = xcalloc(t->total, sizeof(float));
-    for (int pass = 0; pass < 3; pass++)
-        for (int i = 0; i < t->count; i++) {
-            if (module_order(t->names[i]) != pass) continue;
-            const Linear* l = t->layers[i];
-            for (size_t k = 0; k < (size_t)r * l->in + (size_t)l->out * r; k++) torch_random32(rng);
-            float* A = t->params + t->offset_A[i];
-            torch_randn(rng, A, (size_t)r * l->in);
-            for (size_t k = 0; k < (size_t)r * l->in; k++) A[k] *= 1.0f / (float)r;
+        LoraSlot* s = &t->slots[i];
+        s->target = targets[i];
+        const void* weight;
+        if (s->target.linear) {
+            s->in = s->target.linear->in, s->out = s->target.linear->out, s->k = 1;
+            weight = s->target.linear->weight;
+        } else {
+            s->in = s->target.conv->in, s->out = s->target.conv->out, s->k = s->target.conv->k;
+            weight = s->target.conv->weight;
         }
+        int wide_conv = s->target.conv && s->k > 1; // kohya: conv_dim for k x k convs, network_dim for the rest
+        s->rank = wide_conv ? c->conv_rank : c->rank;
+        s->alpha = wide_conv ? c->conv_alpha : c->alpha;
+        for (int p = 0; p < u->w.count && !s->name; p++)
+            if (u->w.params[p].data == weight) s->name = xstrdup(u->w.params[p].name);
+        if (!s->name) fatal("LoRA: a target layer has no parameter name"); // a bug in unet_lora_targets
+        s->offset_A = t->total;
+        t->total += (size_t)s->rank * s->in * s->k * s->k;
+        s->offset_B = t->total;
+        t->total += (size_t)s->out * s->rank;
+        most_per_row = (size_t)s->rank > most_per_row ? (size_t)s->rank : most_per_row;
+    }
+    free(targets);
+    // peft's init_lora_weights="gaussian": lora_A and lora_B are made as nn.Linear / nn.Conv2d
+    // first (each draws its kaiming_uniform_ init: one 32-bit word per element), then
+    // A ~ N(0, 1/r) and B = 0; in unet_lora_targets' order, which is peft's
+    t->params = xcalloc(t->total, sizeof(float));
+    for (int i = 0; i < t->count; i++) {
+        const LoraSlot* s = &t->slots[i];
+        size_t n_A = s->offset_B - s->offset_A, n_B = (size_t)s->out * s->rank;
+        for (size_t k = 0; k < n_A + n_B; k++) torch_random32(rng);
+        float* A = t->params + s->offset_A;
+        torch_randn(rng, A, n_A);
+        for (size_t k = 0; k < n_A; k++) A[k] *= 1.0f / (float)s->rank;
+    }
     // the backend copies and the adapters
+    size_t es = dtype_size(t->dtype);
     t->grads = device_malloc(sizeof(float) * t->total);
-    t->compute = t->dtype == DT_F32 ? (void*)device_malloc(sizeof(float) * t->total)
-                                    : device_malloc(dtype_size(t->dtype) * t->total);
-    t->work = device_malloc(dtype_size(t->dtype) * work_rows * (size_t)r);
+    t->compute = device_malloc(es * t->total);
+    t->work = device_malloc(es * work_rows * most_per_row);
     char* base = t->compute;
     for (int i = 0; i < t->count; i++) {
+        const LoraSlot* s = &t->slots[i];
         LoraAdapter* a = &t->adapters[i];
-        a->A = base + t->offset_A[i] * dtype_size(t->dtype);
-        a->B = base + t->offset_B[i] * dtype_size(t->dtype);
-        a->rank = r;
-        a->scale = c->alpha / (float)r;
-        a->grad_A = t->grads + t->offset_A[i];
-        a->grad_B = t->grads + t->offset_B[i];
+        a->A = base + s->offset_A * es;
+        a->B = base + s->offset_B * es;
+        a->rank = s->rank;
+        a->scale = s->alpha / (float)s->rank;
+        a->grad_A = t->grads + s->offset_A;
+        a->grad_B = t->grads + s->offset_B;
         a->work = t->work;
         a->work_rows = work_rows;
-        t->layers[i]->lora = a;
+        if (s->target.linear) s->target.linear->lora = a;
+        else s->target.conv->lora = a;
     }
     lora_trainable_upload(t);
     lora_trainable_zero_grad(t);
@@ -109,27 +117,28 @@ void lora_trainable_zero_grad(LoraTrainable* t) { device_memset_zero(t->grads, s
 
 void lora_trainable_detach(LoraTrainable* t) {
     for (int i = 0; i < t->count; i++) {
-        t->layers[i]->lora = NULL;
-        free(t->names[i]);
+        LoraSlot* s = &t->slots[i];
+        if (s->target.linear) s->target.linear->lora = NULL;
+        else s->target.conv->lora = NULL;
+        free(s->name);
     }
     device_free(t->grads);
     device_free(t->compute);
     device_free(t->work);
     free(t->params);
-    free(t->layers);
-    free(t->names);
+    free(t->slots);
     free(t->adapters);
-    free(t->offset_A);
-    free(t->offset_B);
     memset(t, 0, sizeof(*t));
 }
 
 int lora_trainable_save(const LoraTrainable* t, const Unet* u, const char* path, LoraFormat format, DType dtype,
                         const char* const* meta_keys, const char* const* meta_values, int meta_count, char* err) {
     LoraWriteModule* m = xcalloc((size_t)t->count, sizeof(LoraWriteModule));
-    for (int i = 0; i < t->count; i++)
-        m[i] = (LoraWriteModule){t->names[i], t->cfg.rank, t->layers[i]->in, t->layers[i]->out, t->cfg.alpha,
-                                 t->params + t->offset_A[i], t->params + t->offset_B[i]};
+    for (int i = 0; i < t->count; i++) {
+        const LoraSlot* s = &t->slots[i];
+        m[i] = (LoraWriteModule){s->name, s->rank, s->in, s->out, s->k, s->target.conv != NULL, s->alpha,
+                                 t->params + s->offset_A, t->params + s->offset_B};
+    }
     int rc = lora_write(path, format, &u->cfg, m, t->count, dtype, meta_keys, meta_values, meta_count, err);
     free(m);
     return rc;
@@ -299,8 +308,8 @@ float trainer_eval_loss(Trainer* tr, const MicroBatch* b) { return micro_batch(t
 static size_t* tensor_sizes(const LoraTrainable* t) {
     size_t* sizes = xmalloc(sizeof(size_t) * 2 * t->count);
     for (int i = 0; i < t->count; i++) {
-        sizes[2 * i] = t->offset_B[i] - t->offset_A[i];
-        sizes[2 * i + 1] = (i + 1 < t->count ? t->offset_A[i + 1] : t->total) - t->offset_B[i];
+        sizes[2 * i] = t->slots[i].offset_B - t->slots[i].offset_A;
+        sizes[2 * i + 1] = (size_t)t->slots[i].out * t->slots[i].rank;
     }
     return sizes;
 }
@@ -937,14 +946,15 @@ static void generator_unpack(TorchGenerator* g, const int64_t misc[3]) {
 
 // The kohya file's metadata (sd-scripts' ss_* keys that tools read, and the SAI model spec).
 typedef struct {
-    char values[16][256];
-    const char* keys[16];
-    const char* value_ptrs[16];
+    char values[24][256];
+    const char* keys[24];
+    const char* value_ptrs[24];
     int count;
 } Metadata;
 
 static void meta_add(Metadata* m, const char* key, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 static void meta_add(Metadata* m, const char* key, const char* fmt, ...) {
+    if (m->count == (int)(sizeof(m->keys) / sizeof(m->keys[0]))) fatal("train: too many metadata entries");
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(m->values[m->count], sizeof(m->values[0]), fmt, ap);
@@ -961,6 +971,8 @@ static void kohya_metadata(const Run* r, Metadata* m, int64_t step) {
     meta_add(m, "ss_network_dim", "%d", c->lora.rank);
     meta_add(m, "ss_network_alpha", "%g", c->lora.alpha);
     meta_add(m, "ss_base_model_version", "sdxl_base_v1-0");
+    if (c->lora.conv_rank > 0) // sd-scripts' network_args for LoCon-style convolutions
+        meta_add(m, "ss_network_args", "{\"conv_dim\": \"%d\", \"conv_alpha\": \"%g\"}", c->lora.conv_rank, c->lora.conv_alpha);
     meta_add(m, "ss_resolution", "(%d, %d)", c->data_cfg.resolution, c->data_cfg.resolution);
     meta_add(m, "ss_steps", "%lld", (long long)step);
     meta_add(m, "ss_learning_rate", "%g", c->obj.adamw.lr);
@@ -1188,7 +1200,7 @@ TrainConfig train_config_default(void) {
     c.caption_column = "text";
     c.save_dtype = DT_F32;
     c.data_cfg = data_config_default();
-    c.lora = (LoraTrainConfig){4, 4.0f, UNET_LORA_ATTENTION};
+    c.lora = (LoraTrainConfig){4, 4.0f, UNET_LORA_ATTENTION, 0, 0.0f};
     c.obj = train_objective_default();
     c.batch_size = 1;
     c.max_steps = 15000;
@@ -1208,12 +1220,13 @@ static void settings_string(Run* r) {
     const TrainObjective* o = &c->obj;
     snprintf(r->settings, sizeof(r->settings),
              "model=%s\ndata=%s\ncaption_column=%s\ndata_mode=%s resolution=%d center_crop=%d random_flip=%d "
-             "buckets=%d..%d step %d\nlora=rank %d alpha %g %s\nprecision=%s\nprediction=%s noise_offset=%g snr_gamma=%g\n"
+             "buckets=%d..%d step %d\nlora=rank %d alpha %g %s, conv rank %d alpha %g\nprecision=%s\nprediction=%s noise_offset=%g snr_gamma=%g\n"
              "batch_size=%d grad_accum=%d\nadamw=lr %g betas %g %g eps %g weight_decay %g max_grad_norm %g\n"
              "schedule=%s warmup %lld%s\nseed=%llu\n",
              c->model, c->data, c->caption_column, d->mode == DATA_CROP ? "crop" : "buckets", d->resolution, d->center_crop,
              d->random_flip, d->bucket_min, d->bucket_max, d->bucket_step, c->lora.rank, c->lora.alpha,
-             c->lora.targets == UNET_LORA_ATTENTION ? "attention" : "transformer", dtype_name(r->dtype),
+             c->lora.targets == UNET_LORA_ATTENTION ? "attention" : "transformer", c->lora.conv_rank, c->lora.conv_alpha,
+             dtype_name(r->dtype),
              o->prediction == PREDICT_EPSILON ? "epsilon" : "v_prediction", o->noise_offset, o->snr_gamma, c->batch_size,
              o->grad_accum, o->adamw.lr, o->adamw.beta1, o->adamw.beta2, o->adamw.eps, o->adamw.weight_decay, o->max_grad_norm,
              lr_schedule_name(o->schedule), (long long)o->warmup_steps,
@@ -1325,7 +1338,9 @@ int train_run(const TrainConfig* c, char* err) {
     if (!c->quiet)
         printf("LoRA: %d layers (%s), rank %d, alpha %g: %zu parameters; %d images, %d captions; micro-batches up to "
                "%dx%d latents; activations %.1f MiB%s\n",
-               r->tr.lora.count, c->lora.targets == UNET_LORA_ATTENTION ? "attention q/k/v/out" : "every transformer linear",
+               r->tr.lora.count,
+               c->lora.targets == UNET_LORA_ATTENTION ? (c->lora.conv_rank ? "attention q/k/v/out, resnets and samplers" : "attention q/k/v/out")
+                                                      : (c->lora.conv_rank ? "every transformer linear, resnets and samplers" : "every transformer linear"),
                c->lora.rank, c->lora.alpha, r->tr.lora.total, r->train.data.count, r->train.caption_count, max_h, max_w,
                r->tr.act.capacity / 1048576.0, c->checkpointing ? " (gradient checkpointing)" : "");
 

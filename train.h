@@ -34,20 +34,29 @@ typedef struct {
     int rank;
     float alpha;              // scale = alpha / rank (diffusers: alpha = rank, scale 1)
     UnetLoraTargets targets;  // which Linears (sdxl.h)
+    int conv_rank;            // 0: no convolutions; else kohya's conv_dim: the resnets' 3x3 convs and the
+    float conv_alpha;         // samplers get this rank and alpha (their 1x1 shortcuts and time projections
+                              // get rank and alpha, as kohya does)
 } LoraTrainConfig;
 
-// The adapters, with every tensor laid out back to back in one f32 vector: for adapter i, A_i
-// (rank, in) at offset_A[i], then B_i (out, rank) at offset_B[i]. params (host) are the master
-// weights the optimizer updates; grads (backend, f32) receive the backward's sums; compute
-// (backend, the UNet's dtype; the same memory as a backend copy of params when that is f32) is
-// what the forward and backward read, refreshed from params by lora_trainable_upload.
+// One adapted layer.
+typedef struct {
+    UnetLoraTarget target;    // the UNet's Linear or Conv2d, whose .lora points at the adapter
+    char* name;               // its weight's name: "down_blocks.1....attn1.to_q.weight"
+    int rank, in, out, k;     // A is (rank, in, k, k) (k = 1 for a Linear), B (out, rank)
+    float alpha;
+    size_t offset_A, offset_B; // into params / grads / compute
+} LoraSlot;
+
+// The adapters, with every tensor laid out back to back in one f32 vector: for slot i, A_i at
+// offset_A, then B_i at offset_B. params (host) are the master weights the optimizer updates;
+// grads (backend, f32) receive the backward's sums; compute (backend, the UNet's dtype) is what
+// the forward and backward read, refreshed from params by lora_trainable_upload.
 typedef struct {
     LoraTrainConfig cfg;
     int count;
-    Linear** layers;          // the UNet's Linears, each with .lora pointing at adapters[i]
-    char** names;             // their weights' names: "down_blocks.1....attn1.to_q.weight"
+    LoraSlot* slots;
     LoraAdapter* adapters;
-    size_t *offset_A, *offset_B;
     size_t total;             // floats in params / grads
     float* params;            // host
     float* grads;             // backend
@@ -56,9 +65,10 @@ typedef struct {
     DType dtype;
 } LoraTrainable;
 
-// Attaches adapters to the UNet's target Linears (A ~ N(0, 1/rank) drawn from rng in the order
-// unet_lora_linears lists them, as peft's init_lora_weights="gaussian" does, B = 0), sized for
-// forwards of up to work_rows rows. Returns 0, or -1 with err.
+// Attaches adapters to the UNet's target layers (A ~ N(0, 1/rank) drawn from rng in the order
+// unet_lora_targets lists them, which is peft's, as its init_lora_weights="gaussian" does, B = 0),
+// sized for forwards of up to work_rows rows (a conv's rows: its N x output pixels). Returns 0,
+// or -1 with err.
 int lora_trainable_attach(LoraTrainable* t, Unet* u, const LoraTrainConfig* c, TorchGenerator* rng, size_t work_rows,
                           char* err);
 void lora_trainable_upload(LoraTrainable* t);    // params -> compute (after every update)

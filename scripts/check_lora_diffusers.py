@@ -31,6 +31,10 @@ CASES = [
     ("kohya, transformer, alpha 2 of rank 8", ["--targets", "transformer", "--rank", "8", "--alpha", "2"], "lora.safetensors"),
     ("diffusers format, transformer, alpha 2 of rank 8", ["--targets", "transformer", "--rank", "8", "--alpha", "2"],
      "pytorch_lora_weights.safetensors"),
+    ("kohya, transformer + convs (conv rank 8, alpha 2)", ["--targets", "transformer", "--conv-rank", "8", "--conv-alpha", "2"],
+     "lora.safetensors"),
+    ("diffusers format, transformer + convs", ["--targets", "transformer", "--conv-rank", "8", "--conv-alpha", "2"],
+     "pytorch_lora_weights.safetensors"),
 ]
 
 

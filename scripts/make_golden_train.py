@@ -15,6 +15,9 @@ Writes tests/golden/train/
     grads_transformer.safetensors
                              the same with kohya's wider set (proj_in, proj_out, ff.net.0.proj,
                              ff.net.2 too), rank 4 alpha 8 (scale 2), v-prediction and min-SNR 5
+    grads_convs.safetensors  the same with kohya's conv_dim set as well (every resnet's conv1, conv2,
+                             conv_shortcut and time_emb_proj, every sampler conv): rank 4 alpha 4, the
+                             3x3 convs rank 8 alpha 4 (peft's rank_pattern / alpha_pattern)
     trajectory.safetensors   10 optimizer updates of the script's recipe in f32 (AdamW, 2 micro-batches
                              per update, clip 1.0, cosine schedule with 2 warmup steps) fed fixed
                              latents, noise and timesteps: every micro-batch's loss and the final A, B
@@ -36,6 +39,8 @@ SCRIPT = __file__
 UNET = os.path.join(GOLDEN_DIR, "tiny_sdxl", "unet")
 ATTENTION = ["to_k", "to_q", "to_v", "to_out.0"]
 TRANSFORMER = ATTENTION + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+CONVS = TRANSFORMER + ["conv1", "conv2", "conv_shortcut", "conv", "time_emb_proj"]  # kohya's conv_dim set
+CONV3X3 = {"conv1": 8, "conv2": 8, "conv": 8}  # peft rank_pattern: kohya's conv_dim for the 3x3 convs
 N, H, W, LCTX = 2, 10, 14, 77  # odd latent sizes: 10x14 -> 5x7 -> 3x4 exercises the general upsampling
 
 
@@ -82,13 +87,14 @@ def init_golden():
     save(out, "train/init.safetensors", SCRIPT, 1234, {"rank": 4, "order": "peft named_modules"})
 
 
-def grads_golden(name, targets, rank, alpha, prediction, snr_gamma, seed):
+def grads_golden(name, targets, rank, alpha, prediction, snr_gamma, seed, rank_pattern=None, alpha_pattern=None):
     """The reference gradients are float64 autograd on the float32 inputs and weights (the float32
     run is kept only to measure how far torch's own f32 lands from them: the metadata's
     torch_f32_error, the largest gradient error relative to the largest gradient)."""
     unet = load_unet()
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets,
+                                rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {}))
     g = torch.Generator().manual_seed(seed)
     for _, m in lora_modules(unet):  # B = 0 would leave A without gradient
         m.lora_B["default"].weight.data = torch.randn(m.lora_B["default"].weight.shape, generator=g) * 0.1
@@ -167,4 +173,5 @@ if __name__ == "__main__":
     init_golden()
     grads_golden("grads_attention", ATTENTION, 4, 4, "epsilon", None, 11)
     grads_golden("grads_transformer", TRANSFORMER, 4, 8, "v_prediction", 5.0, 12)
+    grads_golden("grads_convs", CONVS, 4, 4, "epsilon", None, 13, CONV3X3, {k: 4 for k in CONV3X3})
     trajectory_golden()

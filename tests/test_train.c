@@ -218,7 +218,7 @@ static int64_t* golden_i64(const SafeTensors* st, const char* name, size_t* coun
 
 // The module name of adapter i ("down_blocks.1....to_q"): its weight's name without ".weight".
 static const char* module_name(const LoraTrainable* t, int i, char* buf) {
-    snprintf(buf, NAME_MAX_LEN, "%.*s", (int)strlen(t->names[i]) - 7, t->names[i]);
+    snprintf(buf, NAME_MAX_LEN, "%.*s", (int)strlen(t->slots[i].name) - 7, t->slots[i].name);
     return buf;
 }
 
@@ -232,9 +232,9 @@ static int set_params_from(LoraTrainable* t, const SafeTensors* g, const char* p
         float* A = golden_f32(g, key, &nA);
         snprintf(key, sizeof(key), "%s.%s", prefix_b, module);
         float* B = golden_f32(g, key, &nB);
-        if (!A || !B || nA != t->offset_B[i] - t->offset_A[i]) return 0;
-        memcpy(t->params + t->offset_A[i], A, sizeof(float) * nA);
-        memcpy(t->params + t->offset_B[i], B, sizeof(float) * nB);
+        if (!A || !B || nA != t->slots[i].offset_B - t->slots[i].offset_A) return 0;
+        memcpy(t->params + t->slots[i].offset_A, A, sizeof(float) * nA);
+        memcpy(t->params + t->slots[i].offset_B, B, sizeof(float) * nB);
         free(A);
         free(B);
     }
@@ -253,11 +253,12 @@ static int compare_with(const LoraTrainable* t, const float* got, const SafeTens
         size_t n;
         snprintf(key, sizeof(key), "%s.%s", prefix_a, module);
         float* a = golden_f32(g, key, &n);
-        if (a) memcpy(want + t->offset_A[i], a, sizeof(float) * n);
+        if (a) memcpy(want + t->slots[i].offset_A, a, sizeof(float) * n);
         free(a);
+        if (!prefix_b) continue; // A only (B's stay 0 in both)
         snprintf(key, sizeof(key), "%s.%s", prefix_b, module);
         float* b = golden_f32(g, key, &n);
-        if (b) memcpy(want + t->offset_B[i], b, sizeof(float) * n);
+        if (b) memcpy(want + t->slots[i].offset_B, b, sizeof(float) * n);
         free(b);
     }
     float most = 0;
@@ -265,13 +266,13 @@ static int compare_with(const LoraTrainable* t, const float* got, const SafeTens
     int ok = check_close(label, got, want, t->total, atol_scale * most, rtol);
     if (!ok && getenv("DEBUG_ADAPTERS"))
         for (int i = 0; i < t->count; i++) {
-            size_t end = i + 1 < t->count ? t->offset_A[i + 1] : t->total;
+            size_t end = t->slots[i].offset_B + (size_t)t->slots[i].out * t->slots[i].rank;
             double e = 0, m = 0;
-            for (size_t k = t->offset_A[i]; k < end; k++) {
+            for (size_t k = t->slots[i].offset_A; k < end; k++) {
                 e = fmax(e, fabs(got[k] - want[k]));
                 m = fmax(m, fabs(want[k]));
             }
-            if (e > 2e-5 * m) printf("    adapter %d %s: max err %.3g of max %.3g\n", i, t->names[i], e, m);
+            if (e > 2e-5 * m) printf("    adapter %d %s: max err %.3g of max %.3g\n", i, t->slots[i].name, e, m);
         }
     free(want);
     return ok;
@@ -292,7 +293,7 @@ static void test_lora_init_matches_peft(void) {
     TorchGenerator rng;
     torch_manual_seed(&rng, 1234);
     LoraTrainable t;
-    LoraTrainConfig c = {4, 4.0f, UNET_LORA_ATTENTION};
+    LoraTrainConfig c = {4, 4.0f, UNET_LORA_ATTENTION, 0, 0.0f};
     char err[ERR_MAX] = "";
     if (check_true(lora_trainable_attach(&t, &u, &c, &rng, 1024, err) == 0, "attach: %s", err)) {
         check_true(t.count == 176, "176 adapted layers in the tiny UNet (8 per transformer block), got %d", t.count);
@@ -302,16 +303,16 @@ static void test_lora_init_matches_peft(void) {
         char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
         for (int i = 0; i < t.count; i++) {
             size_t n;
-            memcpy(got_a + t.offset_A[i], t.params + t.offset_A[i], sizeof(float) * (t.offset_B[i] - t.offset_A[i]));
+            memcpy(got_a + t.slots[i].offset_A, t.params + t.slots[i].offset_A, sizeof(float) * (t.slots[i].offset_B - t.slots[i].offset_A));
             snprintf(key, sizeof(key), "A.%s", module_name(&t, i, module));
             float* a = golden_f32(&g, key, &n);
-            if (a) memcpy(want + t.offset_A[i], a, sizeof(float) * n);
+            if (a) memcpy(want + t.slots[i].offset_A, a, sizeof(float) * n);
             free(a);
         }
         check_bytes_equal("A ~ N(0, 1/r) drawn as peft draws it (torch.manual_seed(1234))", got_a, want, sizeof(float) * t.total);
         int b_zero = 1;
         for (int i = 0; i < t.count; i++)
-            for (size_t k = t.offset_B[i]; k < t.offset_B[i] + (size_t)t.layers[i]->out * 4; k++) b_zero &= t.params[k] == 0.0f;
+            for (size_t k = t.slots[i].offset_B; k < t.slots[i].offset_B + (size_t)t.slots[i].out * t.slots[i].rank; k++) b_zero &= t.params[k] == 0.0f;
         check_true(b_zero, "every B starts at 0");
         free(got_a);
         free(want);
@@ -323,7 +324,7 @@ static void test_lora_init_matches_peft(void) {
 
 // One micro-batch's loss and LoRA gradients against peft autograd; the same with gradient
 // checkpointing (bit-identical: the same ops on the same inputs), and with the UNet in f16.
-static void check_grads(const char* golden, UnetLoraTargets targets, float alpha, PredictionType pred, float snr_gamma) {
+static void check_grads(const char* golden, LoraTrainConfig lc, PredictionType pred, float snr_gamma) {
     SafeTensors g;
     if (!golden_open(&g, golden)) return;
     size_t n;
@@ -339,7 +340,6 @@ static void check_grads(const char* golden, UnetLoraTargets targets, float alpha
     TrainObjective obj = golden_objective();
     obj.prediction = pred;
     obj.snr_gamma = snr_gamma;
-    LoraTrainConfig lc = {4, alpha, targets};
     float* grads_f32 = NULL;
     DType dts[2] = {DT_F32, DT_F16};
     for (int variant = 0; variant < 3; variant++) {
@@ -361,6 +361,20 @@ static void check_grads(const char* golden, UnetLoraTargets targets, float alpha
         scheduler_config_sdxl(&sc);
         noise_schedule_init(&ns, &sc);
         tr.noise = ns;
+        if (variant == 0) { // the golden's A are peft's init after torch.manual_seed(seed): ours must be those
+            TorchGenerator seeded;
+            torch_manual_seed(&seeded, (uint64_t)atoll(safetensors_metadata(&g, "seed") ? safetensors_metadata(&g, "seed") : "0"));
+            lora_trainable_detach(&tr.lora);
+            if (ran_ok(lora_trainable_attach(&tr.lora, &u, &lc, &seeded, 2 * 10 * 14 + 2 * 77, err), err, "attach with the golden's seed")) {
+                float* got_a = xcalloc(tr.lora.total, sizeof(float));
+                for (int i = 0; i < tr.lora.count; i++)
+                    memcpy(got_a + tr.lora.slots[i].offset_A, tr.lora.params + tr.lora.slots[i].offset_A,
+                           sizeof(float) * (tr.lora.slots[i].offset_B - tr.lora.slots[i].offset_A));
+                snprintf(label, sizeof(label), "%s: A exactly as peft initialises it, %d adapters", golden, tr.lora.count);
+                compare_with(&tr.lora, got_a, &g, "A", NULL, label, 0.0f, 0.0f);
+                free(got_a);
+            }
+        }
         if (set_params_from(&tr.lora, &g, "A", "B")) {
             float loss = trainer_micro_step(&tr, &b);
             float* grads = xmalloc(sizeof(float) * tr.lora.total);
@@ -410,11 +424,17 @@ static void check_grads(const char* golden, UnetLoraTargets targets, float alpha
 }
 
 static void test_lora_grads_attention(void) {
-    check_grads("train/grads_attention.safetensors", UNET_LORA_ATTENTION, 4.0f, PREDICT_EPSILON, 0.0f);
+    check_grads("train/grads_attention.safetensors", (LoraTrainConfig){4, 4.0f, UNET_LORA_ATTENTION, 0, 0.0f}, PREDICT_EPSILON, 0.0f);
 }
 
 static void test_lora_grads_transformer(void) {
-    check_grads("train/grads_transformer.safetensors", UNET_LORA_TRANSFORMER, 8.0f, PREDICT_V, 5.0f);
+    check_grads("train/grads_transformer.safetensors", (LoraTrainConfig){4, 8.0f, UNET_LORA_TRANSFORMER, 0, 0.0f}, PREDICT_V, 5.0f);
+}
+
+// kohya's conv_dim set: every resnet conv (3x3 at rank 8, alpha 4; the 1x1 shortcut at rank 4),
+// every time_emb_proj and sampler conv, on top of the transformer set
+static void test_lora_grads_convs(void) {
+    check_grads("train/grads_convs.safetensors", (LoraTrainConfig){4, 4.0f, UNET_LORA_TRANSFORMER, 8, 4.0f}, PREDICT_EPSILON, 0.0f);
 }
 
 // Ten updates of the recipe (AdamW, two micro-batches per update, clipping at 1, a cosine schedule
@@ -439,7 +459,7 @@ static void test_trajectory(void) {
     obj.schedule = LR_COSINE;
     obj.warmup_steps = 2;
     obj.total_steps = 10;
-    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_ATTENTION};
+    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_ATTENTION, 0, 0.0f};
     Trainer tr;
     TorchGenerator rng;
     torch_manual_seed(&rng, 0);
@@ -647,12 +667,22 @@ static void test_lora_file_roundtrip(void) {
     c.out_diffusers = RUN_DIR "/d_diffusers.safetensors";
     c.lora.targets = UNET_LORA_TRANSFORMER;
     c.lora.alpha = 2.0f; // scale 1/2: the file's alpha must carry it
+    c.lora.conv_rank = 8; // and kohya's convolutions, at another rank and scale (2/8)
+    c.lora.conv_alpha = 2.0f;
     if (!ran_ok(train_run(&c, err), err, "train")) return;
     Lora kohya;
     if (!check_true(lora_load(&kohya, RUN_DIR "/d.safetensors", err) == 0, "load the kohya file: %s", err)) return;
-    check_true(kohya.format == LORA_KOHYA && kohya.count == 242 && strcmp(kohya.network_dim, "4") == 0 &&
-                   strcmp(kohya.network_alpha, "2") == 0 && fabs(kohya.modules[0].factor - 0.5) < 1e-9,
-               "kohya format, 242 modules, ss_network_dim 4, ss_network_alpha 2, factor alpha/rank = 0.5");
+    int convs = 0, scale_ok = 1;
+    for (int m = 0; m < kohya.count; m++) {
+        int is_conv = kohya.modules[m].down_dims == 4;
+        convs += is_conv;
+        int wide = is_conv && kohya.modules[m].down_shape[2] == 3;
+        scale_ok &= fabs(kohya.modules[m].factor - (wide ? 0.25 : 0.5)) < 1e-9 && kohya.modules[m].rank == (wide ? 8 : 4);
+    }
+    check_true(kohya.format == LORA_KOHYA && kohya.count == 308 && convs == 49 && strcmp(kohya.network_dim, "4") == 0 &&
+                   strcmp(kohya.network_alpha, "2") == 0 && scale_ok,
+               "kohya format, 308 modules (49 convs: 34 resnet 3x3, 11 shortcuts, 4 samplers; 17 time projections), ss_network_dim 4, ss_network_alpha 2, alpha/rank 0.5 and 2/8 for 3x3 convs "
+               "(%d modules, %d convs)", kohya.count, convs);
     // live adapters (the training forward) against the merged file, on one input
     Unet live, merged;
     if (!load_tiny_unet(&live, DT_F32) || !load_tiny_unet(&merged, DT_F32)) return;
@@ -661,19 +691,19 @@ static void test_lora_file_roundtrip(void) {
     torch_manual_seed(&rng, 0);
     // the adapters' values from the diffusers file, which has no alphas: alpha / rank is folded into
     // its up weights, so the live adapters run at scale 1 (alpha = rank)
-    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_TRANSFORMER};
+    LoraTrainConfig lc = {4, 4.0f, UNET_LORA_TRANSFORMER, 8, 8.0f};
     if (!check_true(lora_trainable_attach(&t, &live, &lc, &rng, 2 * 12 * 20 + 2 * 77, err) == 0, "attach: %s", err)) return;
     Lora d1;
     if (check_true(lora_load(&d1, RUN_DIR "/d_diffusers.safetensors", err) == 0, "load the diffusers file: %s", err)) {
-        check_true(d1.format == LORA_DIFFUSERS && d1.count == 242, "diffusers format, 242 modules");
+        check_true(d1.format == LORA_DIFFUSERS && d1.count == 308, "diffusers format, 308 modules");
         int found = 0;
         for (int i = 0; i < t.count; i++) {
             char module[NAME_MAX_LEN], key[NAME_MAX_LEN + 8];
             snprintf(key, sizeof(key), "unet.%s", module_name(&t, i, module));
             for (int m = 0; m < d1.count; m++)
                 if (strcmp(d1.modules[m].name, key) == 0) {
-                    memcpy(t.params + t.offset_A[i], d1.modules[m].down, sizeof(float) * (t.offset_B[i] - t.offset_A[i]));
-                    memcpy(t.params + t.offset_B[i], d1.modules[m].up, sizeof(float) * t.layers[i]->out * 4);
+                    memcpy(t.params + t.slots[i].offset_A, d1.modules[m].down, sizeof(float) * (t.slots[i].offset_B - t.slots[i].offset_A));
+                    memcpy(t.params + t.slots[i].offset_B, d1.modules[m].up, sizeof(float) * t.slots[i].out * t.slots[i].rank);
                     found++;
                 }
         }
@@ -745,6 +775,7 @@ const TestCase tests_train[] = {
     {"train_lora_init_matches_peft", test_lora_init_matches_peft},
     {"train_lora_grads_attention", test_lora_grads_attention},
     {"train_lora_grads_transformer", test_lora_grads_transformer},
+    {"train_lora_grads_convs", test_lora_grads_convs},
     {"train_trajectory", test_trajectory},
     {"train_resume_bit_exact", test_resume_bit_exact},
     {"train_cache_reuse", test_cache_reuse},
