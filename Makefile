@@ -165,7 +165,7 @@ golden:
 	  python3 make_golden_sdxl.py && python3 make_golden_sgm.py && python3 make_golden_vae.py && python3 make_golden_lora.py && \
 	  python3 make_golden_image.py && python3 make_golden_clip_vision.py && python3 make_golden_yolo.py && python3 make_golden_blip.py && python3 make_golden_a1111.py && \
 	  python3 make_golden_data.py && python3 make_golden_optim.py && python3 make_golden_backward.py && \
-	  python3 make_golden_jpeg.py
+	  python3 make_golden_jpeg.py && python3 make_golden_train.py
 
 clean:
 	rm -rf build demo_out sdxl sdxl_debug tests/run_tests tests/run_tests_debug
