@@ -1767,12 +1767,15 @@ __global__ static void layer_norm_params_partial_kernel(float* partial_dy, float
     }
 }
 
-// Attention: one block per row of a query block's scores (f32, already scaled): the softmax over
-// the keys the query sees, in place, zeros past them (causal). As softmax_forward_kernel.
-__global__ static void attention_probs_kernel(float* scores, int keys, int i0, int causal) {
+// Attention backward, every head at once: one block per row of the scores of a query block of
+// `block_rows` queries, heads one after another ([head][row][key], f32, already scaled). The
+// softmax over the keys the row's query sees, in place, zeros past them (causal). As
+// softmax_forward_kernel.
+__global__ static void attention_probs_kernel(float* scores, int keys, int block_rows, int i0, int causal) {
     int row = blockIdx.x;
     float* s = scores + (size_t)row * keys;
-    int visible = causal ? (i0 + row + 1 < keys ? i0 + row + 1 : keys) : keys;
+    int query = i0 + row % block_rows;
+    int visible = causal ? (query + 1 < keys ? query + 1 : keys) : keys;
     float maxval = -INFINITY;
     for (int j = threadIdx.x; j < visible; j += blockDim.x) maxval = fmaxf(maxval, s[j]);
     maxval = block_max(maxval);
@@ -1782,15 +1785,17 @@ __global__ static void attention_probs_kernel(float* scores, int keys, int i0, i
     for (int j = threadIdx.x; j < keys; j += blockDim.x) s[j] = j < visible ? expf(s[j] - maxval) * inv : 0.0f;
 }
 
-// D_r = dO_r . O_r for the rows of a query block (row stride ld): one warp per row.
+// D = dO . O for every (head, row) of a query block: d[h * block_rows + r] is the dot product of
+// row r's head-h slices (rows of stride ld, heads HS apart). One warp per (head, row).
 template <typename T>
-__global__ static void attention_row_dot_kernel(float* d, const T* dout_blk, const T* out_blk, int rows, int HS,
-                                                size_t ld) {
+__global__ static void attention_row_dot_kernel(float* d, const T* dout_blk, const T* out_blk, int heads,
+                                                int block_rows, int HS, size_t ld) {
     int row = blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-    if (row >= rows) return; // the whole warp leaves together
+    if (row >= heads * block_rows) return; // the whole warp leaves together
+    size_t at = (size_t)(row % block_rows) * ld + (size_t)(row / block_rows) * HS;
     int lane = threadIdx.x % WARP_SIZE;
     float sum = 0.0f;
-    for (int e = lane; e < HS; e += WARP_SIZE) sum += to_f32(dout_blk[row * ld + e]) * to_f32(out_blk[row * ld + e]);
+    for (int e = lane; e < HS; e += WARP_SIZE) sum += to_f32(dout_blk[at + e]) * to_f32(out_blk[at + e]);
     sum = warp_sum(sum);
     if (lane == 0) d[row] = sum;
 }
@@ -1800,9 +1805,15 @@ __global__ static void attention_dscores_kernel(float* dp, const float* p, const
     for (size_t i = grid_start(); i < total; i += grid_stride()) dp[i] = p[i] * (dp[i] - d[i / keys]);
 }
 
-// A head's f32 gradient (L, HS), contiguous, into its strided slice of (L, NH*HS) storage.
-template <typename T> __global__ static void store_head_kernel(T* dst_h, const float* acc, int HS, size_t ld, size_t total) {
-    for (size_t i = grid_start(); i < total; i += grid_stride()) dst_h[(i / HS) * ld + i % HS] = from_f32<T>(acc[i]);
+// Every head's f32 gradient ([head][L][HS], contiguous) into its strided slice of (L, NH*HS)
+// storage: element (h, j, e) goes to row j, column h*HS + e.
+template <typename T>
+__global__ static void store_heads_kernel(T* dst, const float* acc, int L, int HS, size_t ld, size_t total) {
+    size_t per_head = (size_t)L * HS;
+    for (size_t i = grid_start(); i < total; i += grid_stride()) {
+        size_t h = i / per_head, j = i % per_head / HS, e = i % HS;
+        dst[j * ld + h * HS + e] = from_f32<T>(acc[i]);
+    }
 }
 
 // dinp = dout * silu'(x), term for term as silu_backward_f32
@@ -2083,9 +2094,15 @@ void layer_norm_backward_cuda(void* dinp, void* dweight, void* dbias, const void
 
 } // extern "C"
 
-// Scores per query block of the attention backward (f32; the backward holds three such blocks:
-// P, dP and a 16-bit copy): 16 MiB each, 1024 queries of SDXL's 4096 keys at 1024 px.
-constexpr size_t ATTENTION_BACKWARD_SCORES = 1 << 22;
+// The attention backward runs every head of a query block at once: each product is one
+// strided-batched GEMM over the heads (a head's slice of a (L, NH*HS) row starts HS elements after
+// the previous head's, so the batch stride is HS and the leading dimension NH*HS), and each row
+// kernel covers all heads' rows. A head-by-head loop would make ~9 launches per head and query
+// block: SDXL's 1024-px UNet has 140 attentions of 10 or 20 heads, tens of thousands of launches
+// of small GEMMs per backward. Scores for all heads of a block, f32: 128 MiB, so at 1024 px the
+// 20-head level (1024 tokens) takes all its queries in one block and the 10-head level (4096)
+// six blocks of 683. The backward holds three such buffers: P, dP and a 16-bit copy.
+constexpr size_t ATTENTION_BACKWARD_SCORES = 1 << 25;
 constexpr int ATTENTION_ROW_DOT_WARPS = 4;
 
 extern "C" {
@@ -2104,110 +2121,127 @@ void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, con
     }
     const float scale = 1.0f / sqrtf((float)HS), one = 1.0f, zero_f = 0.0f;
     int low = dt != DT_F32;
-    int block = (int)(ATTENTION_BACKWARD_SCORES / (size_t)Lk);
+    // the most queries a block may hold, then blocks of equal size (4096 queries in six blocks of
+    // 683, not five of 819 and one of 1)
+    int block = (int)(ATTENTION_BACKWARD_SCORES / ((size_t)NH * Lk));
     block = block < 1 ? 1 : block > Lq ? Lq : block;
-    size_t n_scores = align_floats((size_t)block * Lk);
-    // f32 workspace: P, dP (then dS), a 16-bit copy of P (then of dS), D, and the head's dK and
-    // dV sums (Lk x HS each)
+    int n_blocks = (Lq + block - 1) / block;
+    block = (Lq + n_blocks - 1) / n_blocks;
+    size_t n_scores = align_floats((size_t)NH * block * Lk);
+    // f32 workspace: P, dP (then dS), a 16-bit copy of P (then of dS), D, and every head's dK and
+    // dV sums ([head][Lk][HS] each)
     size_t n_low = low ? align_floats((n_scores * es + 3) / 4) : 0;
-    size_t n_head = align_floats((size_t)Lk * HS);
-    float* ws = (float*)cuda_workspace(sizeof(float) * (2 * n_scores + n_low + align_floats(block) + 2 * n_head));
+    size_t n_acc = (size_t)NH * Lk * HS;
+    size_t n_heads = align_floats(n_acc);
+    float* ws = (float*)cuda_workspace(sizeof(float) *
+                                       (2 * n_scores + n_low + align_floats((size_t)NH * block) + 2 * n_heads));
     float *probs = ws, *dprobs = ws + n_scores;
     void* probs_low = ws + 2 * n_scores;
     float* row_dot = ws + 2 * n_scores + n_low;
-    float* dk_acc = row_dot + align_floats(block);
-    float* dv_acc = dk_acc + n_head;
+    float* dk_acc = row_dot + align_floats((size_t)NH * block);
+    float* dv_acc = dk_acc + n_heads;
     cudaDataType_t t = cublas_type(dt, "attention_backward");
-    for (int n = 0; n < N; n++)
-        for (int h = 0; h < NH; h++) {
-            const char* k_h = (const char*)k + ((size_t)n * Lk * D + (size_t)h * HS) * es;
-            const char* v_h = (const char*)v + ((size_t)n * Lk * D + (size_t)h * HS) * es;
-            if (dk) cuda_memset_zero(dk_acc, sizeof(float) * (size_t)Lk * HS);
-            if (dv) cuda_memset_zero(dv_acc, sizeof(float) * (size_t)Lk * HS);
-            for (int i0 = 0; i0 < Lq; i0 += block) {
-                int bq = Lq - i0 < block ? Lq - i0 : block;
-                int keys = causal ? i0 + bq : Lk; // the keys any query of the block sees
-                size_t row0 = (((size_t)n * Lq + i0) * D + (size_t)h * HS) * es;
-                const char *q_blk = (const char*)q + row0, *o_blk = (const char*)out + row0;
-                const char* do_blk = (const char*)dout + row0;
-                // S (bq, keys) row-major = scale * Q_blk K^T, f32, as attention_by_gemm: cuBLAS
-                // sees S^T (keys x bq, ld keys) = K Q_blk^T; K's rows (ld D) are column-major K^T,
-                // so A = K with OP_T; Q_blk's rows likewise are column-major Q_blk^T: B, OP_N.
-                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &scale, k_h, t, (int)D,
-                                          q_blk, t, (int)D, &zero_f, probs, CUDA_R_32F, keys, CUBLAS_COMPUTE_32F,
-                                          CUBLAS_GEMM_DEFAULT));
-                attention_probs_kernel<<<bq, ROW_BLOCK>>>(probs, keys, i0, causal);
-                CHECK_LAUNCH();
-                // the products take P in dt (cuBLAS needs A and B of one type): rounded for 16 bits
-                const void* p_dt = probs;
-                if (low) {
-                    cast_forward_cuda(probs_low, dt, probs, DT_F32, (size_t)bq * keys);
-                    p_dt = probs_low;
-                }
-                if (dv) {
-                    // dV (keys, HS) += P^T (keys, bq) @ dO_blk (bq, HS), into dv_acc (f32, ld HS).
-                    // Column-major: dv_acc^T (HS, keys) = dO_blk^T @ P; dO_blk's rows (ld D) are
-                    // column-major dO_blk^T (HS, bq): A, OP_N; P stored (bq, keys) is column-major
-                    // P^T (keys, bq) ld keys, and B must be P: OP_T. m = HS, n = keys, k = bq.
-                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &one, do_blk, t,
-                                              (int)D, p_dt, t, keys, &one, dv_acc, CUDA_R_32F, HS, CUBLAS_COMPUTE_32F,
-                                              CUBLAS_GEMM_DEFAULT));
-                }
-                if (!dq && !dk) continue;
-                // dP (bq, keys) = dO_blk @ V^T, f32: cuBLAS sees dP^T (keys, bq) = V dO_blk^T; V's
-                // rows are column-major V^T (HS, keys) ld D, so A = V with OP_T; dO_blk's rows are
-                // column-major dO_blk^T (HS, bq): B, OP_N. m = keys, n = bq, k = HS.
-                CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &one, v_h, t, (int)D,
-                                          do_blk, t, (int)D, &zero_f, dprobs, CUDA_R_32F, keys, CUBLAS_COMPUTE_32F,
-                                          CUBLAS_GEMM_DEFAULT));
-                // dS = P * (dP - D_i), D_i = dO_i . O_i (masked keys: P = 0, so dS = 0)
-                with_storage_type(dt, "attention_backward", [&](auto zero) {
-                    using T = decltype(zero);
-                    int per_block = ATTENTION_ROW_DOT_WARPS;
-                    attention_row_dot_kernel<<<(bq + per_block - 1) / per_block, per_block * WARP_SIZE>>>(
-                        row_dot, (const T*)do_blk, (const T*)o_blk, bq, HS, D);
-                });
-                CHECK_LAUNCH();
-                size_t n_block = (size_t)bq * keys;
-                attention_dscores_kernel<<<elementwise_grid(n_block), ELEMENTWISE_BLOCK>>>(dprobs, probs, row_dot, keys,
-                                                                                          n_block);
-                CHECK_LAUNCH();
-                const void* ds_dt = dprobs;
-                if (low) { // P's copy is no longer needed: the dV product was queued before this
-                    cast_forward_cuda(probs_low, dt, dprobs, DT_F32, n_block);
-                    ds_dt = probs_low;
-                }
-                if (dq) {
-                    // dQ_blk (bq, HS; ld D) = scale * dS (bq, keys) @ K (keys, HS), one rounding.
-                    // Column-major: dQ_blk^T (HS, bq) = K^T dS^T; K's rows are column-major K^T
-                    // (HS, keys) ld D: A, OP_N; dS stored (bq, keys) is column-major dS^T (keys,
-                    // bq) ld keys: B, OP_N. m = HS, n = bq, k = keys.
-                    char* dq_blk = (char*)dq + row0;
-                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, HS, bq, keys, &scale, k_h, t, (int)D,
-                                              ds_dt, t, keys, &zero_f, dq_blk, t, (int)D, CUBLAS_COMPUTE_32F,
-                                              CUBLAS_GEMM_DEFAULT));
-                }
-                if (dk) {
-                    // dK (keys, HS) += scale * dS^T (keys, bq) @ Q_blk (bq, HS), into dk_acc (f32).
-                    // Column-major: dk_acc^T (HS, keys) = Q_blk^T dS; Q_blk's rows are
-                    // column-major Q_blk^T (HS, bq) ld D: A, OP_N; dS must be B (bq, keys), stored
-                    // column-major as dS^T: OP_T, ld keys. m = HS, n = keys, k = bq.
-                    CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &scale, q_blk, t,
-                                              (int)D, ds_dt, t, keys, &one, dk_acc, CUDA_R_32F, HS, CUBLAS_COMPUTE_32F,
-                                              CUBLAS_GEMM_DEFAULT));
-                }
+    const int ld = (int)D;
+    // batch strides, in elements: heads in the inputs (HS apart within a row), in the scores (one
+    // (bq, keys) block each; set per query block) and in the sums (Lk x HS each)
+    const long long head_stride = HS, acc_stride = (long long)Lk * HS;
+    for (int n = 0; n < N; n++) {
+        const char* k_n = (const char*)k + (size_t)n * Lk * D * es;
+        const char* v_n = (const char*)v + (size_t)n * Lk * D * es;
+        if (dk) cuda_memset_zero(dk_acc, sizeof(float) * n_acc);
+        if (dv) cuda_memset_zero(dv_acc, sizeof(float) * n_acc);
+        for (int i0 = 0; i0 < Lq; i0 += block) {
+            int bq = Lq - i0 < block ? Lq - i0 : block;
+            int keys = causal ? i0 + bq : Lk; // the keys any query of the block sees
+            long long scores_stride = (long long)bq * keys;
+            size_t n_block = (size_t)NH * bq * keys;
+            size_t row0 = ((size_t)n * Lq + i0) * D * es;
+            const char *q_blk = (const char*)q + row0, *o_blk = (const char*)out + row0;
+            const char* do_blk = (const char*)dout + row0;
+            // For each head h: S_h (bq, keys) row-major = scale * Q_blk,h K_h^T, f32, as
+            // attention_by_gemm. cuBLAS sees S_h^T (keys x bq, ld keys) = K_h Q_blk,h^T: K_h's
+            // rows (ld D) are column-major K_h^T, so A = K_h with OP_T; Q_blk,h's rows likewise
+            // are column-major Q_blk,h^T: B, OP_N. m = keys, n = bq, k = HS.
+            CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &scale, k_n,
+                                                    t, ld, head_stride, q_blk, t, ld, head_stride, &zero_f, probs,
+                                                    CUDA_R_32F, keys, scores_stride, NH, CUBLAS_COMPUTE_32F,
+                                                    CUBLAS_GEMM_DEFAULT));
+            attention_probs_kernel<<<NH * bq, ROW_BLOCK>>>(probs, keys, bq, i0, causal);
+            CHECK_LAUNCH();
+            // the products take P in dt (cuBLAS needs A and B of one type): rounded for 16 bits
+            const void* p_dt = probs;
+            if (low) {
+                cast_forward_cuda(probs_low, dt, probs, DT_F32, n_block);
+                p_dt = probs_low;
             }
-            // the head's sums, rounded once, into their strided slices of dk and dv
-            size_t n_acc = (size_t)Lk * HS;
+            if (dv) {
+                // dV_h (keys, HS) += P_h^T (keys, bq) @ dO_blk,h (bq, HS), into dv_acc (f32, ld HS).
+                // Column-major: dV_h^T (HS, keys) = dO_blk,h^T @ P_h; dO_blk,h's rows (ld D) are
+                // column-major dO_blk,h^T (HS, bq): A, OP_N; P_h stored (bq, keys) is column-major
+                // P_h^T (keys, bq) ld keys, and B must be P_h: OP_T. m = HS, n = keys, k = bq.
+                CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &one,
+                                                        do_blk, t, ld, head_stride, p_dt, t, keys, scores_stride, &one,
+                                                        dv_acc, CUDA_R_32F, HS, acc_stride, NH, CUBLAS_COMPUTE_32F,
+                                                        CUBLAS_GEMM_DEFAULT));
+            }
+            if (!dq && !dk) continue;
+            // dP_h (bq, keys) = dO_blk,h @ V_h^T, f32: cuBLAS sees dP_h^T (keys, bq) = V_h
+            // dO_blk,h^T; V_h's rows are column-major V_h^T (HS, keys) ld D, so A = V_h with OP_T;
+            // dO_blk,h's rows are column-major dO_blk,h^T (HS, bq): B, OP_N. m = keys, n = bq, k = HS.
+            CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, keys, bq, HS, &one, v_n,
+                                                    t, ld, head_stride, do_blk, t, ld, head_stride, &zero_f, dprobs,
+                                                    CUDA_R_32F, keys, scores_stride, NH, CUBLAS_COMPUTE_32F,
+                                                    CUBLAS_GEMM_DEFAULT));
+            // dS = P * (dP - D), D = dO . O per (head, query) (masked keys: P = 0, so dS = 0); the
+            // scores' rows and D are both in [head][row] order, so dS's row i / keys reads D[i / keys]
             with_storage_type(dt, "attention_backward", [&](auto zero) {
                 using T = decltype(zero);
-                size_t head0 = (size_t)n * Lk * D + (size_t)h * HS;
-                if (dk) store_head_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dk + head0, dk_acc, HS, D, n_acc);
-                CHECK_LAUNCH();
-                if (dv) store_head_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dv + head0, dv_acc, HS, D, n_acc);
-                CHECK_LAUNCH();
+                int per_block = ATTENTION_ROW_DOT_WARPS, rows = NH * bq;
+                attention_row_dot_kernel<<<(rows + per_block - 1) / per_block, per_block * WARP_SIZE>>>(
+                    row_dot, (const T*)do_blk, (const T*)o_blk, NH, bq, HS, D);
             });
+            CHECK_LAUNCH();
+            attention_dscores_kernel<<<elementwise_grid(n_block), ELEMENTWISE_BLOCK>>>(dprobs, probs, row_dot, keys,
+                                                                                      n_block);
+            CHECK_LAUNCH();
+            const void* ds_dt = dprobs;
+            if (low) { // P's copy is no longer needed: the dV product was queued before this
+                cast_forward_cuda(probs_low, dt, dprobs, DT_F32, n_block);
+                ds_dt = probs_low;
+            }
+            if (dq) {
+                // dQ_blk,h (bq, HS; ld D) = scale * dS_h (bq, keys) @ K_h (keys, HS), one rounding.
+                // Column-major: dQ_blk,h^T (HS, bq) = K_h^T dS_h^T; K_h's rows are column-major
+                // K_h^T (HS, keys) ld D: A, OP_N; dS_h stored (bq, keys) is column-major dS_h^T
+                // (keys, bq) ld keys: B, OP_N. m = HS, n = bq, k = keys. The heads' outputs
+                // interleave within rows but never overlap.
+                char* dq_blk = (char*)dq + row0;
+                CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, HS, bq, keys, &scale,
+                                                        k_n, t, ld, head_stride, ds_dt, t, keys, scores_stride, &zero_f,
+                                                        dq_blk, t, ld, head_stride, NH, CUBLAS_COMPUTE_32F,
+                                                        CUBLAS_GEMM_DEFAULT));
+            }
+            if (dk) {
+                // dK_h (keys, HS) += scale * dS_h^T (keys, bq) @ Q_blk,h (bq, HS), into dk_acc (f32).
+                // Column-major: dK_h^T (HS, keys) = Q_blk,h^T dS_h; Q_blk,h's rows are column-major
+                // Q_blk,h^T (HS, bq) ld D: A, OP_N; dS_h must be B (bq, keys), stored column-major
+                // as dS_h^T: OP_T, ld keys. m = HS, n = keys, k = bq.
+                CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, HS, keys, bq, &scale,
+                                                        q_blk, t, ld, head_stride, ds_dt, t, keys, scores_stride, &one,
+                                                        dk_acc, CUDA_R_32F, HS, acc_stride, NH, CUBLAS_COMPUTE_32F,
+                                                        CUBLAS_GEMM_DEFAULT));
+            }
         }
+        // every head's sums, rounded once, into their strided slices of dk and dv
+        with_storage_type(dt, "attention_backward", [&](auto zero) {
+            using T = decltype(zero);
+            size_t rows0 = (size_t)n * Lk * D;
+            if (dk) store_heads_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dk + rows0, dk_acc, Lk, HS, D, n_acc);
+            CHECK_LAUNCH();
+            if (dv) store_heads_kernel<<<elementwise_grid(n_acc), ELEMENTWISE_BLOCK>>>((T*)dv + rows0, dv_acc, Lk, HS, D, n_acc);
+            CHECK_LAUNCH();
+        });
+    }
 }
 
 void silu_backward_cuda(void* dinp, const void* dout, const void* inp, size_t n, DType dt) {

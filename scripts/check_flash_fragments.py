@@ -168,7 +168,7 @@ def main():
         p = np.exp(s - s.max(axis=1, keepdims=True))
         want = (p / p.sum(axis=1, keepdims=True)) @ v
         err = np.abs(out - want).max()
-        worst = max(worst, err)
+        worst = np.inf if np.isnan(err) else max(worst, err)  # an output never written is NaN
         print(f"Lq {Lq:4d} Lk {Lk:4d}: every output written: {not np.isnan(out).any()}, max |error| {err:.2e}")
     # probabilities rounded to float16 (relative 2^-11) leave errors of a few 1e-4
     assert worst < 2e-3, worst
