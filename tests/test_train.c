@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../common.h"
 #include "../data.h"
@@ -625,6 +628,70 @@ static void test_resume_bit_exact(void) {
                "resume with another lr -> %s", rc ? err : "(accepted)");
 }
 
+// `sdxl train` killed with SIGKILL at whatever point it has reached once its third checkpoint
+// exists (mid-step, or mid-way through writing the next checkpoint, its log or its LoRA), then
+// `--resume latest`, ends exactly as the uninterrupted run: every CSV row but the seconds, and the
+// LoRA's bytes. The kill is real: the test checks that the process died of it before finishing.
+#define KILL_RUN_ARGS                                                                                                  \
+    "--data " RUN_DIR "/ds --resolution 128 --bucket-min 64 --bucket-step 32 --random-flip --grad-accum 2 --lr 1e-3 " \
+    "--lr-scheduler cosine --lr-warmup-steps 2 --steps 10 --checkpoint-every 1 --checkpoints-keep 2 "                \
+    "--mixed-precision fp16 --cache-dir " RUN_DIR "/cache --quiet"
+
+static int run_train_cli(const char* out, const char* extra) {
+    char cmd[16384];
+    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --out %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"), out,
+             KILL_RUN_ARGS, extra, out);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static void test_resume_after_sigkill(void) {
+    struct stat sb;
+    if (!check_true(stat("./sdxl", &sb) == 0, "./sdxl exists (make builds it beside tests/run_tests)")) return;
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/k*");
+    if (!check_true(run_train_cli(RUN_DIR "/k_whole.safetensors", "") == 0, "uninterrupted 10-step run (see %s.log)",
+                    RUN_DIR "/k_whole.safetensors"))
+        return;
+    char cmd[16384];
+    snprintf(cmd, sizeof(cmd), "exec ./sdxl train --model %s --out %s %s > %s.log 2>&1", golden_path("tiny_sdxl"),
+             RUN_DIR "/k_killed.safetensors", KILL_RUN_ARGS, RUN_DIR "/k_killed.safetensors");
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char*)NULL);
+        _exit(127);
+    }
+    if (!check_true(pid > 0, "fork")) return;
+    const char* third = RUN_DIR "/k_killed.safetensors.checkpoints/checkpoint-000003";
+    int status = 0, exited = 0;
+    for (int waited_ms = 0; waited_ms < 300000 && !exited; waited_ms++) {
+        if (stat(third, &sb) == 0) break;
+        if (waitpid(pid, &status, WNOHANG) == pid) exited = 1;
+        usleep(1000);
+    }
+    if (!exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    if (!check_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && stat(RUN_DIR "/k_killed.safetensors", &sb) != 0,
+                    "the run was killed before it finished (no LoRA written)"))
+        return;
+    if (!check_true(run_train_cli(RUN_DIR "/k_killed.safetensors", "--resume latest") == 0, "resume latest (see %s.log)",
+                    RUN_DIR "/k_killed.safetensors"))
+        return;
+    char* whole = csv_without_seconds(RUN_DIR "/k_whole.safetensors.csv");
+    char* resumed = csv_without_seconds(RUN_DIR "/k_killed.safetensors.csv");
+    int rows = 0;
+    for (char* p = whole; *p; p++) rows += *p == '\n';
+    check_true(rows == 11 && strcmp(whole, resumed) == 0, "resumed CSV equals the uninterrupted one (10 rows)");
+    if (strcmp(whole, resumed) != 0) printf("uninterrupted:\n%s\nresumed:\n%s\n", whole, resumed);
+    free(whole);
+    free(resumed);
+    check_true(files_equal(RUN_DIR "/k_whole.safetensors", RUN_DIR "/k_killed.safetensors"),
+               "the LoRA after the kill and resume is byte-identical");
+    check_true(count_files(RUN_DIR "/k_killed.safetensors.checkpoints") == 2, "--checkpoints-keep 2: two checkpoints left");
+}
+
 // The second run reads every latent and text embedding from the cache (no new entries) and trains
 // to the same bytes as a run that caches nothing; another resolution makes new latent entries.
 static void test_cache_reuse(void) {
@@ -778,6 +845,7 @@ const TestCase tests_train[] = {
     {"train_lora_grads_convs", test_lora_grads_convs},
     {"train_trajectory", test_trajectory},
     {"train_resume_bit_exact", test_resume_bit_exact},
+    {"train_resume_after_sigkill", test_resume_after_sigkill},
     {"train_cache_reuse", test_cache_reuse},
     {"train_lora_file_roundtrip", test_lora_file_roundtrip},
     {NULL, NULL},
