@@ -692,6 +692,40 @@ static void test_resume_after_sigkill(void) {
     check_true(count_files(RUN_DIR "/k_killed.safetensors.checkpoints") == 2, "--checkpoints-keep 2: two checkpoints left");
 }
 
+// The trainer learns: 40 updates at a large learning rate on the three frames, with the same
+// frames as the validation set (fixed noise and timesteps every time), lower the validation loss
+// well below its value after the first update. (Every gradient is checked against peft above;
+// this checks that the pieces together descend. Seen: 1.348 -> 0.981; a random tiny UNet's
+// outputs start too large, so much of the descent is learning their scale.)
+static void test_training_lowers_loss(void) {
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/v.*");
+    char err[ERR_MAX] = "";
+    TrainConfig c = tiny_run(RUN_DIR "/v.safetensors");
+    c.mixed_precision = "no";
+    c.obj.adamw.lr = 1e-2;
+    c.obj.schedule = LR_CONSTANT;
+    c.obj.warmup_steps = 0;
+    c.max_steps = 40;
+    c.checkpoint_every = 0;
+    c.validation_data = RUN_DIR "/ds";
+    c.validation_every = 1;
+    if (!ran_ok(train_run(&c, err), err, "40-step run")) return;
+    char** lines;
+    int count;
+    if (!check_true(read_lines(RUN_DIR "/v.safetensors.csv", &lines, &count, err) == 0, "CSV: %s", err)) return;
+    float first = NAN, last = NAN;
+    for (int i = 1; i < count; i++) {
+        const char* v = strrchr(lines[i], ',');
+        if (i == 1) first = strtof(v + 1, NULL);
+        if (i == count - 1) last = strtof(v + 1, NULL);
+    }
+    for (int i = 0; i < count; i++) free(lines[i]);
+    free(lines);
+    check_true(count == 41 && isfinite(first) && isfinite(last) && last < 0.8f * first,
+               "validation loss after 40 updates %.4f < 0.8 x after 1 update %.4f", last, first);
+}
+
 // The second run reads every latent and text embedding from the cache (no new entries) and trains
 // to the same bytes as a run that caches nothing; another resolution makes new latent entries.
 static void test_cache_reuse(void) {
@@ -846,6 +880,7 @@ const TestCase tests_train[] = {
     {"train_trajectory", test_trajectory},
     {"train_resume_bit_exact", test_resume_bit_exact},
     {"train_resume_after_sigkill", test_resume_after_sigkill},
+    {"train_training_lowers_loss", test_training_lowers_loss},
     {"train_cache_reuse", test_cache_reuse},
     {"train_lora_file_roundtrip", test_lora_file_roundtrip},
     {NULL, NULL},
