@@ -2,6 +2,8 @@
 # GPU check: run on a machine with an NVIDIA GPU (it needs nvcc, cuBLAS and a device).
 #
 #   scripts/gpu_check.sh              (the device tool: carry .whl, see docs/gpu-runs.md)
+#   scripts/gpu_check.sh tests train  only those parts (after the build, which always runs):
+#                                     tests, sanitizer, demo, eval, ceilings, unet, generate, train
 #
 #  1. builds with CUDA=1 (CUDA_ARCH=sm_90 unless set); has torch (when it is there) write its CUDA
 #     randn for seed 42 etc., so our curand kernel is checked bit for bit against it;
@@ -21,8 +23,10 @@
 #  7. `sdxl bench train` (LoRA training steps on the full-size UNet at 1024x1024, batch 1, fp16,
 #     with and without gradient checkpointing) beside diffusers + peft (scripts/bench_torch.py
 #     train), and a short `sdxl train` run of the tiny model on both backends;
-# then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/.
-# Sized to finish in about 10 minutes on an H100.
+# then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/;
+# table.md there is rewritten after every row, so a run cut short still leaves what it measured.
+# Sized to finish in about 10 minutes on an H100; where a call is limited to less, run the parts
+# in two calls (e.g. `tests sanitizer demo eval`, then `ceilings unet generate train`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -30,8 +34,16 @@ OUT_DIR="${OUT:-build/gpu_check}"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 : >"$LOG"
+PARTS=" $* "
+want() { [ "$PARTS" = "  " ] || [[ "$PARTS" == *" $1 "* ]]; }
+for part in "$@"; do
+  case $part in tests|sanitizer|demo|eval|ceilings|unet|generate|train) ;;
+    *) echo "gpu_check.sh: unknown part '$part' (tests sanitizer demo eval ceilings unet generate train)" >&2; exit 2 ;;
+  esac
+done
 rows=()
-row() { rows+=("| $1 | $2 | $3 |"); }
+table() { echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; }
+row() { rows+=("| $1 | $2 | $3 |"); table >"$OUT_DIR/table.md"; }
 step() { echo "== $*" | tee -a "$LOG"; }
 secs() { echo $(( $(date +%s) - $1 )); }
 START=$(date +%s)
@@ -57,6 +69,7 @@ else row "build CUDA=1" "FAILED" "see $LOG"; tail -30 "$LOG"; printf '%s\n' "${r
 summary() { grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1 | grep . || { echo -n "did not finish: "; grep -m1 '^error:' "$1"; }; }
 skipped() { grep -E '^[0-9]+ skipped' "$1" | sed 's/:.*//' | tail -1; }
 
+if want tests; then
 step "torch's CUDA randn golden (made here: it depends on the GPU)"
 if python3 scripts/make_golden_torch_cuda_randn.py "$OUT_DIR/torch_cuda_randn.safetensors" >>"$LOG" 2>&1; then
   export SDXL_TORCH_CUDA_RANDN="$OUT_DIR/torch_cuda_randn.safetensors"
@@ -76,6 +89,9 @@ rc=$?
 row "tests --backend cuda" "$(summary "$OUT_DIR/tests_cuda_backend.log") (rc $rc)" "$(secs $t) s"
 grep -E '^(FAIL|SKIP)|FAIL$' "$OUT_DIR/tests_cuda_backend.log" | head -40 | tee -a "$LOG"
 
+fi
+
+if want sanitizer; then
 step "compute-sanitizer memcheck on the 16-bit op tests"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   t=$(date +%s)
@@ -87,6 +103,8 @@ else
   row "compute-sanitizer" "not installed" "-"
 fi
 
+fi
+
 # max and mean 8-bit difference of two PNGs
 pngdiff() {
   python3 -c "
@@ -95,6 +113,7 @@ a = np.asarray(Image.open(sys.argv[1]), dtype=int); b = np.asarray(Image.open(sy
 print(f'max difference {abs(a - b).max()} of 255, mean {abs(a - b).mean():.3f}')" "$1" "$2" 2>&1 | tail -1
 }
 
+if want demo || want eval; then
 step "demo (the whole tiny pipeline) on both backends, f32 and the fast precision"
 for prec in fp32 fast; do
   args="--precision fp32 --vae-precision fp32"; [ $prec = fast ] && args="--precision fp16 --vae-precision bf16"
@@ -106,6 +125,9 @@ for prec in fp32 fast; do
   fi
 done
 
+fi
+
+if want eval; then
 step "eval (every tiny evaluator) on both backends"
 mkdir -p "$OUT_DIR/frames"
 cp "$OUT_DIR/demo_cpu_fp32.png" "$OUT_DIR/frames/" 2>/dev/null
@@ -124,6 +146,9 @@ else
   row "eval on both backends" "FAILED" "$(grep '^error:' "$LOG" | tail -1)"
 fi
 
+fi
+
+if want ceilings; then
 step "the card's ceilings: device-to-device copy, GEMMs"
 bw=$(timeout 60 python3 -c "
 import torch
@@ -139,6 +164,9 @@ gf() { awk -v s="$2" '$1 == s { printf "%.0f", $3 / 1000 }' "$1"; }
 row "GEMM 4096^3: fp16 (f32 accumulate) / fp32, cuBLAS" "$(gf "$OUT_DIR/bench_matmul_fp16.txt" 4096x4096x4096) / $(gf "$OUT_DIR/bench_matmul_fp32.txt" 4096x4096x4096) TFLOP/s" "random data"
 row "GEMM 2048x10240x1280 (level-2 GEGLU in), fp16" "$(gf "$OUT_DIR/bench_matmul_fp16.txt" 2048x10240x1280) TFLOP/s" "cuBLAS"
 
+fi
+
+if want unet; then
 step "bench unet: full-size SDXL, fp16, batch 2 (one CFG step)"
 timeout 180 ./sdxl bench unet --backend cuda --precision fp16 --repeat 10 2>&1 | tee "$OUT_DIR/bench_unet.txt" >>"$LOG"
 timeout 240 python3 scripts/bench_torch.py unet --device cuda --dtype float16 --repeat 10 2>&1 | tee "$OUT_DIR/bench_unet_torch.txt" >>"$LOG"
@@ -153,6 +181,9 @@ for size in 1024x1024 1368x768; do
   [ -n "$tmem" ] && row "UNet $size, diffusers memory" "$tmem" "torch"
 done
 
+fi
+
+if want generate; then
 step "bench generate: a whole 1365x768 thumbnail, 25 Euler steps, CFG 12"
 timeout 180 ./sdxl bench generate --backend cuda 2>&1 | tee "$OUT_DIR/bench_generate.txt" >>"$LOG"
 timeout 180 python3 scripts/bench_torch.py generate --device cuda --dtype float16 2>&1 | tee "$OUT_DIR/bench_generate_torch.txt" >>"$LOG"
@@ -161,6 +192,9 @@ theirs=$(grep -o "[0-9.]* s end to end" "$OUT_DIR/bench_generate_torch.txt" | cu
 row "thumbnail 1365x768, 25 steps: sdxl.c (UNet fp16, VAE bf16)" "${ours:-failed} s" "$(grep -E '^  (text|peak)' "$OUT_DIR/bench_generate.txt" | sed 's/^ *//' | tr '\n' ';')"
 row "thumbnail 1368x768, 25 steps: diffusers fp16 (VAE upcast fp32)" "${theirs:-failed} s" "$(grep -o 'peak memory.*' "$OUT_DIR/bench_generate_torch.txt")"
 
+fi
+
+if want train; then
 step "train: the tiny model on both backends, then bench train beside diffusers + peft"
 for be in cpu cuda; do
   ./sdxl train --backend $be --model tests/golden/tiny_sdxl --data tests/golden/data --out "$OUT_DIR/train_$be.safetensors" \
@@ -185,10 +219,9 @@ done
 step15k=$(grep "^checkpointing off" "$OUT_DIR/bench_train.txt" | grep -o "15,000 steps in [0-9.]* h")
 row "projected: 15,000 steps x 4 micro-batches (checkpointing off)" "${step15k:-?}" "target <= 3.5 h"
 
-row "gpu_check.sh" "done" "$(secs $START) s"
+fi
+
+row "gpu_check.sh${PARTS%% }" "done" "$(secs $START) s"
 echo
-echo "| check | result | detail |"
-echo "|---|---|---|"
-printf '%s\n' "${rows[@]}"
-{ echo; echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; } >>"$LOG"
-{ echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; } >"$OUT_DIR/table.md"
+table
+{ echo; table; } >>"$LOG"
