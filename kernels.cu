@@ -1888,8 +1888,12 @@ extern "C" {
 
 void linear_backward_cuda(void* dinp, void* dweight, void* dbias, const void* dout, const void* inp,
                           const void* weight, int N, int C_in, int C_out, int accumulate, DType dt) {
-    if (N <= 0 || C_in <= 0 || C_out <= 0) return;
-    if (dinp) {
+    if (N <= 0 || C_in < 0 || C_out < 0) return;
+    if (C_out == 0) { // nothing flows back: dinp = 0 (cuBLAS refuses k = 0 with ld = 0)
+        if (dinp && !accumulate && C_in > 0) cuda_memset_zero(dinp, (size_t)N * C_in * dtype_size(dt));
+        return;
+    }
+    if (dinp && C_in > 0) {
         // dinp (N, C_in) = dout (N, C_out) @ weight (C_out, C_in), all row-major. Column-major,
         // cuBLAS sees dinp as dinp^T (C_in, N) ld C_in, and dinp^T = weight^T @ dout^T: weight
         // stored (C_out, C_in) is column-major weight^T (C_in, C_out) ld C_in, so A = weight with
@@ -1898,7 +1902,7 @@ void linear_backward_cuda(void* dinp, void* dweight, void* dbias, const void* do
         gemm_ex(CUBLAS_OP_N, CUBLAS_OP_N, C_in, N, C_out, 1.0f, weight, C_in, dout, C_out, accumulate ? 1.0f : 0.0f,
                 dinp, C_in, dt, "linear_backward");
     }
-    if (dweight) {
+    if (dweight && C_in > 0) {
         // dweight (C_out, C_in) += dout^T @ inp. Column-major: dweight^T (C_in, C_out) ld C_in
         // = inp^T @ dout, where inp stored (N, C_in) is column-major inp^T (C_in, N) ld C_in: A =
         // inp, OP_N; dout stored (N, C_out) is column-major dout^T (C_out, N) ld C_out, and B must
@@ -1920,7 +1924,12 @@ void conv2d_backward_cuda(void* dinp, void* dweight, void* dbias, const void* do
                           const void* weight, void* scratch, int N, int C_in, int H, int W, int C_out, int K, int stride,
                           int pad, int accumulate, DType dt) {
     int H_out = conv_out_size(H, K, stride, pad), W_out = conv_out_size(W, K, stride, pad);
-    if (N <= 0 || C_in <= 0 || C_out <= 0 || H_out <= 0 || W_out <= 0) return;
+    if (N <= 0 || C_in < 0 || C_out < 0) return;
+    if (C_out == 0 || H_out <= 0 || W_out <= 0) { // no outputs: nothing flows back, dinp = 0
+        if (dinp && !accumulate && C_in > 0 && H > 0 && W > 0)
+            cuda_memset_zero(dinp, (size_t)N * C_in * H * W * dtype_size(dt));
+        return;
+    }
     int P = H_out * W_out; // output pixels per image
     int CKK = C_in * K * K;
     int pointwise = K == 1 && stride == 1 && pad == 0; // as conv_is_pointwise in ops.c
@@ -1939,6 +1948,7 @@ void conv2d_backward_cuda(void* dinp, void* dweight, void* dbias, const void* do
         CHECK_LAUNCH();
     }
     if (!dinp && !dweight) return;
+    if (C_in == 0) return; // no input channels: no input or weight gradient to write
 
     // f32 workspace: dweight's running sum (16-bit storage), dcol of a chunk and the image's dinp
     // (general convs; dcol lives in scratch for f32 storage, which holds f32 then)
@@ -2112,8 +2122,12 @@ void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, con
                              DType dt) {
     if (HS > ATTENTION_MAX_HS) fatal("attention_backward: head size %d is above the limit %d", HS, ATTENTION_MAX_HS);
     if (causal && Lq != Lk) fatal("attention_backward: a causal mask needs Lq == Lk (got %d, %d)", Lq, Lk);
-    if (N <= 0 || NH <= 0 || HS <= 0 || Lk <= 0) return;
+    if (N <= 0 || NH <= 0 || HS <= 0) return;
     size_t es = dtype_size(dt), D = (size_t)NH * HS;
+    if (Lk <= 0) { // no keys: the output is 0 whatever the queries, dq = 0
+        if (dq && Lq > 0) cuda_memset_zero(dq, (size_t)N * Lq * D * es);
+        return;
+    }
     if (Lq <= 0) { // no queries: nothing reaches the keys and values
         if (dk) cuda_memset_zero(dk, (size_t)N * Lk * D * es);
         if (dv) cuda_memset_zero(dv, (size_t)N * Lk * D * es);
@@ -2128,18 +2142,20 @@ void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, con
     int n_blocks = (Lq + block - 1) / block;
     block = (Lq + n_blocks - 1) / n_blocks;
     size_t n_scores = align_floats((size_t)NH * block * Lk);
-    // f32 workspace: P, dP (then dS), a 16-bit copy of P (then of dS), D, and every head's dK and
-    // dV sums ([head][Lk][HS] each)
+    // f32 workspace: P, dP (then dS), a 16-bit copy of P (then of dS), D, every head's dK and dV
+    // sums ([head][Lk][HS] each) and the block's dQ ([head][bq][HS])
     size_t n_low = low ? align_floats((n_scores * es + 3) / 4) : 0;
     size_t n_acc = (size_t)NH * Lk * HS;
     size_t n_heads = align_floats(n_acc);
-    float* ws = (float*)cuda_workspace(sizeof(float) *
-                                       (2 * n_scores + n_low + align_floats((size_t)NH * block) + 2 * n_heads));
+    size_t n_dq = align_floats((size_t)NH * block * HS);
+    float* ws = (float*)cuda_workspace(sizeof(float) * (2 * n_scores + n_low + align_floats((size_t)NH * block) +
+                                                        2 * n_heads + n_dq));
     float *probs = ws, *dprobs = ws + n_scores;
     void* probs_low = ws + 2 * n_scores;
     float* row_dot = ws + 2 * n_scores + n_low;
     float* dk_acc = row_dot + align_floats((size_t)NH * block);
     float* dv_acc = dk_acc + n_heads;
+    float* dq_blk_acc = dv_acc + n_heads;
     cudaDataType_t t = cublas_type(dt, "attention_backward");
     const int ld = (int)D;
     // batch strides, in elements: heads in the inputs (HS apart within a row), in the scores (one
@@ -2210,16 +2226,23 @@ void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, con
                 ds_dt = probs_low;
             }
             if (dq) {
-                // dQ_blk,h (bq, HS; ld D) = scale * dS_h (bq, keys) @ K_h (keys, HS), one rounding.
+                // dQ_blk,h (bq, HS) = scale * dS_h (bq, keys) @ K_h (keys, HS), into dq_blk_acc
+                // (f32, [head][bq][HS]: each head's output contiguous, as cuBLAS's batched outputs
+                // are documented), then rounded once into the heads' slices of dq's rows.
                 // Column-major: dQ_blk,h^T (HS, bq) = K_h^T dS_h^T; K_h's rows are column-major
                 // K_h^T (HS, keys) ld D: A, OP_N; dS_h stored (bq, keys) is column-major dS_h^T
-                // (keys, bq) ld keys: B, OP_N. m = HS, n = bq, k = keys. The heads' outputs
-                // interleave within rows but never overlap.
-                char* dq_blk = (char*)dq + row0;
+                // (keys, bq) ld keys: B, OP_N. m = HS, n = bq, k = keys.
                 CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, HS, bq, keys, &scale,
                                                         k_n, t, ld, head_stride, ds_dt, t, keys, scores_stride, &zero_f,
-                                                        dq_blk, t, ld, head_stride, NH, CUBLAS_COMPUTE_32F,
-                                                        CUBLAS_GEMM_DEFAULT));
+                                                        dq_blk_acc, CUDA_R_32F, HS, (long long)bq * HS, NH,
+                                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                size_t n_dq_blk = (size_t)NH * bq * HS;
+                with_storage_type(dt, "attention_backward", [&](auto zero) {
+                    using T = decltype(zero);
+                    store_heads_kernel<<<elementwise_grid(n_dq_blk), ELEMENTWISE_BLOCK>>>((T*)((char*)dq + row0),
+                                                                                         dq_blk_acc, bq, HS, D, n_dq_blk);
+                });
+                CHECK_LAUNCH();
             }
             if (dk) {
                 // dK_h (keys, HS) += scale * dS_h^T (keys, bq) @ Q_blk,h (bq, HS), into dk_acc (f32).

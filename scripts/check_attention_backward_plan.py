@@ -35,6 +35,13 @@ def gemm_strided_batched(trans_a, trans_b, m, n, k, alpha, A, a0, lda, stride_a,
         C[idx] = prod.astype(out_dtype)
 
 
+def store_heads(dst, dst0, acc, L, HS, ld, dt):
+    """store_heads_kernel: acc[h][j][e] (f32) to dst[dst0 + j*ld + h*HS + e], rounded to dt."""
+    i = np.arange(acc.size)
+    h, j, e = i // (L * HS), i % (L * HS) // HS, i % HS
+    dst[dst0 + j * ld + h * HS + e] = acc[i].astype(dt)
+
+
 def attention_backward_plan(dout, q, k, v, out, N, NH, Lq, Lk, HS, causal, dt, budget):
     """Replays attention_backward_cuda; inputs are flat arrays of dtype dt, (N, L, NH*HS) rows."""
     D = NH * HS
@@ -88,16 +95,14 @@ def attention_backward_plan(dout, q, k, v, out, N, NH, Lq, Lk, HS, causal, dt, b
             i = np.arange(n_block)
             dprobs[:] = probs * (dprobs - row_dot[i // keys])
             ds_dt = dprobs.astype(dt) if low else dprobs
+            dq_blk_acc = np.zeros(NH * bq * HS, np.float32)
             gemm_strided_batched(False, False, HS, bq, keys, scale, k, k_n, D, head_stride, ds_dt, 0, keys,
-                                 scores_stride, 0.0, dq, row0, D, head_stride, NH, out_dtype=dt)
+                                 scores_stride, 0.0, dq_blk_acc, 0, HS, bq * HS, NH)
+            store_heads(dq, row0, dq_blk_acc, bq, HS, D, dt)
             gemm_strided_batched(False, True, HS, keys, bq, scale, q, row0, D, head_stride, ds_dt, 0, keys,
                                  scores_stride, 1.0, dk_acc, 0, HS, acc_stride, NH)
-        # store_heads_kernel
-        i = np.arange(n_acc)
-        h, j, e = i // (Lk * HS), i % (Lk * HS) // HS, i % HS
-        rows0 = n * Lk * D
-        dk[rows0 + j * D + h * HS + e] = dk_acc[i].astype(dt)
-        dv[rows0 + j * D + h * HS + e] = dv_acc[i].astype(dt)
+        store_heads(dk, n * Lk * D, dk_acc, Lk, HS, D, dt)
+        store_heads(dv, n * Lk * D, dv_acc, Lk, HS, D, dt)
     return dq, dk, dv
 
 
