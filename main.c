@@ -299,6 +299,8 @@ static int demo_main(int argc, char** argv) {
     tc.max_steps = train_steps;
     tc.checkpoint_every = 0;
     tc.no_cache = 1;
+    // train in the precision the demo generates in, so both backends train the same LoRA
+    tc.mixed_precision = prec.unet == DT_F16 ? "fp16" : prec.unet == DT_BF16 ? "bf16" : "no";
     printf("training a demo LoRA on %s (4 drawn frames, %d steps at 256 px)\n", data, tc.max_steps);
     t0 = now_seconds();
     if (train_run(&tc, err) != 0) fatal("%s", err);

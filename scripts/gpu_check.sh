@@ -23,16 +23,20 @@
 #  7. `sdxl bench train` (LoRA training steps on the full-size UNet at 1024x1024, batch 1, fp16,
 #     with and without gradient checkpointing) beside diffusers + peft (scripts/bench_torch.py
 #     train), and a short `sdxl train` run of the tiny model on both backends;
-# then prints one table. Logs go to $OUT (the device tool's output folder) or build/gpu_check/;
-# table.md there is rewritten after every row, so a run cut short still leaves what it measured.
-# Sized to finish in about 10 minutes on an H100; where a call is limited to less, run the parts
-# in two calls (e.g. `tests sanitizer demo eval`, then `ceilings unet generate train`).
+# then prints one table. table.md, gpu_check.log and the three test logs go to $OUT (the device
+# tool's output folder) or build/gpu_check/, everything else to build/gpu_check/; table.md is
+# rewritten after every row, so a run cut short still leaves what it measured.
+# All of it is estimated at about 10 minutes on an H100; a session's device time is 15 minutes in
+# all, so run it in two calls: `tests sanitizer train`, then `demo eval ceilings unet generate`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PATH:/usr/local/cuda/bin"
-OUT_DIR="${OUT:-build/gpu_check}"
-mkdir -p "$OUT_DIR"
-LOG="$OUT_DIR/gpu_check.log"
+export PATH="/usr/local/cuda/bin:$PATH" # its nvcc first: the Makefile takes CUDA_HOME from it
+# Artefacts (pictures, reports, bench outputs) go to build/gpu_check; the five files a reader
+# needs go to $OUT (the device tool returns at most 8 files from it), or beside the artefacts.
+OUT_DIR=build/gpu_check
+LOG_DIR="${OUT:-$OUT_DIR}"
+mkdir -p "$OUT_DIR" "$LOG_DIR"
+LOG="$LOG_DIR/gpu_check.log"
 : >"$LOG"
 PARTS=" $* "
 want() { [ "$PARTS" = "  " ] || [[ "$PARTS" == *" $1 "* ]]; }
@@ -43,7 +47,7 @@ for part in "$@"; do
 done
 rows=()
 table() { echo "| check | result | detail |"; echo "|---|---|---|"; printf '%s\n' "${rows[@]}"; }
-row() { rows+=("| $1 | $2 | $3 |"); table >"$OUT_DIR/table.md"; }
+row() { rows+=("| $1 | $2 | $3 |"); table >"$LOG_DIR/table.md"; }
 step() { echo "== $*" | tee -a "$LOG"; }
 secs() { echo $(( $(date +%s) - $1 )); }
 START=$(date +%s)
@@ -77,17 +81,17 @@ fi
 
 step "tests on the CPU backend (with CUDA-vs-CPU comparisons)"
 t=$(date +%s)
-timeout 300 ./tests/run_tests >"$OUT_DIR/tests_cpu_backend.log" 2>&1
+timeout 300 ./tests/run_tests >"$LOG_DIR/tests_cpu_backend.log" 2>&1
 rc=$?
-row "tests (incl. ops_cuda_*, ops_cuda_16bit, *_cuda_*)" "$(summary "$OUT_DIR/tests_cpu_backend.log") (rc $rc)" "$(skipped "$OUT_DIR/tests_cpu_backend.log"); $(secs $t) s"
-grep -E '^(FAIL|SKIP)|FAIL$' "$OUT_DIR/tests_cpu_backend.log" | head -40 | tee -a "$LOG"
+row "tests (incl. ops_cuda_*, ops_cuda_16bit, *_cuda_*)" "$(summary "$LOG_DIR/tests_cpu_backend.log") (rc $rc)" "$(skipped "$LOG_DIR/tests_cpu_backend.log"); $(secs $t) s"
+grep -E '^(FAIL|SKIP)|FAIL$' "$LOG_DIR/tests_cpu_backend.log" | head -40 | tee -a "$LOG"
 
 step "tests on the CUDA backend (PyTorch goldens on the GPU)"
 t=$(date +%s)
-timeout 240 ./tests/run_tests --backend cuda >"$OUT_DIR/tests_cuda_backend.log" 2>&1
+timeout 240 ./tests/run_tests --backend cuda >"$LOG_DIR/tests_cuda_backend.log" 2>&1
 rc=$?
-row "tests --backend cuda" "$(summary "$OUT_DIR/tests_cuda_backend.log") (rc $rc)" "$(secs $t) s"
-grep -E '^(FAIL|SKIP)|FAIL$' "$OUT_DIR/tests_cuda_backend.log" | head -40 | tee -a "$LOG"
+row "tests --backend cuda" "$(summary "$LOG_DIR/tests_cuda_backend.log") (rc $rc)" "$(secs $t) s"
+grep -E '^(FAIL|SKIP)|FAIL$' "$LOG_DIR/tests_cuda_backend.log" | head -40 | tee -a "$LOG"
 
 fi
 
@@ -95,9 +99,9 @@ if want sanitizer; then
 step "compute-sanitizer memcheck on the 16-bit op tests"
 if command -v compute-sanitizer >/dev/null 2>&1; then
   t=$(date +%s)
-  timeout 120 compute-sanitizer --tool memcheck --leak-check no ./tests/run_tests ops_cuda_16bit >"$OUT_DIR/sanitizer.log" 2>&1
+  timeout 120 compute-sanitizer --tool memcheck --leak-check no ./tests/run_tests ops_cuda_16bit >"$LOG_DIR/sanitizer.log" 2>&1
   rc=$?
-  errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$OUT_DIR/sanitizer.log" | tail -1)
+  errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$LOG_DIR/sanitizer.log" | tail -1)
   row "compute-sanitizer memcheck (ops_cuda_16bit)" "${errs:-no summary} (rc $rc)" "$(secs $t) s"
 else
   row "compute-sanitizer" "not installed" "-"

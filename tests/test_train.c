@@ -637,10 +637,13 @@ static void test_resume_bit_exact(void) {
     "--lr-scheduler cosine --lr-warmup-steps 2 --steps 10 --checkpoint-every 1 --checkpoints-keep 2 "                \
     "--mixed-precision fp16 --cache-dir " RUN_DIR "/cache --quiet"
 
+// the runner's backend, passed on to the command (under --backend cuda the runs train on the GPU)
+static const char* backend_arg(void) { return backend_current() == BACKEND_CUDA ? "--backend cuda" : ""; }
+
 static int run_train_cli(const char* out, const char* extra) {
     char cmd[16384];
-    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --out %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"), out,
-             KILL_RUN_ARGS, extra, out);
+    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --out %s %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"), out,
+             KILL_RUN_ARGS, backend_arg(), extra, out);
     int status = system(cmd);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
@@ -654,8 +657,8 @@ static void test_resume_after_sigkill(void) {
                     RUN_DIR "/k_whole.safetensors"))
         return;
     char cmd[16384];
-    snprintf(cmd, sizeof(cmd), "exec ./sdxl train --model %s --out %s %s > %s.log 2>&1", golden_path("tiny_sdxl"),
-             RUN_DIR "/k_killed.safetensors", KILL_RUN_ARGS, RUN_DIR "/k_killed.safetensors");
+    snprintf(cmd, sizeof(cmd), "exec ./sdxl train --model %s --out %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"),
+             RUN_DIR "/k_killed.safetensors", KILL_RUN_ARGS, backend_arg(), RUN_DIR "/k_killed.safetensors");
     pid_t pid = fork();
     if (pid == 0) {
         execl("/bin/sh", "sh", "-c", cmd, (char*)NULL);
@@ -821,10 +824,19 @@ static void test_lora_file_roundtrip(void) {
         fill_uniform(pooled, 32, 3, -1, 1);
         float t_step = 500, ids[6] = {96, 160, 0, 0, 96, 160};
         float *out_live = xmalloc(sizeof(float) * n), *out_merged = xmalloc(sizeof(float) * n);
-        Arena act;
-        arena_init(&act, "roundtrip", unet_activation_bytes(&live.cfg, N, h, w, L, DT_F32), 0);
-        unet_forward(&live, out_live, x, &t_step, ctx, L, pooled, ids, N, h, w, &act);
-        unet_forward(&merged, out_merged, x, &t_step, ctx, L, pooled, ids, N, h, w, &act);
+        Arena act; // on the device under --backend cuda, with the inputs and outputs
+        arena_init(&act, "roundtrip", unet_activation_bytes(&live.cfg, N, h, w, L, live.w.dtype),
+                   backend_current() == BACKEND_CUDA);
+        float *d_x = to_backend(x, n), *d_ctx = to_backend(ctx, (size_t)L * 96), *d_pooled = to_backend(pooled, 32);
+        float* d_out = backend_alloc(n);
+        unet_forward(&live, d_out, d_x, &t_step, d_ctx, L, d_pooled, ids, N, h, w, &act);
+        float* got = from_backend(d_out, n);
+        memcpy(out_live, got, sizeof(float) * n);
+        free(got);
+        unet_forward(&merged, d_out, d_x, &t_step, d_ctx, L, d_pooled, ids, N, h, w, &act);
+        got = from_backend(d_out, n);
+        memcpy(out_merged, got, sizeof(float) * n);
+        free(got);
         arena_free(&act);
         float most = 0;
         for (size_t i = 0; i < n; i++) most = fmaxf(most, fabsf(out_live[i]));
