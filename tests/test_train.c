@@ -565,6 +565,19 @@ static char* csv_without_seconds(const char* path) {
     return b.s ? b.s : xstrdup("");
 }
 
+// The resumed run's CSV log equals the uninterrupted one's, row for row (loss, lr, loss scale,
+// grad norm, skips, validation), but for the seconds; both have a header and `steps` rows.
+static void expect_same_log(const char* uninterrupted, const char* resumed, int steps) {
+    char* a = csv_without_seconds(uninterrupted);
+    char* b = csv_without_seconds(resumed);
+    int rows = 0;
+    for (char* p = a; *p; p++) rows += *p == '\n';
+    check_true(rows == steps + 1 && strcmp(a, b) == 0, "resumed CSV equals the uninterrupted one (%d rows)", steps);
+    if (strcmp(a, b) != 0) printf("uninterrupted:\n%s\nresumed:\n%s\n", a, b);
+    free(a);
+    free(b);
+}
+
 static int files_equal(const char* a, const char* b) {
     uint8_t *x, *y;
     size_t nx, ny;
@@ -607,14 +620,7 @@ static void test_resume_bit_exact(void) {
     b.stop_after = 0;
     b.resume = "latest";
     if (!ran_ok(train_run(&b, err), err, "resume latest")) return;
-    char* csv_a = csv_without_seconds(RUN_DIR "/a.safetensors.csv");
-    char* csv_b = csv_without_seconds(RUN_DIR "/b.safetensors.csv");
-    int rows = 0;
-    for (char* p = csv_a; *p; p++) rows += *p == '\n';
-    check_true(rows == 6 && strcmp(csv_a, csv_b) == 0, "resumed CSV equals the uninterrupted one (5 rows: loss, lr, scale, norm)");
-    if (strcmp(csv_a, csv_b) != 0) printf("uninterrupted:\n%s\nresumed:\n%s\n", csv_a, csv_b);
-    free(csv_a);
-    free(csv_b);
+    expect_same_log(RUN_DIR "/a.safetensors.csv", RUN_DIR "/b.safetensors.csv", 5);
     check_true(files_equal(RUN_DIR "/a.safetensors", RUN_DIR "/b.safetensors"), "resumed LoRA file is byte-identical");
     check_true(files_equal(RUN_DIR "/a.safetensors.checkpoints/checkpoint-000004/state.safetensors",
                            RUN_DIR "/b.safetensors.checkpoints/checkpoint-000004/state.safetensors"),
@@ -682,14 +688,7 @@ static void test_resume_after_sigkill(void) {
     if (!check_true(run_train_cli(RUN_DIR "/k_killed.safetensors", "--resume latest") == 0, "resume latest (see %s.log)",
                     RUN_DIR "/k_killed.safetensors"))
         return;
-    char* whole = csv_without_seconds(RUN_DIR "/k_whole.safetensors.csv");
-    char* resumed = csv_without_seconds(RUN_DIR "/k_killed.safetensors.csv");
-    int rows = 0;
-    for (char* p = whole; *p; p++) rows += *p == '\n';
-    check_true(rows == 11 && strcmp(whole, resumed) == 0, "resumed CSV equals the uninterrupted one (10 rows)");
-    if (strcmp(whole, resumed) != 0) printf("uninterrupted:\n%s\nresumed:\n%s\n", whole, resumed);
-    free(whole);
-    free(resumed);
+    expect_same_log(RUN_DIR "/k_whole.safetensors.csv", RUN_DIR "/k_killed.safetensors.csv", 10);
     check_true(files_equal(RUN_DIR "/k_whole.safetensors", RUN_DIR "/k_killed.safetensors"),
                "the LoRA after the kill and resume is byte-identical");
     check_true(count_files(RUN_DIR "/k_killed.safetensors.checkpoints") == 2, "--checkpoints-keep 2: two checkpoints left");
