@@ -763,11 +763,52 @@ static inline uint8_t idct_sample(int64_t x) { // + 128 and range-limit (the SIM
     return (uint8_t)(x < 0 ? 0 : x > 255 ? 255 : x);
 }
 
+// The 1-D 8-point IDCT of libjpeg's jidctint.c (Loeffler, Ligtenberg and Moschytz), both passes:
+// x holds the 8 inputs, y gets the 8 outputs scaled up by 2^IDCT_CONST_BITS (each pass descales
+// its own way). Integer arithmetic, so the order of the sums does not matter.
+static void idct_1d(const int64_t x[8], int64_t y[8]) {
+    // even part: the rotator is sqrt(2) * c(-6)
+    int64_t z2 = x[2], z3 = x[6];
+    int64_t z1 = (z2 + z3) * FIX_0_541196100;
+    int64_t tmp2 = z1 + z3 * -FIX_1_847759065;
+    int64_t tmp3 = z1 + z2 * FIX_0_765366865;
+    int64_t tmp0 = (x[0] + x[4]) * (1 << IDCT_CONST_BITS);
+    int64_t tmp1 = (x[0] - x[4]) * (1 << IDCT_CONST_BITS);
+    int64_t tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3, tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
+    // odd part (figure 8 of the LL&M paper)
+    tmp0 = x[7];
+    tmp1 = x[5];
+    tmp2 = x[3];
+    tmp3 = x[1];
+    z1 = tmp0 + tmp3;
+    z2 = tmp1 + tmp2;
+    z3 = tmp0 + tmp2;
+    int64_t z4 = tmp1 + tmp3;
+    int64_t z5 = (z3 + z4) * FIX_1_175875602;
+    tmp0 *= FIX_0_298631336;
+    tmp1 *= FIX_2_053119869;
+    tmp2 *= FIX_3_072711026;
+    tmp3 *= FIX_1_501321110;
+    z1 *= -FIX_0_899976223;
+    z2 *= -FIX_2_562915447;
+    z3 = z3 * -FIX_1_961570560 + z5;
+    z4 = z4 * -FIX_0_390180644 + z5;
+    tmp0 += z1 + z3;
+    tmp1 += z2 + z4;
+    tmp2 += z2 + z3;
+    tmp3 += z1 + z4;
+    y[0] = tmp10 + tmp3, y[7] = tmp10 - tmp3;
+    y[1] = tmp11 + tmp2, y[6] = tmp11 - tmp2;
+    y[2] = tmp12 + tmp1, y[5] = tmp12 - tmp1;
+    y[3] = tmp13 + tmp0, y[4] = tmp13 - tmp0;
+}
+
 // One 8x8 block: dequantize, columns then rows, into out (stride bytes per row). Arithmetic in
 // 64 bits, as libjpeg's JLONG is on LP64, so no input overflows; the workspace between the passes
 // saturates to 16 bits as the SIMD code's does (never reached by valid data).
 static void jpeg_idct_islow(const int16_t* coef, const uint16_t* q, uint8_t* out, int stride) {
     int32_t ws[64];
+    int64_t x[8], y[8];
     for (int col = 0; col < 8; col++) {
         const int16_t* in = coef + col;
         const uint16_t* qc = q + col;
@@ -777,47 +818,10 @@ static void jpeg_idct_islow(const int16_t* coef, const uint16_t* q, uint8_t* out
             for (int r = 0; r < 8; r++) ws[r * 8 + col] = dc;
             continue;
         }
-        // even part: the rotator is sqrt(2) * c(-6)
-        int64_t z2 = (int64_t)in[16] * qc[16], z3 = (int64_t)in[48] * qc[48];
-        int64_t z1 = (z2 + z3) * FIX_0_541196100;
-        int64_t tmp2 = z1 + z3 * -FIX_1_847759065;
-        int64_t tmp3 = z1 + z2 * FIX_0_765366865;
-        z2 = (int64_t)in[0] * qc[0];
-        z3 = (int64_t)in[32] * qc[32];
-        int64_t tmp0 = (z2 + z3) * (1 << IDCT_CONST_BITS);
-        int64_t tmp1 = (z2 - z3) * (1 << IDCT_CONST_BITS);
-        int64_t tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3, tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
-        // odd part (figure 8 of the LL&M paper)
-        tmp0 = (int64_t)in[56] * qc[56];
-        tmp1 = (int64_t)in[40] * qc[40];
-        tmp2 = (int64_t)in[24] * qc[24];
-        tmp3 = (int64_t)in[8] * qc[8];
-        z1 = tmp0 + tmp3;
-        z2 = tmp1 + tmp2;
-        z3 = tmp0 + tmp2;
-        int64_t z4 = tmp1 + tmp3;
-        int64_t z5 = (z3 + z4) * FIX_1_175875602;
-        tmp0 *= FIX_0_298631336;
-        tmp1 *= FIX_2_053119869;
-        tmp2 *= FIX_3_072711026;
-        tmp3 *= FIX_1_501321110;
-        z1 *= -FIX_0_899976223;
-        z2 *= -FIX_2_562915447;
-        z3 = z3 * -FIX_1_961570560 + z5;
-        z4 = z4 * -FIX_0_390180644 + z5;
-        tmp0 += z1 + z3;
-        tmp1 += z2 + z4;
-        tmp2 += z2 + z3;
-        tmp3 += z1 + z4;
-        const int n = IDCT_CONST_BITS - IDCT_PASS1_BITS;
-        ws[0 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp10 + tmp3, n));
-        ws[7 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp10 - tmp3, n));
-        ws[1 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp11 + tmp2, n));
-        ws[6 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp11 - tmp2, n));
-        ws[2 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp12 + tmp1, n));
-        ws[5 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp12 - tmp1, n));
-        ws[3 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp13 + tmp0, n));
-        ws[4 * 8 + col] = (int32_t)idct_clamp16(idct_descale(tmp13 - tmp0, n));
+        for (int k = 0; k < 8; k++) x[k] = (int64_t)in[8 * k] * qc[8 * k];
+        idct_1d(x, y);
+        for (int r = 0; r < 8; r++)
+            ws[r * 8 + col] = (int32_t)idct_clamp16(idct_descale(y[r], IDCT_CONST_BITS - IDCT_PASS1_BITS));
     }
     const int n = IDCT_CONST_BITS + IDCT_PASS1_BITS + 3; // also undoes the 8x scale of the two passes
     for (int row = 0; row < 8; row++) {
@@ -828,42 +832,9 @@ static void jpeg_idct_islow(const int16_t* coef, const uint16_t* q, uint8_t* out
             memset(o, v, 8);
             continue;
         }
-        int64_t z2 = w[2], z3 = w[6];
-        int64_t z1 = (z2 + z3) * FIX_0_541196100;
-        int64_t tmp2 = z1 + z3 * -FIX_1_847759065;
-        int64_t tmp3 = z1 + z2 * FIX_0_765366865;
-        int64_t tmp0 = ((int64_t)w[0] + w[4]) * (1 << IDCT_CONST_BITS);
-        int64_t tmp1 = ((int64_t)w[0] - w[4]) * (1 << IDCT_CONST_BITS);
-        int64_t tmp10 = tmp0 + tmp3, tmp13 = tmp0 - tmp3, tmp11 = tmp1 + tmp2, tmp12 = tmp1 - tmp2;
-        tmp0 = w[7];
-        tmp1 = w[5];
-        tmp2 = w[3];
-        tmp3 = w[1];
-        z1 = tmp0 + tmp3;
-        z2 = tmp1 + tmp2;
-        z3 = tmp0 + tmp2;
-        int64_t z4 = tmp1 + tmp3;
-        int64_t z5 = (z3 + z4) * FIX_1_175875602;
-        tmp0 *= FIX_0_298631336;
-        tmp1 *= FIX_2_053119869;
-        tmp2 *= FIX_3_072711026;
-        tmp3 *= FIX_1_501321110;
-        z1 *= -FIX_0_899976223;
-        z2 *= -FIX_2_562915447;
-        z3 = z3 * -FIX_1_961570560 + z5;
-        z4 = z4 * -FIX_0_390180644 + z5;
-        tmp0 += z1 + z3;
-        tmp1 += z2 + z4;
-        tmp2 += z2 + z3;
-        tmp3 += z1 + z4;
-        o[0] = idct_sample(idct_descale(tmp10 + tmp3, n));
-        o[7] = idct_sample(idct_descale(tmp10 - tmp3, n));
-        o[1] = idct_sample(idct_descale(tmp11 + tmp2, n));
-        o[6] = idct_sample(idct_descale(tmp11 - tmp2, n));
-        o[2] = idct_sample(idct_descale(tmp12 + tmp1, n));
-        o[5] = idct_sample(idct_descale(tmp12 - tmp1, n));
-        o[3] = idct_sample(idct_descale(tmp13 + tmp0, n));
-        o[4] = idct_sample(idct_descale(tmp13 - tmp0, n));
+        for (int k = 0; k < 8; k++) x[k] = w[k];
+        idct_1d(x, y);
+        for (int c = 0; c < 8; c++) o[c] = idct_sample(idct_descale(y[c], n));
     }
 }
 
