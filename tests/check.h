@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../ops.h" // Backend, DType
 #include "../safetensors.h"
 
 // Compares n floats: element i passes when |got - want| <= atol + rtol * |want| (NaN must meet
@@ -53,6 +54,18 @@ float* to_backend(const float* host, size_t n); // device_malloc + copy_to_devic
 float* from_backend(const float* dev, size_t n); // fresh host array
 void backend_free_all(void);                      // frees every to_backend/backend_alloc buffer
 float* backend_alloc(size_t n);                   // uninitialised backend buffer, freed by backend_free_all
+
+// Op tests run on a chosen backend and go back to the runner's one after (freeing their buffers).
+void use_backend(Backend b);
+void restore_backend(void);
+// A fresh host array of n values uniform in [lo, hi) (fill_uniform).
+float* random_array(size_t n, uint32_t seed, float lo, float hi);
+// Storage of dtype dt on the current backend: host f32 values in, host f32 values out.
+void* backend_alloc_dt(size_t n, DType dt);                    // freed by backend_free_all
+void* to_backend_dt(const float* host, size_t n, DType dt);    // rounded to dt; NULL for NULL
+float* fetch_dt(const void* dev, size_t n, DType dt);          // widened into a fresh host array
+// n host values rounded to dt and back (the values a dt tensor can hold); a copy for F32.
+float* rounded(const float* x, size_t n, DType dt);
 
 // Each tests/test_<area>.c exports one NULL-terminated table of its tests, listed in run_tests.c.
 typedef struct {

@@ -55,65 +55,7 @@ static const float REL_NORM = 1e-5f;
 static const float REL_CUDA = 3e-5f;
 
 // ----------------------------------------------------------------------------
-// Helpers (as in tests/test_ops.c)
-
-static Backend g_saved_backend;
-static void use_backend(Backend b) {
-    g_saved_backend = backend_current();
-    backend_select(b);
-}
-static void restore_backend(void) {
-    backend_free_all(); // buffers go back to the backend that made them
-    backend_select(g_saved_backend);
-}
-
-static float* random_array(size_t n, uint32_t seed, float lo, float hi) {
-    float* x = xmalloc(sizeof(float) * (n ? n : 1));
-    fill_uniform(x, n, seed, lo, hi);
-    return x;
-}
-
-static void* backend_alloc_dt(size_t n, DType dt) { return backend_alloc(dt == DT_F32 ? n : (n + 1) / 2); }
-
-// Host f32 values as a backend buffer of dt (NULL for NULL).
-static void* to_backend_dt(const float* host, size_t n, DType dt) {
-    if (!host) return NULL;
-    if (dt == DT_F32) return to_backend(host, n);
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    convert_from_f32(bits, dt, host, n);
-    void* dev = backend_alloc_dt(n, dt);
-    copy_to_device(dev, bits, sizeof(uint16_t) * n);
-    free(bits);
-    return dev;
-}
-
-// n values of dt on the backend, widened into a fresh host f32 array.
-static float* fetch_dt(const void* dev, size_t n, DType dt) {
-    float* out = xmalloc(sizeof(float) * (n ? n : 1));
-    if (dt == DT_F32) {
-        copy_to_host(out, dev, sizeof(float) * n);
-        return out;
-    }
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    copy_to_host(bits, dev, sizeof(uint16_t) * n);
-    convert_to_f32(out, bits, dt, n);
-    free(bits);
-    return out;
-}
-
-// Rounds n host values to dt and back (the values a dt tensor can hold); a copy for F32.
-static float* rounded(const float* x, size_t n, DType dt) {
-    float* y = xmalloc(sizeof(float) * (n ? n : 1));
-    if (dt == DT_F32) {
-        memcpy(y, x, sizeof(float) * n);
-        return y;
-    }
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    convert_from_f32(bits, dt, x, n);
-    convert_to_f32(y, bits, dt, n);
-    free(bits);
-    return y;
-}
+// Helpers (the backend and 16-bit ones are in tests/check.c)
 
 static float max_abs(const float* x, size_t n) {
     float m = 0.0f;

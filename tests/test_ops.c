@@ -46,24 +46,8 @@ static const Tol TOL_CUDA_GEMM = {1e-4f, 1e-4f};
 // ----------------------------------------------------------------------------
 // Helpers
 
-static Backend g_saved_backend;
-static void use_backend(Backend b) {
-    g_saved_backend = backend_current();
-    backend_select(b);
-}
-static void restore_backend(void) {
-    backend_free_all(); // buffers go back to the backend that made them
-    backend_select(g_saved_backend);
-}
-
 // Copies n backend floats to host memory the caller owns.
 static void fetch(float* host, const float* dev, size_t n) { copy_to_host(host, dev, sizeof(float) * n); }
-
-static float* random_array(size_t n, uint32_t seed, float lo, float hi) {
-    float* x = xmalloc(sizeof(float) * n);
-    fill_uniform(x, n, seed, lo, hi);
-    return x;
-}
 
 // The golden file, opened once per test.
 static SafeTensors g_golden;
@@ -91,34 +75,6 @@ static void expect_golden(const char* label, float* out, const char* golden_name
 // Runners: one per op, host f32 in, host f32 out, on backend `be` with storage type `dt`. For a
 // 16-bit dt the inputs are rounded to dt on the host before they go to the backend, and the
 // result is widened back to f32, so every runner compares like with like.
-
-static void* backend_alloc_dt(size_t n, DType dt) { return backend_alloc(dt == DT_F32 ? n : (n + 1) / 2); }
-
-// Host f32 values as a backend buffer of dt (NULL for NULL).
-static void* to_backend_dt(const float* host, size_t n, DType dt) {
-    if (!host) return NULL;
-    if (dt == DT_F32) return to_backend(host, n);
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    convert_from_f32(bits, dt, host, n);
-    void* dev = backend_alloc_dt(n, dt);
-    copy_to_device(dev, bits, sizeof(uint16_t) * n);
-    free(bits);
-    return dev;
-}
-
-// n values of dt on the backend, widened into a fresh host f32 array.
-static float* fetch_dt(const void* dev, size_t n, DType dt) {
-    float* out = xmalloc(sizeof(float) * (n ? n : 1));
-    if (dt == DT_F32) {
-        fetch(out, dev, n);
-        return out;
-    }
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    copy_to_host(bits, dev, sizeof(uint16_t) * n);
-    convert_to_f32(out, bits, dt, n);
-    free(bits);
-    return out;
-}
 
 static float* run_matmul(Backend be, DType dt, const float* a, const float* b, const float* out0, int batch, int M,
                          int N, int K, int ta, int tb, float alpha, float beta) {
@@ -831,16 +787,6 @@ static void test_ops_cuda_layout_embed_cast(void) {
 
 // ----------------------------------------------------------------------------
 // 16-bit storage
-
-// Rounds n host values to dt and back (the values a dt tensor can hold).
-static float* rounded(const float* x, size_t n, DType dt) {
-    float* y = xmalloc(sizeof(float) * (n ? n : 1));
-    uint16_t* bits = xmalloc(sizeof(uint16_t) * (n ? n : 1));
-    convert_from_f32(bits, dt, x, n);
-    convert_to_f32(y, bits, dt, n);
-    free(bits);
-    return y;
-}
 
 // got (run with dt) must equal want (the f32 op on rounded inputs) rounded to dt, bit for bit.
 static void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt) {
