@@ -325,21 +325,38 @@ static void test_lora_init_matches_peft(void) {
     unet_free(&u);
 }
 
+// A golden's UNet inputs for micro-batches: latents, noise, timesteps, text states, pooled text,
+// time ids (the gradient and trajectory goldens share these names).
+typedef struct {
+    float *latents, *noise, *context, *pooled, *time_ids;
+    int64_t* t;
+} GoldenInputs;
+
+static int golden_inputs_read(const SafeTensors* g, GoldenInputs* in) {
+    size_t n;
+    in->latents = golden_f32(g, "latents", &n);
+    in->noise = golden_f32(g, "noise", &n);
+    in->context = golden_f32(g, "context", &n);
+    in->pooled = golden_f32(g, "pooled", &n);
+    in->time_ids = golden_f32(g, "time_ids", &n);
+    in->t = golden_i64(g, "timesteps", &n);
+    return in->latents && in->noise && in->context && in->pooled && in->time_ids && in->t;
+}
+
+static void golden_inputs_free(GoldenInputs* in) {
+    free(in->latents), free(in->noise), free(in->context), free(in->pooled), free(in->time_ids), free(in->t);
+}
+
 // One micro-batch's loss and LoRA gradients against peft autograd; the same with gradient
 // checkpointing (bit-identical: the same ops on the same inputs), and with the UNet in f16.
 static void check_grads(const char* golden, LoraTrainConfig lc, PredictionType pred, float snr_gamma) {
     SafeTensors g;
     if (!golden_open(&g, golden)) return;
+    GoldenInputs in;
     size_t n;
-    float* latents = golden_f32(&g, "latents", &n);
-    float* noise = golden_f32(&g, "noise", &n);
-    float* context = golden_f32(&g, "context", &n);
-    float* pooled = golden_f32(&g, "pooled", &n);
-    float* time_ids = golden_f32(&g, "time_ids", &n);
     float* loss_want = golden_f32(&g, "loss", &n);
-    int64_t* t = golden_i64(&g, "timesteps", &n);
-    if (!latents || !noise || !context || !pooled || !time_ids || !loss_want || !t) return;
-    MicroBatch b = {latents, noise, t, context, pooled, time_ids, 2, 10, 14, 77};
+    if (!golden_inputs_read(&g, &in) || !loss_want) return;
+    MicroBatch b = {in.latents, in.noise, in.t, in.context, in.pooled, in.time_ids, 2, 10, 14, 77};
     TrainObjective obj = golden_objective();
     obj.prediction = pred;
     obj.snr_gamma = snr_gamma;
@@ -422,7 +439,8 @@ static void check_grads(const char* golden, LoraTrainConfig lc, PredictionType p
         unet_free(&u);
     }
     free(grads_f32);
-    free(latents), free(noise), free(context), free(pooled), free(time_ids), free(loss_want), free(t);
+    golden_inputs_free(&in);
+    free(loss_want);
     safetensors_close(&g);
 }
 
@@ -446,16 +464,11 @@ static void test_lora_grads_convs(void) {
 static void test_trajectory(void) {
     SafeTensors g;
     if (!golden_open(&g, "train/trajectory.safetensors")) return;
+    GoldenInputs in;
     size_t n;
-    float* latents = golden_f32(&g, "latents", &n);
-    float* noise = golden_f32(&g, "noise", &n);
-    float* context = golden_f32(&g, "context", &n);
-    float* pooled = golden_f32(&g, "pooled", &n);
-    float* time_ids = golden_f32(&g, "time_ids", &n);
     float* losses_want = golden_f32(&g, "losses", &n);
-    int64_t* t = golden_i64(&g, "timesteps", &n);
     Unet u;
-    if (!latents || !noise || !context || !pooled || !time_ids || !losses_want || !t || !load_tiny_unet(&u, DT_F32)) return;
+    if (!golden_inputs_read(&g, &in) || !losses_want || !load_tiny_unet(&u, DT_F32)) return;
     TrainObjective obj = golden_objective();
     obj.grad_accum = 2;
     obj.adamw.lr = 1e-3;
@@ -476,8 +489,8 @@ static void test_trajectory(void) {
         size_t per = 4 * 10 * 14;
         for (int k = 0; k < 20; k++) {
             int c = k % 2;
-            MicroBatch b = {latents + k * per, noise + k * per, t + k, context + (size_t)c * 77 * 96, pooled + c * 32,
-                            time_ids + c * 6, 1, 10, 14, 77};
+            MicroBatch b = {in.latents + k * per, in.noise + k * per, in.t + k, in.context + (size_t)c * 77 * 96,
+                            in.pooled + c * 32, in.time_ids + c * 6, 1, 10, 14, 77};
             losses[k] = trainer_micro_step(&tr, &b);
             if (k % 2 == 1) {
                 UpdateInfo info;
@@ -489,7 +502,8 @@ static void test_trajectory(void) {
     }
     trainer_free(&tr);
     unet_free(&u);
-    free(latents), free(noise), free(context), free(pooled), free(time_ids), free(losses_want), free(t);
+    golden_inputs_free(&in);
+    free(losses_want);
     safetensors_close(&g);
 }
 
