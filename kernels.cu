@@ -2227,8 +2227,9 @@ void attention_backward_cuda(void* dq, void* dk, void* dv, const void* dout, con
             }
             if (dq) {
                 // dQ_blk,h (bq, HS) = scale * dS_h (bq, keys) @ K_h (keys, HS), into dq_blk_acc
-                // (f32, [head][bq][HS]: each head's output contiguous, as cuBLAS's batched outputs
-                // are documented), then rounded once into the heads' slices of dq's rows.
+                // (f32, [head][bq][HS]: each head's output contiguous, not interleaved with the
+                // others' within rows, which cuBLAS does not promise to handle), then rounded once
+                // into the heads' slices of dq's rows.
                 // Column-major: dQ_blk,h^T (HS, bq) = K_h^T dS_h^T; K_h's rows are column-major
                 // K_h^T (HS, keys) ld D: A, OP_N; dS_h stored (bq, keys) is column-major dS_h^T
                 // (keys, bq) ld keys: B, OP_N. m = HS, n = bq, k = keys.

@@ -1324,8 +1324,8 @@ int train_run(const TrainConfig* c, char* err) {
     // the largest micro-batch, training or validation, decides the activation arena; the
     // adapters' scratch must also hold a sample's two CFG rows and its prompts' tokens
     int max_h = 0, max_w = 0, max_hw = 0;
-    const PreparedSet* sets[2] = {&r->train, &r->val};
-    for (int s = 0; s < (c->validation_data ? 2 : 1); s++)
+    const PreparedSet* sets[2] = {&r->train, &r->val}; // val is empty without validation data
+    for (int s = 0; s < 2; s++)
         for (int i = 0; i < sets[s]->data.count; i++) {
             const PreparedItem* it = &sets[s]->items[i];
             if (!it->usable) continue;

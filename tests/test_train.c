@@ -660,10 +660,16 @@ static void test_resume_bit_exact(void) {
 // the runner's backend, passed on to the command (under --backend cuda the runs train on the GPU)
 static const char* backend_arg(void) { return backend_current() == BACKEND_CUDA ? "--backend cuda" : ""; }
 
+// The shell command of that run, writing `out` and its output to <out>.log ("exec " in front
+// makes the shell become the trainer, so a signal reaches the trainer itself).
+static void train_cli_command(char* cmd, size_t cap, const char* prefix, const char* out, const char* extra) {
+    snprintf(cmd, cap, "%s./sdxl train --model %s --out %s %s %s %s > %s.log 2>&1", prefix, golden_path("tiny_sdxl"), out,
+             KILL_RUN_ARGS, backend_arg(), extra, out);
+}
+
 static int run_train_cli(const char* out, const char* extra) {
     char cmd[16384];
-    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --out %s %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"), out,
-             KILL_RUN_ARGS, backend_arg(), extra, out);
+    train_cli_command(cmd, sizeof(cmd), "", out, extra);
     int status = system(cmd);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
@@ -677,8 +683,7 @@ static void test_resume_after_sigkill(void) {
                     RUN_DIR "/k_whole.safetensors"))
         return;
     char cmd[16384];
-    snprintf(cmd, sizeof(cmd), "exec ./sdxl train --model %s --out %s %s %s > %s.log 2>&1", golden_path("tiny_sdxl"),
-             RUN_DIR "/k_killed.safetensors", KILL_RUN_ARGS, backend_arg(), RUN_DIR "/k_killed.safetensors");
+    train_cli_command(cmd, sizeof(cmd), "exec ", RUN_DIR "/k_killed.safetensors", "");
     pid_t pid = fork();
     if (pid == 0) {
         execl("/bin/sh", "sh", "-c", cmd, (char*)NULL);
