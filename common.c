@@ -157,6 +157,11 @@ int read_lines(const char* path, char*** out, int* count, char* err) {
     return 0;
 }
 
+void free_lines(char** lines, int count) {
+    for (int i = 0; lines && i < count; i++) free(lines[i]);
+    free(lines);
+}
+
 int out_open(OutFile* o, const char* path, char* err) {
     memset(o, 0, sizeof(*o));
     if (strlen(path) >= sizeof(o->path)) return set_error(err, "%s: path too long", path);

@@ -51,6 +51,7 @@ int read_file(const char* path, uint8_t** data, size_t* size, char* err);
 // lines starting with '#' skipped (prompts files, for generate and eval). *lines and each entry
 // are malloc'd; *count may be 0. Returns 0, or -1 with err filled.
 int read_lines(const char* path, char*** lines, int* count, char* err);
+void free_lines(char** lines, int count); // frees what read_lines returned (NULL is fine)
 
 // Atomic output. out_open() opens "<path>.tmp"; out_commit() flushes, closes and renames it onto
 // path, checking each step; out_abort() closes and removes the temporary file.

@@ -423,8 +423,7 @@ static int train_main(int argc, char** argv) {
     backend_select_by_name(backend);
     options_print_values(options, n_options);
     if (train_run(&c, err) != 0) fatal("%s", err);
-    for (int i = 0; prompts && i < c.sample_prompt_count; i++) free(prompts[i]);
-    free(prompts);
+    free_lines(prompts, c.sample_prompt_count);
     return 0;
 }
 

@@ -892,8 +892,7 @@ static int log_open(Run* r, int64_t upto, char* err) {
             log_append(r, step, loss, val);
             strbuf_printf(&kept, "%s\n", lines[i]);
         }
-        for (int i = 0; i < count; i++) free(lines[i]);
-        free(lines);
+        free_lines(lines, count);
     }
     int rc = write_file_atomic(r->csv_path, kept.s, kept.len, err);
     free(kept.s);

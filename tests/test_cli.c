@@ -138,8 +138,7 @@ static void test_cli_train_end_to_end(void) {
     if (check_true(read_lines("build/test_cli/train/storyboard.safetensors.csv", &lines, &count, err) == 0, "CSV: %s", err)) {
         check_true(count == 3 && strncmp(lines[0], "step,epoch,loss,lr,loss_scale", 29) == 0 && strncmp(lines[2], "2,", 2) == 0,
                    "CSV: a header and one row per step");
-        for (int i = 0; i < count; i++) free(lines[i]);
-        free(lines);
+        free_lines(lines, count);
     }
     Image curve;
     if (check_true(png_read(&curve, "build/test_cli/train/storyboard.safetensors.loss.png", err) == 0, "loss curve: %s", err)) {

@@ -50,22 +50,18 @@ static void jpeg_check_golden(const char* name, int w, int h, int c) {
 // Checks every manifest entry whose name starts with prefix and returns how many there were:
 // decodable entries through jpeg_check_golden, `refuse` entries must fail with their words.
 static int jpeg_check_manifest(const char* prefix) {
-    uint8_t* text;
-    size_t size;
+    char** lines;
+    int n_lines;
     char err[ERR_MAX];
-    if (!check_true(read_file(golden_path("jpeg/manifest.txt"), &text, &size, err) == 0,
+    if (!check_true(read_lines(golden_path("jpeg/manifest.txt"), &lines, &n_lines, err) == 0,
                     "read tests/golden/jpeg/manifest.txt (regenerate with scripts/make_golden_jpeg.py)"))
         return 0;
     int count = 0;
-    for (char* line = (char*)text; line && *line;) {
-        char* next = strchr(line, '\n');
-        if (next) *next++ = 0;
+    for (int l = 0; l < n_lines; l++) {
+        const char* line = lines[l];
         char name[128], kind[16];
         int w, h, c;
-        if (line[0] == '#' || strncmp(line, prefix, strlen(prefix)) != 0) {
-            line = next;
-            continue;
-        }
+        if (strncmp(line, prefix, strlen(prefix)) != 0) continue;
         if (sscanf(line, "%127s %d %d %d", name, &w, &h, &c) == 4) {
             jpeg_check_golden(name, w, h, c);
             count++;
@@ -89,9 +85,8 @@ static int jpeg_check_manifest(const char* prefix) {
         } else {
             check_true(0, "manifest line '%s' parses", shown(line));
         }
-        line = next;
     }
-    free(text);
+    free_lines(lines, n_lines);
     return count;
 }
 

@@ -68,27 +68,23 @@ static void png_check_golden(const char* name, int w, int h, int c, int depth) {
 
 // Runs png_check_golden on every manifest entry whose name starts with prefix.
 static void png_check_manifest(const char* prefix) {
-    uint8_t* text;
-    size_t size;
+    char** lines;
+    int n_lines;
     char err[ERR_MAX];
-    if (!check_true(read_file(golden_path("png/manifest.txt"), &text, &size, err) == 0,
+    if (!check_true(read_lines(golden_path("png/manifest.txt"), &lines, &n_lines, err) == 0,
                     "read tests/golden/png/manifest.txt (regenerate with scripts/make_golden_png.py)"))
         return;
     int count = 0;
-    for (char* line = (char*)text; line && *line;) {
-        char* next = strchr(line, '\n');
-        if (next) *next++ = 0;
+    for (int l = 0; l < n_lines; l++) {
         char name[128];
         int w, h, c, d;
-        if (line[0] != '#' && sscanf(line, "%127s %d %d %d %d", name, &w, &h, &c, &d) == 5 &&
-            strncmp(name, prefix, strlen(prefix)) == 0) {
+        if (sscanf(lines[l], "%127s %d %d %d %d", name, &w, &h, &c, &d) == 5 && strncmp(name, prefix, strlen(prefix)) == 0) {
             png_check_golden(name, w, h, c, d);
             count++;
         }
-        line = next;
     }
     check_true(count >= 10, "manifest lists %d %s* images", count, prefix);
-    free(text);
+    free_lines(lines, n_lines);
 }
 
 // splitmix64, for test data

@@ -741,8 +741,7 @@ static void test_training_lowers_loss(void) {
         if (i == 1) first = strtof(v + 1, NULL);
         if (i == count - 1) last = strtof(v + 1, NULL);
     }
-    for (int i = 0; i < count; i++) free(lines[i]);
-    free(lines);
+    free_lines(lines, count);
     check_true(count == 41 && isfinite(first) && isfinite(last) && last < 0.8f * first,
                "validation loss after 40 updates %.4f < 0.8 x after 1 update %.4f", last, first);
 }
