@@ -18,14 +18,11 @@ static int load_tiny(SdxlModel* m) {
     return check_true(sdxl_model_load(m, golden_path("tiny_sdxl"), NULL, NULL, NULL, NULL, err) == 0, "load tiny_sdxl %s", err);
 }
 
-static void test_pipeline_matches_diffusers(void) {
-    SafeTensors ref;
-    if (!golden_open(&ref, "tiny_sdxl_ref.safetensors")) return;
-    SdxlModel m;
-    if (!load_tiny(&m)) return;
+// The settings diffusers' golden run used: its prompts, 72x48, 3 Euler steps, CFG 12, seed 42.
+static GenerateParams golden_params(const SafeTensors* ref) {
     GenerateParams p = {0};
-    p.prompt = safetensors_metadata(&ref, "prompt");
-    p.negative = safetensors_metadata(&ref, "negative_prompt");
+    p.prompt = safetensors_metadata(ref, "prompt");
+    p.negative = safetensors_metadata(ref, "negative_prompt");
     p.width = 72;
     p.height = 48;
     p.steps = 3;
@@ -33,6 +30,15 @@ static void test_pipeline_matches_diffusers(void) {
     p.seed = 42;
     p.sampler = SAMPLER_EULER;
     p.quiet = 1;
+    return p;
+}
+
+static void test_pipeline_matches_diffusers(void) {
+    SafeTensors ref;
+    if (!golden_open(&ref, "tiny_sdxl_ref.safetensors")) return;
+    SdxlModel m;
+    if (!load_tiny(&m)) return;
+    GenerateParams p = golden_params(&ref);
     Image img;
     GenerateTrace tr;
     char err[ERR_MAX] = "";
@@ -85,16 +91,7 @@ static void test_pipeline_fast_precision(void) {
     if (!check_true(sdxl_model_load(&m, golden_path("tiny_sdxl"), NULL, NULL, NULL, &fast, err) == 0,
                     "load tiny_sdxl with UNet and text encoders f16, VAE bf16: %s", err[0] ? err : "ok"))
         return;
-    GenerateParams p = {0};
-    p.prompt = safetensors_metadata(&ref, "prompt");
-    p.negative = safetensors_metadata(&ref, "negative_prompt");
-    p.width = 72;
-    p.height = 48;
-    p.steps = 3;
-    p.cfg = 12.0f;
-    p.seed = 42;
-    p.sampler = SAMPLER_EULER;
-    p.quiet = 1;
+    GenerateParams p = golden_params(&ref);
     Image img;
     GenerateTrace tr;
     if (!check_true(p.prompt && p.negative && sdxl_generate(&m, &p, &img, &tr, err) == 0, "generate: %s", err)) return;
