@@ -136,6 +136,14 @@ static int load_tiny_blip(Blip* m) {
                       err[0] ? err : "ok");
 }
 
+// The tiny BLIP and transformers' outputs for it (blip_ref.safetensors), both or neither.
+static int open_blip_and_ref(Blip* m, SafeTensors* ref) {
+    if (!open_ref(ref, "blip_ref.safetensors")) return 0;
+    if (load_tiny_blip(m)) return 1;
+    safetensors_close(ref);
+    return 0;
+}
+
 static void make_work_dir(const char* sub, char* path, size_t cap) {
     mkdir("build", 0755);
     mkdir(WORK_DIR, 0755);
@@ -158,12 +166,8 @@ static int copy_file(const char* from, const char* to) {
 
 static void test_blip_tokenizer_ids(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     check_true(bert_token_id(&m.tok, "[DEC]") == 30522 && bert_token_id(&m.tok, "[ENC]") == 30523 &&
                    m.tok.n_vocab == 30524 && m.tok.unk_id == 100 && m.tok.cls_id == 101 && m.tok.sep_id == 102,
                "[DEC] 30522, [ENC] 30523, 30524 tokens, [UNK] [CLS] [SEP] = 100 101 102");
@@ -233,12 +237,8 @@ static void test_blip_tokenizer_normalizer(void) {
 
 static void test_blip_tokenizer_decode(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     int32_t* ids = golden_raw(&ref, "dec.ids", NULL);
     size_t len_bytes;
     int32_t* lengths = golden_raw(&ref, "dec.lengths", &len_bytes);
@@ -269,12 +269,8 @@ static void test_blip_tokenizer_decode(void) {
 
 static void test_blip_vision_vs_transformers(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     int S = m.vision_cfg.image_size, T = blip_image_tokens(&m), D = m.vision_cfg.hidden;
     check_true(S == 384 && T == 577 && D == 24, "tiny BLIP geometry: 384x384 image, 577 tokens, width 24");
     float* pixels = pattern_pixels(S);
@@ -316,12 +312,8 @@ static void test_blip_vision_vs_transformers(void) {
 
 static void test_blip_decoder_vs_transformers(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     int T = blip_image_tokens(&m), Dv = m.vision_cfg.hidden, D = m.text_cfg.hidden, V = m.text_cfg.vocab_size;
     // the decoder reads transformers' image embeddings, so this test does not depend on the vision one
     float* embeds_host = golden_f32(&ref, "vision.last_hidden_state", NULL);
@@ -402,12 +394,8 @@ static const GenCase GEN_CASES[] = {
 
 static void test_blip_generate_vs_transformers(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     float* pixels = pattern_pixels(m.vision_cfg.image_size);
     for (size_t c = 0; c < sizeof(GEN_CASES) / sizeof(GEN_CASES[0]); c++) {
         const GenCase* gc = &GEN_CASES[c];
@@ -465,12 +453,8 @@ static void test_blip_generate_vs_transformers(void) {
 
 static void test_blip_preprocess_vs_transformers(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     static const struct { const char* name; int w, h, channels, salt; } cases[] = {
         {"up_200x150", 200, 150, 3, 11},
         {"mixed_640x300", 640, 300, 3, 22},
@@ -514,12 +498,8 @@ static void test_blip_preprocess_vs_transformers(void) {
 
 static void test_blip_caption_end_to_end(void) {
     SafeTensors ref;
-    if (!open_ref(&ref, "blip_ref.safetensors")) return;
     Blip m;
-    if (!load_tiny_blip(&m)) {
-        safetensors_close(&ref);
-        return;
-    }
+    if (!open_blip_and_ref(&m, &ref)) return;
     // the 384x384 pattern as an image: preprocessing (an identity resize) + generate + decode
     Image img;
     pattern(&img, 384, 384, 0, 3);
