@@ -252,3 +252,13 @@ float* rounded(const float* x, size_t n, DType dt) {
     free(bits);
     return y;
 }
+
+void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt) {
+    float* want = rounded(want_f32, n, dt);
+    char full[160];
+    snprintf(full, sizeof(full), "%s %s", dtype_name(dt), label);
+    check_bytes_equal(full, got, want, sizeof(float) * n);
+    free(got);
+    free(want_f32);
+    free(want);
+}

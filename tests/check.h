@@ -66,6 +66,9 @@ void* to_backend_dt(const float* host, size_t n, DType dt);    // rounded to dt;
 float* fetch_dt(const void* dev, size_t n, DType dt);          // widened into a fresh host array
 // n host values rounded to dt and back (the values a dt tensor can hold); a copy for F32.
 float* rounded(const float* x, size_t n, DType dt);
+// got (an op run with dt) must equal want_f32 (the f32 op on the rounded inputs) rounded to dt,
+// bit for bit (the 16-bit contract of ops.h); frees got and want_f32.
+void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt);
 
 // Each tests/test_<area>.c exports one NULL-terminated table of its tests, listed in run_tests.c.
 typedef struct {

@@ -551,17 +551,6 @@ static void test_backward_upsample(void) {
 // ----------------------------------------------------------------------------
 // 16-bit storage on the CPU: bit for bit the rounded f32 result
 
-// got (run with dt) must equal want_f32 (the f32 op on the rounded inputs) rounded to dt.
-static void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt) {
-    float* want = rounded(want_f32, n, dt);
-    char full[160];
-    snprintf(full, sizeof(full), "%s %s", dtype_name(dt), label);
-    check_bytes_equal(full, got, want, sizeof(float) * n);
-    free(got);
-    free(want_f32);
-    free(want);
-}
-
 static void expect_rounded_grads(const char* label, Grads got, Grads want, const size_t sizes[MAX_GRADS], DType dt) {
     static const char* role[MAX_GRADS] = {"(1st output)", "(2nd output)", "(3rd output)"};
     for (int i = 0; i < MAX_GRADS; i++) {

@@ -788,17 +788,6 @@ static void test_ops_cuda_layout_embed_cast(void) {
 // ----------------------------------------------------------------------------
 // 16-bit storage
 
-// got (run with dt) must equal want (the f32 op on rounded inputs) rounded to dt, bit for bit.
-static void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt) {
-    float* want = rounded(want_f32, n, dt);
-    char full[160];
-    snprintf(full, sizeof(full), "%s %s", dtype_name(dt), label);
-    check_bytes_equal(full, got, want, sizeof(float) * n);
-    free(got);
-    free(want_f32);
-    free(want);
-}
-
 static void test_ops_16bit_cpu(void) {
     DType types[2] = {DT_F16, DT_BF16};
     for (int ti = 0; ti < 2; ti++) {
