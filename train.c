@@ -760,7 +760,7 @@ static int next_micro_batch(Run* r, MicroBatch* b, char* err) {
     float* noise = xmalloc(sizeof(float) * N * per);
     torch_randn(&r->noise_rng, noise, N * per);
     if (r->cfg->obj.noise_offset > 0) {
-        float offset[4 * 64];
+        float offset[4 * TRAIN_MAX_BATCH];
         torch_randn(&r->noise_rng, offset, (size_t)4 * N);
         for (int k = 0; k < N; k++)
             for (int c = 0; c < 4; c++)
@@ -1246,7 +1246,8 @@ static void format_duration(char* out, size_t cap, double seconds) {
 
 static int check_config(const TrainConfig* c, char* err) {
     if (!c->model || !c->data || !c->out) return set_error(err, "train: --model, --data and --out are required");
-    if (c->batch_size < 1 || c->batch_size > 64) return set_error(err, "train: --batch-size %d: must be 1 to 64", c->batch_size);
+    if (c->batch_size < 1 || c->batch_size > TRAIN_MAX_BATCH)
+        return set_error(err, "train: --batch-size %d: must be 1 to %d", c->batch_size, TRAIN_MAX_BATCH);
     if (c->max_steps < 1) return set_error(err, "train: --steps %d: must be at least 1", c->max_steps);
     if (c->obj.grad_accum < 1) return set_error(err, "train: --grad-accum %d: must be at least 1", c->obj.grad_accum);
     if (c->data_cfg.resolution < 64 || c->data_cfg.resolution % 8 != 0)

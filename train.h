@@ -160,6 +160,7 @@ void trainer_update(Trainer* tr, UpdateInfo* info);
 // The whole run (`sdxl train`)
 
 #define TRAIN_MAX_SAMPLE_PROMPTS 8
+#define TRAIN_MAX_BATCH 64 // images per micro-batch
 
 typedef struct {
     const char* model;           // diffusers SDXL folder or single file (as sdxl generate)
