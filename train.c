@@ -714,6 +714,11 @@ static void new_epoch(Run* r) {
     r->epoch++;
 }
 
+// latent_dist.sample() * scaling_factor: (mean + exp(0.5 logvar) * eps) * scaling, eps ~ N(0, 1)
+static void sample_latents(float* out, const float* mean, const float* logvar, const float* eps, size_t n, float scaling) {
+    for (size_t e = 0; e < n; e++) out[e] = (mean[e] + expf(0.5f * logvar[e]) * eps[e]) * scaling;
+}
+
 // Fills a micro-batch from the next batch (host arrays the caller frees with micro_batch_free).
 static int next_micro_batch(Run* r, MicroBatch* b, char* err) {
     if (r->batch_pos >= r->batch_count) new_epoch(r);
@@ -735,10 +740,11 @@ static int next_micro_batch(Run* r, MicroBatch* b, char* err) {
     for (int k = 0; k < N; k++) {
         int i = (int)r->order[start + k];
         const PreparedItem* it = &p->items[i];
+        const float *m = mean, *lv = logvar; // the posterior: cached, or encoded now
         if (p->deterministic) {
             int flip = data_draw_flip(&p->cfg, &r->noise_rng);
-            memcpy(mean, it->mean[flip], sizeof(float) * per);
-            memcpy(logvar, it->logvar[flip], sizeof(float) * per);
+            m = it->mean[flip];
+            lv = it->logvar[flip];
             memcpy(time_ids + 6 * k, it->time_ids[flip], sizeof(float) * 6);
         } else {
             Example ex;
@@ -747,9 +753,8 @@ static int next_micro_batch(Run* r, MicroBatch* b, char* err) {
             memcpy(time_ids + 6 * k, ex.time_ids, sizeof(float) * 6);
             example_free(&ex);
         }
-        // latent_dist.sample() * scaling_factor: mean + exp(0.5 logvar) * N(0, 1)
         torch_randn(&r->noise_rng, eps, per);
-        for (size_t e = 0; e < per; e++) latents[k * per + e] = (mean[e] + expf(0.5f * logvar[e]) * eps[e]) * scaling;
+        sample_latents(latents + k * per, m, lv, eps, per, scaling);
         memcpy(context + (size_t)k * CAPTION_TOKENS * C, p->captions[it->caption].context, sizeof(float) * CAPTION_TOKENS * C);
         memcpy(pooled + (size_t)k * P, p->captions[it->caption].pooled, sizeof(float) * P);
     }
@@ -797,8 +802,7 @@ static float validation_loss(Run* r) {
         float* latents = xmalloc(sizeof(float) * per);
         float* noise = xmalloc(sizeof(float) * per);
         torch_randn(&g, noise, per);
-        for (size_t e = 0; e < per; e++)
-            latents[e] = (it->mean[0][e] + expf(0.5f * it->logvar[0][e]) * noise[e]) * r->model.vae.config.scaling_factor;
+        sample_latents(latents, it->mean[0], it->logvar[0], noise, per, r->model.vae.config.scaling_factor);
         torch_randn(&g, noise, per);
         int64_t t;
         torch_randint(&g, &t, 1, 0, r->tr.noise.steps);
