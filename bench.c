@@ -125,19 +125,6 @@ static int bench_matmul(int argc, char** argv) {
 
 static double mib(size_t bytes) { return bytes / 1048576.0; }
 
-static const char* precision_label(DType t) { return t == DT_F32 ? "fp32" : t == DT_F16 ? "fp16" : "bf16"; }
-
-// --precision for the UNet, --vae-precision for the VAE: "auto" is generate's choice (fp16 and
-// bf16 on CUDA, fp32 on the CPU).
-static SdxlPrecision bench_precision(const char* unet, const char* vae) {
-    int gpu = backend_current() == BACKEND_CUDA;
-    SdxlPrecision p;
-    p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
-    p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
-    p.text = p.unet == DT_F32 ? DT_F32 : DT_F16; // the text encoders follow the UNet: f32 or f16
-    return p;
-}
-
 // The whole SDXL base architecture with Gaussian random weights (weights_fill_random_gaussian),
 // and the demo's byte-level tokenizers (written under build/bench_tokenizer*): what `generate`
 // runs, minus the download.
@@ -207,7 +194,7 @@ static int bench_unet(int argc, char** argv) {
     if (batch < 1 || batch > 16) fatal("--batch must be in [1, 16] (got %d)", batch);
     if (repeat < 1 || repeat > 1000) fatal("--repeat must be in [1, 1000] (got %d)", repeat);
     backend_select_by_name(backend);
-    SdxlPrecision prec = bench_precision(precision, "auto");
+    SdxlPrecision prec = model_precision(precision, "auto");
     UnetConfig cfg;
     unet_config_sdxl(&cfg);
     Unet u;
@@ -217,7 +204,7 @@ static int bench_unet(int argc, char** argv) {
     size_t params = 0;
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     printf("sdxl bench unet: SDXL base UNet, %zu parameters (%.2f GiB %s), random weights in %.1f s, backend %s\n", params,
-           params * (double)dtype_size(prec.unet) / (1 << 30), precision_label(prec.unet), now_seconds() - t0,
+           params * (double)dtype_size(prec.unet) / (1 << 30), precision_name(prec.unet), now_seconds() - t0,
            backend_name(backend_current()));
     for (int sz = 0; sz < n_sizes; sz++) {
         int W = sizes[sz][0], H = sizes[sz][1], h = H / 8, w = W / 8, L = 77;
@@ -254,7 +241,7 @@ static int bench_unet(int argc, char** argv) {
         double flops = unet_flops(&cfg, batch, h, w, L);
         // the old one-line form first (scripts read "<s> s per evaluation")
         printf("unet %dx%d px (latent %dx%d), batch %d, %s: %.4f s per evaluation (median of %d; best %.4f)\n", W, H, w, h,
-               batch, precision_label(prec.unet), median, repeat, best);
+               batch, precision_name(prec.unet), median, repeat, best);
         printf("  %.2f evaluations/s%s, %.1f TFLOP/s (%.3f TFLOP each)", 1.0 / median,
                batch == 2 ? " = denoising steps/s with CFG" : "", flops / median / 1e12, flops / 1e12);
         if (backend_current() == BACKEND_CUDA)
@@ -296,13 +283,13 @@ static int bench_generate(int argc, char** argv) {
     if (width < 64 || height < 64 || width > 4096 || height > 4096) fatal("--width and --height must be in 64..4096");
     if (steps < 1 || steps > 1000) fatal("--steps must be in 1..1000 (got %d)", steps);
     backend_select_by_name(backend);
-    SdxlPrecision prec = bench_precision(precision, vae_precision);
+    SdxlPrecision prec = model_precision(precision, vae_precision);
     double t0 = now_seconds();
     SdxlModel m;
     random_sdxl(&m, &prec);
     device_synchronize();
     printf("sdxl bench generate: random full-size SDXL (UNet %s, VAE %s, text encoders %s) built in %.1f s on %s\n",
-           precision_label(prec.unet), precision_label(prec.vae), precision_label(prec.text), now_seconds() - t0,
+           precision_name(prec.unet), precision_name(prec.vae), precision_name(prec.text), now_seconds() - t0,
            backend_name(backend_current()));
     GenerateParams p = {0};
     // The demo's byte-level tokenizer makes a token of every character, so these stay within one
@@ -384,7 +371,7 @@ static int bench_train(int argc, char** argv) {
     if (strcmp(targets, "transformer") == 0) target_set = UNET_LORA_TRANSFORMER;
     else if (strcmp(targets, "attention") != 0) fatal("--targets: expected attention or transformer, got '%s'", targets);
     backend_select_by_name(backend);
-    SdxlPrecision prec = bench_precision(precision, "auto");
+    SdxlPrecision prec = model_precision(precision, "auto");
     char err[ERR_MAX];
     UnetConfig cfg;
     if (unet_config) {
@@ -401,7 +388,7 @@ static int bench_train(int argc, char** argv) {
     int h = height / 8, w = width / 8, L = 77, pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim;
     printf("sdxl bench train: %s UNet, %zu parameters (%s), random weights in %.1f s, backend %s; %dx%d px (latent %dx%d), "
            "batch %d, %d micro-batches per step\n",
-           unet_config ? unet_config : "SDXL base", params, precision_label(prec.unet), now_seconds() - t0,
+           unet_config ? unet_config : "SDXL base", params, precision_name(prec.unet), now_seconds() - t0,
            backend_name(backend_current()), width, height, w, h, batch, accum);
     // one micro-batch of random inputs, used for every step
     size_t n = (size_t)batch * 4 * h * w;

@@ -94,6 +94,17 @@ int precision_by_name(const char* name, const char* option) {
     fatal("%s: expected fp32, fp16 or bf16, got '%s'", option, name);
 }
 
+const char* precision_name(DType t) { return t == DT_F32 ? "fp32" : t == DT_F16 ? "fp16" : "bf16"; }
+
+SdxlPrecision model_precision(const char* unet, const char* vae) {
+    int gpu = backend_current() == BACKEND_CUDA;
+    SdxlPrecision p;
+    p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
+    p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
+    p.text = p.unet == DT_F32 ? DT_F32 : DT_F16;
+    return p;
+}
+
 void backend_select_by_name(const char* name) {
     if (strcmp(name, "cpu") == 0) backend_select(BACKEND_CPU);
     else if (strcmp(name, "cuda") == 0) backend_select(BACKEND_CUDA);

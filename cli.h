@@ -5,6 +5,9 @@
 // values, so the three cannot drift apart. Every bad argument is a one-line error.
 #pragma once
 
+#include "pipeline.h" // SdxlPrecision
+#include "tensor.h"   // DType
+
 typedef enum { OPT_INT, OPT_FLOAT, OPT_DOUBLE, OPT_STRING, OPT_FLAG } OptionType;
 
 typedef struct {
@@ -26,3 +29,10 @@ void backend_select_by_name(const char* name);
 // A --precision value: "fp32", "fp16" or "bf16" -> the storage type; `option` names the flag in the
 // one-line error for anything else.
 int precision_by_name(const char* name, const char* option);
+// The name precision_by_name takes for a storage type: "fp32", "fp16" or "bf16".
+const char* precision_name(DType t);
+// --precision (the UNet; the text encoders follow it: f32, or f16 for a 16-bit UNet) and
+// --vae-precision. "auto" is the fast path on a GPU (UNet and text encoders f16 on the tensor
+// cores, VAE bf16, which has f32's range: SDXL's VAE overflows in f16) and the reference on the
+// CPU (f32, what the tests compare with diffusers).
+SdxlPrecision model_precision(const char* unet, const char* vae);

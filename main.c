@@ -147,21 +147,6 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
-// --precision: the UNet's storage and arithmetic (the text encoders follow it: f32, or f16 for a
-// 16-bit UNet), and --vae-precision the VAE's. "auto" is the fast path on a GPU (UNet and text
-// encoders f16 on the tensor cores, VAE bf16, which has f32's range: SDXL's VAE overflows in f16)
-// and the reference on the CPU (f32, what the tests compare with diffusers).
-static SdxlPrecision model_precision(const char* unet, const char* vae) {
-    int gpu = backend_current() == BACKEND_CUDA;
-    SdxlPrecision p;
-    p.unet = strcmp(unet, "auto") == 0 ? (gpu ? DT_F16 : DT_F32) : (DType)precision_by_name(unet, "--precision");
-    p.vae = strcmp(vae, "auto") == 0 ? (gpu ? DT_BF16 : DT_F32) : (DType)precision_by_name(vae, "--vae-precision");
-    p.text = p.unet == DT_F32 ? DT_F32 : DT_F16; // the text encoders follow the UNet: f32 or f16
-    return p;
-}
-
-static const char* precision_name(DType t) { return t == DT_F32 ? "fp32" : t == DT_F16 ? "fp16" : "bf16"; }
-
 static void load_model(SdxlModel* model, const char* path, const char* variant, const char* config, const char* tokenizer,
                        const SdxlPrecision* precision, const char* lora, float lora_scale) {
     char err[ERR_MAX];
