@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void fatal(const char* fmt, ...) {
     fflush(stdout);
@@ -112,29 +113,37 @@ int read_file(const char* path, uint8_t** data, size_t* size, char* err) {
     *size = 0;
     FILE* f = fopen(path, "rb");
     if (!f) return set_error(err, "%s: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
+    // only regular files: a FIFO would block, a device never ends, a folder reads as garbage
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) {
+        int e = errno;
         fclose(f);
-        return set_error(err, "%s: cannot seek: %s", path, strerror(errno));
+        return set_error(err, "%s: %s", path, strerror(e));
     }
-    long len = ftell(f);
-    if (len < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    if (!S_ISREG(sb.st_mode)) {
         fclose(f);
-        return set_error(err, "%s: cannot determine file size", path);
+        return set_error(err, "%s: %s, not a regular file", path, S_ISDIR(sb.st_mode) ? "a folder" : "a device, FIFO or socket");
     }
-    uint8_t* buf = malloc((size_t)len + 1);
+    if ((uint64_t)sb.st_size > FILE_READ_MAX_BYTES) {
+        fclose(f);
+        return set_error(err, "%s: %.2f GiB is above the %d GiB limit for a file read whole", path,
+                         (double)sb.st_size / (1 << 30), (int)(FILE_READ_MAX_BYTES >> 30));
+    }
+    size_t len = (size_t)sb.st_size;
+    uint8_t* buf = malloc(len + 1);
     if (!buf) {
         fclose(f);
-        return set_error(err, "%s: out of memory reading %ld bytes", path, len);
+        return set_error(err, "%s: out of memory reading %zu bytes", path, len);
     }
-    size_t got = fread(buf, 1, (size_t)len, f);
+    size_t got = fread(buf, 1, len, f);
     fclose(f);
-    if (got != (size_t)len) {
+    if (got != len) {
         free(buf);
-        return set_error(err, "%s: read %zu of %ld bytes", path, got, len);
+        return set_error(err, "%s: read %zu of %zu bytes (the file changed while it was read?)", path, got, len);
     }
     buf[len] = 0;
     *data = buf;
-    *size = (size_t)len;
+    *size = len;
     return 0;
 }
 
@@ -162,13 +171,71 @@ void free_lines(char** lines, int count) {
     free(lines);
 }
 
+// The folder part of path ("." when there is none), into dir.
+static void parent_folder(const char* path, char* dir, size_t cap) {
+    snprintf(dir, cap, "%s", path);
+    char* slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == dir) dir[1] = 0; // "/x" -> "/"
+    else *slash = 0;
+}
+
+int output_file_check(const char* path, char* err) {
+    if (!path[0]) return set_error(err, "an output path is empty");
+    if (strlen(path) >= sizeof(((OutFile*)0)->path)) return set_error(err, "%s: path too long", path);
+    if (path[strlen(path) - 1] == '/') return set_error(err, "%s: names a folder, not a file", path);
+    struct stat sb;
+    if (lstat(path, &sb) == 0) {
+        // rename() would replace a link, a device node or a FIFO with a regular file (as root,
+        // /dev/full itself): only a regular file, or nothing, may stand where an output goes
+        if (S_ISLNK(sb.st_mode)) return set_error(err, "%s: is a symbolic link; refusing to replace it", path);
+        if (S_ISDIR(sb.st_mode)) return set_error(err, "%s: is a folder; name a file", path);
+        if (!S_ISREG(sb.st_mode)) return set_error(err, "%s: is not a regular file (a device, FIFO or socket); refusing to replace it", path);
+    } else if (errno != ENOENT) {
+        return set_error(err, "%s: %s", path, strerror(errno));
+    }
+    char dir[4096];
+    parent_folder(path, dir, sizeof(dir));
+    if (!path_is_dir(dir)) return set_error(err, "%s: folder '%s' does not exist", path, dir);
+    if (access(dir, W_OK) != 0) return set_error(err, "%s: folder '%s' is not writable: %s", path, dir, strerror(errno));
+    return 0;
+}
+
+int output_folder_check(const char* path, char* err) {
+    if (!path[0]) return set_error(err, "an output folder is empty");
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) return set_error(err, "%s: exists and is not a folder", path);
+        if (access(path, W_OK) != 0) return set_error(err, "%s: folder is not writable: %s", path, strerror(errno));
+        return 0;
+    }
+    if (errno != ENOENT) return set_error(err, "%s: %s", path, strerror(errno));
+    char dir[4096], trimmed[4096];
+    snprintf(trimmed, sizeof(trimmed), "%s", path);
+    for (size_t n = strlen(trimmed); n > 1 && trimmed[n - 1] == '/'; n--) trimmed[n - 1] = 0;
+    parent_folder(trimmed, dir, sizeof(dir));
+    if (!path_is_dir(dir)) return set_error(err, "%s: cannot be created: folder '%s' does not exist", path, dir);
+    if (access(dir, W_OK) != 0) return set_error(err, "%s: cannot be created: folder '%s' is not writable", path, dir);
+    return 0;
+}
+
 int out_open(OutFile* o, const char* path, char* err) {
     memset(o, 0, sizeof(*o));
-    if (strlen(path) >= sizeof(o->path)) return set_error(err, "%s: path too long", path);
+    if (output_file_check(path, err) != 0) return -1;
     strcpy(o->path, path);
-    snprintf(o->tmp_path, sizeof(o->tmp_path), "%s.tmp", path);
-    o->f = fopen(o->tmp_path, "wb");
-    if (!o->f) return set_error(err, "%s: %s", o->tmp_path, strerror(errno));
+    // a fresh name beside the target (mkstemp: O_EXCL, so no link planted at a predictable
+    // "<path>.tmp" is followed, and two writers never share one), renamed onto path at the end
+    snprintf(o->tmp_path, sizeof(o->tmp_path), "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(o->tmp_path);
+    if (fd < 0) return set_error(err, "%s: cannot create the file: %s", path, strerror(errno));
+    mode_t mask = umask(0); // mkstemp makes 0600; give the file the mode fopen would have
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask) != 0 || !(o->f = fdopen(fd, "wb"))) {
+        int e = errno;
+        close(fd);
+        remove(o->tmp_path);
+        return set_error(err, "%s: cannot create the file: %s", path, strerror(e));
+    }
     return 0;
 }
 

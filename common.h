@@ -43,8 +43,10 @@ void xfread(void* dst, size_t size, size_t count, FILE* f, const char* path);
 void xfwrite(const void* src, size_t size, size_t count, FILE* f, const char* path);
 void xfclose(FILE* f, const char* path);
 
-// Reads a whole file into a fresh buffer (NUL-terminated, so text can be parsed in place).
-// Returns 0, or -1 with err filled ("path: No such file or directory").
+// Reads a whole file into a fresh buffer (NUL-terminated, so text can be parsed in place). Only a
+// regular file of at most FILE_READ_MAX_BYTES is read (a FIFO or a device is refused, not waited
+// on). Returns 0, or -1 with err filled ("path: No such file or directory").
+#define FILE_READ_MAX_BYTES ((size_t)1 << 30) // 1 GiB: configs, vocabularies, metadata.jsonl, images
 int read_file(const char* path, uint8_t** data, size_t* size, char* err);
 
 // Reads a list file: one entry per line (\n, \r\n or \r), leading blanks trimmed, empty lines and
@@ -53,13 +55,22 @@ int read_file(const char* path, uint8_t** data, size_t* size, char* err);
 int read_lines(const char* path, char*** lines, int* count, char* err);
 void free_lines(char** lines, int count); // frees what read_lines returned (NULL is fine)
 
-// Atomic output. out_open() opens "<path>.tmp"; out_commit() flushes, closes and renames it onto
-// path, checking each step; out_abort() closes and removes the temporary file.
+// Atomic output. out_open() checks path (output_file_check), then opens a fresh temporary file
+// beside it ("<path>.tmp.XXXXXX"); out_commit() flushes, closes and renames it onto path, checking
+// each step; out_abort() closes and removes the temporary file. Errors name path, never the
+// temporary name.
 typedef struct {
     FILE* f;
     char path[4096];     // final name
-    char tmp_path[4100]; // path + ".tmp"
+    char tmp_path[4112]; // path + ".tmp.XXXXXX"
 } OutFile;
+// The checks an output path must pass, for callers to run before the slow work: path is absent
+// or a regular file (never a link, folder, device or FIFO, which the rename would replace), and
+// its folder exists and is writable. Returns 0, or -1 with err naming path.
+int output_file_check(const char* path, char* err);
+// The same for an output folder: it is a folder, or it is absent and its parent folder exists
+// (one mkdir will create it). Returns 0, or -1 with err naming path.
+int output_folder_check(const char* path, char* err);
 int out_open(OutFile* o, const char* path, char* err);
 int out_write(OutFile* o, const void* data, size_t bytes, char* err);
 int out_commit(OutFile* o, char* err);

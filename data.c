@@ -8,6 +8,7 @@
 // make_bucket_resolutions and library/train_util.py BucketManager.select_bucket.
 #include "data.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "image.h"
 #include "jpeg.h"
 #include "json.h"
+#include "unicode.h"
 
 // ----------------------------------------------------------------------------
 // The imagefolder
@@ -42,11 +44,124 @@ static int bad_line(Dataset* d, int skip_bad, char* err, const char* fmt, ...) {
     return 0;
 }
 
-int dataset_open(Dataset* d, const char* root, const char* caption_column, int skip_bad, char* err) {
+// The image a file_name names, or why it may not be read. The name is relative to the metadata's
+// folder and must stay inside it: not absolute, no ".." that climbs above the folder (a ".."
+// that comes back down, "a/../b.png", is fine), and, unless follow_links, no symbolic link on
+// the way that leads outside it (the resolved path must lie under the folder's resolved path).
+// datasets itself joins the name with no check; a trainer that reads "../../etc/passwd" because
+// a downloaded metadata.jsonl says so is a hole, not a feature.
+static int resolve_file_name(const char* folder, const char* real_folder, const char* name, int follow_links, char* path,
+                             size_t cap, char* why, size_t why_cap) {
+    if (name[0] == '/') return snprintf(why, why_cap, "file_name '%s' is absolute; it must be relative to %s", name, folder), -1;
+    int depth = 0;
+    for (const char* p = name; *p;) {
+        const char* end = strchr(p, '/');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == 2 && p[0] == '.' && p[1] == '.' && --depth < 0)
+            return snprintf(why, why_cap, "file_name '%s' leaves the dataset folder %s ('..')", name, folder), -1;
+        if (n > 0 && !(n == 1 && p[0] == '.') && !(n == 2 && p[0] == '.' && p[1] == '.')) depth++;
+        p += n + (end != NULL);
+    }
+    if ((size_t)snprintf(path, cap, "%s/%s", folder, name) >= cap)
+        return snprintf(why, why_cap, "file_name '%.64s...' is too long", name), -1;
+    if (!is_file(path)) return snprintf(why, why_cap, "image '%.400s' not found", path), -1;
+    if (!follow_links) {
+        char* real = realpath(path, NULL);
+        size_t n = strlen(real_folder);
+        int inside = real && strncmp(real, real_folder, n) == 0 && (real[n] == '/' || (n == 1 && real_folder[0] == '/'));
+        if (!inside) {
+            snprintf(why, why_cap, "file_name '%s' leads outside the dataset folder %s through a symbolic link (to %s; "
+                     "--follow-links allows it)", name, folder, real ? real : "?");
+            free(real);
+            return -1;
+        }
+        free(real);
+    }
+    return 0;
+}
+
+// A caption as the text encoders will get it: at most DATA_CAPTION_MAX_BYTES, and valid UTF-8,
+// ill-formed bytes replaced by U+FFFD as Python's bytes.decode("utf-8", errors="replace") does
+// (and as our tokenizer would read them anyway), so the cache key, the log and the encoders all
+// see the same text. *replaced says whether anything was.
+static char* caption_text(const JsonValue* v, int* replaced) {
+    CodePoints cps = {0};
+    utf8_decode(v->string, v->length, &cps);
+    StrBuf b = {0};
+    for (int i = 0; i < cps.n; i++) {
+        char bytes[4];
+        strbuf_append(&b, bytes, (size_t)utf8_encode(cps.v[i], bytes));
+    }
+    free(cps.v);
+    if (!b.s) strbuf_cat(&b, "");
+    *replaced = b.len != v->length || memcmp(b.s, v->string, b.len) != 0;
+    return b.s;
+}
+
+int dataset_parse(Dataset* d, const char* text, size_t size, const char* meta, const char* folder, const DatasetOptions* o,
+                  char* err) {
     memset(d, 0, sizeof(*d));
-    snprintf(d->root, sizeof(d->root), "%s", root);
+    char* real_folder = realpath(folder, NULL);
+    if (!real_folder) return set_error(err, "%s: %s", folder, strerror(errno));
+    int cap = 64, line_no = 0, rc = 0, invalid_utf8 = 0;
+    d->items = xmalloc(sizeof(DataItem) * cap);
+    // every line counts for the line numbers, empty ones included (JSON Lines allows them)
+    for (const char* line = text; line < text + size && rc == 0;) {
+        const char* nl = memchr(line, '\n', (size_t)(text + size - line));
+        const char* next = nl ? nl + 1 : text + size;
+        size_t len = (size_t)((nl ? nl : text + size) - line);
+        line_no++;
+        while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) len--;
+        const char* this_line = line;
+        line = next;
+        if (len == 0) continue;
+        JsonDoc doc;
+        char jerr[ERR_MAX];
+        if (json_parse(&doc, this_line, len, jerr) != 0) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: not JSON (%s)", meta, line_no, jerr);
+            continue;
+        }
+        const JsonValue* file = json_get(&doc.root, "file_name");
+        const JsonValue* caption = json_get(&doc.root, o->caption_column);
+        char path[4096], why[ERR_MAX];
+        if (doc.root.type != JSON_OBJECT) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: not a JSON object", meta, line_no);
+        } else if (!file || file->type != JSON_STRING || !file->string[0]) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: no \"file_name\" string", meta, line_no);
+        } else if (strlen(file->string) != file->length) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: \"file_name\" holds a NUL character", meta, line_no);
+        } else if (!caption || caption->type != JSON_STRING) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: no \"%s\" string (the caption column; --caption-column names another)",
+                          meta, line_no, o->caption_column);
+        } else if (caption->length > DATA_CAPTION_MAX_BYTES) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: the caption is %zu bytes, above the limit of %d", meta, line_no,
+                          caption->length, DATA_CAPTION_MAX_BYTES);
+        } else if (resolve_file_name(folder, real_folder, file->string, o->follow_links, path, sizeof(path), why, sizeof(why))) {
+            rc = bad_line(d, o->skip_bad, err, "%s line %d: %s", meta, line_no, why);
+        } else {
+            int replaced;
+            char* text_ok = caption_text(caption, &replaced);
+            if (replaced && ++invalid_utf8 <= 5)
+                fprintf(stderr, "warning: %s line %d: the caption is not valid UTF-8; bad bytes read as U+FFFD\n", meta, line_no);
+            if (d->count == cap) d->items = xrealloc(d->items, sizeof(DataItem) * (cap *= 2));
+            d->items[d->count].file = xstrdup(path);
+            d->items[d->count].caption = text_ok;
+            d->count++;
+        }
+        json_free(&doc);
+    }
+    free(real_folder);
+    if (invalid_utf8 > 5) fprintf(stderr, "warning: %s: %d captions in all were not valid UTF-8\n", meta, invalid_utf8);
+    if (rc == 0 && d->count == 0) rc = set_error(err, "%s: no usable lines (an imagefolder needs at least one image)", meta);
+    if (rc != 0) dataset_free(d);
+    return rc;
+}
+
+int dataset_open(Dataset* d, const char* root, const DatasetOptions* o, char* err) {
+    memset(d, 0, sizeof(*d));
     // metadata.jsonl at the root, or in the train split's folder
     char meta[4400], folder[4200];
+    if (strlen(root) >= 4000) return set_error(err, "%.64s...: path too long", root);
     snprintf(folder, sizeof(folder), "%s", root);
     snprintf(meta, sizeof(meta), "%s/metadata.jsonl", folder);
     if (!is_file(meta)) {
@@ -54,49 +169,14 @@ int dataset_open(Dataset* d, const char* root, const char* caption_column, int s
         snprintf(meta, sizeof(meta), "%s/metadata.jsonl", folder);
         if (!is_file(meta))
             return set_error(err, "%s: no metadata.jsonl (an imagefolder needs one line {\"file_name\": ..., \"%s\": ...} per "
-                                  "image, at the top or in train/)", root, caption_column);
+                                  "image, at the top or in train/)", root, o->caption_column);
     }
     uint8_t* text;
     size_t size;
     if (read_file(meta, &text, &size, err) != 0) return -1;
-    int cap = 64, line_no = 0, rc = 0;
-    d->items = xmalloc(sizeof(DataItem) * cap);
-    char* save = NULL;
-    // lines one by one; strtok_r would merge empty lines, which is fine (JSON Lines allows them)
-    for (char* line = strtok_r((char*)text, "\n", &save); line && rc == 0; line = strtok_r(NULL, "\n", &save)) {
-        line_no++;
-        size_t len = strlen(line);
-        while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) line[--len] = 0;
-        if (len == 0) continue;
-        JsonDoc doc;
-        char jerr[ERR_MAX];
-        if (json_parse(&doc, line, len, jerr) != 0) {
-            rc = bad_line(d, skip_bad, err, "%s line %d: not JSON (%s)", meta, line_no, jerr);
-            continue;
-        }
-        const char* file = json_get_string(&doc.root, "file_name");
-        const char* caption = json_get_string(&doc.root, caption_column);
-        char path[8400];
-        if (doc.root.type != JSON_OBJECT) {
-            rc = bad_line(d, skip_bad, err, "%s line %d: not a JSON object", meta, line_no);
-        } else if (!file || !file[0]) {
-            rc = bad_line(d, skip_bad, err, "%s line %d: no \"file_name\" string", meta, line_no);
-        } else if (!caption) {
-            rc = bad_line(d, skip_bad, err, "%s line %d: no \"%s\" string (the caption column; --caption-column names another)",
-                          meta, line_no, caption_column);
-        } else if (snprintf(path, sizeof(path), "%s/%s", folder, file), !is_file(path)) {
-            rc = bad_line(d, skip_bad, err, "%s line %d: image '%s' not found", meta, line_no, path);
-        } else {
-            if (d->count == cap) d->items = xrealloc(d->items, sizeof(DataItem) * (cap *= 2));
-            d->items[d->count].file = xstrdup(path);
-            d->items[d->count].caption = xstrdup(caption);
-            d->count++;
-        }
-        json_free(&doc);
-    }
+    int rc = dataset_parse(d, (const char*)text, size, meta, folder, o, err);
     free(text);
-    if (rc == 0 && d->count == 0) rc = set_error(err, "%s: no usable lines (an imagefolder needs at least one image)", meta);
-    if (rc != 0) dataset_free(d);
+    if (rc == 0) snprintf(d->root, sizeof(d->root), "%s", root);
     return rc;
 }
 

@@ -41,12 +41,26 @@ typedef struct {
     int skipped; // lines left out with a warning (only with skip_bad)
 } Dataset;
 
+#define DATA_CAPTION_MAX_BYTES 65536 // a longer caption is an error (a data bug: CLIP reads 77 tokens)
+
+typedef struct {
+    const char* caption_column; // "text" (datasets' default), or the --caption-column
+    int skip_bad;               // bad lines are left out with a warning instead of failing
+    int follow_links;           // a file_name may reach outside the folder through a symbolic link
+} DatasetOptions;
+
 // Reads root/metadata.jsonl (or root/train/metadata.jsonl). Every line must be a JSON object with
-// a string "file_name" naming an existing file under the metadata's folder and a string in the
-// caption column; anything else is a one-line error naming the file and line ("data/metadata.jsonl
-// line 7: no \"text\" column"), or, with skip_bad, a warning on stderr and the line is left out.
-// Returns 0, or -1 with err filled.
-int dataset_open(Dataset* d, const char* root, const char* caption_column, int skip_bad, char* err);
+// a string "file_name" naming an existing file inside the metadata's folder (relative, no ".."
+// above the folder, no symbolic link out of it unless follow_links) and a string of at most
+// DATA_CAPTION_MAX_BYTES in the caption column; anything else is a one-line error naming the file
+// and line ("data/metadata.jsonl line 7: no \"text\" string"), or, with skip_bad, a warning on
+// stderr and the line is left out. A caption that is not valid UTF-8 is kept with its bad bytes
+// replaced by U+FFFD (Python's errors="replace"), with a warning. Returns 0, or -1 with err filled.
+int dataset_open(Dataset* d, const char* root, const DatasetOptions* o, char* err);
+// The same on metadata text already read (text[0..size)): `meta` names it in messages, file names
+// are resolved against `folder`. For dataset_open and the fuzzer.
+int dataset_parse(Dataset* d, const char* text, size_t size, const char* meta, const char* folder, const DatasetOptions* o,
+                  char* err);
 void dataset_free(Dataset* d);
 
 // PNG or JPEG by content (not by name), as 8-bit RGB (PIL's convert("RGB")).

@@ -978,18 +978,37 @@ int eval_run(const EvalOptions* o, char* err) {
             return set_error(err, "%s: %d prompts for %d images in %s (one prompt per line, in the images' name order)",
                              o->prompts_file, n_prompts, n, o->images_dir);
     }
+    // every path checked before any evaluator loads: the report folder and its three files, and
+    // each evaluator's weights
+    int rc = o->lists_dir && !o->clip ? set_error(err, "--interrogator-lists needs --clip (the labels are ranked with CLIP)") : 0;
+    if (rc == 0) rc = output_folder_check(o->out_dir, err);
+    const char* reports[3] = {"report.json", "report.csv", "report.html"};
+    for (int i = 0; i < 3 && rc == 0 && path_is_dir(o->out_dir); i++) {
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", o->out_dir, reports[i]);
+        rc = output_file_check(path, err);
+    }
+    const struct { const char* path; const char* option; } inputs[] = {
+        {o->clip, "--clip"}, {o->yolo, "--yolo"}, {o->blip, "--blip"}, {o->minilm, "--minilm"}, {o->lists_dir, "--interrogator-lists"},
+    };
+    for (size_t i = 0; i < sizeof(inputs) / sizeof(inputs[0]) && rc == 0; i++) {
+        struct stat sb;
+        if (inputs[i].path && stat(inputs[i].path, &sb) != 0)
+            rc = set_error(err, "%s: %s (%s)", inputs[i].path, strerror(errno), inputs[i].option);
+    }
+    if (rc != 0) {
+        free_lines(files, n);
+        free_lines(prompts, n_prompts);
+        return -1;
+    }
     Evaluators ev;
     memset(&ev, 0, sizeof(ev));
-    int rc = 0;
     double t0 = now_seconds();
     if (o->clip && (rc = clip_model_load(&ev.clip, o->clip, NULL, err)) == 0) ev.has_clip = 1;
     if (rc == 0 && o->yolo && (rc = yolo_load(&ev.yolo, o->yolo, err)) == 0) ev.has_yolo = 1;
     if (rc == 0 && o->blip && (rc = blip_load(&ev.blip, o->blip, err)) == 0) ev.has_blip = 1;
     if (rc == 0 && o->minilm && (rc = minilm_load(&ev.minilm, o->minilm, err)) == 0) ev.has_minilm = 1;
-    if (rc == 0 && o->lists_dir) {
-        if (!ev.has_clip) rc = set_error(err, "--interrogator-lists needs --clip (the labels are ranked with CLIP)");
-        else rc = load_interrogator_lists(&ev, o, err);
-    }
+    if (rc == 0 && o->lists_dir) rc = load_interrogator_lists(&ev, o, err);
     if (rc != 0) {
         evaluators_free(&ev);
         return -1;
@@ -1043,8 +1062,8 @@ int eval_run(const EvalOptions* o, char* err) {
              "interrogator %s; judge %s", o->images_dir, o->width, o->height, o->clip ? o->clip : "none", o->yolo ? o->yolo : "none",
              o->blip ? o->blip : "none", o->beams, o->minilm ? o->minilm : "none", o->lists_dir ? o->interrogate : "none",
              o->judge_cmd ? o->judge_cmd : "none");
-    mkdir(o->out_dir, 0755); // an existing folder is fine; the report writer reports anything else
-    rc = eval_write_reports(o->out_dir, records, n, thumbs, settings, err);
+    rc = make_dir(o->out_dir, err);
+    if (rc == 0) rc = eval_write_reports(o->out_dir, records, n, thumbs, settings, err);
     if (rc == 0 && !o->quiet) {
         eval_print_summary(records, n);
         printf("\nwrote %s/report.json, report.csv, report.html\n", o->out_dir);

@@ -279,8 +279,8 @@ static void image_new(Image* dst, int w, int h, int channels, int depth) {
 int image_resize_pil(const Image* src, int width, int height, ResampleFilter filter, Image* dst, char* err) {
     if (image_check(src, "resize", err) != 0) return -1;
     if (src->depth != 8) return set_error(err, "resize: %d-bit images are not supported (convert to 8 bits first)", src->depth);
-    if (width < 1 || height < 1 || (uint64_t)width * (uint64_t)height > PNG_MAX_PIXELS)
-        return set_error(err, "resize: bad target size %d x %d (1 to %u pixels)", width, height, PNG_MAX_PIXELS);
+    if (width < 1 || height < 1 || (uint64_t)width * (uint64_t)height > IMAGE_MAX_PIXELS)
+        return set_error(err, "resize: bad target size %d x %d (1 to %u pixels)", width, height, IMAGE_MAX_PIXELS);
     const Filter* f = NULL;
     switch (filter) {
     case RESAMPLE_NEAREST: break;

@@ -541,9 +541,9 @@ static int jpeg_read_sof(JpegDecoder* d, int marker, const uint8_t* p, int len) 
     if (len != 6 + 3 * n) return set_error(d->err, "%s: bad SOF marker length", d->name);
     if (n == 4) return set_error(d->err, "%s: 4-component (CMYK or YCCK) JPEG is not supported", d->name);
     if (n != 1 && n != 3) return set_error(d->err, "%s: %d-component JPEG is not supported (only 1 or 3)", d->name, n);
-    if (d->width > JPEG_MAX_DIM || d->height > JPEG_MAX_DIM || (uint64_t)d->width * d->height > JPEG_MAX_PIXELS)
+    if (d->width > JPEG_MAX_DIM || d->height > JPEG_MAX_DIM || (uint64_t)d->width * d->height > IMAGE_MAX_PIXELS)
         return set_error(d->err, "%s: image too large (%d x %d; at most %d on a side and %u pixels)", d->name, d->width,
-                         d->height, JPEG_MAX_DIM, JPEG_MAX_PIXELS);
+                         d->height, JPEG_MAX_DIM, IMAGE_MAX_PIXELS);
     d->ncomp = n;
     d->hmax = d->vmax = 1;
     for (int i = 0; i < n; i++) {

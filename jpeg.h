@@ -30,9 +30,8 @@
 
 #include "png.h" // Image, image_free
 
-// Largest image we decode: 2^28 pixels, as for PNG (png.h), and at most 65500 on a side, the
-// limit libjpeg-turbo enforces (JPEG_MAX_DIMENSION). Checked before anything is allocated.
-#define JPEG_MAX_PIXELS (1u << 28)
+// Largest image we decode: IMAGE_MAX_PIXELS, as for PNG (png.h), and at most 65500 on a side,
+// the limit libjpeg-turbo enforces (JPEG_MAX_DIMENSION). Checked before anything is allocated.
 #define JPEG_MAX_DIM 65500
 
 // 1 when data starts with the JPEG SOI marker (FF D8), so a loader can dispatch on content.

@@ -5,7 +5,8 @@
 //   sdxl eval                 judge a folder of thumbnails and write report.json/csv/html
 //   sdxl demo                 the whole pipeline on a tiny random-weight SDXL (no download)
 //   sdxl info                 what this binary was built with and what it can see
-//   sdxl bench matmul|unet|generate  GEMM throughput; full-size UNet evaluations; a whole thumbnail
+//   sdxl bench matmul|unet|generate|train  GEMM throughput; full-size UNet evaluations; a whole
+//                             thumbnail; LoRA training steps
 //   sdxl verify unet          our UNet against a reference evaluation from another implementation
 #include <math.h>
 #include <stdio.h>
@@ -72,19 +73,52 @@ typedef struct {
     int width, height;
     const char* out;
     int no_style;
+    int verbose;
 } GenerateOptions;
 
-static void make_parent_dir(const char* path) {
-    char dir[4400];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char* slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = 0;
-        mkdir(dir, 0755); // an existing folder is fine; the PNG writer reports anything else
+// The prompts of a run, read before anything slow: --prompt, or every line of --prompts.
+typedef struct {
+    char** prompts;
+    int count;
+} PromptList;
+
+static PromptList prompt_list(const GenerateOptions* o) {
+    PromptList l;
+    if (o->prompts_file) {
+        l.count = read_prompts(o->prompts_file, &l.prompts);
+    } else {
+        l.prompts = xmalloc(sizeof(char*));
+        l.prompts[0] = xstrdup(o->prompt);
+        l.count = 1;
+    }
+    return l;
+}
+
+// Where prompt i goes: --out itself, or <out>/001.png, 002.png, ... with --prompts.
+static void output_path(const GenerateOptions* o, int i, char* path, size_t cap) {
+    if (o->prompts_file) snprintf(path, cap, "%s/%03d.png", o->out, i + 1);
+    else snprintf(path, cap, "%s", o->out);
+}
+
+// The outputs checked before the model loads: a single PNG's folder must exist; the --prompts
+// folder may be absent (its parent must exist), and no file it would replace may be anything but
+// a regular file.
+static void check_outputs(const GenerateOptions* o, int n_prompts) {
+    char err[ERR_MAX];
+    if (!o->prompts_file) {
+        if (output_file_check(o->out, err) != 0) fatal("%s (--out)", err);
+        return;
+    }
+    if (output_folder_check(o->out, err) != 0) fatal("%s (--out)", err);
+    if (!path_is_dir(o->out)) return;
+    for (int i = 0; i < n_prompts; i++) {
+        char path[4200];
+        output_path(o, i, path, sizeof(path));
+        if (output_file_check(path, err) != 0) fatal("%s", err);
     }
 }
 
-static int run_prompts(SdxlModel* model, const GenerateOptions* o) {
+static int run_prompts(SdxlModel* model, const GenerateOptions* o, const PromptList* prompts) {
     GenerateParams p = {0};
     if (sampler_from_name(o->sampler, &p.sampler) != 0)
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
@@ -102,36 +136,24 @@ static int run_prompts(SdxlModel* model, const GenerateOptions* o) {
         if (dot) *dot = 0;
         p.lora_name = lora_name;
     }
-    char** prompts;
-    int n_prompts;
-    if (o->prompts_file) {
-        n_prompts = read_prompts(o->prompts_file, &prompts);
-    } else {
-        prompts = xmalloc(sizeof(char*));
-        prompts[0] = xstrdup(o->prompt);
-        n_prompts = 1;
-    }
+    char err[ERR_MAX];
+    if (o->prompts_file && make_dir(o->out, err) != 0) fatal("%s", err);
     const char* negative = o->negative ? o->negative : o->no_style ? "" : STORYBOARD_NEGATIVE;
-    for (int i = 0; i < n_prompts; i++) {
-        char* full = o->no_style ? xstrdup(prompts[i]) : storyboard_prompt(prompts[i]);
+    for (int i = 0; i < prompts->count; i++) {
+        char* full = o->no_style ? xstrdup(prompts->prompts[i]) : storyboard_prompt(prompts->prompts[i]);
         p.prompt = full;
         p.negative = negative;
         char path[4200];
-        if (o->prompts_file) snprintf(path, sizeof(path), "%s/%03d.png", o->out, i + 1);
-        else snprintf(path, sizeof(path), "%s", o->out);
-        printf("[%d/%d] %s\n", i + 1, n_prompts, full);
+        output_path(o, i, path, sizeof(path));
+        printf("[%d/%d] %s\n", i + 1, prompts->count, full);
         Image img;
-        char err[ERR_MAX];
         double t0 = now_seconds();
         if (sdxl_generate(model, &p, &img, NULL, err) != 0) fatal("%s", err);
-        make_parent_dir(path);
         if (png_write(path, &img, err) != 0) fatal("%s", err);
         printf("  wrote %s (%dx%d) in %.1f s\n", path, img.width, img.height, now_seconds() - t0);
         image_free(&img);
         free(full);
-        free(prompts[i]);
     }
-    free(prompts);
     return 0;
 }
 
@@ -147,16 +169,17 @@ static void validate_generate_options(const GenerateOptions* o) {
         fatal("--sampler: expected one of euler, euler_a, ddim, dpmpp_2m_karras, got '%s'", o->sampler);
 }
 
+// The LoRA is read and checked (format, keys, ranks) before the model loads, and merged after.
 static void load_model(SdxlModel* model, const char* path, const char* variant, const char* config, const char* tokenizer,
                        const SdxlPrecision* precision, const char* lora, float lora_scale) {
     char err[ERR_MAX];
+    Lora l;
+    if (lora && lora_load(&l, lora, err) != 0) fatal("%s", err);
     double t0 = now_seconds();
     if (sdxl_model_load(model, path, variant, config, tokenizer, precision, err) != 0) fatal("%s", err);
     printf("loaded %s in %.1f s (UNet %s, VAE %s, text encoders %s)\n", path, now_seconds() - t0,
            precision_name(precision->unet), precision_name(precision->vae), precision_name(precision->text));
     if (lora) {
-        Lora l;
-        if (lora_load(&l, lora, err) != 0) fatal("%s", err);
         if (lora_merge(&l, lora_scale, &model->unet, &model->te1, &model->te2, err) != 0) fatal("%s", err);
         char desc[512];
         lora_describe(&l, desc, sizeof(desc));
@@ -210,6 +233,7 @@ static int generate_main(int argc, char** argv) {
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--precision", OPT_STRING, &precision, "UNet and text-encoder precision: fp32, fp16, bf16, or auto (fp16 on cuda, fp32 on the CPU)"},
         {"--vae-precision", OPT_STRING, &vae_precision, "VAE precision: fp32, bf16, or auto (bf16 on cuda, fp32 on the CPU)"},
+        {"--verbose", OPT_FLAG, &o.verbose, "print every option's value before the run"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
     const char* usage = "sdxl generate --model PATH --prompt TEXT [options]";
@@ -220,10 +244,18 @@ static int generate_main(int argc, char** argv) {
     validate_generate_options(&o);
     backend_select_by_name(backend);
     SdxlPrecision prec = model_precision(precision, vae_precision);
-    options_print_values(options, n_options);
+    // every input and output checked before the model loads
+    struct stat sb;
+    if (stat(model, &sb) != 0) fatal("%s: no such file or folder (--model)", model);
+    if (config && !path_is_dir(config)) fatal("%s: not a folder (--config)", config);
+    if (tokenizer && !path_is_dir(tokenizer)) fatal("%s: not a folder (--tokenizer)", tokenizer);
+    PromptList prompts = prompt_list(&o);
+    check_outputs(&o, prompts.count);
+    if (o.verbose) options_print_values(options, n_options);
     SdxlModel m;
     load_model(&m, model, variant, config, tokenizer, &prec, o.lora, o.lora_scale);
-    run_prompts(&m, &o);
+    run_prompts(&m, &o, &prompts);
+    free_lines(prompts.prompts, prompts.count);
     sdxl_model_free(&m);
     return 0;
 }
@@ -262,8 +294,18 @@ static int demo_main(int argc, char** argv) {
     validate_generate_options(&o);
     backend_select_by_name(backend);
     SdxlPrecision prec = model_precision(precision, vae_precision);
-    char err[ERR_MAX];
-    make_parent_dir(folder);
+    // the demo makes the folders it writes into (demo_out/ and demo_out/frames/ by default)
+    char err[ERR_MAX], dir[4200];
+    const char* made[2] = {folder, o.out};
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof(dir), "%s", made[i]);
+        char* slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = 0;
+            if (make_dirs(dir, err) != 0) fatal("%s", err);
+        }
+    }
+    check_outputs(&o, 1);
     double t0 = now_seconds();
     if (demo_model_write(folder, 1, err) != 0) fatal("%s", err);
     printf("wrote a tiny random-weight SDXL to %s in %.1f s (its images are noise: the weights are random)\n", folder,
@@ -293,7 +335,9 @@ static int demo_main(int argc, char** argv) {
     o.lora = lora;
     SdxlModel m;
     load_model(&m, folder, NULL, NULL, NULL, &prec, o.lora, o.lora_scale);
-    run_prompts(&m, &o);
+    PromptList prompts = prompt_list(&o);
+    run_prompts(&m, &o, &prompts);
+    free_lines(prompts.prompts, prompts.count);
     sdxl_model_free(&m);
     return 0;
 }
@@ -313,7 +357,7 @@ static int train_main(int argc, char** argv) {
     const char* save_precision = "fp32";
     const char* sample_prompt = NULL;
     const char* sample_prompts_file = NULL;
-    int random_crop = 0, warmup = 0, seed = 42;
+    int random_crop = 0, warmup = 0, seed = 42, verbose = 0;
     float alpha = 0.0f, conv_alpha = 0.0f;
     Option options[] = {
         {"--model", OPT_STRING, &c.model, "the SDXL base model: a diffusers folder, or a single .safetensors (required)"},
@@ -321,6 +365,7 @@ static int train_main(int argc, char** argv) {
         {"--data", OPT_STRING, &c.data, "a Hugging Face imagefolder: images + metadata.jsonl (required)"},
         {"--caption-column", OPT_STRING, &c.caption_column, "the metadata.jsonl key holding the caption"},
         {"--skip-bad", OPT_FLAG, &c.skip_bad, "skip unreadable images and bad lines with a warning instead of stopping"},
+        {"--follow-links", OPT_FLAG, &c.follow_links, "let metadata.jsonl's file_name reach images outside --data through symbolic links"},
         {"--out", OPT_STRING, &c.out, "the LoRA to write, kohya format (required)"},
         {"--out-diffusers", OPT_STRING, &c.out_diffusers, "also write this diffusers-format LoRA (pytorch_lora_weights.safetensors)"},
         {"--save-precision", OPT_STRING, &save_precision, "LoRA file tensors: fp32, fp16 or bf16"},
@@ -370,6 +415,7 @@ static int train_main(int argc, char** argv) {
         {"--log", OPT_STRING, &c.log_csv, "the CSV log (default: <out>.csv)"},
         {"--loss-png", OPT_STRING, &c.loss_png, "the loss curve (default: <out>.loss.png)"},
         {"--quiet", OPT_FLAG, &c.quiet, "no progress lines"},
+        {"--verbose", OPT_FLAG, &verbose, "print every option's value before the run"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
@@ -406,7 +452,7 @@ static int train_main(int argc, char** argv) {
         c.sample_prompts[c.sample_prompt_count++] = sample_prompt;
     }
     backend_select_by_name(backend);
-    options_print_values(options, n_options);
+    if (verbose) options_print_values(options, n_options);
     if (train_run(&c, err) != 0) fatal("%s", err);
     free_lines(prompts, c.sample_prompt_count);
     return 0;
@@ -423,6 +469,7 @@ static int eval_main(int argc, char** argv) {
     o.height = 768;
     o.beams = 3;             // the BLIP paper's captioning: 3 beams, 5 to 20 tokens
     const char* backend = "cpu";
+    int verbose = 0;
     Option options[] = {
         {"--images", OPT_STRING, &o.images_dir, "the folder of PNGs to judge (required)"},
         {"--prompts", OPT_STRING, &o.prompts_file, "one prompt per line in the images' name order (default: each PNG's parameters text)"},
@@ -439,6 +486,7 @@ static int eval_main(int argc, char** argv) {
         {"--height", OPT_INT, &o.height, "expected image height"},
         {"--beams", OPT_INT, &o.beams, "BLIP beam search width (1 = greedy)"},
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
+        {"--verbose", OPT_FLAG, &verbose, "print every option's value before the run"},
     };
     int n_options = sizeof(options) / sizeof(options[0]);
     if (options_parse(options, n_options, argc, argv, 2, "sdxl eval --images DIR [options]")) return 0;
@@ -448,7 +496,7 @@ static int eval_main(int argc, char** argv) {
     if (o.beams < 1 || o.beams > 16) fatal("--beams must be in 1..16 (got %d)", o.beams);
     if (o.width < 1 || o.height < 1) fatal("--width and --height must be positive (got %dx%d)", o.width, o.height);
     backend_select_by_name(backend);
-    options_print_values(options, n_options);
+    if (verbose) options_print_values(options, n_options);
     char err[ERR_MAX];
     if (eval_run(&o, err) != 0) fatal("%s", err);
     return 0;
@@ -483,6 +531,10 @@ static int verify_main(int argc, char** argv) {
         {"--backend", OPT_STRING, &backend, "cpu or cuda"},
         {"--rtol", OPT_FLOAT, &rtol, "pass when max |ours - ref| <= rtol * max |ref|"},
     };
+    if (argc >= 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+        options_print_help(options, sizeof(options) / sizeof(options[0]), "sdxl verify unet --unet DIR --ref FILE [options]");
+        return 0;
+    }
     if (argc < 3 || strcmp(argv[2], "unet") != 0) fatal("usage: sdxl verify unet --unet DIR --ref FILE [--lora FILE]");
     if (options_parse(options, sizeof(options) / sizeof(options[0]), argc, argv, 3, "sdxl verify unet [options]")) return 0;
     if (!unet_dir || !ref_path) fatal("sdxl verify unet needs --unet and --ref");
@@ -558,6 +610,7 @@ static void usage(void) {
            "  bench matmul   GEMM throughput in GFLOP/s (--backend cpu|cuda)\n"
            "  bench unet     seconds per full-size SDXL UNet evaluation (random weights)\n"
            "  bench generate a whole 25-step thumbnail on a random full-size SDXL\n"
+           "  bench train    seconds per LoRA training step on a random full-size SDXL UNet\n"
            "  verify unet    our UNet against a reference evaluation (scripts/check_full_size.sh)\n\n"
            "`sdxl <command> --help` lists a command's options.\n");
 }

@@ -52,6 +52,7 @@ static int load_diffusers_folder(SdxlModel* m, const char* root, const char* var
     char path[4200];
     snprintf(path, sizeof(path), "%s/model_index.json", root);
     JsonDoc index;
+    if (!path_is_file(path)) return set_error(err, "%s: not an SDXL diffusers folder (no model_index.json)", root);
     if (json_read_file(&index, path, err) != 0) return -1;
     const char* cls = json_get_string(&index.root, "_class_name");
     if (!cls || strcmp(cls, "StableDiffusionXLPipeline") != 0) {
@@ -111,6 +112,15 @@ static int single_file_configs(const char* config_dir, UnetConfig* uc, ClipTextC
 
 static int load_single_file(SdxlModel* m, const char* file, const char* config_dir, const char* tokenizer_dir,
                             const SdxlPrecision* p, char* err) {
+    // the file first: a file that is not a checkpoint at all is told so before anything else
+    SafeTensors st;
+    if (safetensors_open(&st, file, err) != 0) return -1;
+    int rc = -1;
+    if (!safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight") ||
+        !safetensors_find(&st, "conditioner.embedders.1.model.positional_embedding")) {
+        set_error(err, "%s: not an SDXL checkpoint in SGM layout (no model.diffusion_model.* or conditioner.embedders.1.model.*)", file);
+        goto done;
+    }
     char tok1_dir[4400], tok2_dir[4400];
     if (tokenizer_dir) { // one folder for both: the second pads with "!" (id 0), as SDXL's tokenizer_2
         snprintf(tok1_dir, sizeof(tok1_dir), "%s", tokenizer_dir);
@@ -119,21 +129,14 @@ static int load_single_file(SdxlModel* m, const char* file, const char* config_d
         snprintf(tok1_dir, sizeof(tok1_dir), "%s/tokenizer", config_dir);
         snprintf(tok2_dir, sizeof(tok2_dir), "%s/tokenizer_2", config_dir);
     } else {
-        return set_error(err, "%s is a single-file checkpoint, which holds no tokenizer: give --tokenizer DIR "
-                              "(a folder with vocab.json and merges.txt, e.g. an SDXL diffusers folder's tokenizer/) "
-                              "or --config DIR (an SDXL diffusers folder)", file);
+        set_error(err, "%s is a single-file checkpoint, which holds no tokenizer: give --tokenizer DIR "
+                       "(a folder with vocab.json and merges.txt, e.g. an SDXL diffusers folder's tokenizer/) "
+                       "or --config DIR (an SDXL diffusers folder)", file);
+        goto done;
     }
-    SafeTensors st;
-    if (safetensors_open(&st, file, err) != 0) return -1;
-    int rc = -1;
     UnetConfig uc;
     ClipTextConfig c1, c2;
     VaeConfig vc;
-    if (!safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight") ||
-        !safetensors_find(&st, "conditioner.embedders.1.model.positional_embedding")) {
-        set_error(err, "%s: not an SDXL checkpoint in SGM layout (no model.diffusion_model.* or conditioner.embedders.1.model.*)", file);
-        goto done;
-    }
     if (single_file_configs(config_dir, &uc, &c1, &c2, &vc, &m->sched, err) != 0) goto done;
     if (tokenizer_load(&m->tok1, tok1_dir, err) != 0) goto done;
     if (tokenizer_load(&m->tok2, tok2_dir, err) != 0) goto done;

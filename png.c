@@ -16,7 +16,7 @@
 // half-decoded image: a bad CRC in any chunk, a truncated file, a missing IHDR/IDAT/IEND, an
 // unknown critical chunk, image data that inflates to more or fewer bytes than the header
 // implies, a bad filter byte and a palette index beyond the palette are all errors. Sizes are
-// checked before every allocation and every read (PNG_MAX_PIXELS in png.h), and the whole file
+// checked before every allocation and every read (IMAGE_MAX_PIXELS in png.h), and the whole file
 // is parsed from memory, so no input can make us read out of bounds.
 //
 // Writing produces 8- or 16-bit gray, gray+alpha, RGB or RGBA, never interlaced, with the filter
@@ -167,9 +167,9 @@ static int png_read_ihdr(PngHeader* h, const uint8_t* d, uint32_t len, const cha
     if (h->width > PNG_MAX_DIM || h->height > PNG_MAX_DIM)
         return set_error(err, "%s: bad IHDR: %u x %u pixels is beyond the PNG limit of 2^31-1 per dimension", name,
                          h->width, h->height);
-    if ((uint64_t)h->width * h->height > PNG_MAX_PIXELS)
-        return set_error(err, "%s: image too large: %u x %u pixels (our limit is %u pixels)", name, h->width, h->height,
-                         PNG_MAX_PIXELS);
+    if ((uint64_t)h->width * h->height > IMAGE_MAX_PIXELS)
+        return set_error(err, "%s: image too large: %u x %u pixels (the limit is %u pixels, PIL's)", name, h->width, h->height,
+                         IMAGE_MAX_PIXELS);
     int d_ok = 0;
     switch (h->color_type) {
     case 0: d_ok = h->depth == 1 || h->depth == 2 || h->depth == 4 || h->depth == 8 || h->depth == 16; h->samples = 1; break;
@@ -636,8 +636,8 @@ static int png_encode_named(const Image* img, uint8_t** buf, size_t* size, const
     *buf = NULL;
     *size = 0;
     int w = img->width, hgt = img->height, ch = img->channels, depth = img->depth;
-    if (w < 1 || hgt < 1 || (uint64_t)w * (uint64_t)hgt > PNG_MAX_PIXELS)
-        return set_error(err, "%s: bad image size %d x %d (1 to %u pixels)", name, w, hgt, PNG_MAX_PIXELS);
+    if (w < 1 || hgt < 1 || (uint64_t)w * (uint64_t)hgt > IMAGE_MAX_PIXELS)
+        return set_error(err, "%s: bad image size %d x %d (1 to %u pixels)", name, w, hgt, IMAGE_MAX_PIXELS);
     if (ch < 1 || ch > 4) return set_error(err, "%s: bad channel count %d (1 to 4)", name, ch);
     if (depth != 8 && depth != 16) return set_error(err, "%s: bad depth %d (8 or 16)", name, depth);
     if (!img->data) return set_error(err, "%s: image has no data", name);

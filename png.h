@@ -15,11 +15,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Largest image we read or write: 2^28 pixels (16384 x 16384), i.e. at most 2 GiB of 16-bit
-// RGBA. The format itself allows 2^31-1 in each dimension; anything near that is a broken or
-// hostile file, and refusing it before allocating keeps a 50-byte file from asking for
-// exabytes.
-#define PNG_MAX_PIXELS (1u << 28)
+// Largest image we read or write, PNG or JPEG: PIL's decompression-bomb limit, 2 x
+// Image.MAX_IMAGE_PIXELS = 2 x 89,478,485 pixels (e.g. 17,000 x 10,527; a 16384 x 16384 image is
+// refused), the size above which PIL.Image.open raises DecompressionBombError, so a file a diffusers
+// or kohya user could open is one we open too. The formats allow far more (PNG: 2^31-1 a side);
+// anything near that is a broken or hostile file, and refusing it before allocating keeps a
+// 50-byte file from asking for exabytes.
+#define IMAGE_MAX_PIXELS 178956970u
 #define PNG_MAX_DIM 0x7fffffffu      // spec 11.2.2: width and height are at most 2^31-1
 #define PNG_MAX_TEXT (64u << 20)     // bytes a compressed text chunk may inflate to
 

@@ -83,14 +83,15 @@ static int read_int_array(const JsonValue* v, int64_t* out, int max, int* count)
 static int parse_file(SafeTensors* st, int fi, char* err) {
     SafeTensorsFile* f = &st->files[fi];
     const char* path = f->path;
-    if (f->size < 8) return set_error(err, "%s: file too small for a safetensors header (%zu bytes)", path, f->size);
+    // A safetensors file starts with the header's length (8 bytes, little-endian), then the
+    // header, a JSON object. Any other file (text, a PNG, a pickle .ckpt) fails one of the first
+    // checks, and is called what it is: not a safetensors file.
+    if (f->size < 8) return set_error(err, "%s: not a safetensors file (%zu bytes, too small for a header)", path, f->size);
     uint64_t header_len = load_le64(f->base);
+    if (header_len > f->size - 8 || header_len < 2 || f->base[8] != '{')
+        return set_error(err, "%s: not a safetensors file (it does not start with a header length and a JSON object)", path);
     if (header_len > SAFETENSORS_MAX_HEADER)
         return set_error(err, "%s: header length %llu is above the 100 MB limit", path, (unsigned long long)header_len);
-    if (header_len > f->size - 8)
-        return set_error(err, "%s: header length %llu runs past the end of the file (%zu bytes)", path,
-                         (unsigned long long)header_len, f->size);
-    if (header_len < 2 || f->base[8] != '{') return set_error(err, "%s: header is not a JSON object", path);
     char jerr[ERR_MAX];
     if (json_parse(&f->header, (const char*)f->base + 8, header_len, jerr) != 0)
         return set_error(err, "%s: invalid JSON header: %s", path, jerr);

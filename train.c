@@ -27,14 +27,19 @@
 // ----------------------------------------------------------------------------
 // 1. Trainable adapters
 
-int lora_trainable_attach(LoraTrainable* t, Unet* u, const LoraTrainConfig* c, TorchGenerator* rng, size_t work_rows,
-                          char* err) {
-    memset(t, 0, sizeof(*t));
+int lora_train_config_check(const LoraTrainConfig* c, char* err) {
     if (c->rank < 1 || c->rank > 1024) return set_error(err, "LoRA rank %d: must be 1 to 1024", c->rank);
     if (!(c->alpha > 0) || !isfinite(c->alpha)) return set_error(err, "LoRA alpha %g: must be positive", c->alpha);
     if (c->conv_rank < 0 || c->conv_rank > 1024) return set_error(err, "LoRA conv rank %d: must be 0 to 1024", c->conv_rank);
     if (c->conv_rank > 0 && (!(c->conv_alpha > 0) || !isfinite(c->conv_alpha)))
         return set_error(err, "LoRA conv alpha %g: must be positive", c->conv_alpha);
+    return 0;
+}
+
+int lora_trainable_attach(LoraTrainable* t, Unet* u, const LoraTrainConfig* c, TorchGenerator* rng, size_t work_rows,
+                          char* err) {
+    memset(t, 0, sizeof(*t));
+    if (lora_train_config_check(c, err) != 0) return -1;
     t->cfg = *c;
     t->dtype = u->w.dtype;
     t->count = unet_lora_targets(u, c->targets, c->conv_rank > 0, NULL, 0);
@@ -640,10 +645,9 @@ static int prepare_item(Run* r, PreparedSet* p, int i, char* err) {
     return 0;
 }
 
+// Encodes the captions and latents of a set whose dataset is open (p->data).
 static int prepare_set(Run* r, PreparedSet* p, const char* root, const DataConfig* cfg, const char* what, char* err) {
-    memset(p, 0, sizeof(*p));
     p->cfg = *cfg;
-    if (dataset_open(&p->data, root, r->cfg->caption_column, r->cfg->skip_bad, err) != 0) return -1;
     if (p->data.count == 0) return set_error(err, "%s: no images in metadata.jsonl", root);
     p->deterministic = cfg->mode == DATA_BUCKETS || cfg->center_crop;
     p->items = xcalloc((size_t)p->data.count, sizeof(PreparedItem));
@@ -1248,18 +1252,57 @@ static void format_duration(char* out, size_t cap, double seconds) {
     else snprintf(out, cap, "%dh%02dm", (int)seconds / 3600, ((int)seconds % 3600) / 60);
 }
 
+// Everything that can be checked before anything is loaded: numbers, the LoRA's shape, and every
+// path the run reads or writes, so a typo fails in a second, not after the model has loaded and
+// every image has been encoded.
 static int check_config(const TrainConfig* c, char* err) {
     if (!c->model || !c->data || !c->out) return set_error(err, "train: --model, --data and --out are required");
     if (c->batch_size < 1 || c->batch_size > TRAIN_MAX_BATCH)
         return set_error(err, "train: --batch-size %d: must be 1 to %d", c->batch_size, TRAIN_MAX_BATCH);
     if (c->max_steps < 1) return set_error(err, "train: --steps %d: must be at least 1", c->max_steps);
     if (c->obj.grad_accum < 1) return set_error(err, "train: --grad-accum %d: must be at least 1", c->obj.grad_accum);
-    if (c->data_cfg.resolution < 64 || c->data_cfg.resolution % 8 != 0)
-        return set_error(err, "train: --resolution %d: must be a multiple of 8, at least 64", c->data_cfg.resolution);
-    if (c->obj.noise_offset < 0 || c->obj.snr_gamma < 0) return set_error(err, "train: --noise-offset and --snr-gamma must be >= 0");
+    if (c->data_cfg.resolution < 64 || c->data_cfg.resolution % 8 != 0 || c->data_cfg.resolution > 4096)
+        return set_error(err, "train: --resolution %d: must be a multiple of 8 in 64..4096", c->data_cfg.resolution);
+    if (!(c->obj.noise_offset >= 0) || !(c->obj.snr_gamma >= 0))
+        return set_error(err, "train: --noise-offset and --snr-gamma must be >= 0");
     if (c->checkpoint_every < 0 || c->sample_every < 0 || c->validation_every < 0)
         return set_error(err, "train: the --*-every intervals must be >= 0");
     if (c->sample_every > 0 && c->sample_prompt_count == 0) return set_error(err, "train: --sample-every needs --sample-prompt");
+    if (lora_train_config_check(&c->lora, err) != 0) return -1;
+    struct stat sb;
+    if (stat(c->model, &sb) != 0) return set_error(err, "%s: %s (--model)", c->model, strerror(errno));
+    if (c->config_dir && !path_is_dir(c->config_dir)) return set_error(err, "%s: not a folder (--config)", c->config_dir);
+    if (!path_is_dir(c->data)) return set_error(err, "%s: not a folder (--data)", c->data);
+    if (c->validation_data && !path_is_dir(c->validation_data))
+        return set_error(err, "%s: not a folder (--validation-data)", c->validation_data);
+    if (c->resume && strcmp(c->resume, "latest") != 0 && !path_is_dir(c->resume))
+        return set_error(err, "%s: not a checkpoint folder (--resume)", c->resume);
+    return 0;
+}
+
+// The run's output paths (defaults beside --out), then the checks each must pass.
+static int run_paths(Run* r, char* err) {
+    const TrainConfig* c = r->cfg;
+    const char* home = getenv("XDG_CACHE_HOME");
+    if (c->cache_dir) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s", c->cache_dir);
+    else if (home) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/sdxl.c/train", home);
+    else snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/.cache/sdxl.c/train", getenv("HOME") ? getenv("HOME") : ".");
+    if (c->checkpoint_dir) snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s", c->checkpoint_dir);
+    else snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s.checkpoints", c->out);
+    if (c->log_csv) snprintf(r->csv_path, sizeof(r->csv_path), "%s", c->log_csv);
+    else snprintf(r->csv_path, sizeof(r->csv_path), "%s.csv", c->out);
+    if (c->loss_png) snprintf(r->png_path, sizeof(r->png_path), "%s", c->loss_png);
+    else snprintf(r->png_path, sizeof(r->png_path), "%s.loss.png", c->out);
+    snprintf(r->samples_dir, sizeof(r->samples_dir), "%s.samples", c->out);
+    if (output_file_check(c->out, err) != 0 || (c->out_diffusers && output_file_check(c->out_diffusers, err) != 0) ||
+        output_file_check(r->csv_path, err) != 0 || output_file_check(r->png_path, err) != 0)
+        return -1;
+    if ((c->checkpoint_every > 0 || (c->resume && strcmp(c->resume, "latest") == 0)) &&
+        output_folder_check(r->checkpoint_dir, err) != 0)
+        return -1;
+    if (c->sample_every > 0 && output_folder_check(r->samples_dir, err) != 0) return -1;
+    // the cache is a cache: its folders are made, parents and all (the default is under ~/.cache)
+    if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) return -1;
     return 0;
 }
 
@@ -1294,25 +1337,17 @@ int train_run(const TrainConfig* c, char* err) {
     TrainObjective obj = c->obj;
     obj.loss_scaling = r->dtype == DT_F16;
     obj.total_steps = c->max_steps;
+    // where things go, and the datasets' lines (cheap), before the model loads (slow)
+    if (run_paths(r, err) != 0) goto done;
+    DatasetOptions data_options = {c->caption_column, c->skip_bad, c->follow_links};
+    if (dataset_open(&r->train.data, c->data, &data_options, err) != 0) goto done;
+    if (c->validation_data && dataset_open(&r->val.data, c->validation_data, &data_options, err) != 0) goto done;
     // the VAE in f32 (diffusers keeps SDXL's VAE in f32 for training), the rest in the training dtype
     SdxlPrecision precision = {r->dtype, DT_F32, r->dtype};
     if (!c->quiet) printf("loading %s (UNet and text encoders %s, VAE f32)\n", c->model, dtype_name(r->dtype));
     if (sdxl_model_load(&r->model, c->model, NULL, c->config_dir, NULL, &precision, err) != 0) goto done;
     settings_string(r);
     encoder_keys(r);
-    // where things go
-    const char* home = getenv("XDG_CACHE_HOME");
-    if (c->cache_dir) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s", c->cache_dir);
-    else if (home) snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/sdxl.c/train", home);
-    else snprintf(r->cache_dir, sizeof(r->cache_dir), "%s/.cache/sdxl.c/train", getenv("HOME") ? getenv("HOME") : ".");
-    if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) goto done;
-    if (c->checkpoint_dir) snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s", c->checkpoint_dir);
-    else snprintf(r->checkpoint_dir, sizeof(r->checkpoint_dir), "%s.checkpoints", c->out);
-    snprintf(r->csv_path, sizeof(r->csv_path), "%s", c->log_csv ? c->log_csv : "");
-    if (!c->log_csv) snprintf(r->csv_path, sizeof(r->csv_path), "%s.csv", c->out);
-    if (c->loss_png) snprintf(r->png_path, sizeof(r->png_path), "%s", c->loss_png);
-    else snprintf(r->png_path, sizeof(r->png_path), "%s.loss.png", c->out);
-    snprintf(r->samples_dir, sizeof(r->samples_dir), "%s.samples", c->out);
 
     // data: captions encoded, latents encoded or read from the cache
     if (prepare_set(r, &r->train, c->data, &c->data_cfg, "training data", err) != 0) goto done;

@@ -69,6 +69,8 @@ typedef struct {
 // unet_lora_targets lists them, which is peft's, as its init_lora_weights="gaussian" does, B = 0),
 // sized for forwards of up to work_rows rows (a conv's rows: its N x output pixels). Returns 0,
 // or -1 with err.
+// The config's numbers (rank, alphas) in range; 0, or -1 with err filled. attach checks it too.
+int lora_train_config_check(const LoraTrainConfig* c, char* err);
 int lora_trainable_attach(LoraTrainable* t, Unet* u, const LoraTrainConfig* c, TorchGenerator* rng, size_t work_rows,
                           char* err);
 void lora_trainable_upload(LoraTrainable* t);    // params -> compute (after every update)
@@ -168,6 +170,7 @@ typedef struct {
     const char* data;            // imagefolder
     const char* caption_column;  // "text"
     int skip_bad;                // warn and skip unreadable items instead of stopping
+    int follow_links;            // let file_name reach images outside the folder through symbolic links
     const char* out;             // the LoRA file (kohya format)
     const char* out_diffusers;   // also this diffusers-format file (NULL: no)
     DType save_dtype;            // F32 (diffusers and kohya's default), F16 or BF16

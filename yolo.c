@@ -518,7 +518,7 @@ int yolo_resize_linear(const Image* src, int w, int h, Image* dst, char* err) {
     if (src->depth != 8 || src->channels < 1 || src->channels > 4 || src->width < 1 || src->height < 1)
         return set_error(err, "resize: expected an 8-bit image of 1 to 4 channels, got %d-bit, %d channels, %dx%d", src->depth,
                          src->channels, src->width, src->height);
-    if (w < 1 || h < 1 || (size_t)w * h > PNG_MAX_PIXELS) return set_error(err, "resize: bad target size %dx%d", w, h);
+    if (w < 1 || h < 1 || (size_t)w * h > IMAGE_MAX_PIXELS) return set_error(err, "resize: bad target size %dx%d", w, h);
     image_new_u8(dst, w, h, src->channels);
     cv_resize_linear_u8(src->data, src->width, src->height, src->channels, dst->data, w, h);
     return 0;

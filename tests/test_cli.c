@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "../common.h"
 #include "../json.h"
@@ -104,17 +105,100 @@ static void test_cli_bad_arguments_one_line(void) {
                "no output file from a failed run");
 }
 
+// Mistakes in paths and options are found before anything loads: the whole output is the one
+// error line (no option dump, no "loading"), it names the user's path (never a temporary file),
+// and whatever stood at an output path that is not a regular file is left as it was.
+static void test_cli_fails_before_loading(void) {
+    if (!have_binary()) return;
+    const char* dir = "build/test_cli/early";
+    system("rm -rf build/test_cli/early && mkdir -p build/test_cli/early/folder build/test_cli/early/nometa");
+    char model[4096], data[4096];
+    snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
+    snprintf(data, sizeof(data), "%s", golden_path("data"));
+    char err[ERR_MAX];
+    write_file_atomic("build/test_cli/early/target.txt", "keep me", 7, err);
+    write_file_atomic("build/test_cli/early/prompts.txt", "a\nb\n", 4, err);
+    write_file_atomic("build/test_cli/early/file.txt", "x", 1, err);
+    check_true(mkfifo("build/test_cli/early/fifo", 0644) == 0 && symlink("target.txt", "build/test_cli/early/link.png") == 0,
+               "make a FIFO and a symbolic link");
+    // a dataset whose metadata.jsonl climbs out of its folder
+    mkdir("build/test_cli/early/escape", 0755);
+    const char* escape = "{\"file_name\": \"../../../../../../../../etc/passwd\", \"text\": \"x\"}\n";
+    write_file_atomic("build/test_cli/early/escape/metadata.jsonl", escape, strlen(escape), err);
+    struct { const char* args; const char* needle; } cases[] = {
+        {"generate --model M --prompt x --out /no/such/dir/x.png", "/no/such/dir/x.png: folder '/no/such/dir' does not exist"},
+        {"generate --model M --prompt x --out E/fifo", "E/fifo: is not a regular file"},
+        {"generate --model M --prompt x --out E/link.png", "E/link.png: is a symbolic link"},
+        {"generate --model M --prompt x --out E/folder", "E/folder: is a folder"},
+        {"generate --model M --prompt x --lora E/no_such_lora.safetensors", "no_such_lora.safetensors"},
+        {"generate --model M --prompts E/no_such_prompts.txt", "no_such_prompts.txt"},
+        {"generate --model M --prompts E/prompts.txt --out E/file.txt", "E/file.txt: exists and is not a folder"},
+        {"generate --model M --prompt x --config E/no_config", "E/no_config: not a folder"},
+        {"generate --model E/no_model --prompt x", "E/no_model: no such file or folder"},
+        {"train --model M --data D --out E/x.safetensors --rank 0", "rank 0"},
+        {"train --model M --data E/nometa --out E/x.safetensors", "no metadata.jsonl"},
+        {"train --model M --data E/escape --out E/x.safetensors", "leaves the dataset folder"},
+        {"train --model M --data D --out /no/such/dir/x.safetensors", "folder '/no/such/dir' does not exist"},
+        {"train --model M --data D --out E/fifo", "E/fifo: is not a regular file"},
+        {"train --model M --data D --out E/x.safetensors --log E/link.png", "E/link.png: is a symbolic link"},
+        {"train --model M --data D --out E/x.safetensors --validation-data E/none", "E/none: not a folder"},
+        {"eval --images D --out E/file.txt", "E/file.txt: exists and is not a folder"},
+        {"eval --images D --out E/out --clip E/no_clip", "E/no_clip"},
+        {"eval --images E/no_images", "E/no_images"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        char args[2048], cmd[4096], out[8192];
+        snprintf(args, sizeof(args), "%s", cases[c].args);
+        // M: the tiny model, D: the golden frames, E: this test's folder
+        const struct { const char* mark; const char* path; } subs[] = {{" M ", model}, {" D ", data}, {" E/", dir}};
+        for (int k = 0; k < 3; k++) {
+            char* at;
+            while ((at = strstr(args, subs[k].mark))) {
+                char rest[2048];
+                snprintf(rest, sizeof(rest), "%s", at + strlen(subs[k].mark) - 1);
+                snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", subs[k].path, rest);
+            }
+        }
+        char needle[512];
+        snprintf(needle, sizeof(needle), "%s", cases[c].needle);
+        char* e = strstr(needle, "E/");
+        if (e) {
+            char rest[512];
+            snprintf(rest, sizeof(rest), "%s", e + 1);
+            snprintf(e, sizeof(needle) - (size_t)(e - needle), "%s%s", dir, rest);
+        }
+        snprintf(cmd, sizeof(cmd), "./sdxl %s", args);
+        double t0 = now_seconds();
+        int status = run(cmd, out, sizeof(out));
+        double dt = now_seconds() - t0;
+        size_t len = strlen(out);
+        int one_line = len > 0 && strchr(out, '\n') == out + len - 1;
+        check_true(status != 0 && one_line && strncmp(out, "error: ", 7) == 0 && strstr(out, needle) && !strstr(out, ".tmp"),
+                   "sdxl %.60s -> exit %d in %.2f s: %.150s", cases[c].args, status, dt, out);
+    }
+    struct stat sb;
+    check_true(lstat("build/test_cli/early/fifo", &sb) == 0 && S_ISFIFO(sb.st_mode), "the FIFO is still a FIFO");
+    check_true(lstat("build/test_cli/early/link.png", &sb) == 0 && S_ISLNK(sb.st_mode), "the link is still a link");
+    uint8_t* text;
+    size_t size;
+    check_true(read_file("build/test_cli/early/target.txt", &text, &size, err) == 0 && size == 7 && memcmp(text, "keep me", 7) == 0,
+               "the link's target is untouched");
+    free(text);
+    check_true(stat("build/test_cli/early/x.safetensors", &sb) != 0 && stat("build/test_cli/early/out", &sb) != 0,
+               "no output from a failed run");
+}
+
 // `sdxl train` with the job's settings (lr 1e-5, fp16 with loss scaling, 1024 px buckets, batch 1,
 // gradient accumulation 4) for 2 steps on the tiny model: progress lines, the LoRA (kohya keys
 // and metadata), the CSV log, the loss curve; then `sdxl generate --lora` loads what it wrote.
 static void test_cli_train_end_to_end(void) {
     if (!have_binary()) return;
-    system("rm -rf build/test_cli/train");
+    system("rm -rf build/test_cli/train && mkdir -p build/test_cli/train");
     char cmd[8192], out[65536], err[ERR_MAX], model[4096];
     snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl")); // golden_path's buffer is static
     snprintf(cmd, sizeof(cmd),
              "./sdxl train --model %s --data %s --out build/test_cli/train/storyboard.safetensors --steps 2 "
-             "--mixed-precision fp16 --cache-dir build/test_cli/train/cache",
+             "--mixed-precision fp16 --cache-dir build/test_cli/train/cache --verbose",
              model, golden_path("data"));
     int status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "train exits 0 (%s)", status ? last_line(out) : "ok")) return;
@@ -413,6 +497,7 @@ static void test_cli_readme_help_is_current(void) {
 
 const TestCase tests_cli[] = {
     {"cli_bad_arguments_one_line", test_cli_bad_arguments_one_line},
+    {"cli_fails_before_loading", test_cli_fails_before_loading},
     {"cli_generate_writes_png", test_cli_generate_writes_png},
     {"cli_prompts_file_reuses_model", test_cli_prompts_file_reuses_model},
     {"cli_train_end_to_end", test_cli_train_end_to_end},

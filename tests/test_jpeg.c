@@ -245,6 +245,10 @@ static void test_jpeg_bad_input(void) {
         m[edits[i].at] = edits[i].value;
         jpeg_expect_error(edits[i].what, m, size, edits[i].want);
     }
+    // 16384 x 16384: within JPEG's 65500 a side, above PIL's pixel limit (png.h IMAGE_MAX_PIXELS)
+    memcpy(m, good, size);
+    m[sof + 5] = 0x40, m[sof + 6] = 0x00, m[sof + 7] = 0x40, m[sof + 8] = 0x00;
+    jpeg_expect_error("16384 x 16384", m, size, "image too large");
     // a Huffman table whose counts overflow: two codes of length 1 plus more (same total count)
     memcpy(m, good, size);
     long counts = dht + 5; // FF C4, length (2), class/slot (1), then counts[1..16]

@@ -220,7 +220,21 @@ static void test_pipeline_bad_input(void) {
     rc = sdxl_model_load(&m, golden_path("st"), NULL, NULL, NULL, NULL, err);
     check_true(rc == -1 && strstr(err, "model_index.json"), "a folder that is not a model: %s", err);
     rc = sdxl_model_load(&m, golden_path("vae_sgm.safetensors"), NULL, NULL, NULL, NULL, err);
+    check_true(rc == -1 && strstr(err, "not an SDXL checkpoint in SGM layout"), "a VAE-only single file: %s", err);
+    // an SGM-shaped file (the two keys the loader looks for) without --tokenizer or --config
+    mkdir("build", 0755);
+    float one = 1;
+    SafeTensorOut keys[2] = {{"model.diffusion_model.input_blocks.0.0.weight", DT_F32, 1, {1}, &one},
+                             {"conditioner.embedders.1.model.positional_embedding", DT_F32, 1, {1}, &one}};
+    const char* sgm = "build/pipeline_sgm_shaped.safetensors";
+    check_true(safetensors_write(sgm, keys, 2, NULL, NULL, 0, err) == 0, "write %s: %s", sgm, err);
+    rc = sdxl_model_load(&m, sgm, NULL, NULL, NULL, NULL, err);
     check_true(rc == -1 && strstr(err, "--tokenizer"), "single file without a tokenizer: %s", err);
+    // a file that is not safetensors at all is called that, with or without --config
+    rc = sdxl_model_load(&m, "README.md", NULL, NULL, NULL, NULL, err);
+    check_true(rc == -1 && strstr(err, "README.md: not a safetensors file"), "README.md as a model: %s", err);
+    rc = sdxl_model_load(&m, "README.md", NULL, golden_path("tiny_sdxl"), NULL, NULL, err);
+    check_true(rc == -1 && strstr(err, "README.md: not a safetensors file"), "README.md with --config: %s", err);
     if (!load_tiny(&m)) return;
     GenerateParams p = {.prompt = "x", .negative = "", .width = 64, .height = 64, .steps = 0, .cfg = 5, .seed = 1, .quiet = 1};
     Image img;

@@ -187,7 +187,7 @@ static const struct {
     {"size that does not match shape x dtype", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "needs 12"},
     {"invalid JSON (unclosed object)", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, "invalid JSON"},
     {"junk after the JSON", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, "invalid JSON"},
-    {"header is an array", "[1, 2]", 0, "not a JSON object"},
+    {"header is an array", "[1, 2]", 0, "not a safetensors file"},
     {"negative dimension", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "bad shape"},
     {"begin after end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, "begin after end"},
     {"no data_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "bad data_offsets"},
@@ -220,10 +220,15 @@ static void test_safetensors_rejects_malformed(void) {
     expect_rejected("5-byte file", buf, 5, "too small");
     buf = make_file("{}", 0, &size);
     store_le64(buf, 1000);
-    expect_rejected("header length past the end", buf, size, "past the end");
+    expect_rejected("header length past the end", buf, size, "not a safetensors file");
     buf = make_file("{}", 0, &size);
     store_le64(buf, 1ull << 40);
-    expect_rejected("header length of a terabyte", buf, size, "limit");
+    expect_rejected("header length of a terabyte", buf, size, "not a safetensors file");
+    // a text file (README.md, say): its first 8 bytes read as a length of about 7e18
+    const char* text = "# sdxl.c\n\nA from-scratch C implementation of SDXL.\n";
+    buf = xmalloc(strlen(text));
+    memcpy(buf, text, strlen(text));
+    expect_rejected("a text file", buf, strlen(text), "not a safetensors file");
 
     // files on disk: missing, and a directory
     int rc = safetensors_open(&st, "tests/golden/st/no_such_file.safetensors", err);

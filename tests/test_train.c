@@ -34,7 +34,7 @@ static int ran_ok(int rc, const char* err, const char* label) { return check_tru
 static void test_data_imagefolder(void) {
     Dataset d;
     char err[ERR_MAX] = "";
-    if (!ran_ok(dataset_open(&d, golden_path("data"), "text", 0, err), err, "open tests/golden/data"))
+    if (!ran_ok(dataset_open(&d, golden_path("data"), &(DatasetOptions){"text", 0, 0}, err), err, "open tests/golden/data"))
         return;
     check_true(d.count == 3 && strstr(d.items[0].file, "wide.png") && strcmp(d.items[1].caption, "caption 1: a tall frame") == 0,
                "3 items, files and captions in metadata order");
@@ -54,7 +54,7 @@ static void test_data_imagefolder(void) {
     free(png);
     write_text(WORK_DIR "/ds/train/metadata.jsonl",
                "{\"file_name\": \"a.png\", \"prompt\": \"first\"}\n\n{\"file_name\": \"a.png\", \"prompt\": \"second\"}\r\n");
-    int rc = dataset_open(&d, WORK_DIR "/ds", "prompt", 0, err);
+    int rc = dataset_open(&d, WORK_DIR "/ds", &(DatasetOptions){"prompt", 0, 0}, err);
     check_true(rc == 0 && d.count == 2 && strcmp(d.items[1].caption, "second") == 0,
                "train/metadata.jsonl, --caption-column prompt, a blank line and CRLF: %s", rc ? err : "ok");
     if (rc == 0) dataset_free(&d);
@@ -68,18 +68,96 @@ static void test_data_imagefolder(void) {
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         write_text(WORK_DIR "/ds/train/metadata.jsonl", bad[i].line);
-        rc = dataset_open(&d, WORK_DIR "/ds", "prompt", 0, err);
+        rc = dataset_open(&d, WORK_DIR "/ds", &(DatasetOptions){"prompt", 0, 0}, err);
         check_true(rc == -1 && strstr(err, bad[i].needle) && strstr(err, "metadata.jsonl") && !strchr(err, '\n'),
                    "bad metadata -> one line: %s", rc ? err : "(accepted)");
     }
     // skip_bad: the bad lines are left out with a warning, the good ones kept
     write_text(WORK_DIR "/ds/train/metadata.jsonl",
                "{\"file_name\": \"a.png\", \"prompt\": \"ok\"}\n{oops}\n{\"file_name\": \"gone.png\", \"prompt\": \"x\"}\n");
-    rc = dataset_open(&d, WORK_DIR "/ds", "prompt", 1, err);
+    rc = dataset_open(&d, WORK_DIR "/ds", &(DatasetOptions){"prompt", 1, 0}, err);
     check_true(rc == 0 && d.count == 1 && d.skipped == 2, "skip_bad keeps 1 line and skips 2 (%s)", rc ? err : "ok");
     if (rc == 0) dataset_free(&d);
-    rc = dataset_open(&d, WORK_DIR "/no_such_folder", "text", 0, err);
+    rc = dataset_open(&d, WORK_DIR "/no_such_folder", &(DatasetOptions){"text", 0, 0}, err);
     check_true(rc == -1 && strstr(err, "no_such_folder: no metadata.jsonl"), "a folder without metadata.jsonl: %s", err);
+}
+
+// A file_name must name a file inside the dataset folder: no absolute path, no ".." above the
+// folder, no symbolic link out of it (unless follow_links); each is a one-line error naming the
+// line, or a skipped line with skip_bad. Captions: a byte limit, and invalid UTF-8 replaced.
+static void test_data_file_name_inside_folder(void) {
+    char err[ERR_MAX] = "";
+    Dataset d;
+    mkdir("build", 0755);
+    mkdir(WORK_DIR, 0755);
+    const char* top = WORK_DIR "/inside";
+    mkdir(top, 0755);
+    mkdir(WORK_DIR "/inside/ds", 0755);
+    mkdir(WORK_DIR "/inside/ds/sub", 0755);
+    mkdir(WORK_DIR "/inside/outside", 0755);
+    uint8_t* png;
+    size_t size;
+    char src[4200];
+    snprintf(src, sizeof(src), "%s/square.png", golden_path("data"));
+    if (!check_true(read_file(src, &png, &size, err) == 0, "read square.png")) return;
+    write_file_atomic(WORK_DIR "/inside/ds/a.png", png, size, err);
+    write_file_atomic(WORK_DIR "/inside/outside/secret.png", png, size, err);
+    free(png);
+    unlink(WORK_DIR "/inside/ds/link.png");
+    unlink(WORK_DIR "/inside/ds/linkdir");
+    unlink(WORK_DIR "/inside/ds/inlink.png");
+    check_true(symlink("../outside/secret.png", WORK_DIR "/inside/ds/link.png") == 0 &&
+                   symlink("../outside", WORK_DIR "/inside/ds/linkdir") == 0 &&
+                   symlink("a.png", WORK_DIR "/inside/ds/inlink.png") == 0,
+               "make the symbolic links");
+    const char* meta = WORK_DIR "/inside/ds/metadata.jsonl";
+    struct { const char* file_name; const char* needle; } bad[] = {
+        {"../outside/secret.png", "leaves the dataset folder"},
+        {"../../../../../../../../etc/passwd", "leaves the dataset folder"},
+        {"sub/../../outside/secret.png", "leaves the dataset folder"},
+        {"/etc/passwd", "is absolute"},
+        {"link.png", "through a symbolic link"},
+        {"linkdir/secret.png", "through a symbolic link"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char line[512];
+        // a blank line first: the line number counts it
+        snprintf(line, sizeof(line), "{\"file_name\": \"a.png\", \"text\": \"ok\"}\n\n{\"file_name\": \"%s\", \"text\": \"x\"}\n",
+                 bad[i].file_name);
+        write_text(meta, line);
+        int rc = dataset_open(&d, WORK_DIR "/inside/ds", &(DatasetOptions){"text", 0, 0}, err);
+        check_true(rc == -1 && strstr(err, "line 3:") && strstr(err, bad[i].needle) && !strchr(err, '\n'),
+                   "file_name '%s' -> %s", bad[i].file_name, rc ? err : "(accepted)");
+        if (rc == 0) dataset_free(&d);
+        rc = dataset_open(&d, WORK_DIR "/inside/ds", &(DatasetOptions){"text", 1, 0}, err);
+        check_true(rc == 0 && d.count == 1 && d.skipped == 1, "skip_bad leaves '%s' out", bad[i].file_name);
+        if (rc == 0) dataset_free(&d);
+    }
+    // names that stay inside are fine, links inside the folder too; follow_links lets a link out
+    write_text(meta, "{\"file_name\": \"sub/../a.png\", \"text\": \"1\"}\n{\"file_name\": \"./inlink.png\", \"text\": \"2\"}\n"
+                     "{\"file_name\": \"link.png\", \"text\": \"3\"}\n{\"file_name\": \"linkdir/secret.png\", \"text\": \"4\"}\n");
+    int rc = dataset_open(&d, WORK_DIR "/inside/ds", &(DatasetOptions){"text", 0, 1}, err);
+    check_true(rc == 0 && d.count == 4, "inside names, and links out with follow_links: %s", rc ? err : "ok");
+    if (rc == 0) dataset_free(&d);
+    // captions: the byte limit, and ill-formed UTF-8 read as Python's errors="replace" does
+    char* big = xmalloc(DATA_CAPTION_MAX_BYTES + 100);
+    int n = snprintf(big, 64, "{\"file_name\": \"a.png\", \"text\": \"");
+    memset(big + n, 'x', DATA_CAPTION_MAX_BYTES + 1);
+    snprintf(big + n + DATA_CAPTION_MAX_BYTES + 1, 8, "\"}\n");
+    write_text(meta, big);
+    free(big);
+    rc = dataset_open(&d, WORK_DIR "/inside/ds", &(DatasetOptions){"text", 0, 0}, err);
+    check_true(rc == -1 && strstr(err, "line 1:") && strstr(err, "above the limit of 65536"), "a caption over the limit: %s",
+               rc ? err : "(accepted)");
+    if (rc == 0) dataset_free(&d);
+    // bytes: a stray continuation byte, a truncated 3-byte sequence, an encoded surrogate
+    write_text(meta, "{\"file_name\": \"a.png\", \"text\": \"a\x80" "b\xe2\x82 c\xed\xa0\x80" "d\"}\n");
+    rc = dataset_open(&d, WORK_DIR "/inside/ds", &(DatasetOptions){"text", 0, 0}, err);
+    // b'a\x80b\xe2\x82 c\xed\xa0\x80d'.decode('utf-8', 'replace') == 'a\ufffdb\ufffd c\ufffd\ufffd\ufffdd'
+    const char* want = "a\xef\xbf\xbd" "b\xef\xbf\xbd c\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "d";
+    check_true(rc == 0 && d.count == 1 && strcmp(d.items[0].caption, want) == 0, "invalid UTF-8 replaced: %s",
+               rc ? err : d.items[0].caption);
+    if (rc == 0) dataset_free(&d);
 }
 
 static void test_data_buckets(void) {
@@ -117,7 +195,7 @@ static void test_data_examples(void) {
     Dataset d;
     char err[ERR_MAX] = "";
     if (!golden_open(&g, "data/data_ref.safetensors")) return;
-    if (!check_true(dataset_open(&d, golden_path("data"), "text", 0, err) == 0, "open: %s", err)) return;
+    if (!check_true(dataset_open(&d, golden_path("data"), &(DatasetOptions){"text", 0, 0}, err) == 0, "open: %s", err)) return;
     const char* names[3] = {"wide.png", "tall.png", "square.png"};
     int sizes[3][2] = {{91, 51}, {40, 62}, {48, 48}};
     for (int i = 0; i < 3; i++) {
@@ -899,6 +977,7 @@ static void test_lora_file_roundtrip(void) {
 
 const TestCase tests_train[] = {
     {"train_data_imagefolder", test_data_imagefolder},
+    {"train_data_file_name_inside_folder", test_data_file_name_inside_folder},
     {"train_data_buckets", test_data_buckets},
     {"train_data_examples", test_data_examples},
     {"train_data_jpeg", test_data_jpeg},
