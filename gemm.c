@@ -114,9 +114,8 @@ void sgemm_cpu(int trans_a, int trans_b, int M, int N, int K, float alpha, const
     int nc_max = N < GEMM_NC ? (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC;
     int kc_max = K < GEMM_KC ? K : GEMM_KC;
     float* b_pack = aligned_host_malloc(sizeof(float) * (size_t)nc_max * kc_max);
-    double flops = 2.0 * M * N * K;
-
-#pragma omp parallel if (flops > 4e6)
+    // threads only pay for themselves above about 4 MFLOP (2 M N K)
+#pragma omp parallel if (2.0 * M * N * K > 4e6)
     {
         float* a_pack = aligned_host_malloc(sizeof(float) * (size_t)GEMM_MC * kc_max);
         for (int jc = 0; jc < N; jc += GEMM_NC) {

@@ -540,6 +540,14 @@ static int verify_main(int argc, char** argv) {
     if (!unet_dir || !ref_path) fatal("sdxl verify unet needs --unet and --ref");
     backend_select_by_name(backend);
     char err[ERR_MAX];
+    // the reference and the LoRA are read before the (slow) UNet
+    SafeTensors ref;
+    if (safetensors_open(&ref, ref_path, err) != 0) fatal("%s", err);
+    Lora l;
+    if (lora && lora_load(&l, lora, err) != 0) fatal("%s", err);
+    if (lora)
+        for (int i = 0; i < l.count; i++)
+            if (l.modules[i].model != LORA_UNET) fatal("%s: has text-encoder modules; verify unet takes UNet-only LoRAs", lora);
     double t0 = now_seconds();
     Unet u;
     if (unet_load(&u, unet_dir, NULL, (DType)precision_by_name(precision, "--precision"), err) != 0) fatal("%s", err);
@@ -547,18 +555,12 @@ static int verify_main(int argc, char** argv) {
     for (int i = 0; i < u.w.count; i++) params += u.w.params[i].numel;
     printf("loaded %s: %d tensors, %zu parameters, in %.1f s\n", unet_dir, u.w.count, params, now_seconds() - t0);
     if (lora) {
-        Lora l;
-        if (lora_load(&l, lora, err) != 0) fatal("%s", err);
-        for (int i = 0; i < l.count; i++)
-            if (l.modules[i].model != LORA_UNET) fatal("%s: has text-encoder modules; verify unet takes UNet-only LoRAs", lora);
         if (lora_merge(&l, lora_scale, &u, NULL, NULL, err) != 0) fatal("%s", err);
         char desc[512];
         lora_describe(&l, desc, sizeof(desc));
         printf("merged %s at %g: %s\n", lora, lora_scale, desc);
         lora_free(&l);
     }
-    SafeTensors ref;
-    if (safetensors_open(&ref, ref_path, err) != 0) fatal("%s", err);
     const SafeTensor* s = safetensors_find(&ref, "sample");
     if (!s || s->rank != 4) fatal("%s: missing 4-D tensor 'sample'", ref_path);
     int N = (int)s->shape[0], h = (int)s->shape[2], w = (int)s->shape[3];

@@ -403,6 +403,7 @@ typedef struct {
     int* batch_sizes;
     int batch_count, batch_pos, epoch;
     char cache_dir[4096], checkpoint_dir[4096], csv_path[4096], png_path[4096], samples_dir[4096];
+    char resume_dir[4400]; // the checkpoint --resume names ("latest" resolved), or ""
     char settings[8192];     // what a checkpoint must have been made with to be resumed
     char vae_key[65], text_key[65]; // fingerprints of the encoders a cache entry was made with
     Arena vae_arena;
@@ -1006,18 +1007,25 @@ static int save_lora_outputs(const Run* r, const char* kohya_path, const char* d
 }
 
 // Removes a checkpoint folder: its files (no subfolders are ever made there), then the folder.
-static void remove_checkpoint_dir(const char* path) {
+// Only a real folder is emptied: a symbolic link (or anything else) standing at a checkpoint's
+// name is refused, since following it would delete files wherever it points. 0 when the folder
+// is gone (or never was), -1 with err filled when something else stands there.
+static int remove_checkpoint_dir(const char* path, char* err) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return 0;
+    if (!S_ISDIR(sb.st_mode)) return set_error(err, "%s: is not a folder; refusing to replace or remove it", path);
     DIR* d = opendir(path);
-    if (!d) return;
+    if (!d) return set_error(err, "%s: %s", path, strerror(errno));
     struct dirent* e;
     while ((e = readdir(d))) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         char file[8400];
         snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
-        unlink(file);
+        unlink(file); // a link inside is removed itself, never its target
     }
     closedir(d);
     rmdir(path);
+    return 0;
 }
 
 static int cmp_str(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
@@ -1047,7 +1055,7 @@ static int save_checkpoint(Run* r, char* err) {
     char dir[4400], partial[4500], path[4600];
     snprintf(dir, sizeof(dir), "%s/checkpoint-%06lld", r->checkpoint_dir, (long long)tr->steps);
     snprintf(partial, sizeof(partial), "%s.partial", dir);
-    remove_checkpoint_dir(partial);
+    if (remove_checkpoint_dir(partial, err) != 0) return -1;
     if (make_dirs(partial, err) != 0) return -1;
     int64_t order_misc[3], noise_misc[3];
     generator_pack(&r->order_rng, order_misc);
@@ -1088,7 +1096,7 @@ static int save_checkpoint(Run* r, char* err) {
     if (safetensors_write(path, t, n, keys, values, m.count + 1, err) != 0) return -1;
     snprintf(path, sizeof(path), "%s/lora.safetensors", partial);
     if (save_lora_outputs(r, path, NULL, tr->steps, err) != 0) return -1;
-    remove_checkpoint_dir(dir);
+    if (remove_checkpoint_dir(dir, err) != 0) return -1; // the same step saved before (a resumed run)
     if (rename(partial, dir) != 0) return set_error(err, "%s: %s", dir, strerror(errno));
     // keep the newest checkpoints_keep (the names sort by step: fixed-width numbers)
     if (r->cfg->checkpoints_keep > 0) {
@@ -1098,7 +1106,8 @@ static int save_checkpoint(Run* r, char* err) {
             if (i < count - r->cfg->checkpoints_keep) {
                 char old[4400];
                 snprintf(old, sizeof(old), "%s/%s", r->checkpoint_dir, names[i]);
-                remove_checkpoint_dir(old);
+                char ignored[ERR_MAX]; // pruning skips what is not a folder of ours
+                remove_checkpoint_dir(old, ignored);
             }
             free(names[i]);
         }
@@ -1125,7 +1134,7 @@ static const char* metadata_or(const SafeTensors* st, const char* key, const cha
 // Restores the whole state from a checkpoint folder. The settings it was made with must equal
 // this run's (the first differing line is named).
 static int load_checkpoint(Run* r, const char* dir, char* err) {
-    char path[4400];
+    char path[4500];
     snprintf(path, sizeof(path), "%s/state.safetensors", dir);
     SafeTensors st;
     if (safetensors_open(&st, path, err) != 0) return -1;
@@ -1301,6 +1310,12 @@ static int run_paths(Run* r, char* err) {
         output_folder_check(r->checkpoint_dir, err) != 0)
         return -1;
     if (c->sample_every > 0 && output_folder_check(r->samples_dir, err) != 0) return -1;
+    if (c->resume && strcmp(c->resume, "latest") == 0) {
+        latest_checkpoint(r->checkpoint_dir, r->resume_dir, sizeof(r->resume_dir));
+        if (!r->resume_dir[0]) return set_error(err, "%s: no checkpoint to resume (--resume latest)", r->checkpoint_dir);
+    } else if (c->resume) {
+        snprintf(r->resume_dir, sizeof(r->resume_dir), "%s", c->resume);
+    }
     // the cache is a cache: its folders are made, parents and all (the default is under ~/.cache)
     if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) return -1;
     return 0;
@@ -1389,19 +1404,9 @@ int train_run(const TrainConfig* c, char* err) {
                r->tr.act.capacity / 1048576.0, c->checkpointing ? " (gradient checkpointing)" : "");
 
     // resume
-    if (c->resume) {
-        char dir[4400];
-        if (strcmp(c->resume, "latest") == 0) {
-            latest_checkpoint(r->checkpoint_dir, dir, sizeof(dir));
-            if (!dir[0]) {
-                set_error(err, "%s: no checkpoint to resume (--resume latest)", r->checkpoint_dir);
-                goto done;
-            }
-        } else {
-            snprintf(dir, sizeof(dir), "%s", c->resume);
-        }
-        if (load_checkpoint(r, dir, err) != 0) goto done;
-        if (!c->quiet) printf("resumed from %s at step %lld\n", dir, (long long)r->tr.steps);
+    if (r->resume_dir[0]) {
+        if (load_checkpoint(r, r->resume_dir, err) != 0) goto done;
+        if (!c->quiet) printf("resumed from %s at step %lld\n", r->resume_dir, (long long)r->tr.steps);
     }
     if (log_open(r, r->tr.steps, err) != 0) goto done;
 

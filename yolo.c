@@ -1103,7 +1103,8 @@ int yolo_prompt_objects(const char* prompt, YoloObject* out, int max) {
                     YoloObject* o = &out[count++];
                     memset(o, 0, sizeof(*o));
                     o->cls = PHRASES[t].cls;
-                    snprintf(o->word, sizeof(o->word), "%s", phrase);
+                    // phrase is one of PHRASES, all shorter than word; cut to it in any case
+                    snprintf(o->word, sizeof(o->word), "%.*s", (int)sizeof(o->word) - 1, phrase);
                 }
             }
         }

@@ -104,6 +104,11 @@ int test_require_cuda(void) {
     return 1;
 }
 
+const char* sdxl_bin(void) {
+    const char* b = getenv("SDXL_BIN");
+    return b && b[0] ? b : "./sdxl";
+}
+
 const char* golden_path(const char* name) {
     static char path[4096];
     const char* dir = getenv("SDXL_GOLDEN_DIR");

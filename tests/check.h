@@ -32,6 +32,9 @@ int test_require_cuda(void);
 
 // Path of a committed golden file: tests/golden/<name> (SDXL_GOLDEN_DIR overrides the folder).
 const char* golden_path(const char* name);
+// The sdxl binary the CLI tests run: $SDXL_BIN, else ./sdxl (make debug runs them on ./sdxl_debug,
+// the sanitized build).
+const char* sdxl_bin(void);
 
 // A string as a short printable label for check lines: \n, \t and other control characters
 // escaped, cut after 48 bytes (never inside a UTF-8 character) with "...". One static buffer:

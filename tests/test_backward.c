@@ -968,6 +968,7 @@ static void test_backward_finite_difference(void) {
 // Determinism: the CPU backward passes give the same bits with one thread and with several (every
 // parameter-gradient sum has one owner and a fixed order; gemm.c is thread-count independent).
 
+#ifdef _OPENMP
 static void expect_same_grads(const char* label, Grads a, Grads b, const size_t sizes[MAX_GRADS]) {
     static const char* role[MAX_GRADS] = {"(1st output)", "(2nd output)", "(3rd output)"};
     for (int i = 0; i < MAX_GRADS; i++) {
@@ -978,6 +979,8 @@ static void expect_same_grads(const char* label, Grads a, Grads b, const size_t 
     grads_free(&a);
     grads_free(&b);
 }
+
+#endif
 
 static void test_backward_deterministic_across_threads(void) {
 #ifdef _OPENMP

@@ -39,8 +39,8 @@ static const char* last_line(char* out) {
 
 static int have_binary(void) {
     struct stat sb;
-    if (stat("./sdxl", &sb) == 0) return 1;
-    check_true(0, "./sdxl exists (make builds it beside tests/run_tests)");
+    if (stat(sdxl_bin(), &sb) == 0) return 1;
+    check_true(0, "%s exists (make builds it beside tests/run_tests)", sdxl_bin());
     return 0;
 }
 
@@ -92,9 +92,9 @@ static void test_cli_bad_arguments_one_line(void) {
             snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", data, rest);
         }
         if (strncmp(args, "generate", 8) == 0)
-            snprintf(cmd, sizeof(cmd), "./sdxl generate --out build/test_cli/never.png%s", args + 8);
+            snprintf(cmd, sizeof(cmd), "%s generate --out build/test_cli/never.png%s", sdxl_bin(), args + 8);
         else
-            snprintf(cmd, sizeof(cmd), "./sdxl %s", args);
+            snprintf(cmd, sizeof(cmd), "%s %s", sdxl_bin(), args);
         int status = run(cmd, out, sizeof(out));
         const char* line = last_line(out);
         check_true(status != 0 && strncmp(line, "error: ", 7) == 0 && strstr(line, cases[c].needle),
@@ -142,6 +142,8 @@ static void test_cli_fails_before_loading(void) {
         {"train --model M --data D --out E/fifo", "E/fifo: is not a regular file"},
         {"train --model M --data D --out E/x.safetensors --log E/link.png", "E/link.png: is a symbolic link"},
         {"train --model M --data D --out E/x.safetensors --validation-data E/none", "E/none: not a folder"},
+        {"train --model M --data D --out E/x.safetensors --resume latest", "no checkpoint to resume"},
+        {"verify unet --unet M --ref E/no_ref.safetensors", "E/no_ref.safetensors"},
         {"eval --images D --out E/file.txt", "E/file.txt: exists and is not a folder"},
         {"eval --images D --out E/out --clip E/no_clip", "E/no_clip"},
         {"eval --images E/no_images", "E/no_images"},
@@ -167,7 +169,7 @@ static void test_cli_fails_before_loading(void) {
             snprintf(rest, sizeof(rest), "%s", e + 1);
             snprintf(e, sizeof(needle) - (size_t)(e - needle), "%s%s", dir, rest);
         }
-        snprintf(cmd, sizeof(cmd), "./sdxl %s", args);
+        snprintf(cmd, sizeof(cmd), "%s %s", sdxl_bin(), args);
         double t0 = now_seconds();
         int status = run(cmd, out, sizeof(out));
         double dt = now_seconds() - t0;
@@ -197,8 +199,8 @@ static void test_cli_train_end_to_end(void) {
     char cmd[8192], out[65536], err[ERR_MAX], model[4096];
     snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl")); // golden_path's buffer is static
     snprintf(cmd, sizeof(cmd),
-             "./sdxl train --model %s --data %s --out build/test_cli/train/storyboard.safetensors --steps 2 "
-             "--mixed-precision fp16 --cache-dir build/test_cli/train/cache --verbose",
+             "%s train --model %s --data %s --out build/test_cli/train/storyboard.safetensors --steps 2 "
+             "--mixed-precision fp16 --cache-dir build/test_cli/train/cache --verbose", sdxl_bin(),
              model, golden_path("data"));
     int status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "train exits 0 (%s)", status ? last_line(out) : "ok")) return;
@@ -230,8 +232,8 @@ static void test_cli_train_end_to_end(void) {
         image_free(&curve);
     }
     snprintf(cmd, sizeof(cmd),
-             "./sdxl generate --model %s --lora build/test_cli/train/storyboard.safetensors --prompt x --steps 1 "
-             "--width 64 --height 64 --out build/test_cli/train/frame.png",
+             "%s generate --model %s --lora build/test_cli/train/storyboard.safetensors --prompt x --steps 1 "
+             "--width 64 --height 64 --out build/test_cli/train/frame.png", sdxl_bin(),
              golden_path("tiny_sdxl"));
     status = run(cmd, out, sizeof(out));
     check_true(status == 0 && strstr(out, "merged LoRA build/test_cli/train/storyboard.safetensors at scale 0.4: kohya, 176 modules"),
@@ -245,8 +247,8 @@ static void test_cli_generate_writes_png(void) {
     remove("build/test_cli/frame.png");
     char cmd[4096], out[16384];
     snprintf(cmd, sizeof(cmd),
-             "./sdxl generate --model %s --prompt 'a man opens a door' --steps 2 --width 100 --height 60 "
-             "--out build/test_cli/frame.png", golden_path("tiny_sdxl"));
+             "%s generate --model %s --prompt 'a man opens a door' --steps 2 --width 100 --height 60 "
+             "--out build/test_cli/frame.png", sdxl_bin(), golden_path("tiny_sdxl"));
     int status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "generate exits 0 (%s)", status ? out : "ok")) return;
     check_true(strstr(out, "step 2/2") && strstr(out, "s/it") && strstr(out, "ETA"), "progress lines with s/it and ETA");
@@ -274,8 +276,8 @@ static void test_cli_prompts_file_reuses_model(void) {
     remove("build/test_cli/shots/002.png");
     char cmd[4096], out[16384];
     snprintf(cmd, sizeof(cmd),
-             "./sdxl generate --model %s --prompts build/test_cli/prompts.txt --no-style --negative '' --steps 1 "
-             "--sampler dpmpp_2m_karras --width 64 --height 64 --out build/test_cli/shots", golden_path("tiny_sdxl"));
+             "%s generate --model %s --prompts build/test_cli/prompts.txt --no-style --negative '' --steps 1 "
+             "--sampler dpmpp_2m_karras --width 64 --height 64 --out build/test_cli/shots", sdxl_bin(), golden_path("tiny_sdxl"));
     int status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "generate --prompts exits 0 (%s)", status ? out : "ok")) return;
     int loads = 0;
@@ -329,8 +331,8 @@ static void test_cli_eval_writes_reports(void) {
     remove("build/test_cli/eval_frames/001.png");
     remove("build/test_cli/eval_frames/002.png");
     snprintf(cmd, sizeof(cmd),
-             "./sdxl generate --model %s --prompts build/test_cli/eval_prompts.txt --steps 1 --width 96 --height 54 "
-             "--out build/test_cli/eval_frames", golden_path("tiny_sdxl"));
+             "%s generate --model %s --prompts build/test_cli/eval_prompts.txt --steps 1 --width 96 --height 54 "
+             "--out build/test_cli/eval_frames", sdxl_bin(), golden_path("tiny_sdxl"));
     status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "generate two 96x54 frames (%.200s)", status ? out : "ok")) return;
     // the stand-in judge: reads the prompt on stdin, answers with the image path it was given
@@ -342,9 +344,9 @@ static void test_cli_eval_writes_reports(void) {
     char paths[5][512];
     for (int k = 0; k < 5; k++) snprintf(paths[k], sizeof(paths[k]), "%s", golden_path(names[k]));
     snprintf(cmd, sizeof(cmd),
-             "./sdxl eval --images build/test_cli/eval_frames --out build/test_cli/eval_full --width 96 --height 54 "
+             "%s eval --images build/test_cli/eval_frames --out build/test_cli/eval_full --width 96 --height 54 "
              "--clip %s --interrogator-lists %s --cache build/test_cli/label_cache --yolo %s --blip %s --minilm %s "
-             "--judge-cmd 'sh build/test_cli/judge.sh'",
+             "--judge-cmd 'sh build/test_cli/judge.sh'", sdxl_bin(),
              paths[0], paths[1], paths[2], paths[3], paths[4]);
     status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "eval with every evaluator exits 0 (%.300s)", status ? out : "ok")) return;
@@ -423,8 +425,8 @@ static void test_cli_eval_writes_reports(void) {
     }
 
     // No evaluator weights: every model field says it was skipped and why; the style checks still run.
-    snprintf(cmd, sizeof(cmd), "./sdxl eval --images build/test_cli/eval_frames --prompts build/test_cli/eval_prompts.txt "
-                               "--out build/test_cli/eval_none");
+    snprintf(cmd, sizeof(cmd), "%s eval --images build/test_cli/eval_frames --prompts build/test_cli/eval_prompts.txt "
+                               "--out build/test_cli/eval_none", sdxl_bin());
     status = run(cmd, out, sizeof(out));
     if (!check_true(status == 0, "eval with no evaluators exits 0 (%.300s)", status ? out : "ok")) return;
     images = read_report(&doc, "build/test_cli/eval_none", 2);
@@ -459,7 +461,7 @@ static void test_cli_eval_writes_reports(void) {
         {"--images build/test_cli/eval_frames --beams 0", "--beams"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-        snprintf(cmd, sizeof(cmd), "./sdxl eval --out build/test_cli/eval_bad %s", cases[c].args);
+        snprintf(cmd, sizeof(cmd), "%s eval --out build/test_cli/eval_bad %s", sdxl_bin(), cases[c].args);
         status = run(cmd, out, sizeof(out));
         const char* line = last_line(out);
         check_true(status != 0 && strncmp(line, "error: ", 7) == 0 && strstr(line, cases[c].needle),
@@ -486,7 +488,7 @@ static void test_cli_readme_help_is_current(void) {
         const char* end = begin ? strstr(begin, end_mark) : NULL;
         if (!check_true(begin && end, "README.md has the %s --help block", commands[c])) continue;
         begin += strlen(begin_mark);
-        snprintf(cmd, sizeof(cmd), "./sdxl %s --help", commands[c]);
+        snprintf(cmd, sizeof(cmd), "%s %s --help", sdxl_bin(), commands[c]);
         int status = run(cmd, out, sizeof(out));
         size_t n = (size_t)(end - begin);
         check_true(status == 0 && strlen(out) == n && memcmp(out, begin, n) == 0,

@@ -741,7 +741,7 @@ static const char* backend_arg(void) { return backend_current() == BACKEND_CUDA 
 // The shell command of that run, writing `out` and its output to <out>.log ("exec " in front
 // makes the shell become the trainer, so a signal reaches the trainer itself).
 static void train_cli_command(char* cmd, size_t cap, const char* prefix, const char* out, const char* extra) {
-    snprintf(cmd, cap, "%s./sdxl train --model %s --out %s %s %s %s > %s.log 2>&1", prefix, golden_path("tiny_sdxl"), out,
+    snprintf(cmd, cap, "%s%s train --model %s --out %s %s %s %s > %s.log 2>&1", prefix, sdxl_bin(), golden_path("tiny_sdxl"), out,
              KILL_RUN_ARGS, backend_arg(), extra, out);
 }
 
@@ -754,7 +754,7 @@ static int run_train_cli(const char* out, const char* extra) {
 
 static void test_resume_after_sigkill(void) {
     struct stat sb;
-    if (!check_true(stat("./sdxl", &sb) == 0, "./sdxl exists (make builds it beside tests/run_tests)")) return;
+    if (!check_true(stat(sdxl_bin(), &sb) == 0, "%s exists (make builds it beside tests/run_tests)", sdxl_bin())) return;
     if (!make_run_dataset()) return;
     system("rm -rf " RUN_DIR "/k*");
     if (!check_true(run_train_cli(RUN_DIR "/k_whole.safetensors", "") == 0, "uninterrupted 10-step run (see %s.log)",
