@@ -59,6 +59,11 @@ static void test_cli_bad_arguments_one_line(void) {
         {"generate --model M --prompt x --lora-scale 99", "--lora-scale"},
         {"generate --model M --prompt x --bogus 1", "unknown option"},
         {"generate --model M --prompt x --seed", "needs a value"},
+        {"generate --model M --prompt x --seed 18446744073709551616", "expects an integer from -9223372036854775808 to 18446744073709551615"},
+        {"generate --model M --prompt x --seed -9223372036854775809", "got '-9223372036854775809'"},
+        {"generate --model M --prompt x --seed abc", "--seed expects an integer"},
+        {"generate --model M --prompt x --seed -", "--seed expects an integer"},
+        {"demo --seed 1e9", "--seed expects an integer"},
         {"generate --model M", "exactly one of --prompt"},
         {"generate --model no/such/folder --prompt x", "no/such/folder"},
         {"generate --model M --prompt x --lora no/such.safetensors", "no/such.safetensors"},
@@ -71,6 +76,7 @@ static void test_cli_bad_arguments_one_line(void) {
         {"train --model M --data D --out build/test_cli/never.safetensors --lr-scheduler warmup_stable", "--lr-scheduler"},
         {"train --model M --data D --out build/test_cli/never.safetensors --mixed-precision fp8", "--mixed-precision"},
         {"train --model M --data D --out build/test_cli/never.safetensors --rank 0", "rank 0"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --seed 0x10", "--seed expects an integer"},
         {"train --model M --data D --out build/test_cli/never.safetensors --resume latest", "no checkpoint to resume"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -177,6 +183,43 @@ static void test_cli_generate_writes_png(void) {
     image_free(&img);
     struct stat sb;
     check_true(stat("build/test_cli/frame.png.tmp", &sb) != 0, "no temporary file left");
+}
+
+// Seeds over torch's whole range: 2^64 - 1 is accepted, logged and written in the PNG's
+// parameters as A1111 writes it ("Seed: N"); -1 is the same seed, as torch.manual_seed(-1) is.
+static void test_cli_generate_full_seed_range(void) {
+    if (!have_binary()) return;
+    mkdir("build", 0755);
+    mkdir("build/test_cli", 0755);
+    const char* seeds[2] = {"18446744073709551615", "-1"};
+    const char* paths[2] = {"build/test_cli/seed_max.png", "build/test_cli/seed_minus1.png"};
+    Image img[2] = {{0}, {0}};
+    char cmd[10240], out[16384], err[ERR_MAX];
+    for (int k = 0; k < 2; k++) {
+        remove(paths[k]);
+        snprintf(cmd, sizeof(cmd), "./sdxl generate --model %s --prompt 'a door' --steps 1 --width 64 --height 64 --seed %s --out %s",
+                 golden_path("tiny_sdxl"), seeds[k], paths[k]);
+        int status = run(cmd, out, sizeof(out));
+        if (!check_true(status == 0, "generate --seed %s exits 0 (%s)", seeds[k], status ? last_line(out) : "ok")) return;
+        check_true(strstr(out, "seed                 = 18446744073709551615") != NULL, "--seed %s is logged as 18446744073709551615",
+                   seeds[k]);
+        if (!check_true(png_read(&img[k], paths[k], err) == 0, "read %s: %s", paths[k], err)) return;
+        const char* params = image_get_text(&img[k], "parameters");
+        check_true(params && strstr(params, ", Seed: 18446744073709551615, "), "--seed %s: the parameters say Seed: 18446744073709551615",
+                   seeds[k]);
+    }
+    check_true(img[0].width == img[1].width && memcmp(img[0].data, img[1].data, 64 * 64 * 3) == 0,
+               "--seed -1 and --seed 18446744073709551615 draw the same image");
+    image_free(&img[0]);
+    image_free(&img[1]);
+    // train takes the same range: the run gets past --seed and stops at the next bad option
+    char model[4096]; // golden_path's buffer is static: keep a copy
+    snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
+    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --data %s --out build/test_cli/never.safetensors --seed 9223372036854775808 --rank 0",
+             model, golden_path("data"));
+    int status = run(cmd, out, sizeof(out));
+    check_true(status != 0 && strstr(last_line(out), "rank 0") && strstr(out, "seed                 = 9223372036854775808"),
+               "train --seed 2^63 is accepted and logged (%s)", last_line(out));
 }
 
 static void test_cli_prompts_file_reuses_model(void) {
@@ -416,6 +459,7 @@ const TestCase tests_cli[] = {
     {"cli_generate_writes_png", test_cli_generate_writes_png},
     {"cli_prompts_file_reuses_model", test_cli_prompts_file_reuses_model},
     {"cli_train_end_to_end", test_cli_train_end_to_end},
+    {"cli_generate_full_seed_range", test_cli_generate_full_seed_range},
     {"cli_eval_writes_reports", test_cli_eval_writes_reports},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
