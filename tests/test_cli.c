@@ -428,6 +428,51 @@ static void test_cli_eval_writes_reports(void) {
     check_true(stat("build/test_cli/eval_bad/report.json", &sb) != 0, "no report from a failed run");
 }
 
+// `sdxl eval` on a folder where a "PNG" is not one: the console warns (the file and why, and the
+// count), the summary is the real frame's alone, and the exit is 0; when no image can be read at
+// all the run fails with one line. The frame is written by our PNG writer, the fake is text.
+static void test_cli_eval_unreadable_images(void) {
+    if (!have_binary()) return;
+    system("rm -rf build/test_cli/eval_mixed build/test_cli/eval_mixed_report build/test_cli/eval_allbad");
+    mkdir("build", 0755);
+    mkdir("build/test_cli", 0755);
+    mkdir("build/test_cli/eval_mixed", 0755);
+    mkdir("build/test_cli/eval_allbad", 0755);
+    char err[ERR_MAX] = "", out[16384];
+    Image frame = {0};
+    frame.width = 32;
+    frame.height = 18;
+    frame.channels = 3;
+    frame.depth = 8;
+    frame.data = xmalloc(32 * 18 * 3);
+    for (size_t i = 0; i < 32 * 18 * 3; i++) ((uint8_t*)frame.data)[i] = (uint8_t)(i % 3 == 0 ? 200 : 40); // reddish: colourful
+    int ok = png_write("build/test_cli/eval_mixed/001.png", &frame, err) == 0;
+    image_free(&frame);
+    const char* fake = "hello, I am not a PNG\n";
+    ok = ok && write_file_atomic("build/test_cli/eval_mixed/fake.png", fake, strlen(fake), err) == 0;
+    ok = ok && write_file_atomic("build/test_cli/eval_allbad/fake.png", fake, strlen(fake), err) == 0;
+    if (!check_true(ok, "write the test folders: %s", err)) return;
+    int status = run("./sdxl eval --images build/test_cli/eval_mixed --out build/test_cli/eval_mixed_report --width 32 --height 18",
+                     out, sizeof(out));
+    check_true(status == 0, "some images unreadable: exit 0 (%s)", status ? last_line(out) : "ok");
+    check_true(strstr(out, "warning: build/test_cli/eval_mixed/fake.png: not a PNG file") != NULL, "a warning names fake.png and why");
+    check_true(strstr(out, "1 of 2 images could not be read") != NULL, "the warning counts the unreadable images");
+    check_true(strstr(out, "exact size                                   100.0%        1") != NULL,
+               "exact size: 100%% of the one readable image, not 50%% of two");
+    JsonDoc doc;
+    const JsonValue* images = read_report(&doc, "build/test_cli/eval_mixed_report", 2);
+    if (images) {
+        double n = -1;
+        int has = json_get_number(json_get(json_get(&doc.root, "summary"), "colourfulness"), "images", &n);
+        check_true(has && n == 1, "the colourfulness mean is over 1 image (%g)", n);
+        json_free(&doc);
+    }
+    status = run("./sdxl eval --images build/test_cli/eval_allbad --out build/test_cli/eval_allbad/report", out, sizeof(out));
+    const char* line = last_line(out);
+    check_true(status != 0 && strncmp(line, "error: build/test_cli/eval_allbad: none of the 1 image could be read", 68) == 0,
+               "no image readable: exit %d, %s", status, line);
+}
+
 // README.md holds the `sdxl generate --help` and `sdxl eval --help` outputs between marker lines;
 // they must be current.
 static void test_cli_readme_help_is_current(void) {
@@ -461,6 +506,7 @@ const TestCase tests_cli[] = {
     {"cli_train_end_to_end", test_cli_train_end_to_end},
     {"cli_generate_full_seed_range", test_cli_generate_full_seed_range},
     {"cli_eval_writes_reports", test_cli_eval_writes_reports},
+    {"cli_eval_unreadable_images", test_cli_eval_unreadable_images},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
 };
