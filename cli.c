@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "rng.h"
 #include "tensor.h"
 
 static const Option* find_option(const Option* options, int count, const char* name) {
@@ -23,6 +24,7 @@ static void format_value(const Option* o, char* buf, size_t cap) {
     case OPT_DOUBLE: snprintf(buf, cap, "%g", *(double*)o->target); break;
     case OPT_STRING: snprintf(buf, cap, "%s", *(const char**)o->target ? *(const char**)o->target : "(none)"); break;
     case OPT_FLAG: snprintf(buf, cap, "%s", *(int*)o->target ? "on" : "off"); break;
+    case OPT_SEED: snprintf(buf, cap, "%llu", (unsigned long long)*(uint64_t*)o->target); break;
     }
 }
 
@@ -31,7 +33,7 @@ void options_print_help(const Option* options, int count, const char* usage) {
     for (int i = 0; i < count; i++) {
         char def[256];
         format_value(&options[i], def, sizeof(def));
-        const char* arg = options[i].type == OPT_INT ? " N" : options[i].type == OPT_FLOAT || options[i].type == OPT_DOUBLE ? " F" : options[i].type == OPT_STRING ? " S" : "";
+        const char* arg = options[i].type == OPT_INT || options[i].type == OPT_SEED ? " N" : options[i].type == OPT_FLOAT || options[i].type == OPT_DOUBLE ? " F" : options[i].type == OPT_STRING ? " S" : "";
         char left[64];
         snprintf(left, sizeof(left), "%s%s", options[i].name, arg);
         // a string option without a value has its default described in its help text
@@ -71,6 +73,10 @@ int options_parse(const Option* options, int count, int argc, char** argv, int f
             if (*v == 0 || *end != 0 || errno == ERANGE || x < -2147483647L || x > 2147483647L)
                 fatal("option %s expects an integer, got '%s'", o->name, v);
             *(int*)o->target = (int)x;
+        } else if (o->type == OPT_SEED) {
+            if (torch_seed_parse(v, (uint64_t*)o->target) != 0)
+                fatal("option %s expects an integer from -9223372036854775808 to 18446744073709551615 (torch's seed range), got '%s'",
+                      o->name, v);
         } else if (o->type == OPT_FLOAT) {
             float x = strtof(v, &end);
             if (*v == 0 || *end != 0 || errno == ERANGE) fatal("option %s expects a number, got '%s'", o->name, v);

@@ -8,12 +8,14 @@
 #include "pipeline.h" // SdxlPrecision
 #include "tensor.h"   // DType
 
-typedef enum { OPT_INT, OPT_FLOAT, OPT_DOUBLE, OPT_STRING, OPT_FLAG } OptionType;
+// OPT_SEED is a torch seed: any 64-bit value, read as torch.Generator.manual_seed reads it
+// (torch_seed_parse in rng.h: 0 .. 2^64 - 1, and -2^63 .. -1 as 2^64 + n), into a uint64_t.
+typedef enum { OPT_INT, OPT_FLOAT, OPT_DOUBLE, OPT_STRING, OPT_FLAG, OPT_SEED } OptionType;
 
 typedef struct {
     const char* name;  // "--steps"
     OptionType type;
-    void* target;      // int*, float*, double*, const char**, or int* (flag: set to 1)
+    void* target;      // int*, float*, double*, const char**, int* (flag: set to 1), or uint64_t* (seed)
     const char* help;  // what it does and the allowed values; the default is appended
 } Option;
 

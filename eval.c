@@ -193,6 +193,14 @@ void eval_record_init(EvalRecord* r, const char* path, const char* prompt) {
     const char* slash = strrchr(path, '/');
     snprintf(r->name, sizeof(r->name), "%.255s", slash ? slash + 1 : path);
     r->prompt = xstrdup(prompt ? prompt : "");
+    r->image.status = EVAL_DONE;
+}
+
+void eval_record_unreadable(EvalRecord* r, const char* why) {
+    eval_field_fail(&r->image, "%s", why);
+    memset(&r->style, 0, sizeof(r->style));
+    EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
+    for (int k = 0; k < 6; k++) eval_field_skip(fields[k], "not run: the image could not be read");
 }
 
 void eval_record_free(EvalRecord* r) {
@@ -270,12 +278,20 @@ static void mean_add(Mean* m, double v) {
 
 typedef struct {
     Mean clip_score, clip_cosine, objects_found, minilm, clip_text, judge, colourfulness, saturation, bw, size_ok;
+    int images, unreadable; // every record; those whose image could not be read (in no mean)
 } Summary;
 
+// Every mean is over the images it was measured on: an unreadable image is in none (its style
+// fields are zeros, not measurements), and an evaluator counts an image only when it ran there.
 static Summary summarize(const EvalRecord* r, int n) {
     Summary s;
     memset(&s, 0, sizeof(s));
+    s.images = n;
     for (int i = 0; i < n; i++) {
+        if (r[i].image.status != EVAL_DONE) {
+            s.unreadable++;
+            continue;
+        }
         if (r[i].clip.status == EVAL_DONE) {
             mean_add(&s.clip_score, r[i].clip_score);
             mean_add(&s.clip_cosine, r[i].clip_cosine);
@@ -319,9 +335,19 @@ static const struct {
 
 static const Mean* summary_mean(const Summary* s, int row) { return (const Mean*)((const char*)s + summary_rows[row].offset); }
 
+// "3 images", or "3 of 5 images read (2 could not be read: in no mean)"
+static void summary_count(const Summary* s, char* buf, size_t cap) {
+    if (s->unreadable == 0) snprintf(buf, cap, "%d image%s", s->images, s->images == 1 ? "" : "s");
+    else
+        snprintf(buf, cap, "%d of %d images read (%d could not be read: in no mean)", s->images - s->unreadable, s->images,
+                 s->unreadable);
+}
+
 void eval_print_summary(const EvalRecord* records, int n) {
     Summary s = summarize(records, n);
-    printf("\n%-40s %10s %8s\n", "summary over the images", "mean", "images");
+    char count[160];
+    summary_count(&s, count, sizeof(count));
+    printf("\nsummary over %s\n%-40s %10s %8s\n", count, "", "mean", "images");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
         if (m->n == 0) {
@@ -332,6 +358,38 @@ void eval_print_summary(const EvalRecord* records, int n) {
             printf("%-40s %10.4f %8d\n", summary_rows[row].title, m->sum / m->n, m->n);
         }
     }
+}
+
+int eval_print_warnings(FILE* out, const EvalRecord* records, int n) {
+    int unreadable = 0;
+    for (int i = 0; i < n; i++)
+        if (records[i].image.status != EVAL_DONE) {
+            fprintf(out, "warning: %s\n", records[i].image.note);
+            unreadable++;
+        }
+    // an evaluator that failed on a readable image: that image is out of its mean only
+    const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
+    for (int k = 0; k < 6; k++) {
+        int failed = 0, first = -1;
+        for (int i = 0; i < n; i++) {
+            const EvalRecord* r = &records[i];
+            const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
+            if (r->image.status == EVAL_DONE && fields[k]->status == EVAL_FAILED) {
+                if (first < 0) first = i;
+                failed++;
+            }
+        }
+        if (failed) {
+            const EvalRecord* r = &records[first];
+            const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
+            fprintf(out, "warning: %s failed on %d of %d images, left out of its means (first, %s: %s)\n", names[k], failed,
+                    n - unreadable, r->name, fields[k]->note);
+        }
+    }
+    if (unreadable)
+        fprintf(out, "warning: %d of %d images could not be read; they are in no mean, and the reports list them as failed\n",
+                unreadable, n);
+    return unreadable;
 }
 
 // ----------------------------------------------------------------------------
@@ -346,7 +404,16 @@ static void write_json(StrBuf* t, const EvalRecord* records, int n, const char* 
     Summary s = summarize(records, n);
     strbuf_printf(t, "{\n  \"tool\": \"sdxl.c eval\",\n  \"settings\": ");
     text_json_string(t, settings);
-    strbuf_printf(t, ",\n  \"summary\": {");
+    strbuf_printf(t, ",\n  \"images_total\": %d,\n  \"images_unreadable\": %d,\n  \"unreadable\": [", s.images, s.unreadable);
+    for (int i = 0, k = 0; i < n; i++) {
+        if (records[i].image.status == EVAL_DONE) continue;
+        strbuf_printf(t, "%s\n    {\"file\": ", k++ ? "," : "");
+        text_json_string(t, records[i].path);
+        strbuf_printf(t, ", \"reason\": ");
+        text_json_string(t, records[i].image.note);
+        strbuf_printf(t, "}");
+    }
+    strbuf_printf(t, "%s],\n  \"summary\": {", s.unreadable ? "\n  " : "");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
         const Mean* m = summary_mean(&s, row);
         strbuf_printf(t, "%s\n    \"%s\": ", row ? "," : "", summary_rows[row].key);
@@ -361,10 +428,17 @@ static void write_json(StrBuf* t, const EvalRecord* records, int n, const char* 
         text_json_string(t, r->path);
         strbuf_printf(t, ", \"prompt\": ");
         text_json_string(t, r->prompt);
-        strbuf_printf(t, ",\n     \"style\": {\"width\": %d, \"height\": %d, \"size_ok\": %s, \"aspect_16_9\": %s, "
-                    "\"colourfulness\": %.4f, \"mean_saturation\": %.4f, \"colour_pixels\": %.4f, \"black_and_white\": %s},",
-                 st->width, st->height, st->size_ok ? "true" : "false", st->aspect_ok ? "true" : "false",
-                 st->colourfulness, st->mean_saturation, st->colour_pixels, st->black_and_white ? "true" : "false");
+        strbuf_printf(t, ",\n     ");
+        json_field(t, "image", &r->image);
+        strbuf_printf(t, "},");
+        if (r->image.status != EVAL_DONE) {
+            strbuf_printf(t, "\n     \"style\": null,"); // nothing was measured
+        } else {
+            strbuf_printf(t, "\n     \"style\": {\"width\": %d, \"height\": %d, \"size_ok\": %s, \"aspect_16_9\": %s, "
+                        "\"colourfulness\": %.4f, \"mean_saturation\": %.4f, \"colour_pixels\": %.4f, \"black_and_white\": %s},",
+                     st->width, st->height, st->size_ok ? "true" : "false", st->aspect_ok ? "true" : "false",
+                     st->colourfulness, st->mean_saturation, st->colour_pixels, st->black_and_white ? "true" : "false");
+        }
         strbuf_printf(t, "\n     ");
         json_field(t, "clip", &r->clip);
         if (r->clip.status == EVAL_DONE) strbuf_printf(t, ", \"score\": %.4f, \"cosine\": %.6f", r->clip_score, r->clip_cosine);
@@ -419,7 +493,8 @@ static void write_json(StrBuf* t, const EvalRecord* records, int n, const char* 
 }
 
 // ----------------------------------------------------------------------------
-// report.csv: one row per image; a skipped or failed evaluator's columns say so
+// report.csv: one row per image; a skipped or failed evaluator's columns say so, and so do the
+// style columns of an image that could not be read
 
 static void csv_number(StrBuf* t, const EvalField* f, double v, const char* fmt) {
     if (f->status == EVAL_DONE) strbuf_printf(t, fmt, v);
@@ -436,9 +511,14 @@ static void write_csv(StrBuf* t, const EvalRecord* records, int n) {
         text_csv(t, r->path);
         strbuf_printf(t, ",");
         text_csv(t, r->prompt);
-        strbuf_printf(t, ",%d,%d,%s,%s,%.4f,%.4f,%.4f,%s,", st->width, st->height, st->size_ok ? "yes" : "no",
-                 st->aspect_ok ? "yes" : "no", st->colourfulness, st->mean_saturation, st->colour_pixels,
-                 st->black_and_white ? "yes" : "no");
+        // an unreadable image: its style cells say "failed" (no zeros that read as measurements),
+        // and the notes column says why
+        if (r->image.status != EVAL_DONE)
+            strbuf_printf(t, ",failed,failed,failed,failed,failed,failed,failed,failed,");
+        else
+            strbuf_printf(t, ",%d,%d,%s,%s,%.4f,%.4f,%.4f,%s,", st->width, st->height, st->size_ok ? "yes" : "no",
+                     st->aspect_ok ? "yes" : "no", st->colourfulness, st->mean_saturation, st->colour_pixels,
+                     st->black_and_white ? "yes" : "no");
         csv_number(t, &r->clip, r->clip_score, "%.4f");
         strbuf_printf(t, ",");
         csv_number(t, &r->clip, r->clip_cosine, "%.6f");
@@ -487,9 +567,10 @@ static void write_csv(StrBuf* t, const EvalRecord* records, int n) {
         // the notes column: why each skipped or failed evaluator did not run
         StrBuf notes = {0};
         strbuf_printf(&notes, "%s", "");
+        if (r->image.status != EVAL_DONE) strbuf_printf(&notes, "image: %s", r->image.note); // no evaluator ran: that is all
         const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
         const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < 6 && r->image.status == EVAL_DONE; k++)
             if (fields[k]->status != EVAL_DONE && fields[k]->note[0])
                 strbuf_printf(&notes, "%s%s: %s", notes.len ? "; " : "", names[k], fields[k]->note);
         strbuf_printf(t, ",");
@@ -531,13 +612,15 @@ static const char* HTML_STYLE =
     ".row{margin:2px 0}.muted{color:#888}"
     ".badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;margin-right:4px;color:#fff}"
     ".ok{background:#2e7d32}.bad{background:#c62828}.skip{background:#999}"
-    ".found{color:#2e7d32}.missing{color:#c62828}";
+    ".found{color:#2e7d32}.missing{color:#c62828}.card.failed{border:2px solid #c62828}";
 
 static void write_html(StrBuf* t, const EvalRecord* records, int n, const Image* thumbs, const char* settings) {
     Summary s = summarize(records, n);
     strbuf_printf(t, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 "<title>sdxl.c evaluation report</title><style>%s</style></head><body>\n", HTML_STYLE);
-    strbuf_printf(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%d image%s &middot; ", n, n == 1 ? "" : "s");
+    char count[160];
+    summary_count(&s, count, sizeof(count));
+    strbuf_printf(t, "<h1>Storyboard thumbnails: evaluation report</h1>\n<p class=\"sub\">%s &middot; ", count);
     text_html(t, settings);
     strbuf_printf(t, "</p>\n<table class=\"summary\"><tr><th>measure</th><th>mean</th><th>images</th></tr>\n");
     for (int row = 0; row < SUMMARY_ROWS; row++) {
@@ -551,7 +634,7 @@ static void write_html(StrBuf* t, const EvalRecord* records, int n, const Image*
     for (int i = 0; i < n; i++) {
         const EvalRecord* r = &records[i];
         const StyleReport* st = &r->style;
-        strbuf_printf(t, "<div class=\"card\">\n<div class=\"thumb\">");
+        strbuf_printf(t, "<div class=\"card%s\">\n<div class=\"thumb\">", r->image.status == EVAL_DONE ? "" : " failed");
         uint8_t* png = NULL;
         size_t png_size = 0;
         char err[ERR_MAX];
@@ -599,6 +682,14 @@ static void write_html(StrBuf* t, const EvalRecord* records, int n, const Image*
         }
         strbuf_printf(t, "</div>\n<div class=\"name\">");
         text_html(t, r->name);
+        if (r->image.status != EVAL_DONE) { // a failed card: the reason, nothing measured
+            strbuf_printf(t, "</div>\n<div class=\"prompt\">");
+            text_html(t, r->prompt);
+            strbuf_printf(t, "</div>\n<div class=\"row\"><span class=\"badge bad\">failed</span>could not be read: ");
+            text_html(t, r->image.note);
+            strbuf_printf(t, "</div>\n<div class=\"row muted\">in no mean of the summary</div>\n</div>\n");
+            continue;
+        }
         strbuf_printf(t, " &middot; %dx%d</div>\n<div class=\"prompt\">", st->width, st->height);
         text_html(t, r->prompt);
         strbuf_printf(t, "</div>\n<div class=\"row\"><span class=\"badge %s\">%s</span><span class=\"badge %s\">%s</span>"
@@ -921,6 +1012,10 @@ static void evaluate_one(const Evaluators* ev, const EvalOptions* o, const Image
             if (clip_encode_texts(&ev->clip, texts, 1, CLIP_PROMPT_TRUNCATE, caption_embed, NULL, err) == 0) {
                 r->clip_text_cosine = clip_cosine(prompt_embed, caption_embed, clip_dim);
                 r->has_clip_text_cosine = 1;
+            } else { // out of the CLIP-text mean, and the note says why
+                size_t len = strlen(r->similarity.note);
+                snprintf(r->similarity.note + len, sizeof(r->similarity.note) - len, "%sCLIP text cosine failed: %s",
+                         len ? "; " : "", err);
             }
         }
         if (!ev->has_minilm) r->minilm_cosine = NAN;
@@ -1026,31 +1121,32 @@ int eval_run(const EvalOptions* o, char* err) {
         snprintf(path, sizeof(path), "%s/%s", o->images_dir, files[i]);
         Image png, rgb;
         char ierr[ERR_MAX];
+        memset(&png, 0, sizeof(png));
         if (png_read(&png, path, ierr) != 0 || image_to_rgb8_over_white(&png, &rgb, ierr) != 0) {
-            eval_record_init(&records[i], path, prompts ? prompts[i] : "");
-            records[i].style.width = records[i].style.height = 0;
-            const char* why = ierr;
-            eval_field_fail(&records[i].clip, "%s", why);
-            eval_field_fail(&records[i].detection, "%s", why);
-            eval_field_fail(&records[i].caption, "%s", why);
-            eval_field_fail(&records[i].similarity, "%s", why);
-            eval_field_fail(&records[i].interrogator, "%s", why);
-            eval_field_fail(&records[i].judge, "%s", why);
+            // recorded with why, warned about after the loop, and left out of every mean
+            char* plain = eval_plain_prompt(prompts ? prompts[i] : "");
+            eval_record_init(&records[i], path, plain);
+            free(plain);
+            char why[sizeof(path) + ERR_MAX + 2];
+            if (strncmp(ierr, path, strlen(path)) == 0) snprintf(why, sizeof(why), "%s", ierr); // png_read names the file
+            else snprintf(why, sizeof(why), "%s: %s", path, ierr);
+            eval_record_unreadable(&records[i], why);
             if (png.data) image_free(&png);
-            continue;
+        } else {
+            char* raw = prompts ? xstrdup(prompts[i]) : prompt_from_png(&png);
+            char* plain = eval_plain_prompt(raw ? raw : "");
+            eval_record_init(&records[i], path, plain);
+            if (!raw) eval_field_skip(&records[i].judge, "no prompt (no --prompts file and no parameters text in the PNG)");
+            evaluate_one(&ev, o, &rgb, &records[i]);
+            int tw = rgb.width < THUMB_WIDTH ? rgb.width : THUMB_WIDTH;
+            int th = (int)((double)rgb.height * tw / rgb.width + 0.5);
+            if (image_resize_pil(&rgb, tw, th > 0 ? th : 1, RESAMPLE_BICUBIC, &thumbs[i], ierr) != 0)
+                memset(&thumbs[i], 0, sizeof(Image));
+            free(raw);
+            free(plain);
+            image_free(&png);
+            image_free(&rgb);
         }
-        char* raw = prompts ? xstrdup(prompts[i]) : prompt_from_png(&png);
-        char* plain = eval_plain_prompt(raw ? raw : "");
-        eval_record_init(&records[i], path, plain);
-        if (!raw) eval_field_skip(&records[i].judge, "no prompt (no --prompts file and no parameters text in the PNG)");
-        evaluate_one(&ev, o, &rgb, &records[i]);
-        int tw = rgb.width < THUMB_WIDTH ? rgb.width : THUMB_WIDTH;
-        int th = (int)((double)rgb.height * tw / rgb.width + 0.5);
-        if (image_resize_pil(&rgb, tw, th > 0 ? th : 1, RESAMPLE_BICUBIC, &thumbs[i], ierr) != 0) memset(&thumbs[i], 0, sizeof(Image));
-        free(raw);
-        free(plain);
-        image_free(&png);
-        image_free(&rgb);
         if (!o->quiet) {
             double per = (now_seconds() - t0) / (i + 1);
             fprintf(stderr, "\rimage %d/%d  %.2f s/image  ETA %.0f s   ", i + 1, n, per, per * (n - i - 1));
@@ -1068,6 +1164,13 @@ int eval_run(const EvalOptions* o, char* err) {
         eval_print_summary(records, n);
         printf("\nwrote %s/report.json, report.csv, report.html\n", o->out_dir);
     }
+    fflush(stdout); // the warnings come after the summary, also when both streams go to one place
+    int unreadable = eval_print_warnings(stderr, records, n);
+    // some images unreadable: a warning, exit 0, the rest is reported; none readable: nothing was
+    // evaluated, so the run fails (the reports are still written, with each file's reason)
+    if (rc == 0 && unreadable == n)
+        rc = set_error(err, "%s: none of the %d image%s could be read (the reasons are in %s/report.json)", o->images_dir, n,
+                       n == 1 ? "" : "s", o->out_dir);
     for (int i = 0; i < n; i++) {
         eval_record_free(&records[i]);
         if (thumbs[i].data) image_free(&thumbs[i]);

@@ -8,9 +8,12 @@
 //   - report: one EvalRecord per image, written as report.json, report.csv and report.html (a
 //     contact sheet with each thumbnail, its prompt, caption, scores, detection boxes and
 //     verdicts), plus a summary table of means. An evaluator whose weights were not given is
-//     recorded as skipped with the reason; nothing is left blank.
+//     recorded as skipped with the reason; nothing is left blank. An image that cannot be read
+//     (not a PNG, truncated, an undecodable variant) is recorded as failed with the reason, warned
+//     about, counted, and left out of every mean: its zeros are no measurement.
 #pragma once
 #include <stddef.h>
+#include <stdio.h>
 
 #include "png.h"
 
@@ -87,6 +90,7 @@ typedef struct {
     char path[4400];
     char name[256];  // file name, for display
     char* prompt;    // plain text
+    EvalField image;         // reading the file: done, or failed with why (then nothing below was measured)
     StyleReport style;
     EvalField clip;          // CLIP score
     double clip_score, clip_cosine;
@@ -108,7 +112,11 @@ typedef struct {
     char* judge_reason;
 } EvalRecord;
 
+// A record of a read image (image.status EVAL_DONE); the evaluators fill the rest.
 void eval_record_init(EvalRecord* r, const char* path, const char* prompt);
+// Marks r's image as unreadable for the reason `why` (which names the file): image.status becomes
+// EVAL_FAILED, every evaluator is skipped, and the summaries leave the record out.
+void eval_record_unreadable(EvalRecord* r, const char* why);
 void eval_record_free(EvalRecord* r);
 void eval_field_skip(EvalField* f, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 void eval_field_fail(EvalField* f, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -118,8 +126,13 @@ void eval_field_fail(EvalField* f, const char* fmt, ...) __attribute__((format(p
 // record's image size). Returns 0, or -1 with a one-line error.
 int eval_write_reports(const char* dir, const EvalRecord* records, int n, const Image* thumbs, const char* settings,
                        char* err);
-// The summary table of means over the images each evaluator ran on, for the terminal.
+// The summary table of means over the images each evaluator ran on, for the terminal. Images
+// that could not be read are in no mean; the header says how many there were.
 void eval_print_summary(const EvalRecord* records, int n);
+// Warnings (on stderr in `sdxl eval`): one line per image that could not be read (the file and why), one line per
+// evaluator that failed on some read images (how many, and the first reason), and the count of
+// unreadable images. Returns the number of unreadable images.
+int eval_print_warnings(FILE* out, const EvalRecord* records, int n);
 
 // ----------------------------------------------------------------------------
 // The whole evaluation (`sdxl eval`)
@@ -142,8 +155,10 @@ typedef struct {
 } EvalOptions;
 
 // Runs every evaluator the options give weights for over every image, writes the reports and
-// prints the summary. Returns 0, or -1 with a one-line error (bad folder, unreadable model...);
-// an image that cannot be read is recorded as failed, not fatal.
+// prints the summary. Returns 0, or -1 with a one-line error (bad folder, unreadable model...).
+// An image that cannot be read is recorded as failed and warned about, not fatal, unless no image
+// at all could be read: then the reports are still written (they say why for each file) and the
+// run returns -1, since there is nothing to summarise.
 int eval_run(const EvalOptions* o, char* err);
 // The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK dropped,
 // <lora:...> tags removed. malloc'd.

@@ -69,7 +69,7 @@ typedef struct {
     const char* sampler;
     int steps;
     float cfg;
-    int seed;
+    uint64_t seed;          // torch.Generator("cpu").manual_seed(seed); the full 64-bit range
     int width, height;
     const char* out;
     int no_style;
@@ -126,7 +126,7 @@ static int run_prompts(SdxlModel* model, const GenerateOptions* o, const PromptL
     p.height = o->height;
     p.steps = o->steps;
     p.cfg = o->cfg;
-    p.seed = (uint64_t)o->seed;
+    p.seed = o->seed;
     p.lora_scale = o->lora_scale;
     char lora_name[256] = "";
     if (o->lora) {
@@ -162,7 +162,6 @@ static void validate_generate_options(const GenerateOptions* o) {
     if (!(o->cfg >= 0.0f && o->cfg <= 100.0f)) fatal("--cfg must be in 0..100 (got %g)", o->cfg);
     if (o->width < 8 || o->width > 4096 || o->height < 8 || o->height > 4096)
         fatal("--width and --height must be in 8..4096 (got %dx%d)", o->width, o->height);
-    if (o->seed < 0) fatal("--seed must be non-negative (got %d)", o->seed);
     if (!(o->lora_scale >= -10.0f && o->lora_scale <= 10.0f)) fatal("--lora-scale must be in -10..10 (got %g)", o->lora_scale);
     SamplerKind k;
     if (sampler_from_name(o->sampler, &k) != 0)
@@ -223,7 +222,7 @@ static int generate_main(int argc, char** argv) {
         {"--sampler", OPT_STRING, &o.sampler, "one of euler, euler_a, ddim, dpmpp_2m_karras"},
         {"--steps", OPT_INT, &o.steps, "denoising steps"},
         {"--cfg", OPT_FLOAT, &o.cfg, "classifier-free guidance scale"},
-        {"--seed", OPT_INT, &o.seed, "seed of the torch-identical CPU generator"},
+        {"--seed", OPT_SEED, &o.seed, "seed of the torch-identical CPU generator: any integer torch.manual_seed takes, -2^63 .. 2^64-1"},
         {"--width", OPT_INT, &o.width, "output width in pixels; generated at the next multiple of 8, centre-cropped"},
         {"--height", OPT_INT, &o.height, "output height in pixels"},
         {"--out", OPT_STRING, &o.out, "PNG to write (a folder with --prompts)"},
@@ -280,7 +279,7 @@ static int demo_main(int argc, char** argv) {
         {"--prompt", OPT_STRING, &o.prompt, "what to draw"},
         {"--steps", OPT_INT, &o.steps, "denoising steps"},
         {"--sampler", OPT_STRING, &o.sampler, "one of euler, euler_a, ddim, dpmpp_2m_karras"},
-        {"--seed", OPT_INT, &o.seed, "seed of the torch-identical CPU generator"},
+        {"--seed", OPT_SEED, &o.seed, "seed of the torch-identical CPU generator: any integer torch.manual_seed takes, -2^63 .. 2^64-1"},
         {"--width", OPT_INT, &o.width, "output width in pixels"},
         {"--height", OPT_INT, &o.height, "output height in pixels"},
         {"--model-dir", OPT_STRING, &folder, "where the tiny model is written (its dataset and LoRA go beside it)"},
@@ -357,7 +356,7 @@ static int train_main(int argc, char** argv) {
     const char* save_precision = "fp32";
     const char* sample_prompt = NULL;
     const char* sample_prompts_file = NULL;
-    int random_crop = 0, warmup = 0, seed = 42, verbose = 0;
+    int random_crop = 0, warmup = 0, verbose = 0;
     float alpha = 0.0f, conv_alpha = 0.0f;
     Option options[] = {
         {"--model", OPT_STRING, &c.model, "the SDXL base model: a diffusers folder, or a single .safetensors (required)"},
@@ -395,7 +394,7 @@ static int train_main(int argc, char** argv) {
         {"--batch-size", OPT_INT, &c.batch_size, "images per micro-batch"},
         {"--grad-accum", OPT_INT, &c.obj.grad_accum, "micro-batches per optimizer step"},
         {"--steps", OPT_INT, &c.max_steps, "optimizer steps"},
-        {"--seed", OPT_INT, &seed, "seed of the LoRA init, the data order and the noise"},
+        {"--seed", OPT_SEED, &c.seed, "seed of the LoRA init, the data order and the noise (-2^63 .. 2^64-1, as torch)"},
         {"--mixed-precision", OPT_STRING, &c.mixed_precision, "fp16 (with loss scaling), bf16 or no (default: fp16 on cuda, no on the CPU)"},
         {"--gradient-checkpointing", OPT_FLAG, &c.checkpointing, "keep only block inputs; recompute each block in the backward"},
         {"--cache-dir", OPT_STRING, &c.cache_dir, "latent and text-embedding cache (default: ~/.cache/sdxl.c/train)"},
@@ -441,8 +440,6 @@ static int train_main(int argc, char** argv) {
     c.lora.conv_alpha = conv_alpha > 0 ? conv_alpha : (float)c.lora.conv_rank;
     if (conv_alpha < 0) fatal("--conv-alpha must be positive, or 0 for alpha = conv rank (got %g)", conv_alpha);
     c.save_dtype = (DType)precision_by_name(save_precision, "--save-precision");
-    if (seed < 0) fatal("--seed must be non-negative (got %d)", seed);
-    c.seed = (uint64_t)seed;
     char** prompts = NULL;
     if (sample_prompts_file) {
         c.sample_prompt_count = read_prompts(sample_prompts_file, &prompts);

@@ -9,11 +9,14 @@
 #include "common.h"
 
 // ----------------------------------------------------------------------------
-// A 5x7 pixel font: each glyph is 7 rows of 5 bits, the leftmost pixel in bit 4
+// A 5x7 pixel font with descenders: each glyph is PLOT_GLYPH_ROWS rows of 5 bits, the leftmost
+// pixel in bit 4. Rows 0-6 stand on the baseline (capitals and digits fill all seven, lowercase
+// letters the lower five); rows 7-8 are below it, where only g and p reach. Without them a 'g'
+// has to squeeze its tail above the baseline and reads as a '9'.
 
 typedef struct {
     char c;
-    uint8_t rows[7];
+    uint8_t rows[PLOT_GLYPH_ROWS];
 } Glyph;
 
 static const Glyph font[] = {
@@ -27,10 +30,10 @@ static const Glyph font[] = {
     {'(', {0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02}}, {')', {0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08}},
     {'a', {0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F}}, {'c', {0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E}},
     {'d', {0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F}}, {'e', {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E}},
-    {'g', {0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E}}, {'h', {0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11}},
+    {'g', {0x00, 0x00, 0x0F, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x0E}}, {'h', {0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11}},
     {'i', {0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E}}, {'l', {0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}},
     {'m', {0x00, 0x00, 0x1A, 0x15, 0x15, 0x11, 0x11}}, {'n', {0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11}},
-    {'o', {0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E}}, {'p', {0x00, 0x00, 0x1E, 0x11, 0x1E, 0x10, 0x10}},
+    {'o', {0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E}}, {'p', {0x00, 0x00, 0x1E, 0x11, 0x11, 0x11, 0x1E, 0x10, 0x10}},
     {'r', {0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10}}, {'s', {0x00, 0x00, 0x0F, 0x10, 0x0E, 0x01, 0x1E}},
     {'t', {0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06}}, {'u', {0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D}},
     {'v', {0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04}}, {'w', {0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A}},
@@ -38,10 +41,17 @@ static const Glyph font[] = {
     {'E', {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F}}, {'M', {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11}},
 };
 
-static const uint8_t* glyph(char c) {
+const uint8_t* plot_glyph(char c) {
     for (size_t i = 0; i < sizeof(font) / sizeof(font[0]); i++)
         if (font[i].c == c) return font[i].rows;
-    return NULL; // a space, or a character the font lacks: left blank
+    return NULL; // a space, or a character the font lacks
+}
+
+// The first character of s that the font cannot draw (a space is drawn as a gap), or 0.
+static char undrawable(const char* s) {
+    for (; s && *s; s++)
+        if (*s != ' ' && !plot_glyph(*s)) return *s;
+    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -74,8 +84,8 @@ static void line(Image* img, int x0, int y0, int x1, int y1, const uint8_t rgb[3
 static int text(Image* img, int x, int y, const char* s, const uint8_t rgb[3], int scale) {
     int x0 = x;
     for (; *s; s++, x += 6 * scale) {
-        const uint8_t* rows = glyph(*s);
-        for (int r = 0; rows && r < 7; r++)
+        const uint8_t* rows = plot_glyph(*s);
+        for (int r = 0; rows && r < PLOT_GLYPH_ROWS; r++)
             for (int c = 0; c < 5; c++)
                 if (rows[r] & (0x10 >> c)) fill_rect(img, x + c * scale, y + r * scale, scale, scale, rgb);
     }
@@ -97,6 +107,13 @@ static double nice_step(double range, int want) {
 int plot_lines(Image* img, int width, int height, const char* title, const char* x_label, const PlotSeries* series,
                int count, char* err) {
     if (width < 200 || height < 150) return set_error(err, "plot: %dx%d is too small", width, height);
+    // a label the font cannot spell would be drawn with holes in it; say so instead
+    const char* texts[2] = {title, x_label};
+    for (int k = 0; k < 2 + count; k++) {
+        const char* t = k < 2 ? texts[k] : series[k - 2].label;
+        char c = undrawable(t);
+        if (c) return set_error(err, "plot: the font has no glyph for '%c' (in \"%s\")", c, t);
+    }
     memset(img, 0, sizeof(*img));
     img->width = width;
     img->height = height;
@@ -139,9 +156,10 @@ int plot_lines(Image* img, int width, int height, const char* title, const char*
     int legend_y = top + 8;
     for (int s = 0; s < count; s++) {
         const PlotSeries* p = &series[s];
-        int px = -1, py = -1;
+        int px = -1, py = -1, drawn = 0;
         for (int i = 0; i < p->n; i++) {
             if (!isfinite(p->y[i]) || !isfinite(p->x[i])) continue;
+            drawn++;
             int x = left + (int)lround((p->x[i] - xmin) / (xmax - xmin) * (right - left));
             int y = bottom - (int)lround((p->y[i] - ymin) / (ymax - ymin) * (bottom - top));
             if (p->dots) fill_rect(img, x - 2, y - 2, 5, 5, p->rgb);
@@ -149,7 +167,7 @@ int plot_lines(Image* img, int width, int height, const char* title, const char*
             else put(img, x, y, p->rgb);
             px = x, py = y;
         }
-        if (p->label) {
+        if (p->label && drawn > 0) { // a series with no point to draw (no validation set) has no entry
             int w = text_width(p->label, 1);
             fill_rect(img, right - w - 22, legend_y, 12, 7, p->rgb);
             text(img, right - w - 6, legend_y, p->label, black, 1);

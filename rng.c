@@ -39,6 +39,26 @@ void torch_manual_seed(TorchGenerator* g, uint64_t seed) {
     g->next = 0;
 }
 
+int torch_seed_parse(const char* text, uint64_t* seed) {
+    const char* s = text;
+    int negative = *s == '-';
+    if (negative) s++;
+    if (*s == 0) return -1;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        uint64_t digit = (uint64_t)(*s - '0');
+        if (v > (UINT64_MAX - digit) / 10) return -1; // past 2^64 - 1
+        v = v * 10 + digit;
+    }
+    if (negative) {
+        if (v > (1ull << 63)) return -1; // below -2^63: torch's int64 fallback overflows too
+        v = 0 - v;                       // two's complement: 2^64 - |n|
+    }
+    *seed = v;
+    return 0;
+}
+
 static uint32_t mt_twist(uint32_t u, uint32_t v) {
     uint32_t mixed = (u & 0x80000000u) | (v & 0x7fffffffu);
     return (mixed >> 1) ^ ((v & 1u) ? MT19937_MATRIX_A : 0u);

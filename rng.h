@@ -28,6 +28,14 @@ typedef struct {
 } TorchGenerator;
 
 void torch_manual_seed(TorchGenerator* g, uint64_t seed); // only the low 32 bits reach MT19937, as in torch
+
+// A seed written in decimal, read as torch.Generator.manual_seed reads a Python int
+// (torch/csrc/Generator.cpp, unpack_uint64): 0 .. 2^64 - 1 as is, and a negative n in -2^63 .. -1
+// as the same 64 bits in two's complement, 2^64 + n (so -1 is 18446744073709551615, the seed
+// torch then reports as initial_seed()). Anything else (out of range, a sign alone, '+', spaces,
+// hex) returns -1. The CPU generator keeps only the low 32 bits (torch_manual_seed); the CUDA
+// generator's Philox key takes all 64 (philox_randn).
+int torch_seed_parse(const char* text, uint64_t* seed);
 uint32_t torch_random32(TorchGenerator* g);
 uint64_t torch_random64(TorchGenerator* g);                // first word in the high half
 

@@ -1,5 +1,6 @@
 """Writes tests/golden/rng.safetensors: PyTorch CPU-generator draws that rng.c must reproduce
-bit for bit.
+bit for bit, and tests/golden/rng_seeds.safetensors: the same for seeds across the whole range
+torch.Generator.manual_seed takes (above 2^31 - 1, above 2^32, up to 2^64 - 1, and negative).
 
     pip install torch safetensors
     python3 scripts/make_golden_rng.py
@@ -52,3 +53,25 @@ tensors["seq.6.randn.1"] = torch.randn(1, generator=g)
 tensors["seq.7.randn.700"] = torch.randn(700, generator=g)
 
 save(tensors, "rng.safetensors", __file__, SEED)
+
+# Seeds over the whole range manual_seed takes (torch/csrc/Generator.cpp, unpack_uint64: a Python
+# int in 0..2^64-1 as is, one in -2^63..-1 as its two's-complement bits). Names carry the seed as
+# the user writes it: seed.<decimal>.<call>. seed.<decimal>.initial_seed is the 64-bit value torch
+# keeps (what the C side must parse the text to); randn.8 is the per-element double path, randn.40
+# the vectorised float path with a redrawn tail, rand.8 the float uniforms.
+SEED_TEXTS = ["0", "2147483647", "2147483648", "4294967295", "4294967296", "4294967338", "9223372036854775807",
+              "9223372036854775808", "18446744073709551615", "-1", "-42", "-9223372036854775808"]
+seeds = {}
+for text in SEED_TEXTS:
+    g = gen(int(text))
+    seeds["seed.%s.initial_seed" % text] = torch.tensor([g.initial_seed()], dtype=torch.uint64)
+    seeds["seed.%s.randn.8" % text] = torch.randn(8, generator=gen(int(text)))
+    seeds["seed.%s.randn.40" % text] = torch.randn(40, generator=gen(int(text)))
+    seeds["seed.%s.rand.8" % text] = torch.rand(8, generator=gen(int(text)))
+for bad in [2**64, -2**63 - 1]:  # out of range: torch refuses them, and so must the C parser
+    try:
+        gen(bad)
+        raise SystemExit("torch accepted seed %d; the C parser refuses it" % bad)
+    except (ValueError, OverflowError, RuntimeError):
+        pass
+save(seeds, "rng_seeds.safetensors", __file__, "see names")

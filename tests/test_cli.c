@@ -60,6 +60,11 @@ static void test_cli_bad_arguments_one_line(void) {
         {"generate --model M --prompt x --lora-scale 99", "--lora-scale"},
         {"generate --model M --prompt x --bogus 1", "unknown option"},
         {"generate --model M --prompt x --seed", "needs a value"},
+        {"generate --model M --prompt x --seed 18446744073709551616", "expects an integer from -9223372036854775808 to 18446744073709551615"},
+        {"generate --model M --prompt x --seed -9223372036854775809", "got '-9223372036854775809'"},
+        {"generate --model M --prompt x --seed abc", "--seed expects an integer"},
+        {"generate --model M --prompt x --seed -", "--seed expects an integer"},
+        {"demo --seed 1e9", "--seed expects an integer"},
         {"generate --model M", "exactly one of --prompt"},
         {"generate --model no/such/folder --prompt x", "no/such/folder"},
         {"generate --model M --prompt x --lora no/such.safetensors", "no/such.safetensors"},
@@ -72,6 +77,7 @@ static void test_cli_bad_arguments_one_line(void) {
         {"train --model M --data D --out build/test_cli/never.safetensors --lr-scheduler warmup_stable", "--lr-scheduler"},
         {"train --model M --data D --out build/test_cli/never.safetensors --mixed-precision fp8", "--mixed-precision"},
         {"train --model M --data D --out build/test_cli/never.safetensors --rank 0", "rank 0"},
+        {"train --model M --data D --out build/test_cli/never.safetensors --seed 0x10", "--seed expects an integer"},
         {"train --model M --data D --out build/test_cli/never.safetensors --resume latest", "no checkpoint to resume"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -263,6 +269,43 @@ static void test_cli_generate_writes_png(void) {
     image_free(&img);
     struct stat sb;
     check_true(stat("build/test_cli/frame.png.tmp", &sb) != 0, "no temporary file left");
+}
+
+// Seeds over torch's whole range: 2^64 - 1 is accepted, logged and written in the PNG's
+// parameters as A1111 writes it ("Seed: N"); -1 is the same seed, as torch.manual_seed(-1) is.
+static void test_cli_generate_full_seed_range(void) {
+    if (!have_binary()) return;
+    mkdir("build", 0755);
+    mkdir("build/test_cli", 0755);
+    const char* seeds[2] = {"18446744073709551615", "-1"};
+    const char* paths[2] = {"build/test_cli/seed_max.png", "build/test_cli/seed_minus1.png"};
+    Image img[2] = {{0}, {0}};
+    char cmd[10240], out[16384], err[ERR_MAX];
+    for (int k = 0; k < 2; k++) {
+        remove(paths[k]);
+        snprintf(cmd, sizeof(cmd), "./sdxl generate --model %s --prompt 'a door' --steps 1 --width 64 --height 64 --seed %s --out %s",
+                 golden_path("tiny_sdxl"), seeds[k], paths[k]);
+        int status = run(cmd, out, sizeof(out));
+        if (!check_true(status == 0, "generate --seed %s exits 0 (%s)", seeds[k], status ? last_line(out) : "ok")) return;
+        check_true(strstr(out, "seed                 = 18446744073709551615") != NULL, "--seed %s is logged as 18446744073709551615",
+                   seeds[k]);
+        if (!check_true(png_read(&img[k], paths[k], err) == 0, "read %s: %s", paths[k], err)) return;
+        const char* params = image_get_text(&img[k], "parameters");
+        check_true(params && strstr(params, ", Seed: 18446744073709551615, "), "--seed %s: the parameters say Seed: 18446744073709551615",
+                   seeds[k]);
+    }
+    check_true(img[0].width == img[1].width && memcmp(img[0].data, img[1].data, 64 * 64 * 3) == 0,
+               "--seed -1 and --seed 18446744073709551615 draw the same image");
+    image_free(&img[0]);
+    image_free(&img[1]);
+    // train takes the same range: the run gets past --seed and stops at the next bad option
+    char model[4096]; // golden_path's buffer is static: keep a copy
+    snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
+    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --data %s --out build/test_cli/never.safetensors --seed 9223372036854775808 --rank 0",
+             model, golden_path("data"));
+    int status = run(cmd, out, sizeof(out));
+    check_true(status != 0 && strstr(last_line(out), "rank 0") && strstr(out, "seed                 = 9223372036854775808"),
+               "train --seed 2^63 is accepted and logged (%s)", last_line(out));
 }
 
 static void test_cli_prompts_file_reuses_model(void) {
@@ -471,6 +514,51 @@ static void test_cli_eval_writes_reports(void) {
     check_true(stat("build/test_cli/eval_bad/report.json", &sb) != 0, "no report from a failed run");
 }
 
+// `sdxl eval` on a folder where a "PNG" is not one: the console warns (the file and why, and the
+// count), the summary is the real frame's alone, and the exit is 0; when no image can be read at
+// all the run fails with one line. The frame is written by our PNG writer, the fake is text.
+static void test_cli_eval_unreadable_images(void) {
+    if (!have_binary()) return;
+    system("rm -rf build/test_cli/eval_mixed build/test_cli/eval_mixed_report build/test_cli/eval_allbad");
+    mkdir("build", 0755);
+    mkdir("build/test_cli", 0755);
+    mkdir("build/test_cli/eval_mixed", 0755);
+    mkdir("build/test_cli/eval_allbad", 0755);
+    char err[ERR_MAX] = "", out[16384];
+    Image frame = {0};
+    frame.width = 32;
+    frame.height = 18;
+    frame.channels = 3;
+    frame.depth = 8;
+    frame.data = xmalloc(32 * 18 * 3);
+    for (size_t i = 0; i < 32 * 18 * 3; i++) ((uint8_t*)frame.data)[i] = (uint8_t)(i % 3 == 0 ? 200 : 40); // reddish: colourful
+    int ok = png_write("build/test_cli/eval_mixed/001.png", &frame, err) == 0;
+    image_free(&frame);
+    const char* fake = "hello, I am not a PNG\n";
+    ok = ok && write_file_atomic("build/test_cli/eval_mixed/fake.png", fake, strlen(fake), err) == 0;
+    ok = ok && write_file_atomic("build/test_cli/eval_allbad/fake.png", fake, strlen(fake), err) == 0;
+    if (!check_true(ok, "write the test folders: %s", err)) return;
+    int status = run("./sdxl eval --images build/test_cli/eval_mixed --out build/test_cli/eval_mixed_report --width 32 --height 18",
+                     out, sizeof(out));
+    check_true(status == 0, "some images unreadable: exit 0 (%s)", status ? last_line(out) : "ok");
+    check_true(strstr(out, "warning: build/test_cli/eval_mixed/fake.png: not a PNG file") != NULL, "a warning names fake.png and why");
+    check_true(strstr(out, "1 of 2 images could not be read") != NULL, "the warning counts the unreadable images");
+    check_true(strstr(out, "exact size                                   100.0%        1") != NULL,
+               "exact size: 100%% of the one readable image, not 50%% of two");
+    JsonDoc doc;
+    const JsonValue* images = read_report(&doc, "build/test_cli/eval_mixed_report", 2);
+    if (images) {
+        double n = -1;
+        int has = json_get_number(json_get(json_get(&doc.root, "summary"), "colourfulness"), "images", &n);
+        check_true(has && n == 1, "the colourfulness mean is over 1 image (%g)", n);
+        json_free(&doc);
+    }
+    status = run("./sdxl eval --images build/test_cli/eval_allbad --out build/test_cli/eval_allbad/report", out, sizeof(out));
+    const char* line = last_line(out);
+    check_true(status != 0 && strncmp(line, "error: build/test_cli/eval_allbad: none of the 1 image could be read", 68) == 0,
+               "no image readable: exit %d, %s", status, line);
+}
+
 // README.md holds the `sdxl generate --help` and `sdxl eval --help` outputs between marker lines;
 // they must be current.
 static void test_cli_readme_help_is_current(void) {
@@ -503,7 +591,9 @@ const TestCase tests_cli[] = {
     {"cli_generate_writes_png", test_cli_generate_writes_png},
     {"cli_prompts_file_reuses_model", test_cli_prompts_file_reuses_model},
     {"cli_train_end_to_end", test_cli_train_end_to_end},
+    {"cli_generate_full_seed_range", test_cli_generate_full_seed_range},
     {"cli_eval_writes_reports", test_cli_eval_writes_reports},
+    {"cli_eval_unreadable_images", test_cli_eval_unreadable_images},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
 };

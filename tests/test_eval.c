@@ -10,6 +10,7 @@
 #include "../common.h"
 #include "../eval.h"
 #include "../json.h"
+#include "../png.h"
 #include "check.h"
 
 // An 8-bit RGB image of w x h filled by colour(x, y).
@@ -187,9 +188,146 @@ static void test_eval_reports(void) {
     check_true(rc == -1 && strstr(err, "no/such/dir"), "an unwritable folder: %s", err);
 }
 
+// Reads a whole text file written by a test (NUL-terminated); NULL on failure, checked.
+static char* slurp(const char* path) {
+    uint8_t* text;
+    size_t size;
+    char err[ERR_MAX];
+    if (!check_true(read_file(path, &text, &size, err) == 0, "read %s: %s", path, err)) return NULL;
+    char* s = xmalloc(size + 1);
+    memcpy(s, text, size);
+    s[size] = 0;
+    free(text);
+    return s;
+}
+
+// A folder with one real frame (written by our PNG writer) and a "fake.png" of text bytes: the
+// fake is recorded as failed with why, warned about, counted, and in no mean, so every summary
+// figure is the real frame's alone (its colourfulness has a closed form, see the style test).
+static void test_eval_unreadable_image_left_out(void) {
+    const char* dir = "build/test_eval/mixed";
+    mkdir("build", 0755);
+    mkdir("build/test_eval", 0755);
+    mkdir(dir, 0755);
+    char err[ERR_MAX] = "";
+    Image frame = make_image(64, 36, red_and_black);
+    int wrote = png_write("build/test_eval/mixed/001.png", &frame, err) == 0;
+    image_free(&frame);
+    const char* fake = "this is not a PNG, only text with a .png name\n";
+    wrote = wrote && write_file_atomic("build/test_eval/mixed/fake.png", fake, strlen(fake), err) == 0;
+    if (!check_true(wrote, "write the test folder: %s", err)) return;
+    EvalOptions o = {0};
+    o.images_dir = dir;
+    o.out_dir = "build/test_eval/mixed_report";
+    o.interrogate = "fast";
+    o.width = 64; // the real frame's size: exact size must be 100%, not 50%
+    o.height = 36;
+    o.beams = 1;
+    o.quiet = 1;
+    int rc = eval_run(&o, err);
+    if (!check_true(rc == 0, "eval over one good and one unreadable image succeeds: %s", rc ? err : "ok")) return;
+    const double want = 1.3 * sqrt(127.5 * 127.5 + 63.75 * 63.75); // red/black closed form
+    char* text = slurp("build/test_eval/mixed_report/report.json");
+    JsonDoc doc;
+    if (text && check_true(json_parse(&doc, text, strlen(text), err) == 0, "report.json parses: %s", err)) {
+        const JsonValue* summary = json_get(&doc.root, "summary");
+        double m = -1, images = -1, total = -1, unreadable = -1;
+        const JsonValue* c = json_get(summary, "colourfulness");
+        check_true(c && json_get_number(c, "mean", &m) && json_get_number(c, "images", &images) && fabs(m - want) < 1e-3 && images == 1,
+                   "colourfulness mean %.4f over %g image = the good frame's %.4f alone", m, images, want);
+        const char* keys[3] = {"size_ok", "mean_saturation", "black_and_white"};
+        const double wants[3] = {1.0, 0.5, 0.0};
+        for (int k = 0; k < 3; k++) {
+            const JsonValue* row = json_get(summary, keys[k]);
+            check_true(row && json_get_number(row, "mean", &m) && json_get_number(row, "images", &images) && fabs(m - wants[k]) < 1e-6 &&
+                           images == 1,
+                       "%s mean %g over %g image (the good frame: %g)", keys[k], m, images, wants[k]);
+        }
+        check_true(json_get_number(&doc.root, "images_total", &total) && json_get_number(&doc.root, "images_unreadable", &unreadable) &&
+                       total == 2 && unreadable == 1,
+                   "images_total %g, images_unreadable %g", total, unreadable);
+        const JsonValue* list = json_get(&doc.root, "unreadable");
+        const char* reason = list && list->length == 1 ? json_get_string(&list->items[0], "reason") : NULL;
+        check_true(reason && strstr(reason, "mixed/fake.png") && strstr(reason, "not a PNG"), "the unreadable list names the file and why: %s",
+                   reason ? reason : "(none)");
+        const JsonValue* images_arr = json_get(&doc.root, "images");
+        const JsonValue* bad = images_arr && images_arr->length == 2 ? &images_arr->items[1] : NULL;
+        const char* status = bad ? json_get_string(json_get(bad, "image"), "status") : NULL;
+        const JsonValue* style = bad ? json_get(bad, "style") : NULL;
+        check_true(status && strcmp(status, "failed") == 0 && style && style->type == JSON_NULL,
+                   "fake.png's record: image failed, style null (no zeros posing as measurements)");
+        json_free(&doc);
+    }
+    free(text);
+    text = slurp("build/test_eval/mixed_report/report.csv");
+    check_true(text && strstr(text, "mixed/fake.png\",\"\",failed,failed,failed,") && strstr(text, "image: build/test_eval/mixed/fake.png: not a PNG"),
+               "report.csv: the fake's row says failed, and why");
+    free(text);
+    text = slurp("build/test_eval/mixed_report/report.html");
+    check_true(text && strstr(text, "1 of 2 images read (1 could not be read: in no mean)") && strstr(text, "<div class=\"card failed\">") &&
+                   strstr(text, "could not be read: build/test_eval/mixed/fake.png: not a PNG"),
+               "report.html: the count in the heading, the fake's card marked failed with why");
+    free(text);
+}
+
+// Nothing readable: the reports still say why for each file, and the run fails.
+static void test_eval_all_unreadable_fails(void) {
+    mkdir("build", 0755);
+    mkdir("build/test_eval", 0755);
+    mkdir("build/test_eval/allbad", 0755);
+    char err[ERR_MAX] = "";
+    const char* fake = "GIF89a";
+    write_file_atomic("build/test_eval/allbad/a.png", fake, strlen(fake), err);
+    write_file_atomic("build/test_eval/allbad/b.png", "", 0, err);
+    remove("build/test_eval/allbad_report/report.json");
+    EvalOptions o = {0};
+    o.images_dir = "build/test_eval/allbad";
+    o.out_dir = "build/test_eval/allbad_report";
+    o.interrogate = "fast";
+    o.width = 64;
+    o.height = 36;
+    o.beams = 1;
+    o.quiet = 1;
+    int rc = eval_run(&o, err);
+    check_true(rc == -1 && strstr(err, "none of the 2 images could be read"), "every image unreadable -> an error: %s", err);
+    char* text = slurp("build/test_eval/allbad_report/report.json");
+    check_true(text && strstr(text, "\"images_unreadable\": 2") && strstr(text, "allbad/b.png"), "the report is written, both listed");
+    free(text);
+}
+
+// The console warnings: a line per unreadable image, a line per evaluator that failed on readable
+// ones (out of that evaluator's mean only), and the count.
+static void test_eval_warnings(void) {
+    EvalRecord r[3];
+    eval_record_init(&r[0], "frames/001.png", "a door");
+    eval_record_init(&r[1], "frames/002.png", "a car");
+    eval_record_init(&r[2], "frames/003.png", "");
+    r[0].judge.status = EVAL_DONE;
+    r[0].judge_score = 7;
+    r[0].judge_reason = xstrdup("ok");
+    eval_field_fail(&r[1].judge, "judge command exited with status 2: rate limited");
+    eval_record_unreadable(&r[2], "frames/003.png: truncated file");
+    FILE* f = tmpfile();
+    if (!check_true(f != NULL, "tmpfile")) return;
+    int unreadable = eval_print_warnings(f, r, 3);
+    char text[2048] = "";
+    rewind(f);
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    text[n] = 0;
+    fclose(f);
+    check_true(unreadable == 1 && strstr(text, "warning: frames/003.png: truncated file\n") &&
+                   strstr(text, "warning: judge failed on 1 of 2 images, left out of its means (first, 002.png: judge command exited with status 2: rate limited)\n") &&
+                   strstr(text, "warning: 1 of 3 images could not be read; they are in no mean"),
+               "warnings:\n%s", text);
+    for (int i = 0; i < 3; i++) eval_record_free(&r[i]);
+}
+
 const TestCase tests_eval[] = {
     {"eval_style_checks", test_eval_style_checks},
     {"eval_judge_protocol", test_eval_judge_protocol},
     {"eval_reports", test_eval_reports},
+    {"eval_unreadable_image_left_out", test_eval_unreadable_image_left_out},
+    {"eval_all_unreadable_fails", test_eval_all_unreadable_fails},
+    {"eval_warnings", test_eval_warnings},
     {NULL, NULL},
 };

@@ -116,6 +116,83 @@ static void test_rng_seed42_first_values(void) {
     check_close("randn(8) seed 42 (double path)", small, want_small, 4, 0.0f, 1e-7f);
 }
 
+// Seeds over manual_seed's whole range (tests/golden/rng_seeds.safetensors): each entry is named
+// seed.<decimal text>.<call>, and the text goes through torch_seed_parse, the parser the CLI uses,
+// so this checks both the text -> 64-bit rule (against torch's initial_seed()) and the draws.
+static void test_rng_large_and_negative_seeds_match_torch(void) {
+    SafeTensors st;
+    if (!golden_open(&st, "rng_seeds.safetensors")) return;
+    int seeds = 0, draws = 0;
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        char text[64], call[32];
+        const char* dot = strrchr(t->name, '.');
+        if (strncmp(t->name, "seed.", 5) != 0 || !dot) continue;
+        // the call is the part after the seed: "initial_seed", "randn.8", "randn.40", "rand.8"
+        const char* after_seed = strchr(t->name + 5, '.');
+        snprintf(text, sizeof(text), "%.*s", (int)(after_seed - (t->name + 5)), t->name + 5);
+        snprintf(call, sizeof(call), "%s", after_seed + 1);
+        uint64_t seed;
+        if (torch_seed_parse(text, &seed) != 0) {
+            check_true(0, "torch_seed_parse accepts '%s' (torch does)", text);
+            continue;
+        }
+        if (strcmp(call, "initial_seed") == 0) {
+            uint64_t want;
+            memcpy(&want, t->data, sizeof(want));
+            check_true(t->dtype == DT_U64 && seed == want, "'%s' -> %llu, torch's initial_seed() %llu", text,
+                       (unsigned long long)seed, (unsigned long long)want);
+            seeds++;
+            continue;
+        }
+        size_t n = safetensor_numel(t);
+        float got[64];
+        if (n > 64) {
+            check_true(0, "%s: at most 64 values (has %zu)", t->name, n);
+            continue;
+        }
+        TorchGenerator g;
+        torch_manual_seed(&g, seed);
+        if (strncmp(call, "randn.", 6) == 0) torch_randn(&g, got, n);
+        else torch_rand(&g, got, n);
+        check_bytes_equal(t->name, got, t->data, n * sizeof(float));
+        draws++;
+    }
+    check_true(seeds >= 12 && draws >= 36, "golden holds the seed cases (%d seeds, %d draws)", seeds, draws);
+    safetensors_close(&st);
+}
+
+// What torch refuses (manual_seed raises "Overflow when unpacking"), and text that is no integer.
+static void test_rng_seed_parse_rejects(void) {
+    const char* bad[] = {"18446744073709551616", "99999999999999999999", "-9223372036854775809", "-18446744073709551615",
+                         "abc", "-", "", "+5", " 5", "5 ", "0x10", "1e3", "4.0", "--1", "12a"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t seed = 7;
+        check_true(torch_seed_parse(bad[i], &seed) == -1 && seed == 7, "'%s' is refused, seed left alone", bad[i]);
+    }
+    uint64_t a, b;
+    check_true(torch_seed_parse("-0", &a) == 0 && a == 0, "-0 is 0");
+    check_true(torch_seed_parse("007", &a) == 0 && a == 7, "leading zeros are decimal, not octal");
+    check_true(torch_seed_parse("-1", &a) == 0 && torch_seed_parse("18446744073709551615", &b) == 0 && a == b,
+               "-1 and 2^64 - 1 are the same seed");
+}
+
+// The CUDA generator's Philox key is the whole 64-bit seed (curand_init: key = low word, high
+// word), unlike the CPU generator's MT19937: 2^32 + 42 and 42 give different CUDA noise.
+static void test_rng_philox_key_takes_all_64_bits(void) {
+    uint64_t seed = (1ull << 32) + 42;
+    float x[8], y[8];
+    philox_randn(seed, 0, 256, x, 8);
+    philox_randn(42, 0, 256, y, 8);
+    uint32_t ctr[4] = {0, 0, 0, 0}, key[2] = {42, 1}, r[4];
+    philox4x32_10(ctr, key, r);
+    float u = fmaf((float)r[0], 2.3283064e-10f, 2.3283064e-10f / 2.0f);
+    float v = fmaf((float)r[1], 2.3283064e-10f * 6.2831855f, 2.3283064e-10f * 6.2831855f / 2.0f);
+    float want0 = sinf(v) * sqrtf(-2.0f * logf(u));
+    check_close("philox_randn(2^32 + 42) element 0 uses key {42, 1}", x, &want0, 1, 0.0f, 0.0f);
+    check_true(x[0] != y[0], "2^32 + 42 and 42 differ on the CUDA generator (%g vs %g)", x[0], y[0]);
+}
+
 // Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter[4], key[2] -> output[4].
 static void test_rng_philox_known_answers(void) {
     static const uint32_t kat[3][10] = {
@@ -232,6 +309,9 @@ const TestCase tests_rng[] = {
     {"rng_uniform_int_perm_match_torch", test_rng_uniform_int_perm_match_torch},
     {"rng_sequence_matches_torch", test_rng_sequence_matches_torch},
     {"rng_seed42_first_values", test_rng_seed42_first_values},
+    {"rng_large_and_negative_seeds_match_torch", test_rng_large_and_negative_seeds_match_torch},
+    {"rng_seed_parse_rejects", test_rng_seed_parse_rejects},
+    {"rng_philox_key_takes_all_64_bits", test_rng_philox_key_takes_all_64_bits},
     {"rng_philox_known_answers", test_rng_philox_known_answers},
     {"rng_philox_randn_layout_and_moments", test_rng_philox_randn_layout_and_moments},
     {"rng_philox_torch_launch_rule", test_rng_philox_torch_launch_rule},
