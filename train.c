@@ -1316,8 +1316,6 @@ static int run_paths(Run* r, char* err) {
     } else if (c->resume) {
         snprintf(r->resume_dir, sizeof(r->resume_dir), "%s", c->resume);
     }
-    // the cache is a cache: its folders are made, parents and all (the default is under ~/.cache)
-    if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) return -1;
     return 0;
 }
 
@@ -1357,6 +1355,8 @@ int train_run(const TrainConfig* c, char* err) {
     DatasetOptions data_options = {c->caption_column, c->skip_bad, c->follow_links};
     if (dataset_open(&r->train.data, c->data, &data_options, err) != 0) goto done;
     if (c->validation_data && dataset_open(&r->val.data, c->validation_data, &data_options, err) != 0) goto done;
+    // the cache is a cache: its folders are made, parents and all (the default is under ~/.cache)
+    if (!c->no_cache && make_dirs(r->cache_dir, err) != 0) goto done;
     // the VAE in f32 (diffusers keeps SDXL's VAE in f32 for training), the rest in the training dtype
     SdxlPrecision precision = {r->dtype, DT_F32, r->dtype};
     if (!c->quiet) printf("loading %s (UNet and text encoders %s, VAE f32)\n", c->model, dtype_name(r->dtype));

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../common.h"
 #include "../ops.h"
@@ -52,6 +54,14 @@ int main(int argc, char** argv) {
             fatal("unknown option '%s' (use --backend cpu|cuda, --list, or name filters)", argv[first_filter]);
         }
     }
+    // Nothing a test runs may write under the user's home: the trainer's default cache
+    // (~/.cache/sdxl.c, or $XDG_CACHE_HOME/sdxl.c) goes to build/ instead, for this process and
+    // every sdxl command the CLI tests start.
+    mkdir("build", 0755);
+    char cache_home[4200], cwd[4096];
+    if (!getcwd(cwd, sizeof(cwd))) fatal("tests/run_tests: cannot read the current folder");
+    snprintf(cache_home, sizeof(cache_home), "%s/build/test_cache_home", cwd);
+    setenv("XDG_CACHE_HOME", cache_home, 1);
     if (backend == BACKEND_CUDA) backend_select(BACKEND_CUDA);
     printf("backend: %s\n", backend_name(backend_current()));
 

@@ -184,7 +184,13 @@ static void test_cli_fails_before_loading(void) {
         check_true(status != 0 && one_line && strncmp(out, "error: ", 7) == 0 && strstr(out, needle) && !strstr(out, ".tmp"),
                    "sdxl %.60s -> exit %d in %.2f s: %.150s", cases[c].args, status, dt, out);
     }
+    // a run that fails on its data makes no cache folder either (the default lies in the user's home)
+    char cmd[8192], out[4096];
+    snprintf(cmd, sizeof(cmd), "XDG_CACHE_HOME=%s/cache_home %s train --model %s --data %s/nometa --out %s/x.safetensors", dir,
+             sdxl_bin(), model, dir, dir);
+    int status = run(cmd, out, sizeof(out));
     struct stat sb;
+    check_true(status != 0 && stat("build/test_cli/early/cache_home", &sb) != 0, "a failed run leaves the cache folder unmade");
     check_true(lstat("build/test_cli/early/fifo", &sb) == 0 && S_ISFIFO(sb.st_mode), "the FIFO is still a FIFO");
     check_true(lstat("build/test_cli/early/link.png", &sb) == 0 && S_ISLNK(sb.st_mode), "the link is still a link");
     uint8_t* text;
