@@ -152,9 +152,12 @@ fuzz:
 	@cp tests/golden/png/*.png build/fuzz/corpus_png/ 2>/dev/null || true
 	@cp tests/golden/jpeg/*.jpg build/fuzz/corpus_jpeg/ 2>/dev/null || true
 	@cp tests/golden/data/metadata.jsonl build/fuzz/corpus_metadata/
+	@printf '{"file_name": "sub/../a.png", "text": "x"}\n\n{"file_name": "../a.png", "prompt": "\\u00e9"}\n{"file_name": "out.png", "text": ""}\n' \
+	  > build/fuzz/corpus_metadata/seed_paths.jsonl
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
-	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t 2>&1 | tail -4) || exit 1; \
+	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t > fuzz_$$t.log 2>&1; \
+	   rc=$$?; tail -4 fuzz_$$t.log; exit $$rc) || { echo "fuzz_$$t failed: build/fuzz/fuzz_$$t.log"; exit 1; }; \
 	done
 
 # The whole pipeline with no download: a tiny random-weight SDXL written by C (demo_out/tiny_sdxl),
