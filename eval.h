@@ -145,6 +145,6 @@ typedef struct {
 // prints the summary. Returns 0, or -1 with a one-line error (bad folder, unreadable model...);
 // an image that cannot be read is recorded as failed, not fatal.
 int eval_run(const EvalOptions* o, char* err);
-// The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK dropped,
-// <lora:...> tags removed. malloc'd.
+// The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK a space,
+// <lora:...> tags removed, runs of spaces one space. Linear in the prompt's length. malloc'd.
 char* eval_plain_prompt(const char* prompt);
