@@ -769,32 +769,44 @@ int eval_write_reports(const char* dir, const EvalRecord* records, int n, const 
 // ----------------------------------------------------------------------------
 // The whole evaluation
 
+// text without its <lora:...> tags, in one left-to-right pass (as A1111's re.sub of its extra
+// networks: a tag that a removal brings together is not removed again). Rescanning from the
+// start after each removal would be quadratic in the number of tags.
+static void append_without_lora_tags(StrBuf* out, const char* text) {
+    size_t n = strlen(text), copied = 0; // text[0..copied) is done
+    for (size_t i = 0; i + 6 <= n; i++) {
+        if (memcmp(text + i, "<lora:", 6) != 0) continue;
+        size_t end = i + 6;
+        while (end < n && text[end] != '>') end++;
+        if (end == n) break; // no complete tag left
+        strbuf_append(out, text + copied, i - copied);
+        copied = end + 1;
+        i = end; // the loop's i++ moves past the '>'
+    }
+    strbuf_append(out, text + copied, n - copied);
+}
+
 char* eval_plain_prompt(const char* prompt) {
     // A1111's parser resolves brackets, weights and escapes; the text of its segments is what the
     // prompt says. <lora:name:w> tags are A1111 syntax too, not words of the prompt.
     PromptAttention pa;
     char err[ERR_MAX];
-    size_t cap = strlen(prompt) + 1, n = 0;
-    char* out = xcalloc(cap, 1);
-    if (prompt_parse_attention(prompt, &pa, err) != 0) { // an unparseable weight: keep the text
-        snprintf(out, cap, "%s", prompt);
+    StrBuf text = {0}, plain = {0};
+    strbuf_cat(&text, "");
+    strbuf_cat(&plain, "");
+    if (prompt_parse_attention(prompt, &pa, err) != 0) { // an unparseable weight, a limit: keep the text
+        strbuf_cat(&text, prompt);
     } else {
         for (int i = 0; i < pa.n; i++) {
-            if (pa.segments[i].weight == PROMPT_BREAK_WEIGHT) continue;
-            size_t len = strlen(pa.segments[i].text);
-            memcpy(out + n, pa.segments[i].text, len < cap - 1 - n ? len : cap - 1 - n);
-            n += len < cap - 1 - n ? len : cap - 1 - n;
+            int is_break = strcmp(pa.segments[i].text, "BREAK") == 0 && pa.segments[i].weight == PROMPT_BREAK_WEIGHT;
+            strbuf_cat(&text, is_break ? " " : pa.segments[i].text); // BREAK took the spaces around it
         }
-        out[n] = 0;
         prompt_attention_free(&pa);
     }
-    for (char* tag; (tag = strstr(out, "<lora:"));) { // drop <lora:...>
-        char* end = strchr(tag, '>');
-        if (!end) break;
-        memmove(tag, end + 1, strlen(end + 1) + 1);
-    }
+    append_without_lora_tags(&plain, text.s);
+    free(text.s);
     // collapse the spaces and commas removal can leave
-    char* w = out;
+    char *out = plain.s, *w = out;
     for (char* r = out; *r; r++) {
         if (*r == ' ' && (w == out || w[-1] == ' ')) continue;
         *w++ = *r;

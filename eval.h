@@ -160,6 +160,6 @@ typedef struct {
 // at all could be read: then the reports are still written (they say why for each file) and the
 // run returns -1, since there is nothing to summarise.
 int eval_run(const EvalOptions* o, char* err);
-// The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK dropped,
-// <lora:...> tags removed. malloc'd.
+// The plain text of an A1111 prompt: emphasis brackets and weights removed, BREAK a space,
+// <lora:...> tags removed, runs of spaces one space. Linear in the prompt's length. malloc'd.
 char* eval_plain_prompt(const char* prompt);

@@ -240,7 +240,9 @@ int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative
     int n = 1, rc = 0;
     for (int p = 0; p < 2 && rc == 0; p++)
         for (int k = 0; k < 2 && rc == 0; k++) {
-            rc = prompt_chunks_build(toks[k], texts[p], &chunks[p][k], err);
+            char e[ERR_MAX];
+            rc = prompt_chunks_build(toks[k], texts[p], &chunks[p][k], e); // "prompt: ..."
+            if (rc != 0) set_error(err, "%s%s", p == 0 ? "negative " : "", e);
             if (rc == 0 && chunks[p][k].n_chunks > n) n = chunks[p][k].n_chunks;
         }
     if (rc != 0) {

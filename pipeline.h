@@ -83,6 +83,8 @@ typedef struct {
 // Encodes [negative, positive] into context (2, n*77, 2048) and pooled (2, 1280), fresh host arrays:
 // n is the largest chunk count of the four (two prompts x two tokenizers); shorter ones are padded
 // with empty chunks. An empty negative prompt encodes as zeros when force_zeros_for_empty_prompt.
+// Returns 0, or -1 with err "prompt: ..." / "negative prompt: ..." on a prompt the tokenizer
+// rejects (a bad emphasis weight, or above a PROMPT_MAX_* limit of tokenizer.h).
 int sdxl_encode_prompts(SdxlModel* m, const char* positive, const char* negative, float** context, float** pooled,
                         int* tokens, char* err);
 

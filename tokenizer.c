@@ -12,7 +12,7 @@
 //         then ByteLevel, which re-splits each piece with GPT-2's regex: that only ever cuts the
 //         two special-token spellings, into "<|", letters, "|>";
 //      d. each piece's UTF-8 bytes through GPT-2 bytes_to_unicode, "</w>" on the last symbol, BPE
-//         merges by rank (tokenizers models/bpe), symbols to ids.
+//         merges by rank with tokenizers' heap (models/bpe/word.rs merge_all), symbols to ids.
 //    The Unicode facts are in unicode.c (tables in unicode_tables.h), generated and checked against `tokenizers` by
 //    scripts/make_unicode_tables.py: classes and lowercase are Unicode 16.0 (Oniguruma, Rust std),
 //    NFC covers Unicode 9.0 only, as the unicode-normalization-alignments crate inside tokenizers
@@ -21,19 +21,28 @@
 //    with a folder's tokenizer.json / tokenizer_config.json / special_tokens_map.json (found by
 //    experiment; see load_added_tokens). For SDXL's tokenizer_2 this makes a literal "!" in a
 //    prompt id 0, the pad token, exactly as in diffusers (diffusers issue #4153).
-// 2. AUTOMATIC1111 emphasis, modules/prompt_parser.py parse_prompt_attention: the same token
-//    regex, bracket stacks, multiplication order and merging of equal weights, so the weights are
-//    the same doubles.
+// 2. AUTOMATIC1111 emphasis, modules/prompt_parser.py parse_prompt_attention as of commit 28bd8e14
+//    (v1.6 on): the same token regex, whose weight alternative `:\s*([+-]?[.\d]+)\s*\)` allows
+//    whitespace around the number ("(masterpiece: 1.2)"), bracket stacks, multiplication order and
+//    merging of equal weights, so the weights are the same doubles.
 // 3. A1111 chunking, modules/sd_hijack_clip.py FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line
-//    (75-token chunks, comma backtrack 20, BREAK) and process_tokens (ids after the first EOS set to
-//    the pad id: 0 for OpenCLIP bigG, sd_hijack_open_clip's id_pad).
+//    (75-token chunks, comma backtrack 20, BREAK) and process_tokens (`if self.id_end != self.id_pad`,
+//    ids after the first EOS set to the pad id: 0 for OpenCLIP bigG, sd_hijack_open_clip's id_pad;
+//    never for CLIP-L, whose pad is EOS).
+// Every step is linear in the prompt's length (BPE n log n in a word's length); the limits that
+// bound the rest, PROMPT_MAX_*, are in tokenizer.h.
 //
 // Differences on purpose: A1111 tokenizes for OpenCLIP bigG with open_clip's own tokenizer, where
 // "!" is ordinary text (id 256); we use tokenizer_2 as diffusers does ("!" is id 0), which keeps a
 // short prompt identical to diffusers, but lets "wow!!!" be 1 token for CLIP-L and 3 for bigG, so
 // the caller pads the shorter list of chunks (prompt_chunks_pad). A1111's CLIP-L tokenizer
-// (transformers 4, slow) ran ftfy; transformers 5 does not, nor do we. Bytes that are not UTF-8
-// read as U+FFFD (a Python string cannot hold them).
+// (transformers 4, slow) ran ftfy; transformers 5 does not, nor do we. An "<|endoftext|>" typed in
+// a prompt is the EOS id in both of our tokenizers (an added token, as in diffusers), so the bigG
+// chunk is padded after it; open_clip's tokenizer knows only "<end_of_text>" and reads it as text.
+// Bytes that are not UTF-8 read as U+FFFD (a Python string cannot hold them).
+//
+// A weight written with non-ASCII decimal digits, "(a:١.٥)", is 1.5 for A1111 (Python's \d and
+// float() take every decimal digit) and text here.
 //
 // Not here: textual-inversion embeddings, prompt editing [a:b:when] and alternation [a|b] (A1111
 // resolves those before parse_prompt_attention), ftfy text fixing (transformers 5 has none).
@@ -538,51 +547,97 @@ void tokenizer_free(Tokenizer* tok) {
 // ----------------------------------------------------------------------------
 // encoding
 
+// BPE of one word, as tokenizers' models/bpe/word.rs Word::merge_all does it: the symbols form a
+// linked list, and a min-heap holds candidate merges ordered by (rank, position). The lowest is
+// popped; it is skipped when its left symbol is gone, has no right neighbour, or the pair there
+// no longer merges into the entry's result (an expired entry); otherwise the two symbols merge
+// and the new pairs with both neighbours are pushed. Every pop either merges (at most n - 1
+// times) or drops one of the at most 3n entries ever pushed, so a word of n symbols costs
+// O(n log n), however long. (GPT-2's loop, which this file used before, merges the best pair
+// everywhere and rescans the word after each merge: O(n^2) for a word of many distinct pairs.)
+
+typedef struct {
+    int32_t rank, pos, result;
+} BpeMerge;
+
+typedef struct {
+    BpeMerge* v;
+    int n, cap;
+} BpeHeap;
+
+static int merge_before(BpeMerge a, BpeMerge b) { return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos; }
+
+static void heap_push(BpeHeap* h, BpeMerge m) {
+    if (h->n == h->cap) {
+        h->cap = h->cap ? 2 * h->cap : 64;
+        h->v = xrealloc(h->v, (size_t)h->cap * sizeof(BpeMerge));
+    }
+    int i = h->n++;
+    while (i > 0 && merge_before(m, h->v[(i - 1) / 2])) { // sift up
+        h->v[i] = h->v[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h->v[i] = m;
+}
+
+static BpeMerge heap_pop(BpeHeap* h) {
+    BpeMerge top = h->v[0], last = h->v[--h->n];
+    int i = 0;
+    for (;;) { // sift the last entry down from the root
+        int c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && merge_before(h->v[c + 1], h->v[c])) c++;
+        if (!merge_before(h->v[c], last)) break;
+        h->v[i] = h->v[c];
+        i = c;
+    }
+    if (h->n > 0) h->v[i] = last;
+    return top;
+}
+
+// Pushes the merge of symbols left and right (positions in sym), if the pair is a merge.
+static void push_pair(const Tokenizer* tok, BpeHeap* h, const int32_t* sym, int left, int right) {
+    int32_t rank, result;
+    if (merge_find(tok, sym[left], sym[right], &rank, &result)) heap_push(h, (BpeMerge){rank, left, result});
+}
+
 // BPE of one pre-token (its code points), appending ids. Symbols start as one per UTF-8 byte
-// (bytes_to_unicode), the last one with "</w>". Then, as long as some adjacent pair is a merge,
-// the pair with the lowest rank is merged everywhere, left to right. That is GPT-2's loop; the
-// priority queue of tokenizers' BPE::merge_word pops the same merges in the same order because a
-// merge's rank is always above the ranks of the merges that built its two halves.
+// (bytes_to_unicode), the last one with "</w>".
 static void bpe_word(const Tokenizer* tok, const uint32_t* cps, int n, I32Vec* out) {
-    char small[256];
-    int cap = n * 4;
-    char* bytes = cap <= (int)sizeof(small) ? small : xmalloc((size_t)cap);
+    char* bytes = xmalloc((size_t)n * 4 + 1);
     int nb = 0;
     for (int i = 0; i < n; i++) nb += utf8_encode(cps[i], bytes + nb);
-    int32_t sym_small[256];
-    int32_t* sym = nb <= 256 ? sym_small : xmalloc((size_t)nb * sizeof(int32_t));
+    int32_t* sym = xmalloc((size_t)nb * sizeof(int32_t)); // symbol id at each position, -2 once merged away
+    int* prev = xmalloc((size_t)nb * sizeof(int));        // linked list of the live symbols; -1 at the ends
+    int* next = xmalloc((size_t)nb * sizeof(int));
     for (int i = 0; i < nb; i++) {
         uint8_t b = (uint8_t)bytes[i];
         sym[i] = i == nb - 1 ? tok->byte_eow_id[b] : tok->byte_id[b];
+        prev[i] = i - 1;
+        next[i] = i + 1 < nb ? i + 1 : -1;
     }
-    int ns = nb;
-    for (;;) {
-        int32_t best_rank = INT32_MAX, left = -1, right = -1, merged = -1;
-        for (int i = 0; i + 1 < ns; i++) {
-            int32_t rank, result;
-            if (merge_find(tok, sym[i], sym[i + 1], &rank, &result) && rank < best_rank) {
-                best_rank = rank;
-                left = sym[i];
-                right = sym[i + 1];
-                merged = result;
-            }
-        }
-        if (merged < 0) break;
-        int j = 0;
-        for (int i = 0; i < ns;) {
-            if (i + 1 < ns && sym[i] == left && sym[i + 1] == right) {
-                sym[j++] = merged;
-                i += 2;
-            } else {
-                sym[j++] = sym[i++];
-            }
-        }
-        ns = j;
+    BpeHeap heap = {0};
+    for (int i = 0; i + 1 < nb; i++) push_pair(tok, &heap, sym, i, i + 1);
+    while (heap.n > 0) {
+        BpeMerge m = heap_pop(&heap);
+        int left = m.pos, right = next[left];
+        int32_t rank, result;
+        if (sym[left] == -2 || right < 0) continue;
+        if (!merge_find(tok, sym[left], sym[right], &rank, &result) || result != m.result) continue; // expired
+        sym[left] = m.result;
+        sym[right] = -2;
+        next[left] = next[right];
+        if (next[right] >= 0) prev[next[right]] = left;
+        if (prev[left] >= 0) push_pair(tok, &heap, sym, prev[left], left);
+        if (next[left] >= 0) push_pair(tok, &heap, sym, left, next[left]);
     }
-    // a symbol missing from the vocabulary (not possible with a CLIP vocabulary) is unk
-    for (int i = 0; i < ns; i++) i32_push(out, sym[i] >= 0 ? sym[i] : tok->unk_id);
-    if (bytes != small) free(bytes);
-    if (sym != sym_small) free(sym);
+    // a symbol missing from the vocabulary (-1; not possible with a CLIP vocabulary) is unk
+    for (int i = 0; i >= 0 && nb > 0; i = next[i]) i32_push(out, sym[i] >= 0 ? sym[i] : tok->unk_id);
+    free(heap.v);
+    free(bytes);
+    free(sym);
+    free(prev);
+    free(next);
 }
 
 static int starts_with_ascii(const uint32_t* cps, int n, int i, const char* lit) {
@@ -704,21 +759,32 @@ int tokenizer_encode_padded(const Tokenizer* tok, const char* text, int32_t ids[
 
 // ----------------------------------------------------------------------------
 // A1111 emphasis: parse_prompt_attention
+//
+// The parser appends pieces of text (res in A1111) in prompt order; a closing bracket multiplies
+// every piece appended since its opening one. Here the pieces' texts are stored one after the
+// other in a single buffer, so merging a run of equal weights at the end only joins neighbouring
+// ranges, and the whole parse is linear in the prompt's length but for the multiplications,
+// (pieces) x (brackets open), which PROMPT_MAX_NESTING bounds. (Merging as A1111 does, one
+// list.pop and one string concatenation per merge, is quadratic in the number of pieces.)
 
 typedef struct {
-    PromptSegment* v;
-    int n, cap;
-} SegVec;
+    size_t start, len; // the text, a range of Pieces.text
+    double weight;     // product of the multipliers applied so far, in A1111's order
+} Piece;
 
-static void seg_push(SegVec* s, const char* text, size_t len, double weight) {
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 16;
-        s->v = xrealloc(s->v, (size_t)s->cap * sizeof(PromptSegment));
+typedef struct {
+    Piece* v;
+    int n, cap;
+    StrBuf text; // every piece's text, in order
+} Pieces;
+
+static void piece_push(Pieces* res, const char* text, size_t len, double weight) {
+    if (res->n == res->cap) {
+        res->cap = res->cap ? 2 * res->cap : 16;
+        res->v = xrealloc(res->v, (size_t)res->cap * sizeof(Piece));
     }
-    char* t = xmalloc(len + 1);
-    memcpy(t, text, len);
-    t[len] = 0;
-    s->v[s->n++] = (PromptSegment){t, weight};
+    res->v[res->n++] = (Piece){res->text.len, len, weight};
+    strbuf_append(&res->text, text, len);
 }
 
 typedef struct {
@@ -734,7 +800,7 @@ static void stack_push(IntStack* s, int x) {
     s->v[s->n++] = x;
 }
 
-static void multiply_range(SegVec* res, int start, double m) {
+static void multiply_range(Pieces* res, int start, double m) {
     for (int p = start; p < res->n; p++) res->v[p].weight *= m;
 }
 
@@ -756,35 +822,64 @@ static uint32_t cp_before(const char* s, size_t i) {
     return cp_at(s, j, &len);
 }
 
-// A match of `\s*\bBREAK\b\s*` (Python re) in text[0..len) starting exactly at byte i: its end, or 0.
-static size_t break_match_at(const char* text, size_t len, size_t i) {
-    size_t j = i;
+// The end of a run of Python \s starting at byte i of text[0..len).
+static size_t skip_python_space(const char* text, size_t len, size_t i) {
     int cl;
-    while (j < len && unicode_is_space_python(cp_at(text, j, &cl))) j += (size_t)cl;
-    if (j + 5 > len || memcmp(text + j, "BREAK", 5) != 0) return 0;
-    if (j > 0 && unicode_is_word_python(cp_before(text, j))) return 0; // \b before: 'B' is a word character
-    size_t k = j + 5;
-    if (k < len && unicode_is_word_python(cp_at(text, k, &cl))) return 0; // \b after 'K'
-    while (k < len && unicode_is_space_python(cp_at(text, k, &cl))) k += (size_t)cl;
-    return k;
+    while (i < len && unicode_is_space_python(cp_at(text, i, &cl))) i += (size_t)cl;
+    return i;
 }
 
-// The else branch of parse_prompt_attention: re.split(re_break, text), a ("BREAK", -1) between parts.
-static void push_text(SegVec* res, const char* text, size_t len) {
-    size_t part = 0, i = 0;
+// A "BREAK" at byte i of text[0..len) with \b on both sides (Python re: the neighbours are not
+// word characters, or the text ends): the end of the whitespace after it, or 0 when there is none.
+static size_t break_word_at(const char* text, size_t len, size_t i) {
     int cl;
+    if (i + 5 > len || memcmp(text + i, "BREAK", 5) != 0) return 0;
+    if (i > 0 && unicode_is_word_python(cp_before(text, i))) return 0;
+    if (i + 5 < len && unicode_is_word_python(cp_at(text, i + 5, &cl))) return 0;
+    return skip_python_space(text, len, i + 5);
+}
+
+// The else branch of parse_prompt_attention: re.split(re_break, text), a ("BREAK", -1) between
+// the parts. The leftmost match of `\s*\bBREAK\b\s*` starts at the whitespace run before a
+// "BREAK" with word boundaries (or at the "BREAK"), never before the end of the previous match,
+// and takes the whitespace after it; one pass finds them all.
+static void push_text(Pieces* res, const char* text, size_t len) {
+    size_t part = 0;  // start of the current part: 0 or the end of the last match
+    size_t space = 0; // start of the whitespace run that ends at i (i itself when there is none)
+    size_t i = 0;
     while (i < len) {
-        size_t end = break_match_at(text, len, i);
-        if (end) {
-            seg_push(res, text + part, i - part, 1.0);
-            seg_push(res, "BREAK", 5, PROMPT_BREAK_WEIGHT);
-            part = i = end;
-        } else {
-            cp_at(text, i, &cl);
+        int cl;
+        if (unicode_is_space_python(cp_at(text, i, &cl))) {
             i += (size_t)cl;
+            continue;
+        }
+        size_t end = break_word_at(text, len, i);
+        if (end) {
+            piece_push(res, text + part, space - part, 1.0);
+            piece_push(res, "BREAK", 5, PROMPT_BREAK_WEIGHT);
+            part = space = i = end;
+        } else {
+            i += (size_t)cl;
+            space = i;
         }
     }
-    seg_push(res, text + part, len - part, 1.0);
+    piece_push(res, text + part, len - part, 1.0);
+}
+
+// A match of `:\s*([+-]?[.\d]+)\s*\)` (current A1111) at the ':' at byte p of s[0..len): returns
+// the byte after its ')', or 0, with the number (sign included) in s[*num .. *num_end). The four
+// parts use disjoint characters, so the greedy scan is the regex's only match. Python's \d also
+// takes non-ASCII decimal digits (and float() reads them); this scan takes 0-9 only.
+static size_t weight_match_at(const char* s, size_t len, size_t p, size_t* num, size_t* num_end) {
+    size_t q = skip_python_space(s, len, p + 1);
+    *num = q;
+    if (q < len && (s[q] == '+' || s[q] == '-')) q++;
+    size_t digits = q;
+    while (q < len && (s[q] == '.' || (s[q] >= '0' && s[q] <= '9'))) q++;
+    if (q == digits) return 0;
+    *num_end = q;
+    q = skip_python_space(s, len, q);
+    return q < len && s[q] == ')' ? q + 1 : 0;
 }
 
 // Python's float() on A1111's `[+-]?[.\d]+`: one '.' at most and at least one digit.
@@ -796,28 +891,63 @@ static int parse_weight(const char* s, size_t len, double* out) {
         else digits++;
     }
     if (digits == 0 || dots > 1) return -1;
-    char buf[128];
-    if (len >= sizeof(buf)) return -1;
+    char* buf = xmalloc(len + 1); // a weight can be as long as the prompt
     memcpy(buf, s, len);
     buf[len] = 0;
-    *out = strtod(buf, NULL);
+    *out = strtod(buf, NULL); // correctly rounded, as Python's float(); huge values are inf in both
+    free(buf);
     return 0;
+}
+
+// A bracket opens: its position in res goes on its stack, unless PROMPT_MAX_NESTING are open.
+static int open_bracket(IntStack* stack, const IntStack* other, int at, char* err) {
+    if (stack->n + other->n == PROMPT_MAX_NESTING)
+        return set_error(err, "prompt: more than %d emphasis brackets open at once (PROMPT_MAX_NESTING; write \\( for a literal one)",
+                         PROMPT_MAX_NESTING);
+    stack_push(stack, at);
+    return 0;
+}
+
+// The prompt as valid UTF-8 (a Python string cannot hold anything else), so that the Unicode
+// classes of \s and \b can look at whole characters.
+static char* valid_utf8(const char* prompt, size_t* len) {
+    CodePoints cps = {0};
+    utf8_decode(prompt, strlen(prompt), &cps);
+    char* s = xmalloc((size_t)cps.n * 4 + 1);
+    *len = 0;
+    for (int i = 0; i < cps.n; i++) *len += (size_t)utf8_encode(cps.v[i], s + *len);
+    s[*len] = 0;
+    free(cps.v);
+    return s;
+}
+
+// The pieces, runs of equal weights merged (A1111's last loop), as PromptSegments.
+static void merge_equal_weights(const Pieces* res, PromptAttention* out) {
+    out->segments = xmalloc((size_t)res->n * sizeof(PromptSegment));
+    out->n = 0;
+    for (int i = 0; i < res->n;) {
+        int j = i + 1; // pieces i..j-1 have the weight of piece i (never true for NaN, as in Python)
+        while (j < res->n && res->v[j].weight == res->v[i].weight) j++;
+        size_t start = res->v[i].start, len = res->v[j - 1].start + res->v[j - 1].len - start;
+        char* text = xmalloc(len + 1);
+        memcpy(text, res->text.s + start, len);
+        text[len] = 0;
+        out->segments[out->n++] = (PromptSegment){text, res->v[i].weight};
+        i = j;
+    }
 }
 
 int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err) {
     out->segments = NULL;
     out->n = 0;
-    // work on valid UTF-8 so the BREAK boundaries can look at whole characters
-    CodePoints cps = {0};
-    utf8_decode(prompt, strlen(prompt), &cps);
-    char* s = xmalloc((size_t)cps.n * 4 + 1);
-    size_t len = 0;
-    for (int i = 0; i < cps.n; i++) len += (size_t)utf8_encode(cps.v[i], s + len);
-    s[len] = 0;
-    free(cps.v);
+    size_t prompt_bytes = strlen(prompt);
+    if (prompt_bytes > PROMPT_MAX_BYTES)
+        return set_error(err, "prompt: %zu bytes, more than %d (PROMPT_MAX_BYTES)", prompt_bytes, PROMPT_MAX_BYTES);
+    size_t len;
+    char* s = valid_utf8(prompt, &len);
 
     const double round_mult = 1.1, square_mult = 1 / 1.1; // A1111's constants, as Python floats
-    SegVec res = {0};
+    Pieces res = {0};
     IntStack round = {0}, square = {0};
     int rc = 0;
     size_t p = 0;
@@ -825,43 +955,36 @@ int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err) 
     //   \( \) \[ \] \\  |  \  |  (  |  [  |  :weight)  |  )  |  ]  |  text run  |  :
     while (p < len && rc == 0) {
         char c = s[p];
+        size_t num, num_end, end;
         if (c == '\\') {
             char next = s[p + 1];
             if (next == '(' || next == ')' || next == '[' || next == ']' || next == '\\') {
-                seg_push(&res, s + p + 1, 1, 1.0);
+                piece_push(&res, s + p + 1, 1, 1.0);
                 p += 2;
             } else {
-                seg_push(&res, "", 0, 1.0); // a lone backslash: text[1:] of "\" is ""
+                piece_push(&res, "", 0, 1.0); // a lone backslash: text[1:] of "\" is ""
                 p += 1;
             }
         } else if (c == '(') {
-            stack_push(&round, res.n);
+            rc = open_bracket(&round, &square, res.n, err);
             p++;
         } else if (c == '[') {
-            stack_push(&square, res.n);
+            rc = open_bracket(&square, &round, res.n, err);
             p++;
-        } else if (c == ':') {
-            // `:([+-]?[.\d]+)\)`, else a lone ':' (plain text)
-            size_t q = p + 1;
-            if (s[q] == '+' || s[q] == '-') q++;
-            size_t run = q;
-            while (s[q] == '.' || (s[q] >= '0' && s[q] <= '9')) q++;
-            if (q > run && s[q] == ')') {
-                if (round.n > 0) {
-                    double w;
-                    if (parse_weight(s + p + 1, q - p - 1, &w) != 0) {
-                        rc = set_error(err, "prompt: bad emphasis weight '%.*s' (A1111 fails on it too)", (int)(q - p - 1), s + p + 1);
-                        break;
-                    }
+        } else if (c == ':' && (end = weight_match_at(s, len, p, &num, &num_end))) {
+            if (round.n > 0) {
+                double w;
+                if (parse_weight(s + num, num_end - num, &w) != 0)
+                    rc = set_error(err, "prompt: bad emphasis weight '%.*s' (A1111 fails on it too)", (int)(num_end - num < 60 ? num_end - num : 60), s + num);
+                else
                     multiply_range(&res, round.v[--round.n], w);
-                } else {
-                    push_text(&res, s + p, q + 1 - p); // ":1.5)" with no "(" open is text
-                }
-                p = q + 1;
             } else {
-                push_text(&res, ":", 1);
-                p++;
+                push_text(&res, s + p, end - p); // ":1.5)" with no "(" open is text
             }
+            p = end;
+        } else if (c == ':') {
+            push_text(&res, ":", 1);
+            p++;
         } else if (c == ')' && round.n > 0) {
             multiply_range(&res, round.v[--round.n], round_mult);
             p++;
@@ -882,27 +1005,11 @@ int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err) 
         // brackets still open at the end apply to everything after them
         for (int i = 0; i < round.n; i++) multiply_range(&res, round.v[i], round_mult);
         for (int i = 0; i < square.n; i++) multiply_range(&res, square.v[i], square_mult);
-        if (res.n == 0) seg_push(&res, "", 0, 1.0);
-        // merge runs of identical weights
-        int i = 0;
-        while (i + 1 < res.n) {
-            if (res.v[i].weight == res.v[i + 1].weight) {
-                size_t la = strlen(res.v[i].text), lb = strlen(res.v[i + 1].text);
-                res.v[i].text = xrealloc(res.v[i].text, la + lb + 1);
-                memcpy(res.v[i].text + la, res.v[i + 1].text, lb + 1);
-                free(res.v[i + 1].text);
-                memmove(&res.v[i + 1], &res.v[i + 2], (size_t)(res.n - i - 2) * sizeof(PromptSegment));
-                res.n--;
-            } else {
-                i++;
-            }
-        }
-        out->segments = res.v;
-        out->n = res.n;
-    } else {
-        for (int i = 0; i < res.n; i++) free(res.v[i].text);
-        free(res.v);
+        if (res.n == 0) piece_push(&res, "", 0, 1.0);
+        merge_equal_weights(&res, out);
     }
+    free(res.v);
+    free(res.text.s);
     free(round.v);
     free(square.v);
     free(s);
@@ -932,24 +1039,66 @@ static void chunks_push(PromptChunks* pc, const PromptChunk* c) {
     pc->chunks[pc->n_chunks++] = *c;
 }
 
-// next_chunk: pad the tokens with EOS to 75, wrap them in BOS/EOS, and (process_tokens) set every
-// id after the first EOS to the pad id, which changes nothing when pad == EOS (CLIP-L).
-static void finish_chunk(const Tokenizer* tok, PromptChunks* pc, ChunkBuilder* b, int is_last) {
-    pc->token_count += is_last ? b->n : CLIP_CHUNK_TOKENS;
-    PromptChunk c;
-    c.ids[0] = tok->bos_id;
-    c.multipliers[0] = 1.0f;
+// next_chunk: pad the tokens with EOS to 75 and wrap them in BOS/EOS; then process_tokens: when
+// the pad id is not EOS (tokenizer_2: 0), every id after the first EOS becomes the pad id, the
+// first EOS being an "<|endoftext|>" typed in the prompt if there is one. A tokenizer whose pad is
+// EOS (CLIP-L) keeps every id, words after a typed "<|endoftext|>" included: A1111 replaces only
+// `if self.id_end != self.id_pad`.
+static void chunk_from_tokens(const Tokenizer* tok, const ChunkBuilder* b, PromptChunk* c) {
+    c->ids[0] = tok->bos_id;
+    c->multipliers[0] = 1.0f;
     for (int i = 0; i < CLIP_CHUNK_TOKENS; i++) {
-        c.ids[1 + i] = i < b->n ? b->ids[i] : tok->eos_id;
-        c.multipliers[1 + i] = i < b->n ? (float)b->weights[i] : 1.0f;
+        c->ids[1 + i] = i < b->n ? b->ids[i] : tok->eos_id;
+        c->multipliers[1 + i] = i < b->n ? (float)b->weights[i] : 1.0f;
     }
-    c.ids[CLIP_CONTEXT - 1] = tok->eos_id;
-    c.multipliers[CLIP_CONTEXT - 1] = 1.0f;
-    int first_eos = 0;
-    while (c.ids[first_eos] != tok->eos_id) first_eos++;
-    for (int i = first_eos + 1; i < CLIP_CONTEXT; i++) c.ids[i] = tok->pad_id;
+    c->ids[CLIP_CONTEXT - 1] = tok->eos_id;
+    c->multipliers[CLIP_CONTEXT - 1] = 1.0f;
+    if (tok->pad_id != tok->eos_id) {
+        int first_eos = 0;
+        while (c->ids[first_eos] != tok->eos_id) first_eos++;
+        for (int i = first_eos + 1; i < CLIP_CONTEXT; i++) c->ids[i] = tok->pad_id;
+    }
+}
+
+// next_chunk's bookkeeping: the tokens of b become the next chunk, unless the prompt already has
+// PROMPT_MAX_CHUNKS; A1111's token count grows by 75 for every chunk but the last.
+static int finish_chunk(const Tokenizer* tok, PromptChunks* pc, ChunkBuilder* b, int is_last, char* err) {
+    if (pc->n_chunks == PROMPT_MAX_CHUNKS)
+        return set_error(err, "prompt: more than %d chunks of %d tokens (PROMPT_MAX_CHUNKS)", PROMPT_MAX_CHUNKS, CLIP_CHUNK_TOKENS);
+    PromptChunk c;
+    chunk_from_tokens(tok, b, &c);
     chunks_push(pc, &c);
+    pc->token_count += is_last ? b->n : CLIP_CHUNK_TOKENS;
     b->n = 0;
+    return 0;
+}
+
+// Appends the ids of one emphasis segment to the chunks (tokenize_line's inner loop).
+static int add_tokens(const Tokenizer* tok, const int32_t* ids, int n, double weight, PromptChunks* pc, ChunkBuilder* b,
+                      int* last_comma, char* err) {
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == tok->comma_id) {
+            *last_comma = b->n;
+        } else if (b->n == CLIP_CHUNK_TOKENS && *last_comma != -1 && b->n - *last_comma <= COMMA_PADDING_BACKTRACK) {
+            // the chunk is full: move what follows its last comma to the next chunk
+            ChunkBuilder moved = {.n = 0};
+            for (int k = *last_comma + 1; k < b->n; k++) {
+                moved.ids[moved.n] = b->ids[k];
+                moved.weights[moved.n++] = b->weights[k];
+            }
+            b->n = *last_comma + 1;
+            if (finish_chunk(tok, pc, b, 0, err) != 0) return -1;
+            *b = moved;
+            *last_comma = -1;
+        }
+        if (b->n == CLIP_CHUNK_TOKENS) {
+            if (finish_chunk(tok, pc, b, 0, err) != 0) return -1;
+            *last_comma = -1;
+        }
+        b->ids[b->n] = ids[i];
+        b->weights[b->n++] = weight;
+    }
+    return 0;
 }
 
 int prompt_chunks_build(const Tokenizer* tok, const char* prompt, PromptChunks* out, char* err) {
@@ -958,52 +1107,30 @@ int prompt_chunks_build(const Tokenizer* tok, const char* prompt, PromptChunks* 
     if (prompt_parse_attention(prompt, &pa, err) != 0) return -1;
     ChunkBuilder b = {.n = 0};
     int last_comma = -1; // index in b of the last comma, -1 when none since the chunk began
-    for (int s = 0; s < pa.n; s++) {
+    int rc = 0;
+    for (int s = 0; s < pa.n && rc == 0; s++) {
         const PromptSegment* seg = &pa.segments[s];
         if (strcmp(seg->text, "BREAK") == 0 && seg->weight == PROMPT_BREAK_WEIGHT) {
-            finish_chunk(tok, out, &b, 0);
+            rc = finish_chunk(tok, out, &b, 0, err);
             last_comma = -1;
             continue;
         }
         I32Vec ids = {0};
         encode_all(tok, seg->text, &ids);
-        for (int i = 0; i < ids.n; i++) {
-            int32_t id = ids.v[i];
-            if (id == tok->comma_id) {
-                last_comma = b.n;
-            } else if (b.n == CLIP_CHUNK_TOKENS && last_comma != -1 && b.n - last_comma <= COMMA_PADDING_BACKTRACK) {
-                // the chunk is full: move what follows its last comma to the next chunk
-                ChunkBuilder moved = {.n = 0};
-                for (int k = last_comma + 1; k < b.n; k++) {
-                    moved.ids[moved.n] = b.ids[k];
-                    moved.weights[moved.n++] = b.weights[k];
-                }
-                b.n = last_comma + 1;
-                finish_chunk(tok, out, &b, 0);
-                b = moved;
-                last_comma = -1;
-            }
-            if (b.n == CLIP_CHUNK_TOKENS) {
-                finish_chunk(tok, out, &b, 0);
-                last_comma = -1;
-            }
-            b.ids[b.n] = id;
-            b.weights[b.n++] = seg->weight;
-        }
+        rc = add_tokens(tok, ids.v, ids.n, seg->weight, out, &b, &last_comma, err);
         free(ids.v);
     }
-    if (b.n > 0 || out->n_chunks == 0) finish_chunk(tok, out, &b, 1);
+    if (rc == 0 && (b.n > 0 || out->n_chunks == 0)) rc = finish_chunk(tok, out, &b, 1, err);
     prompt_attention_free(&pa);
-    return 0;
+    if (rc != 0) prompt_chunks_free(out);
+    return rc;
 }
 
 void prompt_chunks_pad(const Tokenizer* tok, PromptChunks* pc, int n_chunks) {
-    while (pc->n_chunks < n_chunks) {
-        ChunkBuilder empty = {.n = 0};
-        int count = pc->token_count;
-        finish_chunk(tok, pc, &empty, 1); // A1111's empty_chunk(): [BOS] + [EOS] * 76, then padding
-        pc->token_count = count;
-    }
+    ChunkBuilder empty = {.n = 0};
+    PromptChunk c;
+    chunk_from_tokens(tok, &empty, &c); // A1111's empty_chunk(): [BOS] + [EOS] * 76, then padding
+    while (pc->n_chunks < n_chunks) chunks_push(pc, &c);
 }
 
 void prompt_chunks_free(PromptChunks* pc) {

@@ -72,6 +72,20 @@ int32_t tokenizer_token_id(const Tokenizer* tok, const char* token); // -1 when 
 const char* tokenizer_token_text(const Tokenizer* tok, int32_t id);  // NULL when out of range/unused
 
 // ----------------------------------------------------------------------------
+// Prompt limits (policy: A1111 has none of them; ours make every prompt end in bounded time)
+//
+// All prompt work here is linear in the prompt's length, or n log n (BPE of a word), except the
+// emphasis weights: each piece of text is multiplied once per bracket open around it, so the
+// parse costs (pieces) x (brackets open), which PROMPT_MAX_NESTING bounds. After the tokenizer,
+// each text encoder runs once per 77-token chunk of each prompt (the positive and negative
+// chunks of one encoder in one call: 2 x 32 = 64 sequences, under clip_text_forward's 256), and
+// every UNet step attends over a context of 77 tokens per chunk, so PROMPT_MAX_CHUNKS bounds the
+// rest. Above a limit the call fails with a one-line error naming it.
+#define PROMPT_MAX_BYTES (1 << 20) // 1 MiB of UTF-8, about 100 times the text 32 chunks hold
+#define PROMPT_MAX_CHUNKS 32       // 32 x 75 = 2,400 prompt tokens, some 7,000 to 10,000 characters of English
+#define PROMPT_MAX_NESTING 100     // brackets open at once; 1.1^100 = 13,780, far past any useful weight
+
+// ----------------------------------------------------------------------------
 // A1111 prompt emphasis (modules/prompt_parser.py parse_prompt_attention)
 
 #define PROMPT_BREAK_WEIGHT (-1.0) // a segment {"BREAK", -1} marks a forced chunk break
@@ -87,8 +101,9 @@ typedef struct {
 } PromptAttention;
 
 // Splits a prompt into runs of equal weight, e.g. "a (b:1.5) [c]" -> {"a ",1} {"b",1.5} {" ",1}
-// {"c",1/1.1}. Fails (-1, err filled) only on a weight that Python's float() rejects, such as
-// "(x:1.2.3)", where A1111 raises ValueError.
+// {"c",1/1.1}; "(b: 1.5 )" is weighted too, as in current A1111. Fails (-1, err filled) on a weight
+// that Python's float() rejects, such as "(x:1.2.3)", where A1111 raises ValueError, and above
+// PROMPT_MAX_BYTES or PROMPT_MAX_NESTING.
 int prompt_parse_attention(const char* prompt, PromptAttention* out, char* err);
 void prompt_attention_free(PromptAttention* pa);
 
@@ -96,8 +111,9 @@ void prompt_attention_free(PromptAttention* pa);
 // A1111 chunking (modules/sd_hijack_clip.py tokenize_line, process_tokens)
 
 typedef struct {
-    int32_t ids[CLIP_CONTEXT];         // [BOS] + up to 75 tokens + EOS padding + [EOS]; after the first
-                                       // EOS every id is the tokenizer's pad id (0 for tokenizer_2)
+    int32_t ids[CLIP_CONTEXT];         // [BOS] + up to 75 tokens + EOS padding + [EOS]; when the pad id
+                                       // is not EOS (tokenizer_2: 0), every id after the first EOS is
+                                       // the pad id, even after an "<|endoftext|>" typed in the prompt
     float multipliers[CLIP_CONTEXT];   // emphasis weight per token; 1.0 on BOS, EOS and padding
 } PromptChunk;
 
@@ -110,9 +126,11 @@ typedef struct {
 // Parses emphasis, tokenizes each segment without specials, and packs the tokens into chunks of
 // 75 with the comma backtrack (a chunk that fills up moves the tokens after a comma among its
 // last 20 into the next chunk) and BREAK forcing a new chunk. Every prompt, even "", gives at
-// least one chunk. Returns 0, or -1 with err filled (see prompt_parse_attention).
+// least one chunk. Returns 0, or -1 with err filled (see prompt_parse_attention, and more than
+// PROMPT_MAX_CHUNKS chunks).
 int prompt_chunks_build(const Tokenizer* tok, const char* prompt, PromptChunks* out, char* err);
 // Appends empty-prompt chunks ([BOS] [EOS] pad...) until pc has n_chunks, so a negative prompt
 // lines up with its positive one (and the two encoders with each other). No-op when it has more.
+// (n_chunks is the caller's: the largest count prompt_chunks_build gave, so at most the limit.)
 void prompt_chunks_pad(const Tokenizer* tok, PromptChunks* pc, int n_chunks);
 void prompt_chunks_free(PromptChunks* pc);

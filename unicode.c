@@ -6,6 +6,7 @@
 #include "unicode.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 #include "unicode_tables.h"
@@ -221,20 +222,37 @@ static uint32_t compose_pair(uint32_t a, uint32_t b) {
     return 0;
 }
 
-// Canonical decomposition, then canonical ordering: a stable insertion sort of each run of
-// non-starters by combining class.
+// Canonical ordering of one run of non-starters v[0..n): a stable sort by combining class.
+// Insertion sort for the usual few marks; a run can be as long as the text, where insertion sort
+// is quadratic, so a long one gets a stable counting sort over the 256 classes instead.
+static void sort_marks(uint32_t* v, int n) {
+    if (n <= 16) {
+        for (int i = 1; i < n; i++) {
+            uint32_t c = v[i], cc = combining_class(c);
+            int j = i;
+            for (; j > 0 && combining_class(v[j - 1]) > cc; j--) v[j] = v[j - 1];
+            v[j] = c;
+        }
+        return;
+    }
+    int start[257] = {0}; // start[k]: where the marks of class k go
+    for (int i = 0; i < n; i++) start[combining_class(v[i]) + 1]++;
+    for (int k = 1; k <= 256; k++) start[k] += start[k - 1];
+    uint32_t* sorted = xmalloc(sizeof(uint32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) sorted[start[combining_class(v[i])]++] = v[i];
+    memcpy(v, sorted, sizeof(uint32_t) * (size_t)n);
+    free(sorted);
+}
+
+// Canonical decomposition, then canonical ordering of each run of non-starters.
 void unicode_nfd(const uint32_t* in, int n, CodePoints* out) {
     int first = out->n;
     for (int i = 0; i < n; i++) decompose_push(out, in[i]);
-    for (int i = first + 1; i < out->n; i++) {
-        uint32_t c = out->v[i], cc = combining_class(c);
-        if (cc == 0) continue;
-        int j = i;
-        while (j > first && combining_class(out->v[j - 1]) > cc) {
-            out->v[j] = out->v[j - 1];
-            j--;
-        }
-        out->v[j] = c;
+    for (int i = first; i < out->n;) {
+        int end = i;
+        while (end < out->n && combining_class(out->v[end]) != 0) end++;
+        if (end > i + 1) sort_marks(out->v + i, end - i);
+        i = end > i ? end : i + 1;
     }
 }
 

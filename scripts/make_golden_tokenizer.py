@@ -18,12 +18,20 @@ Oracles
     tokenizer(text, truncation=False, add_special_tokens=False).
     A few more folder layouts (added_tokens_decoder, plain strings only, no config at all) pin
     down which tokens transformers 5.24 splits out before BPE and how it matches them.
-  * Emphasis and chunking: there is no A1111 install here. The expected values come from
-    a1111_parse_attention and a1111_chunks below, a straightforward Python port written from the
-    documented behaviour of modules/prompt_parser.py parse_prompt_attention and
-    modules/sd_hijack_clip.py tokenize_line/process_tokens (notes, section 6), checked first
-    against the worked examples of A1111's own docstring, which are copied here as facts.
-    The port tokenizes with the transformers tokenizers above; for tokenizer_2 that is diffusers'
+  * Emphasis and chunking: there is no A1111 install here (it needs a web UI, lark, a model). The
+    expected values come from a1111_parse_attention and a1111_chunks below, a line-by-line port of
+    the current upstream code, read at AUTOMATIC1111/stable-diffusion-webui commit 28bd8e14
+    (v1.6 and later):
+      modules/prompt_parser.py   re_attention, re_break and parse_prompt_attention; the weight
+                                 alternative is :\s*([+-]?[.\d]+)\s*\) (whitespace allowed on
+                                 both sides of the number; the older pattern had none);
+      modules/sd_hijack_clip.py  tokenize_line (75-token chunks, comma backtrack with
+                                 opts.comma_padding_backtrack = 20, BREAK, next_chunk's token_count)
+                                 and process_tokens (ids after the first end token set to the pad id
+                                 only `if self.id_end != self.id_pad`: never for CLIP-L, whose pad is
+                                 its end token; always for bigG, sd_hijack_open_clip's id_pad = 0).
+    The port is checked first against the worked examples of A1111's own docstring, copied here as
+    facts. It tokenizes with the transformers tokenizers above; for tokenizer_2 that is diffusers'
     behaviour ("!" is id 0), where A1111 itself would use open_clip's tokenizer ("!" is id 256).
 """
 import json
@@ -146,6 +154,18 @@ LONG_TEXTS = [
     "ﬀ ﬂ Ǳ ǲ ǳ ΐ ΰ Å K ᾈ ᾀ",
 ]
 
+
+def long_words():
+    """Words whose BPE runs many merges (tokenizers' heap order), and a long run of combining marks
+    in mixed classes (NFC's canonical reordering)."""
+    rng = random.Random(77)
+    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(1500))
+    pattern = "".join("abcdefgh"[: 1 + i % 8] for i in range(200))
+    punct = "".join(rng.choice("!?#$%&*+-./;<=>@^_`|~") for _ in range(600))
+    marks = "e" + "".join(rng.choice("\u0301\u0323\u0327\u0334\u0345\u0316\u035c\u05b0\u093c\u0308") for _ in range(400))
+    return [letters, pattern, punct, marks + " cafe" + marks[1:50] + " x"]
+
+
 # A seeded jumble of characters that stress the classes and normalization boundaries.
 POOL = list("abcXYZ019 ',.!?-_()[]:\\\t\n") + ["é", "E\u0301", "\u0301", "\u0323", "ß", "İ", "Σ", "東", "한",
                                                  "\u1100", "\u1161", "\u11a8", "😀", "\u200d", "\u00a0", "\u3000",
@@ -158,9 +178,23 @@ def jumbles(count, length, seed):
 
 
 # ----------------------------------------------------------------------------
-# A1111 emphasis, a port written from the documented behaviour (notes 6.1)
+# A1111 emphasis: modules/prompt_parser.py at 28bd8e14, ported line by line
 
-RE_ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:")
+RE_ATTENTION = re.compile(r"""
+\\\(|
+\\\)|
+\\\[|
+\\]|
+\\\\|
+\\|
+\(|
+\[|
+:\s*([+-]?[.\d]+)\s*\)|
+\)|
+]|
+[^\\()\[\]:]+|
+:
+""", re.X)
 RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
@@ -239,11 +273,30 @@ EMPHASIS_PROMPTS = [p for p, _ in DOCSTRING_EXAMPLES] + [
     "(x:1.2.3)",
     "(x:.)",
     "x:1.2.3) y",
+    # whitespace around the weight (current A1111: \s* on both sides of the number)
+    "(masterpiece: 1.2)",
+    "(a:1.5 )",
+    "(a:\t1.5)",
+    "( a : 1.3 )",
+    "(a:\n 1.5 \r\n)",
+    "(a:\u00a01.5\u3000) (b:\u20281.5\x1c)",
+    "(a: +1.5) (b: -0.5 ) (c: .5) (d:  1. )",
+    "(a: - 1.5) (b:1. 5) (c: 1.5 x) (d:1e3) (e: )",
+    "a: 1.2) b :1.3 ) c",
+    "(x: 1.2.3 )",
+    # nested and unbalanced brackets with weights
+    "((a: 1.2) b:0.5)",
+    "[(a: 1.2) b]",
+    "((a:1.2) [b: 0.5]",
+    "(a:1.2)) b] [c",
+    "(((a)) : 1.1 ) ((b:1.3 ) ) ] [ (c : 0.9)",
+    "[a: 1.2] (b:[c]: 2)",
+    "(a BREAK b: 1.2)",
 ]
 
 
 # ----------------------------------------------------------------------------
-# A1111 chunking, a port written from the documented behaviour (notes 6.2)
+# A1111 chunking: modules/sd_hijack_clip.py at 28bd8e14 (tokenize_line, process_tokens)
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -286,11 +339,14 @@ def a1111_chunks(tok, prompt):
             mults.append(weight)
     if ids or not done:
         close(True)
-    # process_tokens: everything after the first EOS becomes the pad id (OpenCLIP bigG: 0)
+    # process_tokens: "if self.id_end != self.id_pad", everything after the first end token becomes
+    # the pad id (bigG: 0), even when that end token is an "<|endoftext|>" typed in the prompt
     out = []
     for cids, cm in done:
-        first = cids.index(eos)
-        out.append((cids[: first + 1] + [pad] * (CONTEXT - first - 1), cm))
+        if eos != pad:
+            first = cids.index(eos)
+            cids = cids[: first + 1] + [pad] * (CONTEXT - first - 1)
+        out.append((cids, cm))
     return out, count
 
 
@@ -310,6 +366,11 @@ def comma_boundary_prompts():
     return [near, far, exact, after, weighted, " ".join(words[:40]) + ", " + " ".join(words[40:80])]
 
 
+# A prompt of several chunks: weights, nesting, commas near the chunk ends, a BREAK
+LONG_PROMPT = ", ".join(
+    (f"(detail {i}: 1.{i % 10})" if i % 3 == 0 else f"[word{i} and more words]" if i % 3 == 1 else f"plain text number {i}")
+    for i in range(70)) + " BREAK ((" + " ".join(["tree"] * 80) + ")) end"
+
 MASTERPIECE = "masterpiece, (best quality:1.2), " + ", ".join(f"detail {i}" for i in range(40)) + ", [blurry], (sharp:1.1)"
 
 CHUNK_PROMPTS = [
@@ -324,6 +385,12 @@ CHUNK_PROMPTS = [
     "wow!!! amazing! (great:1.3)",
     MASTERPIECE,
     "((long emphasis " + " ".join(["sky"] * 90) + ")) end",
+    # an end-of-text token typed in the prompt: CLIP-L keeps the words after it, bigG pads them
+    "a photo <|endoftext|> of a cat",
+    "<|endoftext|> a cat",
+    "(red: 1.2) car <|endoftext|> BREAK blue <|endoftext|>",
+    "(masterpiece: 1.2), (best quality:1.1 ), [blurry], ( sharp : 1.3 )",
+    LONG_PROMPT,
 ] + comma_boundary_prompts()
 
 PAIRS = [
@@ -426,7 +493,7 @@ def main():
                 "padded": {n: padded_head(toks[n], prompt) for n in names},
                 "ids": {n: toks[n](prompt, truncation=False, add_special_tokens=False).input_ids for n in names},
             })
-        for prompt in LONG_TEXTS + jumbles(24, 40, seed=1234):
+        for prompt in LONG_TEXTS + long_words() + jumbles(24, 40, seed=1234):
             encode.append({
                 "prompt": prompt,
                 "ids": {n: toks[n](prompt, truncation=False, add_special_tokens=False).input_ids for n in main_names[:2]},

@@ -322,7 +322,37 @@ static void test_eval_warnings(void) {
     for (int i = 0; i < 3; i++) eval_record_free(&r[i]);
 }
 
+// eval_plain_prompt: the words of an A1111 prompt. BREAK is a space between words (its regex eats
+// the spaces around it), a weight of -1 is text like any other, and 1,000,000 bytes of <lora:>
+// tags take one pass (the rescan-from-the-start removal was quadratic in the tag count).
+static void test_eval_plain_prompt(void) {
+    struct { const char* prompt, *plain; } cases[] = {
+        {"a (red:1.2) car, [blurry]", "a red car, blurry"},
+        {"a cat BREAK a dog", "a cat a dog"},
+        {"(ugly:-1) face", "ugly face"},
+        {"<lora:style:0.8> a <lora:x> house,  <lora:y:1>", "a house"},
+        {"\\(literal\\) <lora:open", "(literal) <lora:open"},
+        {"(x:1.2.3) <lora:a>b", "(x:1.2.3) b"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        char* got = eval_plain_prompt(cases[c].prompt);
+        check_true(strcmp(got, cases[c].plain) == 0, "%-40s -> '%s'", cases[c].prompt, got);
+        free(got);
+    }
+    StrBuf big = {0};
+    for (int i = 0; i < 100000; i++) strbuf_cat(&big, "<lora:a>w ");
+    double t0 = now_seconds();
+    char* got = eval_plain_prompt(big.s);
+    size_t n = strlen(got);
+    int words = n == 100000 * 2 - 1;
+    for (size_t i = 0; words && i < n; i++) words = got[i] == (i % 2 ? ' ' : 'w');
+    check_true(words, "1,000,000 bytes, 100,000 tags -> 'w w w ...' (%zu bytes, %.3f s)", n, now_seconds() - t0);
+    free(got);
+    free(big.s);
+}
+
 const TestCase tests_eval[] = {
+    {"eval_plain_prompt", test_eval_plain_prompt},
     {"eval_style_checks", test_eval_style_checks},
     {"eval_judge_protocol", test_eval_judge_protocol},
     {"eval_reports", test_eval_reports},

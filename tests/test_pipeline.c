@@ -247,7 +247,44 @@ static void test_pipeline_bad_input(void) {
     sdxl_model_free(&m);
 }
 
+// Prompt limits through the pipeline: PROMPT_MAX_CHUNKS chunks encode (both encoders, both
+// prompts in one batch), one token more fails with one line that names the prompt and the limit,
+// in bounded time however long the prompt (the 100,000-character prompt of issue 10).
+static void test_pipeline_prompt_limits(void) {
+    SdxlModel m;
+    if (!load_tiny(&m)) return;
+    StrBuf at_limit = {0}, long_prompt = {0};
+    for (int i = 0; i < PROMPT_MAX_CHUNKS * CLIP_CHUNK_TOKENS; i++) strbuf_cat(&at_limit, "a "); // one token each, in any CLIP vocabulary
+    while (long_prompt.len < 100000) strbuf_cat(&long_prompt, "a photo of a cat, ");
+    float *context = NULL, *pooled = NULL;
+    int L = 0;
+    char err[ERR_MAX] = "";
+    double t0 = now_seconds();
+    int rc = sdxl_encode_prompts(&m, at_limit.s, "blurry", &context, &pooled, &L, err);
+    check_true(rc == 0 && L == PROMPT_MAX_CHUNKS * CLIP_CONTEXT, "%d chunks: context of %d tokens (%.2f s) %s", PROMPT_MAX_CHUNKS, L,
+               now_seconds() - t0, rc ? err : "");
+    if (rc == 0) {
+        free(context);
+        free(pooled);
+    }
+    strbuf_cat(&at_limit, "b");
+    rc = sdxl_encode_prompts(&m, at_limit.s, "", &context, &pooled, &L, err);
+    check_true(rc == -1 && strncmp(err, "prompt: ", 8) == 0 && strstr(err, "PROMPT_MAX_CHUNKS"), "one token more: %s", err);
+    rc = sdxl_encode_prompts(&m, "a cat", long_prompt.s, &context, &pooled, &L, err);
+    check_true(rc == -1 && strncmp(err, "negative prompt: ", 17) == 0 && strstr(err, "PROMPT_MAX_CHUNKS"), "a long negative: %s", err);
+    GenerateParams p = {.prompt = long_prompt.s, .negative = "", .width = 64, .height = 64, .steps = 1, .cfg = 5, .seed = 1, .quiet = 1};
+    Image img;
+    t0 = now_seconds();
+    rc = sdxl_generate(&m, &p, &img, NULL, err);
+    check_true(rc == -1 && strstr(err, "PROMPT_MAX_CHUNKS") && !strchr(err, '\n'), "generate, 100,000 characters: %s (%.3f s)", err,
+               now_seconds() - t0);
+    free(at_limit.s);
+    free(long_prompt.s);
+    sdxl_model_free(&m);
+}
+
 const TestCase tests_pipeline[] = {
+    {"pipeline_prompt_limits", test_pipeline_prompt_limits},
     {"pipeline_fast_precision", test_pipeline_fast_precision},
     {"pipeline_matches_diffusers", test_pipeline_matches_diffusers},
     {"pipeline_a1111_conditioning", test_pipeline_a1111_conditioning},

@@ -485,6 +485,186 @@ static void test_chunks_pad_negative(void) {
     json_free(&ref);
 }
 
+// Current A1111 allows whitespace on both sides of a weight: "(masterpiece: 1.2)" is weighted
+// text, not the text "masterpiece: 1.2" at 1.1 (the older pattern). Whitespace inside the number
+// or between the sign and the digits still leaves the whole thing text.
+static void test_emphasis_weight_whitespace(void) {
+    struct { const char* prompt; const char* text; double weight; } cases[] = {
+        {"(masterpiece: 1.2)", "masterpiece", 1.2},
+        {"(a:1.5 )", "a", 1.5},
+        {"(a:\t1.5)", "a", 1.5},
+        {"( a : 1.3 )", " a ", 1.3},
+        {"(a:\n -0.5\r\n)", "a", -0.5},
+        {"(a: - 1.5)", "a: - 1.5", 1.1},
+        {"(a:1. 5)", "a:1. 5", 1.1},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        PromptAttention pa;
+        char err[ERR_MAX] = "";
+        int rc = prompt_parse_attention(cases[c].prompt, &pa, err);
+        int ok = rc == 0 && pa.n == 1 && strcmp(pa.segments[0].text, cases[c].text) == 0 && pa.segments[0].weight == cases[c].weight;
+        check_true(ok, "%-22s -> %d segment(s), the first at %g", shown(cases[c].prompt), rc == 0 ? pa.n : -1,
+                   rc == 0 && pa.n > 0 ? pa.segments[0].weight : 0.0);
+        if (rc == 0) prompt_attention_free(&pa);
+    }
+}
+
+// An "<|endoftext|>" typed in a prompt: A1111's process_tokens pads after the first EOS only when
+// the pad id is not EOS, so CLIP-L (pad = EOS) keeps "of a cat" and bigG (pad "!" = 0) drops it.
+static void test_chunks_typed_eos(void) {
+    JsonDoc ref;
+    if (!load_ref(&ref)) return;
+    Tokenizer t1, t2;
+    if (load_named(&ref.root, "sdxl_tokenizer", &t1) == 0) {
+        if (load_named(&ref.root, "sdxl_tokenizer_2", &t2) == 0) {
+            PromptChunks a, b;
+            char err[ERR_MAX];
+            int rc = prompt_chunks_build(&t1, "a photo <|endoftext|> of a cat", &a, err);
+            rc |= prompt_chunks_build(&t2, "a photo <|endoftext|> of a cat", &b, err);
+            if (check_true(rc == 0 && a.n_chunks == 1 && b.n_chunks == 1, "one chunk each (%s)", rc ? err : "ok")) {
+                const int32_t want1[8] = {49406, 320, 1125, 49407, 539, 320, 2368, 49407}; // BOS a photo EOS of a cat EOS
+                int ok1 = memcmp(a.chunks[0].ids, want1, sizeof(want1)) == 0 && a.chunks[0].ids[76] == 49407;
+                int ok2 = b.chunks[0].ids[3] == 49407;
+                for (int i = 4; i < CLIP_CONTEXT; i++) ok2 &= b.chunks[0].ids[i] == 0;
+                check_true(ok1, "tokenizer (pad = EOS): BOS a photo EOS of a cat EOS..., the words after EOS kept");
+                check_true(ok2, "tokenizer_2 (pad 0): BOS a photo EOS, then 0 to the end");
+                check_true(a.token_count == 6 && b.token_count == 6, "A1111's token count 6 for both");
+                prompt_chunks_free(&a);
+                prompt_chunks_free(&b);
+            }
+            tokenizer_free(&t2);
+        }
+        tokenizer_free(&t1);
+    }
+    json_free(&ref);
+}
+
+// A prompt of `count` copies of `unit`, then `tail`.
+static char* repeat_text(const char* unit, size_t count, const char* tail) {
+    StrBuf b = {0};
+    strbuf_cat(&b, "");
+    for (size_t i = 0; i < count; i++) strbuf_cat(&b, unit);
+    strbuf_cat(&b, tail);
+    return b.s;
+}
+
+// prompt_chunks_build on `prompt`: expects success with n_chunks chunks, or (n_chunks < 0) an
+// error mentioning `needle` on one line.
+static void expect_chunks(const Tokenizer* t, const char* label, const char* prompt, int n_chunks, const char* needle) {
+    PromptChunks pc;
+    char err[ERR_MAX] = "";
+    double t0 = now_seconds();
+    int rc = prompt_chunks_build(t, prompt, &pc, err);
+    double dt = now_seconds() - t0;
+    if (n_chunks >= 0)
+        check_true(rc == 0 && pc.n_chunks == n_chunks, "%-40s -> %d chunks, %d tokens (%.3f s) %s", label, rc ? -1 : pc.n_chunks,
+                   rc ? -1 : pc.token_count, dt, rc ? err : "");
+    else
+        check_true(rc == -1 && strstr(err, needle) && !strchr(err, '\n') && pc.n_chunks == 0 && !pc.chunks,
+                   "%-40s -> %s (%.3f s)", label, err, dt);
+    if (rc == 0) prompt_chunks_free(&pc);
+}
+
+// The limits of tokenizer.h, each just below and just above: PROMPT_MAX_BYTES, PROMPT_MAX_NESTING
+// (round and square brackets together), PROMPT_MAX_CHUNKS (tokens, and BREAKs).
+static void test_prompt_limits(void) {
+    JsonDoc ref;
+    if (!load_ref(&ref)) return;
+    Tokenizer t;
+    if (load_named(&ref.root, "sdxl_tokenizer", &t) == 0) {
+        char* p = repeat_text(" ", PROMPT_MAX_BYTES, "");
+        expect_chunks(&t, "PROMPT_MAX_BYTES spaces", p, 1, NULL);
+        free(p);
+        p = repeat_text(" ", PROMPT_MAX_BYTES, "x");
+        expect_chunks(&t, "PROMPT_MAX_BYTES + 1 bytes", p, -1, "PROMPT_MAX_BYTES");
+        free(p);
+
+        p = repeat_text("(", PROMPT_MAX_NESTING, "a");
+        PromptAttention pa;
+        char err[ERR_MAX] = "";
+        double w = 1.0;
+        for (int i = 0; i < PROMPT_MAX_NESTING; i++) w *= 1.1; // unclosed brackets, applied in order
+        int rc = prompt_parse_attention(p, &pa, err);
+        check_true(rc == 0 && pa.n == 1 && pa.segments[0].weight == w, "%d open '(' -> 'a' at 1.1^%d = %.6g (%s)",
+                   PROMPT_MAX_NESTING, PROMPT_MAX_NESTING, w, rc ? err : "ok");
+        if (rc == 0) prompt_attention_free(&pa);
+        free(p);
+        p = repeat_text("(", PROMPT_MAX_NESTING + 1, "a");
+        expect_chunks(&t, "PROMPT_MAX_NESTING + 1 '('", p, -1, "PROMPT_MAX_NESTING");
+        free(p);
+        p = repeat_text("[(", PROMPT_MAX_NESTING / 2, "[a");
+        expect_chunks(&t, "PROMPT_MAX_NESTING + 1 '[' and '('", p, -1, "PROMPT_MAX_NESTING");
+        free(p);
+        char* open = repeat_text("(", PROMPT_MAX_NESTING, "a");
+        char* twice = repeat_text(")", PROMPT_MAX_NESTING, open); // never more than the limit open at once
+        p = repeat_text(open, 1, twice);
+        expect_chunks(&t, "PROMPT_MAX_NESTING '(', closed, again", p, 1, NULL);
+        free(open);
+        free(twice);
+        free(p);
+
+        int max_tokens = PROMPT_MAX_CHUNKS * CLIP_CHUNK_TOKENS; // "cat" is one token, no commas
+        p = repeat_text("cat ", (size_t)max_tokens, "");
+        expect_chunks(&t, "PROMPT_MAX_CHUNKS x 75 tokens", p, PROMPT_MAX_CHUNKS, NULL);
+        free(p);
+        p = repeat_text("cat ", (size_t)max_tokens + 1, "");
+        expect_chunks(&t, "PROMPT_MAX_CHUNKS x 75 + 1 tokens", p, -1, "PROMPT_MAX_CHUNKS");
+        free(p);
+        p = repeat_text("a BREAK ", PROMPT_MAX_CHUNKS - 1, "a");
+        expect_chunks(&t, "PROMPT_MAX_CHUNKS - 1 BREAKs", p, PROMPT_MAX_CHUNKS, NULL);
+        free(p);
+        p = repeat_text("a BREAK ", PROMPT_MAX_CHUNKS, "a");
+        expect_chunks(&t, "PROMPT_MAX_CHUNKS BREAKs", p, -1, "PROMPT_MAX_CHUNKS");
+        free(p);
+        tokenizer_free(&t);
+    }
+    json_free(&ref);
+}
+
+// Long prompts end quickly: every step is linear in the length (BPE n log n in a word's), so a
+// 100,000-character and a 1,000,000-byte prompt take milliseconds. Each input here took seconds
+// to hours with the quadratic code (whitespace runs before BREAK, merging many pieces, BPE of a
+// long word, canonical ordering of many marks). The times are printed, not checked: a slow
+// machine must not fail, and a quadratic step would not finish.
+static void test_prompt_long_inputs(void) {
+    JsonDoc ref;
+    if (!load_ref(&ref)) return;
+    Tokenizer t;
+    if (load_named(&ref.root, "sdxl_tokenizer", &t) == 0) {
+        char* p = repeat_text("a photo of a cat, ", 100000 / 18, "");
+        expect_chunks(&t, "100,000 characters of words", p, -1, "PROMPT_MAX_CHUNKS");
+        free(p);
+        // 1,000,000 bytes that hold no token: whitespace runs, lone backslashes, empty brackets
+        p = repeat_text(" \t\\ ( )\n[\xe3\x80\x80] \r\f", 1000000 / 16, ""); // 16 bytes
+        check_true(strlen(p) == 1000000, "1,000,000 bytes");
+        expect_chunks(&t, "1,000,000 bytes of spaces and brackets", p, 1, NULL);
+        free(p);
+        p = repeat_text("(", 1000000, "");
+        expect_chunks(&t, "1,000,000 '('", p, -1, "PROMPT_MAX_NESTING");
+        free(p);
+        // one word of 100,000 random letters, and one of 100,000 bytes of combining marks
+        p = xmalloc(100001);
+        uint32_t x = 12345;
+        for (int i = 0; i < 100000; i++) {
+            x = x * 1103515245u + 12345u;
+            p[i] = (char)('a' + (x >> 16) % 26);
+        }
+        p[100000] = 0;
+        int n = tokenizer_encode(&t, p, NULL, 0);
+        check_true(n > PROMPT_MAX_CHUNKS * CLIP_CHUNK_TOKENS, "a word of 100,000 random letters -> %d tokens", n);
+        expect_chunks(&t, "a word of 100,000 random letters", p, -1, "PROMPT_MAX_CHUNKS");
+        free(p);
+        const char* marks[4] = {"\xcc\x81", "\xcc\xa3", "\xcc\xa7", "\xcc\xb4"}; // classes 230, 220, 202, 1
+        StrBuf m = {0};
+        strbuf_cat(&m, "e");
+        for (int i = 0; i < 50000; i++) strbuf_cat(&m, marks[i % 4]);
+        expect_chunks(&t, "'e' and 50,000 combining marks", m.s, -1, "PROMPT_MAX_CHUNKS");
+        free(m.s);
+        tokenizer_free(&t);
+    }
+    json_free(&ref);
+}
+
 // Bad folders: each load fails with one line that names the file at fault.
 static void test_tokenizer_rejects_bad_folders(void) {
     struct {
@@ -541,6 +721,10 @@ const TestCase tests_tokenizer[] = {
     {"tokenizer_rejects_bad_folders", test_tokenizer_rejects_bad_folders},
     {"tokenizer_emphasis_parse", test_emphasis_parse},
     {"tokenizer_emphasis_storyboard_template", test_emphasis_storyboard_template},
+    {"tokenizer_emphasis_weight_whitespace", test_emphasis_weight_whitespace},
+    {"tokenizer_chunks_typed_eos", test_chunks_typed_eos},
+    {"tokenizer_prompt_limits", test_prompt_limits},
+    {"tokenizer_prompt_long_inputs", test_prompt_long_inputs},
     {"tokenizer_chunks_match_a1111", test_chunks_match_a1111},
     {"tokenizer_chunks_pad_negative", test_chunks_pad_negative},
     {NULL, NULL},
