@@ -24,6 +24,7 @@
 #include "png.h"
 #include "rng.h"
 #include "sdxl.h"
+#include "tokenizer.h"
 #include "train.h"
 
 #ifdef _OPENMP
@@ -91,6 +92,13 @@ static PromptList prompt_list(const GenerateOptions* o) {
         l.prompts[0] = xstrdup(o->prompt);
         l.count = 1;
     }
+    // the byte limit needs no tokenizer: checked before the model loads (the chunk limit after)
+    for (int i = 0; i < l.count; i++) {
+        size_t n = strlen(l.prompts[i]);
+        if (n <= PROMPT_MAX_BYTES) continue;
+        if (o->prompts_file) fatal("%s: prompt %d: %zu bytes, more than %d (PROMPT_MAX_BYTES)", o->prompts_file, i + 1, n, PROMPT_MAX_BYTES);
+        fatal("--prompt: %zu bytes, more than %d (PROMPT_MAX_BYTES)", n, PROMPT_MAX_BYTES);
+    }
     return l;
 }
 
@@ -145,10 +153,15 @@ static int run_prompts(SdxlModel* model, const GenerateOptions* o, const PromptL
         p.negative = negative;
         char path[4200];
         output_path(o, i, path, sizeof(path));
-        printf("[%d/%d] %s\n", i + 1, prompts->count, full);
+        // a long prompt is shown by its start and its length, not all of it
+        if (strlen(full) <= 300) printf("[%d/%d] %s\n", i + 1, prompts->count, full);
+        else printf("[%d/%d] %.240s... (%zu bytes)\n", i + 1, prompts->count, full, strlen(full));
         Image img;
         double t0 = now_seconds();
-        if (sdxl_generate(model, &p, &img, NULL, err) != 0) fatal("%s", err);
+        if (sdxl_generate(model, &p, &img, NULL, err) != 0) {
+            if (o->prompts_file) fatal("%s: prompt %d: %s", o->prompts_file, i + 1, err);
+            fatal("%s", err);
+        }
         if (png_write(path, &img, err) != 0) fatal("%s", err);
         printf("  wrote %s (%dx%d) in %.1f s\n", path, img.width, img.height, now_seconds() - t0);
         image_free(&img);

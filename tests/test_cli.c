@@ -127,6 +127,13 @@ static void test_cli_fails_before_loading(void) {
     write_file_atomic("build/test_cli/early/file.txt", "x", 1, err);
     check_true(mkfifo("build/test_cli/early/fifo", 0644) == 0 && symlink("target.txt", "build/test_cli/early/link.png") == 0,
                "make a FIFO and a symbolic link");
+    // a prompts file whose second prompt is over PROMPT_MAX_BYTES
+    StrBuf big = {0};
+    strbuf_cat(&big, "a short prompt\n");
+    for (int i = 0; i < (1 << 20) / 4 + 1; i++) strbuf_cat(&big, "cat ");
+    strbuf_cat(&big, "\n");
+    write_file_atomic("build/test_cli/early/huge_prompts.txt", big.s, big.len, err);
+    free(big.s);
     // a dataset whose metadata.jsonl climbs out of its folder
     mkdir("build/test_cli/early/escape", 0755);
     const char* escape = "{\"file_name\": \"../../../../../../../../etc/passwd\", \"text\": \"x\"}\n";
@@ -140,6 +147,7 @@ static void test_cli_fails_before_loading(void) {
         {"generate --model M --prompts E/no_such_prompts.txt", "no_such_prompts.txt"},
         {"generate --model M --prompts E/prompts.txt --out E/file.txt", "E/file.txt: exists and is not a folder"},
         {"generate --model M --prompt x --config E/no_config", "E/no_config: not a folder"},
+        {"generate --model M --prompts E/huge_prompts.txt --out E/shots", "E/huge_prompts.txt: prompt 2: 1048580 bytes, more than 1048576"},
         {"generate --model E/no_model --prompt x", "E/no_model: no such file or folder"},
         {"train --model M --data D --out E/x.safetensors --rank 0", "rank 0"},
         {"train --model M --data E/nometa --out E/x.safetensors", "no metadata.jsonl"},
@@ -289,8 +297,8 @@ static void test_cli_generate_full_seed_range(void) {
     char cmd[10240], out[16384], err[ERR_MAX];
     for (int k = 0; k < 2; k++) {
         remove(paths[k]);
-        snprintf(cmd, sizeof(cmd), "./sdxl generate --model %s --prompt 'a door' --steps 1 --width 64 --height 64 --seed %s --out %s",
-                 golden_path("tiny_sdxl"), seeds[k], paths[k]);
+        snprintf(cmd, sizeof(cmd), "%s generate --model %s --prompt 'a door' --steps 1 --width 64 --height 64 --seed %s --out %s --verbose",
+                 sdxl_bin(), golden_path("tiny_sdxl"), seeds[k], paths[k]);
         int status = run(cmd, out, sizeof(out));
         if (!check_true(status == 0, "generate --seed %s exits 0 (%s)", seeds[k], status ? last_line(out) : "ok")) return;
         check_true(strstr(out, "seed                 = 18446744073709551615") != NULL, "--seed %s is logged as 18446744073709551615",
@@ -307,8 +315,8 @@ static void test_cli_generate_full_seed_range(void) {
     // train takes the same range: the run gets past --seed and stops at the next bad option
     char model[4096]; // golden_path's buffer is static: keep a copy
     snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
-    snprintf(cmd, sizeof(cmd), "./sdxl train --model %s --data %s --out build/test_cli/never.safetensors --seed 9223372036854775808 --rank 0",
-             model, golden_path("data"));
+    snprintf(cmd, sizeof(cmd), "%s train --model %s --data %s --out build/test_cli/never.safetensors --seed 9223372036854775808 --rank 0 --verbose",
+             sdxl_bin(), model, golden_path("data"));
     int status = run(cmd, out, sizeof(out));
     check_true(status != 0 && strstr(last_line(out), "rank 0") && strstr(out, "seed                 = 9223372036854775808"),
                "train --seed 2^63 is accepted and logged (%s)", last_line(out));
@@ -544,8 +552,10 @@ static void test_cli_eval_unreadable_images(void) {
     ok = ok && write_file_atomic("build/test_cli/eval_mixed/fake.png", fake, strlen(fake), err) == 0;
     ok = ok && write_file_atomic("build/test_cli/eval_allbad/fake.png", fake, strlen(fake), err) == 0;
     if (!check_true(ok, "write the test folders: %s", err)) return;
-    int status = run("./sdxl eval --images build/test_cli/eval_mixed --out build/test_cli/eval_mixed_report --width 32 --height 18",
-                     out, sizeof(out));
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "%s eval --images build/test_cli/eval_mixed --out build/test_cli/eval_mixed_report --width 32 --height 18",
+             sdxl_bin());
+    int status = run(cmd, out, sizeof(out));
     check_true(status == 0, "some images unreadable: exit 0 (%s)", status ? last_line(out) : "ok");
     check_true(strstr(out, "warning: build/test_cli/eval_mixed/fake.png: not a PNG file") != NULL, "a warning names fake.png and why");
     check_true(strstr(out, "1 of 2 images could not be read") != NULL, "the warning counts the unreadable images");
@@ -559,7 +569,8 @@ static void test_cli_eval_unreadable_images(void) {
         check_true(has && n == 1, "the colourfulness mean is over 1 image (%g)", n);
         json_free(&doc);
     }
-    status = run("./sdxl eval --images build/test_cli/eval_allbad --out build/test_cli/eval_allbad/report", out, sizeof(out));
+    snprintf(cmd, sizeof(cmd), "%s eval --images build/test_cli/eval_allbad --out build/test_cli/eval_allbad/report", sdxl_bin());
+    status = run(cmd, out, sizeof(out));
     const char* line = last_line(out);
     check_true(status != 0 && strncmp(line, "error: build/test_cli/eval_allbad: none of the 1 image could be read", 68) == 0,
                "no image readable: exit %d, %s", status, line);
