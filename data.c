@@ -25,11 +25,6 @@
 // ----------------------------------------------------------------------------
 // The imagefolder
 
-static int is_file(const char* path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 // Leaves out a bad line (skip_bad) with a warning, or fails with the same message.
 static int bad_line(Dataset* d, int skip_bad, char* err, const char* fmt, ...) __attribute__((format(printf, 4, 5)));
 static int bad_line(Dataset* d, int skip_bad, char* err, const char* fmt, ...) {
@@ -64,7 +59,7 @@ static int resolve_file_name(const char* folder, const char* real_folder, const 
     }
     if ((size_t)snprintf(path, cap, "%s/%s", folder, name) >= cap)
         return snprintf(why, why_cap, "file_name '%.64s...' is too long", name), -1;
-    if (!is_file(path)) return snprintf(why, why_cap, "image '%.400s' not found", path), -1;
+    if (!path_is_file(path)) return snprintf(why, why_cap, "image '%.400s' not found", path), -1;
     if (!follow_links) {
         char* real = realpath(path, NULL);
         size_t n = strlen(real_folder);
@@ -164,10 +159,10 @@ int dataset_open(Dataset* d, const char* root, const DatasetOptions* o, char* er
     if (strlen(root) >= 4000) return set_error(err, "%.64s...: path too long", root);
     snprintf(folder, sizeof(folder), "%s", root);
     snprintf(meta, sizeof(meta), "%s/metadata.jsonl", folder);
-    if (!is_file(meta)) {
+    if (!path_is_file(meta)) {
         snprintf(folder, sizeof(folder), "%s/train", root);
         snprintf(meta, sizeof(meta), "%s/metadata.jsonl", folder);
-        if (!is_file(meta))
+        if (!path_is_file(meta))
             return set_error(err, "%s: no metadata.jsonl (an imagefolder needs one line {\"file_name\": ..., \"%s\": ...} per "
                                   "image, at the top or in train/)", root, o->caption_column);
     }
