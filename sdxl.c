@@ -21,25 +21,6 @@
 // ----------------------------------------------------------------------------
 // Config
 
-// An int or a per-level list of ints (diffusers accepts both for several fields).
-static int read_int_or_list(const JsonValue* root, const char* key, int levels, int* out, int required, const char* path,
-                            char* err) {
-    const JsonValue* v = json_get(root, key);
-    if (!v || v->type == JSON_NULL) return required ? set_error(err, "%s: missing \"%s\"", path, key) : 1;
-    if (v->type == JSON_NUMBER && v->is_integer) {
-        for (int i = 0; i < levels; i++) out[i] = (int)v->integer;
-        return 0;
-    }
-    if (v->type != JSON_ARRAY || (int)v->length != levels)
-        return set_error(err, "%s: \"%s\" must be an integer or a list of %d integers", path, key, levels);
-    for (int i = 0; i < levels; i++) {
-        if (v->items[i].type != JSON_NUMBER || !v->items[i].is_integer)
-            return set_error(err, "%s: \"%s\" must hold integers", path, key);
-        out[i] = (int)v->items[i].integer;
-    }
-    return 0;
-}
-
 // Fails unless `key` is absent, null, or equal to the expected string/bool/number.
 static int require_string(const JsonValue* root, const char* key, const char* want, const char* path, char* err) {
     const JsonValue* v = json_get(root, key);
@@ -61,16 +42,11 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
     const JsonValue* r = &doc.root;
     memset(c, 0, sizeof(*c));
     int rc = 0;
-    int64_t v;
-    const JsonValue* blocks = json_get(r, "block_out_channels");
     const JsonValue* down = json_get(r, "down_block_types");
     const JsonValue* up = json_get(r, "up_block_types");
-    if (!blocks || blocks->type != JSON_ARRAY || blocks->length < 2 || blocks->length > UNET_MAX_LEVELS) {
-        rc = set_error(err, "%s: \"block_out_channels\" must list 2 to %d widths", path, UNET_MAX_LEVELS);
+    if ((rc = json_config_int_list(r, "block_out_channels", 1, UNET_MAX_CHANNELS, 2, UNET_MAX_LEVELS, c->block_out, &c->levels,
+                                   path, err)) != 0)
         goto done;
-    }
-    c->levels = (int)blocks->length;
-    for (int i = 0; i < c->levels; i++) c->block_out[i] = (int)blocks->items[i].integer;
     if (!down || down->type != JSON_ARRAY || (int)down->length != c->levels || !up || up->type != JSON_ARRAY ||
         (int)up->length != c->levels) {
         rc = set_error(err, "%s: \"down_block_types\" and \"up_block_types\" must list %d blocks", path, c->levels);
@@ -90,32 +66,39 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
             goto done;
         }
     }
-    struct { const char* key; int* dst; } ints[] = {
-        {"in_channels", &c->in_channels}, {"out_channels", &c->out_channels}, {"layers_per_block", &c->layers_per_block},
-        {"cross_attention_dim", &c->cross_attention_dim}, {"norm_num_groups", &c->groups},
-        {"addition_time_embed_dim", &c->addition_time_embed_dim},
-        {"projection_class_embeddings_input_dim", &c->projection_class_embeddings_input_dim},
+    struct { const char* key; int* dst; int hi; } ints[] = {
+        {"in_channels", &c->in_channels, UNET_MAX_IO_CHANNELS}, {"out_channels", &c->out_channels, UNET_MAX_IO_CHANNELS},
+        {"layers_per_block", &c->layers_per_block, UNET_MAX_LAYERS_PER_BLOCK},
+        {"cross_attention_dim", &c->cross_attention_dim, UNET_MAX_CONTEXT}, {"norm_num_groups", &c->groups, UNET_MAX_GROUPS},
+        {"addition_time_embed_dim", &c->addition_time_embed_dim, UNET_MAX_TIME_ID_DIM},
+        {"projection_class_embeddings_input_dim", &c->projection_class_embeddings_input_dim, UNET_MAX_ADD_IN},
     };
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 20)) {
-            rc = set_error(err, "%s: missing or bad \"%s\"", path, ints[i].key);
-            goto done;
-        }
-        *ints[i].dst = (int)v;
-    }
-    if ((rc = read_int_or_list(r, "transformer_layers_per_block", c->levels, c->transformer_depth, 0, path, err)) < 0) goto done;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if ((rc = json_config_int(r, ints[i].key, 1, ints[i].hi, ints[i].dst, path, err)) != 0) goto done;
+    if ((rc = json_config_int_levels(r, "transformer_layers_per_block", 1, UNET_MAX_DEPTH, c->levels, c->transformer_depth,
+                                     path, err)) < 0)
+        goto done;
     if (rc == 1) for (int i = 0; i < c->levels; i++) c->transformer_depth[i] = 1;
     // the head count: num_attention_heads when given, else attention_head_dim (diffusers #2011)
-    if ((rc = read_int_or_list(r, "num_attention_heads", c->levels, c->heads, 0, path, err)) < 0) goto done;
-    if (rc == 1 && (rc = read_int_or_list(r, "attention_head_dim", c->levels, c->heads, 1, path, err)) != 0) goto done;
-    if ((rc = read_int_or_list(r, "reverse_transformer_layers_per_block", c->levels, c->up_transformer_depth, 0, path, err)) < 0)
+    if ((rc = json_config_int_levels(r, "num_attention_heads", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) < 0)
+        goto done;
+    if (rc == 1 && (rc = json_config_int_levels(r, "attention_head_dim", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) != 0) {
+        if (rc == 1) rc = set_error(err, "%s: missing \"attention_head_dim\" (the head count of each level)", path);
+        goto done;
+    }
+    if ((rc = json_config_int_levels(r, "reverse_transformer_layers_per_block", 1, UNET_MAX_DEPTH, c->levels,
+                                     c->up_transformer_depth, path, err)) < 0)
         goto done;
     if (rc == 1)
         for (int i = 0; i < c->levels; i++) c->up_transformer_depth[i] = c->transformer_depth[c->levels - 1 - i];
+    double eps, shift;
+    // diffusers' defaults: norm_eps 1e-5, freq_shift 0 (its downscale_freq_shift, 0 or 1 in practice)
+    if ((rc = json_config_number_or(r, "norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err)) < 0 ||
+        (rc = json_config_number_or(r, "freq_shift", 0.0, 1.0, 0.0, &shift, path, err)) < 0)
+        goto done;
     rc = 0;
-    double d;
-    c->norm_eps = json_get_number(r, "norm_eps", &d) ? (float)d : 1e-5f;
-    c->freq_shift = json_get_number(r, "freq_shift", &d) ? (float)d : 0.0f;
+    c->norm_eps = (float)eps;
+    c->freq_shift = (float)shift;
     c->flip_sin_to_cos = 1;
     json_get_bool(r, "flip_sin_to_cos", &c->flip_sin_to_cos);
     int linear_projection = 0;
@@ -124,11 +107,23 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
         rc = set_error(err, "%s: SDXL uses \"use_linear_projection\": true (1x1-conv projections are not supported)", path);
         goto done;
     }
-    if (json_get_int(r, "time_embedding_dim", &v) && v != 4 * c->block_out[0]) {
+    int time_embed_dim;
+    if ((rc = json_config_int_or(r, "time_embedding_dim", 1, 4 * UNET_MAX_CHANNELS, 4 * c->block_out[0], &time_embed_dim, path,
+                                 err)) < 0)
+        goto done;
+    rc = 0;
+    if (time_embed_dim != 4 * c->block_out[0]) {
         rc = set_error(err, "%s: \"time_embedding_dim\" must be null (4 x block_out_channels[0])", path);
         goto done;
     }
-    c->time_embed_dim = 4 * c->block_out[0];
+    c->time_embed_dim = time_embed_dim;
+    // the sinusoidal embeddings (of the timestep, block_out_channels[0] wide, and of each size/crop
+    // id) are half sines, half cosines
+    if (c->block_out[0] % 2 != 0 || c->addition_time_embed_dim % 2 != 0) {
+        rc = set_error(err, "%s: \"block_out_channels\"[0] %d and \"addition_time_embed_dim\" %d must be even (sinusoidal "
+                       "embeddings)", path, c->block_out[0], c->addition_time_embed_dim);
+        goto done;
+    }
     if ((rc = require_string(r, "addition_embed_type", "text_time", path, err)) ||
         (rc = require_string(r, "mid_block_type", "UNetMidBlock2DCrossAttn", path, err)) ||
         (rc = require_string(r, "act_fn", "silu", path, err)) ||
@@ -144,8 +139,14 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
     }
     for (int i = 0; i < c->levels; i++) {
         if (c->block_out[i] % c->groups != 0 || (c->has_attention[i] && c->block_out[i] % c->heads[i] != 0)) {
-            rc = set_error(err, "%s: level %d width %d does not split into %d groups / %d heads", path, i, c->block_out[i],
-                           c->groups, c->heads[i]);
+            rc = set_error(err, "%s: \"block_out_channels\"[%d] %d does not split into %d groups (\"norm_num_groups\") and %d "
+                           "heads (\"attention_head_dim\")", path, i, c->block_out[i], c->groups, c->heads[i]);
+            goto done;
+        }
+        if (c->has_attention[i] && c->block_out[i] / c->heads[i] > ATTENTION_MAX_HS) {
+            rc = set_error(err, "%s: \"block_out_channels\"[%d] %d in %d heads (\"attention_head_dim\") makes heads of %d "
+                           "channels, above the %d attention supports", path, i, c->block_out[i], c->heads[i],
+                           c->block_out[i] / c->heads[i], ATTENTION_MAX_HS);
             goto done;
         }
     }
