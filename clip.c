@@ -38,40 +38,40 @@
 // layers, 8 heads, 77 positions, eos_token_id 49407), as from_pretrained does; without, the sizes
 // must be present and a missing eos_token_id means the legacy 2.
 static int clip_text_config_parse(ClipTextConfig* c, const JsonValue* r, const char* path, int hf_defaults, char* err) {
-    int64_t v;
     memset(c, 0, sizeof(*c));
-    struct { const char* key; int* dst; int dflt; } ints[] = {
-        {"vocab_size", &c->vocab_size, 49408}, {"hidden_size", &c->hidden, 512},
-        {"intermediate_size", &c->intermediate, 2048}, {"num_hidden_layers", &c->layers, 12},
-        {"num_attention_heads", &c->heads, 8}, {"max_position_embeddings", &c->max_positions, 77},
+    struct { const char* key; int* dst; int hi, dflt; } ints[] = {
+        {"vocab_size", &c->vocab_size, CLIP_MAX_VOCAB, 49408}, {"hidden_size", &c->hidden, CLIP_MAX_HIDDEN, 512},
+        {"intermediate_size", &c->intermediate, CLIP_MAX_INTERMEDIATE, 2048},
+        {"num_hidden_layers", &c->layers, CLIP_MAX_LAYERS, 12}, {"num_attention_heads", &c->heads, CLIP_MAX_HIDDEN, 8},
+        {"max_position_embeddings", &c->max_positions, CLIP_MAX_POSITIONS, 77},
     };
-    int rc = 0;
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]) && rc == 0; i++) {
-        if (hf_defaults && !json_get(r, ints[i].key)) *ints[i].dst = ints[i].dflt;
-        else if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 24))
-            rc = set_error(err, "%s: missing or bad \"%s\"", path, ints[i].key);
-        else *ints[i].dst = (int)v;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        int rc = hf_defaults ? json_config_int_or(r, ints[i].key, 1, ints[i].hi, ints[i].dflt, ints[i].dst, path, err)
+                             : json_config_int(r, ints[i].key, 1, ints[i].hi, ints[i].dst, path, err);
+        if (rc < 0) return -1;
     }
-    double eps = 1e-5;
-    json_get_number(r, "layer_norm_eps", &eps);
+    double eps;
+    if (json_config_number_or(r, "layer_norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err) < 0) return -1;
     c->eps = (float)eps;
     const char* act = json_get_string(r, "hidden_act");
-    if (rc == 0) {
-        if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU; // CLIPTextConfig's default
-        else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
-        else rc = set_error(err, "%s: hidden_act \"%s\" is not quick_gelu or gelu", path, act);
-    }
-    c->eos_token_id = json_get_int(r, "eos_token_id", &v) ? (int)v : hf_defaults ? 49407 : 2;
-    if (rc == 0 && c->hidden % c->heads != 0)
-        rc = set_error(err, "%s: hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden, c->heads);
-    return rc;
+    if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU; // CLIPTextConfig's default
+    else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
+    else return set_error(err, "%s: hidden_act \"%s\" is not quick_gelu or gelu", path, act);
+    if (json_config_int_or(r, "eos_token_id", 0, c->vocab_size - 1, hf_defaults ? 49407 : 2, &c->eos_token_id, path, err) < 0)
+        return -1;
+    if (c->eos_token_id >= c->vocab_size) // the default, against a small vocabulary
+        return set_error(err, "%s: \"eos_token_id\" defaults to %d, outside the vocabulary of %d", path, c->eos_token_id,
+                         c->vocab_size);
+    if (c->hidden % c->heads != 0 || c->hidden / c->heads > ATTENTION_MAX_HS)
+        return set_error(err, "%s: \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at most %d",
+                         path, c->hidden, c->heads, ATTENTION_MAX_HS);
+    return 0;
 }
 
 int clip_text_config_read(ClipTextConfig* c, const char* path, char* err) {
     JsonDoc doc;
     if (json_read_file(&doc, path, err) != 0) return -1;
     const JsonValue* r = &doc.root;
-    int64_t v;
     int rc = clip_text_config_parse(c, r, path, 0, err);
     // The projection exists in CLIPTextModelWithProjection, whatever projection_dim says.
     const JsonValue* arch = json_get(r, "architectures");
@@ -80,10 +80,7 @@ int clip_text_config_read(ClipTextConfig* c, const char* path, char* err) {
         for (size_t i = 0; i < arch->length; i++)
             if (arch->items[i].type == JSON_STRING && strcmp(arch->items[i].string, "CLIPTextModelWithProjection") == 0)
                 with_projection = 1;
-    if (rc == 0 && with_projection) {
-        if (!json_get_int(r, "projection_dim", &v) || v <= 0) rc = set_error(err, "%s: missing \"projection_dim\"", path);
-        else c->projection_dim = (int)v;
-    }
+    if (rc == 0 && with_projection) rc = json_config_int(r, "projection_dim", 1, CLIP_MAX_HIDDEN, &c->projection_dim, path, err);
     json_free(&doc);
     return rc;
 }
@@ -382,32 +379,31 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
 // hidden 768, intermediate 3072, 12 layers, 12 heads, 224 px, 32 px patches, 3 channels,
 // projection 512, quick_gelu, eps 1e-5.
 static int clip_vision_config_parse(ClipVisionConfig* c, const JsonValue* r, const char* path, char* err) {
-    int64_t v;
     memset(c, 0, sizeof(*c));
-    struct { const char* key; int* dst; int dflt; } ints[] = {
-        {"hidden_size", &c->hidden, 768}, {"intermediate_size", &c->intermediate, 3072},
-        {"num_hidden_layers", &c->layers, 12}, {"num_attention_heads", &c->heads, 12},
-        {"image_size", &c->image_size, 224}, {"patch_size", &c->patch_size, 32},
-        {"num_channels", &c->channels, 3}, {"projection_dim", &c->projection_dim, 512},
+    struct { const char* key; int* dst; int lo, hi, dflt; } ints[] = {
+        {"hidden_size", &c->hidden, 1, CLIP_MAX_HIDDEN, 768}, {"intermediate_size", &c->intermediate, 1, CLIP_MAX_INTERMEDIATE, 3072},
+        {"num_hidden_layers", &c->layers, 1, CLIP_MAX_LAYERS, 12}, {"num_attention_heads", &c->heads, 1, CLIP_MAX_HIDDEN, 12},
+        {"image_size", &c->image_size, 1, CLIP_MAX_IMAGE, 224}, {"patch_size", &c->patch_size, 1, CLIP_MAX_IMAGE, 32},
+        {"num_channels", &c->channels, 3, 3, 3}, {"projection_dim", &c->projection_dim, 1, CLIP_MAX_HIDDEN, 512},
     };
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        if (!json_get(r, ints[i].key)) *ints[i].dst = ints[i].dflt;
-        else if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 24))
-            return set_error(err, "%s: bad \"%s\" in the vision config (a positive integer)", path, ints[i].key);
-        else *ints[i].dst = (int)v;
-    }
-    double eps = 1e-5;
-    json_get_number(r, "layer_norm_eps", &eps);
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (json_config_int_or(r, ints[i].key, ints[i].lo, ints[i].hi, ints[i].dflt, ints[i].dst, path, err) < 0) return -1;
+    double eps;
+    if (json_config_number_or(r, "layer_norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err) < 0) return -1;
     c->eps = (float)eps;
     const char* act = json_get_string(r, "hidden_act");
     if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU;
     else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
     else return set_error(err, "%s: vision hidden_act \"%s\" is not quick_gelu or gelu", path, act);
-    if (c->hidden % c->heads != 0)
-        return set_error(err, "%s: vision hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden,
-                         c->heads);
+    if (c->hidden % c->heads != 0 || c->hidden / c->heads > ATTENTION_MAX_HS)
+        return set_error(err, "%s: vision \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at "
+                         "most %d", path, c->hidden, c->heads, ATTENTION_MAX_HS);
     if (c->patch_size > c->image_size)
-        return set_error(err, "%s: patch_size %d is larger than image_size %d", path, c->patch_size, c->image_size);
+        return set_error(err, "%s: \"patch_size\" %d is larger than \"image_size\" %d", path, c->patch_size, c->image_size);
+    int grid = c->image_size / c->patch_size;
+    if (1 + grid * grid > CLIP_MAX_VISION_TOKENS)
+        return set_error(err, "%s: \"image_size\" %d in \"patch_size\" %d patches makes %d tokens, above %d", path,
+                         c->image_size, c->patch_size, 1 + grid * grid, CLIP_MAX_VISION_TOKENS);
     return 0;
 }
 
@@ -417,10 +413,10 @@ int clip_vision_config_read(ClipVisionConfig* c, const char* path, char* err) {
     const JsonValue* r = &doc.root;
     const JsonValue* vc = json_get(r, "vision_config");
     int rc;
-    if (vc && vc->type == JSON_OBJECT) { // a CLIPConfig: the projection is the model's
+    if (vc && vc->type == JSON_OBJECT) { // a CLIPConfig: the projection is the model's (its default 512)
         rc = clip_vision_config_parse(c, vc, path, err);
-        int64_t v;
-        c->projection_dim = json_get_int(r, "projection_dim", &v) && v > 0 ? (int)v : 512;
+        if (rc == 0 && json_config_int_or(r, "projection_dim", 1, CLIP_MAX_HIDDEN, 512, &c->projection_dim, path, err) < 0)
+            rc = -1;
     } else {
         rc = clip_vision_config_parse(c, r, path, err);
         // as for the text tower: the projection exists in CLIPVisionModelWithProjection only
@@ -628,8 +624,9 @@ int clip_model_load(ClipModel* m, const char* folder, const char* variant, char*
         rc = set_error(err, "%s: not a CLIPModel config (no \"text_config\" and \"vision_config\" objects)", path);
     if (rc == 0) rc = clip_text_config_parse(&tcfg, tc, path, 1, err);
     if (rc == 0) rc = clip_vision_config_parse(&vcfg, vc, path, err);
-    int64_t v;
-    int projection_dim = json_get_int(&doc.root, "projection_dim", &v) && v > 0 ? (int)v : 512; // CLIPConfig default
+    int projection_dim = 512; // CLIPConfig's default
+    if (rc == 0 && json_config_int_or(&doc.root, "projection_dim", 1, CLIP_MAX_HIDDEN, 512, &projection_dim, path, err) < 0)
+        rc = -1;
     json_free(&doc);
     if (rc != 0) return -1;
     tcfg.projection_dim = vcfg.projection_dim = projection_dim;
