@@ -450,15 +450,20 @@ int json_config_int_levels(const JsonValue* obj, const char* key, int lo, int hi
     return 0;
 }
 
-int json_config_number(const JsonValue* obj, const char* key, double lo, double hi, double* out, const char* path, char* err) {
-    const JsonValue* v = json_get(obj, key);
-    if (!v || v->type == JSON_NULL) return set_error(err, "%s: missing \"%s\" (a number in [%g, %g])", path, key, lo, hi);
+int json_config_number_value(const JsonValue* v, const char* label, double lo, double hi, double* out, const char* path,
+                             char* err) {
+    if (!v || v->type == JSON_NULL) return set_error(err, "%s: missing %s (a number in [%g, %g])", path, label, lo, hi);
     if (v->type == JSON_NUMBER && v->number >= lo && v->number <= hi) { // NaN fails both; 1e999 is inf and fails
         *out = v->number;
         return 0;
     }
     char got[64];
-    return set_error(err, "%s: \"%s\" must be a number in [%g, %g], got %s", path, key, lo, hi, value_text(v, got, sizeof(got)));
+    return set_error(err, "%s: %s must be a number in [%g, %g], got %s", path, label, lo, hi, value_text(v, got, sizeof(got)));
+}
+
+int json_config_number(const JsonValue* obj, const char* key, double lo, double hi, double* out, const char* path, char* err) {
+    char label[160];
+    return json_config_number_value(json_get(obj, key), quoted(label, sizeof(label), key), lo, hi, out, path, err);
 }
 
 int json_config_number_or(const JsonValue* obj, const char* key, double lo, double hi, double dflt, double* out,
@@ -471,10 +476,8 @@ int json_config_number_or(const JsonValue* obj, const char* key, double lo, doub
     return json_config_number(obj, key, lo, hi, out, path, err);
 }
 
-int json_config_int_text(const char* text, const char* key, int64_t lo, int64_t hi, int64_t* out, const char* path,
+int json_config_int_text(const char* text, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
                          char* err) {
-    char label[160];
-    quoted(label, sizeof(label), key);
     if (!text) return json_config_int_value(NULL, label, lo, hi, out, path, err);
     JsonDoc doc;
     char jerr[ERR_MAX];

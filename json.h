@@ -88,9 +88,12 @@ int json_config_int_list(const JsonValue* obj, const char* key, int lo, int hi, 
 int json_config_int_levels(const JsonValue* obj, const char* key, int lo, int hi, int levels, int* out, const char* path,
                            char* err);
 // A real number (any JSON number literal) in [lo, hi]: epsilons, scales, betas, alphas.
+int json_config_number_value(const JsonValue* v, const char* label, double lo, double hi, double* out, const char* path,
+                             char* err);
 int json_config_number(const JsonValue* obj, const char* key, double lo, double hi, double* out, const char* path, char* err);
 int json_config_number_or(const JsonValue* obj, const char* key, double lo, double hi, double dflt, double* out,
                           const char* path, char* err);
-// An integer written as text (a safetensors __metadata__ value such as "80"), by the same rules.
-int json_config_int_text(const char* text, const char* key, int64_t lo, int64_t hi, int64_t* out, const char* path,
+// An integer written as text (a safetensors __metadata__ value such as "80", an object key), by
+// the same rules; NULL text is missing. `label` as for json_config_int_value.
+int json_config_int_text(const char* text, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
                          char* err);

@@ -183,7 +183,8 @@ static int check_pattern(const JsonValue* v, const char* field, int is_rank, con
         double a;
         snprintf(label, sizeof(label), "\"%s\"[\"%s\"]", field, v->keys[i]);
         if (is_rank && json_config_int_value(&v->items[i], label, 1, LORA_MAX_RANK, &r, c->where, err) != 0) return -1;
-        if (!is_rank && json_config_number(v, v->keys[i], -LORA_MAX_ALPHA, LORA_MAX_ALPHA, &a, c->where, err) != 0) return -1;
+        if (!is_rank && json_config_number_value(&v->items[i], label, -LORA_MAX_ALPHA, LORA_MAX_ALPHA, &a, c->where, err) != 0)
+            return -1;
         if (!plain_pattern(v->keys[i]))
             return set_error(err, "%s: %s key \"%s\" is a regular expression; only module names (maybe with a leading ^) are supported",
                              c->where, field, v->keys[i]);

@@ -392,7 +392,7 @@ static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
             const JsonValue* t = &decoder->items[i];
             const char* content = json_get_string(t, "content");
             int64_t stated; // the key is the id, as text
-            if (json_config_int_text(decoder->keys[i], "added_tokens_decoder key", 0, TOKENIZER_MAX_ID, &stated, path, err) != 0) {
+            if (json_config_int_text(decoder->keys[i], "an \"added_tokens_decoder\" key", 0, TOKENIZER_MAX_ID, &stated, path, err) != 0) {
                 rc = -1;
                 break;
             }
@@ -423,7 +423,7 @@ static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
             const char* content = json_get_string(t, "content");
             int64_t stated = -1; // optional: the vocabulary's id wins when the text is there
             const JsonValue* idv = json_get(t, "id");
-            if (idv && json_config_int_value(idv, "added_tokens id", 0, TOKENIZER_MAX_ID, &stated, tj_path, err) != 0) {
+            if (idv && json_config_int_value(idv, "an \"added_tokens\" \"id\"", 0, TOKENIZER_MAX_ID, &stated, tj_path, err) != 0) {
                 rc = -1;
                 break;
             }

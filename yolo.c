@@ -361,9 +361,11 @@ static int read_config(YoloConfig* cfg, const SafeTensors* st, char* err) {
     if (has < 0 || meta_number(st, "width_multiple", &width) != 1)
         return set_error(err, "%s: metadata needs numeric depth_multiple and width_multiple", st->path);
     int64_t maxc, nc, reg_max;
-    if (json_config_int_text(safetensors_metadata(st, "max_channels"), "max_channels", 8, 1 << 20, &maxc, st->path, err) != 0 ||
-        json_config_int_text(safetensors_metadata(st, "nc"), "nc", 1, YOLO_MAX_NC, &nc, st->path, err) != 0 ||
-        json_config_int_text(safetensors_metadata(st, "reg_max"), "reg_max", 2, YOLO_MAX_REG_MAX, &reg_max, st->path, err) != 0)
+    if (json_config_int_text(safetensors_metadata(st, "max_channels"), "metadata \"max_channels\"", 8, 1 << 20, &maxc, st->path,
+                             err) != 0 ||
+        json_config_int_text(safetensors_metadata(st, "nc"), "metadata \"nc\"", 1, YOLO_MAX_NC, &nc, st->path, err) != 0 ||
+        json_config_int_text(safetensors_metadata(st, "reg_max"), "metadata \"reg_max\"", 2, YOLO_MAX_REG_MAX, &reg_max,
+                             st->path, err) != 0)
         return -1;
     double eps;
     if (meta_number(st, "bn_eps", &eps) == 1 && fabs(eps - YOLO_BN_EPS) > 1e-9)

@@ -9,8 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../blip.h"
+#include "../clip.h"
 #include "../common.h"
+#include "../lora.h"
+#include "../sample.h"
 #include "../sdxl.h"
+#include "../tokenizer.h"
+#include "../vae.h"
+#include "../yolo.h"
 #include "check.h"
 
 // The golden file `name` (under tests/golden) copied into g_src, since golden_path reuses its buffer.
@@ -18,6 +25,18 @@ static char g_src[4096];
 static const char* golden(const char* name) {
     snprintf(g_src, sizeof(g_src), "%s", golden_path(name));
     return g_src;
+}
+
+// Copies the golden file `name` into dir unchanged.
+static int copy_golden(const char* name, const char* dir, const char* as) {
+    char dst[4400], err[ERR_MAX];
+    uint8_t* data;
+    size_t size;
+    snprintf(dst, sizeof(dst), "%s/%s", dir, as);
+    if (!check_true(read_file(golden(name), &data, &size, err) == 0, "read %s", name)) return 0;
+    int ok = check_true(write_file_atomic(dst, data, size, err) == 0, "copy %s to %s", name, dst);
+    free(data);
+    return ok;
 }
 
 // ----------------------------------------------------------------------------
@@ -95,8 +114,307 @@ static void test_config_unet_load_stops_at_config(void) {
     test_temp_dir_remove(dir);
 }
 
+// ----------------------------------------------------------------------------
+// VAE (vae/config.json)
+
+static int read_vae(const char* path, char* err) {
+    VaeConfig c;
+    return vae_config_read(&c, path, err);
+}
+
+static void test_config_vae_limits(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "vae_config")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    const char* src = golden("tiny_sdxl/vae/config.json");
+    check_true(read_vae(src, err) == 0, "the tiny VAE's config reads (%s)", err);
+    expect_ints_refused(read_vae, src, dst, "block_out_channels", "[%s, 32, 32, 32]", 0);
+    expect_ints_refused(read_vae, src, dst, "block_out_channels", "[16, 32, 32, %s]", 0);
+    expect_value_refused(read_vae, src, dst, "block_out_channels", "[]");
+    expect_value_refused(read_vae, src, dst, "block_out_channels", "[16, 16, 16, 16, 16, 16, 16, 16, 16]");
+    expect_value_refused(read_vae, src, dst, "block_out_channels", "16");
+    const char* ints[] = {"in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups"};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) expect_ints_refused(read_vae, src, dst, ints[i], "%s", 0);
+    expect_value_refused(read_vae, src, dst, "layers_per_block", "8"); // the decoder's 9 resnets per level are past VAE_MAX_LAYERS
+    expect_value_refused(read_vae, src, dst, "scaling_factor", "\"0.13025\"");
+    expect_value_refused(read_vae, src, dst, "scaling_factor", "0");
+    expect_value_refused(read_vae, src, dst, "scaling_factor", "-0.13025");
+    expect_value_refused(read_vae, src, dst, "scaling_factor", NULL);
+    expect_value_refused(read_vae, src, dst, "norm_num_groups", "3"); // 16 does not split into 3 groups
+    test_temp_dir_remove(dir);
+}
+
+// ----------------------------------------------------------------------------
+// CLIP: text encoders, the vision tower, a CLIPModel folder
+
+static int read_clip_text(const char* path, char* err) {
+    ClipTextConfig c;
+    return clip_text_config_read(&c, path, err);
+}
+
+static int read_clip_vision(const char* path, char* err) {
+    ClipVisionConfig c;
+    return clip_vision_config_read(&c, path, err);
+}
+
+static const char* const CLIP_TEXT_INTS[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                             "num_attention_heads", "max_position_embeddings"};
+
+static void test_config_clip_text_limits(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "clip_text_config")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    const char* src = golden("tiny_sdxl/text_encoder_2/config.json");
+    check_true(read_clip_text(src, err) == 0, "the tiny text_encoder_2 config reads (%s)", err);
+    for (size_t i = 0; i < sizeof(CLIP_TEXT_INTS) / sizeof(CLIP_TEXT_INTS[0]); i++)
+        expect_ints_refused(read_clip_text, src, dst, CLIP_TEXT_INTS[i], "%s", 0);
+    expect_ints_refused(read_clip_text, src, dst, "projection_dim", "%s", 0);
+    expect_ints_refused(read_clip_text, src, dst, "eos_token_id", "%s", 1);
+    expect_value_refused(read_clip_text, src, dst, "eos_token_id", "1014"); // the vocabulary has 1014 ids: 0..1013
+    expect_value_refused(read_clip_text, src, dst, "hidden_size", NULL);
+    expect_value_refused(read_clip_text, src, dst, "num_attention_heads", "5"); // 64 does not split into 5 heads
+    expect_value_refused(read_clip_text, src, dst, "layer_norm_eps", "\"1e-5\"");
+    expect_value_refused(read_clip_text, src, dst, "layer_norm_eps", "0");
+    src = golden("tiny_sdxl/text_encoder/config.json");
+    check_true(read_clip_text(src, err) == 0, "the tiny text_encoder config reads (%s)", err);
+    expect_ints_refused(read_clip_text, src, dst, "num_hidden_layers", "%s", 0);
+    test_temp_dir_remove(dir);
+}
+
+static void test_config_clip_vision_limits(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "clip_vision_config")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    const char* src = golden("clip_vision/vision224/config.json");
+    check_true(read_clip_vision(src, err) == 0, "the tiny vision tower's config reads (%s)", err);
+    const char* ints[] = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                          "patch_size", "num_channels", "projection_dim"};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) expect_ints_refused(read_clip_vision, src, dst, ints[i], "%s", 0);
+    expect_value_refused(read_clip_vision, src, dst, "num_channels", "4"); // the preprocessing makes RGB
+    expect_value_refused(read_clip_vision, src, dst, "patch_size", "1");  // 224 x 224 tokens
+    expect_value_refused(read_clip_vision, src, dst, "patch_size", "448"); // larger than the image
+    test_temp_dir_remove(dir);
+}
+
+// A CLIPModel folder: the config is read before the tokenizer and the weights (the folder has neither).
+static int load_clip_model(const char* path, char* err) {
+    char folder[4096];
+    snprintf(folder, sizeof(folder), "%s", path);
+    *strrchr(folder, '/') = 0;
+    ClipModel m;
+    int rc = clip_model_load(&m, folder, NULL, err);
+    if (rc == 0) clip_model_free(&m);
+    return rc;
+}
+
+static void test_config_clip_model_limits(void) {
+    char dir[512], dst[600];
+    if (!test_temp_dir(dir, sizeof(dir), "clip_model_config")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    const char* src = golden("clip_vision/tiny_clip/config.json");
+    for (size_t i = 0; i < sizeof(CLIP_TEXT_INTS) / sizeof(CLIP_TEXT_INTS[0]); i++) {
+        char key[128];
+        snprintf(key, sizeof(key), "text_config.%s", CLIP_TEXT_INTS[i]);
+        expect_ints_refused(load_clip_model, src, dst, key, "%s", 0);
+    }
+    expect_ints_refused(load_clip_model, src, dst, "vision_config.image_size", "%s", 0);
+    expect_ints_refused(load_clip_model, src, dst, "vision_config.num_hidden_layers", "%s", 0);
+    expect_ints_refused(load_clip_model, src, dst, "projection_dim", "%s", 0);
+    test_temp_dir_remove(dir);
+}
+
+// ----------------------------------------------------------------------------
+// BERT (MiniLM), BLIP, sentence-transformers' config
+
+static int read_bert(const char* path, char* err) {
+    BertConfig c;
+    return bert_config_read(&c, path, err);
+}
+
+static int load_blip_folder(const char* path, char* err) {
+    char folder[4096];
+    snprintf(folder, sizeof(folder), "%s", path);
+    *strrchr(folder, '/') = 0;
+    Blip m;
+    int rc = blip_load(&m, folder, err);
+    if (rc == 0) blip_free(&m);
+    return rc;
+}
+
+static int load_minilm_folder(const char* path, char* err) {
+    char folder[4096];
+    snprintf(folder, sizeof(folder), "%s", path);
+    *strrchr(folder, '/') = 0;
+    MiniLM m;
+    int rc = minilm_load(&m, folder, err);
+    if (rc == 0) minilm_free(&m);
+    return rc;
+}
+
+static const char* const BERT_INTS[] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "max_position_embeddings"};
+
+static void test_config_bert_blip_limits(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "bert_config")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    const char* src = golden("blip/tiny_minilm/config.json");
+    check_true(read_bert(src, err) == 0, "the tiny MiniLM's config reads (%s)", err);
+    for (size_t i = 0; i < sizeof(BERT_INTS) / sizeof(BERT_INTS[0]); i++)
+        expect_ints_refused(read_bert, src, dst, BERT_INTS[i], "%s", 0);
+    expect_ints_refused(read_bert, src, dst, "type_vocab_size", "%s", 0);
+    expect_value_refused(read_bert, src, dst, "layer_norm_eps", "-1");
+    // BLIP's config.json: both sub-configs and the token ids
+    src = golden("blip/tiny_blip/config.json");
+    for (size_t i = 0; i < sizeof(BERT_INTS) / sizeof(BERT_INTS[0]); i++) {
+        char key[128];
+        snprintf(key, sizeof(key), "text_config.%s", BERT_INTS[i]);
+        expect_ints_refused(load_blip_folder, src, dst, key, "%s", 0);
+    }
+    expect_ints_refused(load_blip_folder, src, dst, "text_config.bos_token_id", "%s", 1);
+    expect_ints_refused(load_blip_folder, src, dst, "text_config.sep_token_id", "%s", 1);
+    expect_value_refused(load_blip_folder, src, dst, "text_config.bos_token_id", "30524"); // vocab_size 30524: ids 0..30523
+    const char* vision[] = {"vision_config.hidden_size", "vision_config.intermediate_size", "vision_config.num_hidden_layers",
+                            "vision_config.num_attention_heads", "vision_config.image_size", "vision_config.patch_size"};
+    for (size_t i = 0; i < sizeof(vision) / sizeof(vision[0]); i++) expect_ints_refused(load_blip_folder, src, dst, vision[i], "%s", 0);
+    // sentence_bert_config.json beside MiniLM's config
+    char st_dst[600];
+    snprintf(st_dst, sizeof(st_dst), "%s/sentence_bert_config.json", dir);
+    if (copy_golden("blip/tiny_minilm/config.json", dir, "config.json")) {
+        expect_ints_refused(load_minilm_folder, golden("blip/tiny_minilm/sentence_bert_config.json"), st_dst, "max_seq_length",
+                            "%s", 0);
+        expect_value_refused(load_minilm_folder, golden("blip/tiny_minilm/sentence_bert_config.json"), st_dst, "max_seq_length",
+                             "1");
+    }
+    test_temp_dir_remove(dir);
+}
+
+// ----------------------------------------------------------------------------
+// Scheduler, LoRA adapter config, tokenizer ids, YOLO metadata
+
+static int read_scheduler(const char* path, char* err) {
+    SchedulerConfig c;
+    return scheduler_config_read(&c, path, err);
+}
+
+static void test_config_scheduler_limits(void) {
+    char dir[512], dst[600];
+    if (!test_temp_dir(dir, sizeof(dir), "scheduler_config")) return;
+    snprintf(dst, sizeof(dst), "%s/scheduler_config.json", dir);
+    const char* src = golden("tiny_sdxl/scheduler/scheduler_config.json");
+    expect_ints_refused(read_scheduler, src, dst, "num_train_timesteps", "%s", 0);
+    expect_ints_refused(read_scheduler, src, dst, "steps_offset", "%s", 1);
+    expect_value_refused(read_scheduler, src, dst, "steps_offset", "1000"); // of 1000 timesteps, 0..999
+    test_temp_dir_remove(dir);
+}
+
+// A PEFT adapter: adapter_model.safetensors beside the edited adapter_config.json.
+static int load_peft(const char* path, char* err) {
+    char file[4096];
+    snprintf(file, sizeof(file), "%s", path);
+    snprintf(strrchr(file, '/'), 32, "/adapter_model.safetensors");
+    Lora l;
+    int rc = lora_load(&l, file, err);
+    if (rc == 0) lora_free(&l);
+    return rc;
+}
+
+static void test_config_lora_adapter_limits(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "unet")) return;
+    snprintf(dst, sizeof(dst), "%s/adapter_config.json", dir);
+    if (copy_golden("lora/a_peft/unet/adapter_model.safetensors", dir, "adapter_model.safetensors")) {
+        const char* src = golden("lora/a_peft/unet/adapter_config.json");
+        check_true(json_file_edit(src, dst, "unused", NULL) && load_peft(dst, err) == 0, "the golden adapter loads (%s)", err);
+        expect_ints_refused(load_peft, src, dst, "r", "%s", 0);
+        expect_value_refused(load_peft, src, dst, "lora_alpha", "\"4\"");
+        expect_value_refused(load_peft, src, dst, "lora_alpha", "1e300");
+        expect_value_refused(load_peft, src, dst, "lora_alpha", NULL);
+        expect_value_refused(load_peft, src, dst, "rank_pattern", "{\"to_q\": 4294967300}");
+        expect_value_refused(load_peft, src, dst, "rank_pattern", "{\"to_q\": 4.5}");
+        expect_value_refused(load_peft, src, dst, "alpha_pattern", "{\"to_q\": \"8\"}");
+    }
+    test_temp_dir_remove(dir);
+}
+
+static int load_tokenizer_folder(const char* path, char* err) {
+    char folder[4096];
+    snprintf(folder, sizeof(folder), "%s", path);
+    *strrchr(folder, '/') = 0;
+    Tokenizer t;
+    int rc = tokenizer_load(&t, folder, err);
+    if (rc == 0) tokenizer_free(&t);
+    return rc;
+}
+
+static void test_config_tokenizer_ids(void) {
+    char dir[512], dst[600];
+    if (!test_temp_dir(dir, sizeof(dir), "tokenizer")) return;
+    snprintf(dst, sizeof(dst), "%s/tokenizer_config.json", dir);
+    if (copy_golden("tiny_sdxl/tokenizer/vocab.json", dir, "vocab.json") &&
+        copy_golden("tiny_sdxl/tokenizer/merges.txt", dir, "merges.txt")) {
+        const char* src = golden("tiny_sdxl/tokenizer/tokenizer_config.json");
+        // added_tokens_decoder's keys are the ids, as text
+        const char* ids[] = {"1000000000", "-16", "4294967312", "99999999999999999999", "1e9", "16.0", "true", "sixteen", ""};
+        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+            char value[128];
+            snprintf(value, sizeof(value), "{\"%s\": {\"content\": \"<new>\"}}", ids[i]);
+            expect_value_refused(load_tokenizer_folder, src, dst, "added_tokens_decoder", value);
+        }
+    }
+    test_temp_dir_remove(dir);
+}
+
+// The tiny YOLO with its metadata value `key` replaced by `value`, written to path.
+static int yolo_with_metadata(const char* path, const char* key, const char* value) {
+    SafeTensors st;
+    char err[ERR_MAX];
+    if (!check_true(safetensors_open(&st, golden("yolo/tiny.safetensors"), err) == 0, "open the tiny YOLO")) return 0;
+    SafeTensorOut* out = xcalloc((size_t)st.count, sizeof(SafeTensorOut));
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
+    }
+    const char** values = xcalloc((size_t)st.meta_count + 1, sizeof(char*));
+    for (int i = 0; i < st.meta_count; i++) values[i] = strcmp(st.meta_keys[i], key) == 0 ? value : st.meta_values[i];
+    int ok = check_true(safetensors_write(path, out, st.count, st.meta_keys, values, st.meta_count, err) == 0, "write %s", path);
+    free(values);
+    free(out);
+    safetensors_close(&st);
+    return ok;
+}
+
+static void test_config_yolo_metadata(void) {
+    char dir[512], path[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "yolo")) return;
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    const char* bad[] = {"1000000000", "-16", "4294967312", "99999999999999999999", "\"16\"", "1e9", "16.0", "0", "sixteen"};
+    const char* keys[] = {"nc", "reg_max", "max_channels"};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            if (!yolo_with_metadata(path, keys[k], bad[i])) continue;
+            Yolo y;
+            int rc = yolo_load(&y, path, err);
+            if (rc == 0) yolo_free(&y);
+            char what[128];
+            snprintf(what, sizeof(what), "metadata %s: %s", keys[k], bad[i]);
+            expect_config_error(rc, err, path, keys[k], what);
+        }
+    test_temp_dir_remove(dir);
+}
+
 const TestCase tests_config[] = {
     {"config_unet_limits", test_config_unet_limits},
     {"config_unet_load_stops_at_config", test_config_unet_load_stops_at_config},
+    {"config_vae_limits", test_config_vae_limits},
+    {"config_clip_text_limits", test_config_clip_text_limits},
+    {"config_clip_vision_limits", test_config_clip_vision_limits},
+    {"config_clip_model_limits", test_config_clip_model_limits},
+    {"config_bert_blip_limits", test_config_bert_blip_limits},
+    {"config_scheduler_limits", test_config_scheduler_limits},
+    {"config_lora_adapter_limits", test_config_lora_adapter_limits},
+    {"config_tokenizer_ids", test_config_tokenizer_ids},
+    {"config_yolo_metadata", test_config_yolo_metadata},
     {NULL, NULL},
 };
