@@ -848,17 +848,21 @@ int blip_load(Blip* m, const char* folder, char* err) {
     m->bert.cfg = m->text_cfg;
     m->vision.layers = xcalloc((size_t)m->vision_cfg.layers, sizeof(BlipVisionLayer));
     m->bert.layers = xcalloc((size_t)m->text_cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "blip", DT_F32);
-    blip_build(m, &m->w, tied);
-    weights_allocate(&m->w);
-    blip_build(m, &m->w, tied);
-    weights_finish(&m->w);
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "model", NULL, err) != 0) {
         blip_free(m);
         return -1;
     }
-    int rc = weights_load(&m->w, &st, "", err);
+    weights_init(&m->w, "blip", DT_F32);
+    blip_build(m, &m->w, tied);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check(&m->w, &st, "", err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        blip_build(m, &m->w, tied);
+        weights_finish(&m->w);
+        rc = weights_load(&m->w, &st, "", err);
+    }
     safetensors_close(&st);
     if (rc != 0) blip_free(m);
     return rc;
@@ -1337,11 +1341,6 @@ int minilm_load(MiniLM* m, const char* folder, char* err) {
     }
     m->bert.cfg = m->cfg;
     m->bert.layers = xcalloc((size_t)m->cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "minilm", DT_F32);
-    bert_build(&m->bert, &m->w, "");
-    weights_allocate(&m->w);
-    bert_build(&m->bert, &m->w, "");
-    weights_finish(&m->w);
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "model", NULL, err) != 0) {
         minilm_free(m);
@@ -1349,7 +1348,16 @@ int minilm_load(MiniLM* m, const char* folder, char* err) {
     }
     // a BertModel saves "embeddings...."; a BertFor* model's file holds the same under "bert."
     const char* prefix = safetensors_find(&st, "bert.embeddings.word_embeddings.weight") ? "bert." : "";
-    int rc = weights_load(&m->w, &st, prefix, err);
+    weights_init(&m->w, "minilm", DT_F32);
+    bert_build(&m->bert, &m->w, "");
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check(&m->w, &st, prefix, err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        bert_build(&m->bert, &m->w, "");
+        weights_finish(&m->w);
+        rc = weights_load(&m->w, &st, prefix, err);
+    }
     safetensors_close(&st);
     if (rc != 0) minilm_free(m);
     return rc;

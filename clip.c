@@ -137,16 +137,25 @@ static void clip_text_build(ClipText* m, Weights* w) {
     if (c->projection_dim) m->projection = linear_build(w, "text_projection", c->hidden, c->projection_dim, 0);
 }
 
-// Both build passes and the one allocation (weights.h).
-static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
+// The first build pass (names and shapes, no parameter memory), then the allocation and the
+// second (weights.h).
+static void clip_text_declare(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
     weights_init(&m->w, what, dtype);
     clip_text_build(m, &m->w);
+}
+
+static void clip_text_allocate_declared(ClipText* m) {
     weights_allocate(&m->w);
     clip_text_build(m, &m->w);
     weights_finish(&m->w);
+}
+
+static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
+    clip_text_declare(m, cfg, what, dtype);
+    clip_text_allocate_declared(m);
 }
 
 // transformers layout: everything under `outer` + `inner` ("text_model." / "vision_model." or
@@ -224,16 +233,18 @@ static int open_clip_key(const char* name, ParamSource* src, void* ctx) {
 
 int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensors* st, const char* prefix, int open_clip,
                         DType dtype, char* err) {
-    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
-    int rc;
-    if (open_clip) {
-        OpenClipKeys keys = {prefix, cfg->hidden};
-        rc = weights_load_mapped(&m->w, st, open_clip_key, &keys, err);
-    } else {
-        char probe[512];
-        snprintf(probe, sizeof(probe), "%stext_model.embeddings.token_embedding.weight", prefix);
-        HfKeys keys = {prefix, safetensors_find(st, probe) ? "text_model." : "", "text_projection"};
-        rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    clip_text_declare(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
+    OpenClipKeys oc_keys = {prefix, cfg->hidden};
+    char probe[512];
+    snprintf(probe, sizeof(probe), "%stext_model.embeddings.token_embedding.weight", prefix);
+    HfKeys hf_keys = {prefix, safetensors_find(st, probe) ? "text_model." : "", "text_projection"};
+    KeyMap map = open_clip ? open_clip_key : hf_key;
+    void* keys = open_clip ? (void*)&oc_keys : (void*)&hf_keys;
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&m->w, st, map, keys, err);
+    if (rc == 0) {
+        clip_text_allocate_declared(m);
+        rc = weights_load_mapped(&m->w, st, map, keys, err);
     }
     if (rc != 0) clip_text_free(m);
     return rc;
@@ -457,13 +468,17 @@ int clip_vision_load_from(ClipVision* m, const ClipVisionConfig* cfg, const Safe
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
     weights_init(&m->w, "vision_model", DT_F32);
     clip_vision_build(m, &m->w);
-    weights_allocate(&m->w);
-    clip_vision_build(m, &m->w);
-    weights_finish(&m->w);
     char probe[512];
     snprintf(probe, sizeof(probe), "%svision_model.embeddings.class_embedding", prefix);
     HfKeys keys = {prefix, safetensors_find(st, probe) ? "vision_model." : "", "visual_projection"};
-    int rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&m->w, st, hf_key, &keys, err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        clip_vision_build(m, &m->w);
+        weights_finish(&m->w);
+        rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    }
     if (rc != 0) clip_vision_free(m);
     return rc;
 }

@@ -303,11 +303,38 @@ static void unet_declare(Unet* u, const UnetConfig* cfg, DType dtype) {
     unet_build(u, &u->w);
 }
 
-void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype) {
-    unet_declare(u, cfg, dtype);
+// The parameter memory and the second build pass, after unet_declare.
+static void unet_allocate_declared(Unet* u) {
     weights_allocate(&u->w);
     unet_build(u, &u->w);
     weights_finish(&u->w);
+}
+
+void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype) {
+    unet_declare(u, cfg, dtype);
+    unet_allocate_declared(u);
+}
+
+// Declares the UNet of cfg, checks every parameter against the file (map: the file's names),
+// and only then allocates and loads: a config bigger than its file stops at the first missing or
+// mis-shaped tensor, before any parameter memory.
+static int unet_load_mapped(Unet* u, const UnetConfig* cfg, const SafeTensors* st, KeyMap map, void* ctx, DType dtype,
+                            char* err) {
+    unet_declare(u, cfg, dtype);
+    if (weights_check_mapped(&u->w, st, map, ctx, err) != 0) {
+        unet_free(u);
+        return -1;
+    }
+    unet_allocate_declared(u);
+    int rc = weights_load_mapped(&u->w, st, map, ctx, err);
+    if (rc != 0) unet_free(u);
+    return rc;
+}
+
+static int diffusers_key(const char* name, ParamSource* src, void* ctx) {
+    memset(src, 0, sizeof(*src));
+    snprintf(src->key, sizeof(src->key), "%s", name);
+    return 0;
 }
 
 int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, char* err) {
@@ -317,10 +344,8 @@ int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, cha
     if (unet_config_read(&cfg, path, err) != 0) return -1;
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "diffusion_pytorch_model", variant, err) != 0) return -1;
-    unet_allocate(u, &cfg, dtype);
-    int rc = weights_load(&u->w, &st, "", err);
+    int rc = unet_load_mapped(u, &cfg, &st, diffusers_key, NULL, dtype, err);
     safetensors_close(&st);
-    if (rc != 0) unet_free(u);
     return rc;
 }
 
@@ -408,10 +433,8 @@ static int sgm_key(const char* name, ParamSource* src, void* ctx) {
 }
 
 int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err) {
-    unet_allocate(u, cfg, dtype);
-    int rc = weights_load_mapped(&u->w, st, sgm_key, &u->cfg, err);
-    if (rc != 0) unet_free(u);
-    return rc;
+    UnetConfig names = *cfg; // sgm_key's context: u->cfg is cleared by unet_free on failure
+    return unet_load_mapped(u, cfg, st, sgm_key, &names, dtype, err);
 }
 
 void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed) {
@@ -755,7 +778,16 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
 // any one block holds at once (its input concatenation, a resnet output, a resnet's or a
 // transformer's temporaries and an im2col chunk). tests/ run the forward in an arena of exactly
 // this size.
+// The sizes the byte counters below can count for (sdxl.h); anything else is a caller's bug.
+static void check_counted_sizes(const char* who, int N, int h, int w, int Lctx) {
+    if (N < 1 || N > UNET_MAX_BATCH || h < 1 || h > UNET_MAX_LATENT || w < 1 || w > UNET_MAX_LATENT || Lctx < 0 ||
+        Lctx > UNET_MAX_TEXT_TOKENS)
+        fatal("%s: batch %d, latent %d x %d, %d text tokens are outside what it counts (batch 1..%d, latent sides 1..%d, "
+              "0..%d tokens)", who, N, h, w, Lctx, UNET_MAX_BATCH, UNET_MAX_LATENT, UNET_MAX_TEXT_TOKENS);
+}
+
 size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx, DType dtype) {
+    check_counted_sizes("unet_activation_bytes", N, h, w, Lctx);
     size_t es = dtype_size(dtype), align = ARENA_ALIGN / es, total = 0;
     int L = c->layers_per_block, last = c->levels - 1;
     int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
@@ -763,7 +795,7 @@ size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx,
     size_t TE = (size_t)c->time_embed_dim;
     // 16-bit copies of the inputs (and the output before its conversion)
     if (dtype != DT_F32)
-        total += (size_t)N * (2 * c->in_channels * h * w + (size_t)Lctx * c->cross_attention_dim +
+        total += (size_t)N * (2 * (size_t)c->in_channels * h * w + (size_t)Lctx * c->cross_attention_dim +
                               c->projection_class_embeddings_input_dim) + 4 * align;
     // embeddings: t, sinusoid, 4 x (N, TE), time ids and their sinusoids, the added input (the f32
     // t and ids counted as two elements each, enough for either size)
@@ -1428,6 +1460,7 @@ static void count_layer(TrainBytes* t, const UnetResBlock* rb, const UnetSpatial
 }
 
 size_t unet_train_activation_bytes(const Unet* u, int N, int h, int w, int Lctx, int checkpointing) {
+    check_counted_sizes("unet_train_activation_bytes", N, h, w, Lctx);
     const UnetConfig* c = &u->cfg;
     DType dt = u->w.dtype;
     size_t es = dtype_size(dt), pad = ARENA_ALIGN;

@@ -34,6 +34,14 @@
 // The head count (attention_head_dim / num_attention_heads: SDXL 5, 10, 20) is checked against
 // the width: it must divide it, into heads of at most ATTENTION_MAX_HS channels (SDXL: 64).
 
+// The sizes unet_activation_bytes and unet_train_activation_bytes count for: batch N, latent
+// h x w (SDXL at 1024 px: 2 x 128 x 128), Lctx text tokens (77 per prompt chunk). Far past what
+// the commands allow (4096 px images), and small enough that with the config limits above no
+// byte count comes near 2^63; outside them the functions stop with a one-line error.
+#define UNET_MAX_BATCH 4096
+#define UNET_MAX_LATENT 8192
+#define UNET_MAX_TEXT_TOKENS (1 << 20)
+
 typedef struct {
     int in_channels, out_channels;
     int levels;                                 // len(block_out_channels)

@@ -365,10 +365,14 @@ int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, DType
     vae->config = *cfg;
     weights_init(&vae->weights, "vae", dtype);
     vae_build(vae, &vae->weights);  // pass 1: names, shapes, the module table
-    weights_allocate(&vae->weights);
-    vae_build(vae, &vae->weights);  // pass 2: pointers
-    weights_finish(&vae->weights);
-    int rc = weights_load_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    if (rc == 0) {
+        weights_allocate(&vae->weights);
+        vae_build(vae, &vae->weights);  // pass 2: pointers
+        weights_finish(&vae->weights);
+        rc = weights_load_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    }
     safetensors_close(&st);
     if (rc != 0) vae_free(vae);
     return rc;
@@ -605,7 +609,15 @@ static void vae_shapes(Vae* v, const VaeConfig* cfg, DType dtype) {
     vae_build(v, &v->weights);
 }
 
+// The sizes the byte counters can count for (vae.h); anything else is a caller's bug.
+static void check_counted_sizes(const char* who, int N, int H, int W, int max_side) {
+    if (N < 1 || N > VAE_MAX_BATCH || H < 1 || H > max_side || W < 1 || W > max_side)
+        fatal("%s: batch %d of %d x %d is outside what it counts (batch 1..%d, sides 1..%d)", who, N, H, W, VAE_MAX_BATCH,
+              max_side);
+}
+
 size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType dtype) {
+    check_counted_sizes("vae_decode_arena_bytes", N, h, w, VAE_MAX_SIDE >> (cfg->levels - 1)); // the image it decodes to
     Vae v;
     vae_shapes(&v, cfg, dtype);
     size_t base, scratch;
@@ -615,6 +627,7 @@ size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType d
 }
 
 size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W, DType dtype) {
+    check_counted_sizes("vae_encode_arena_bytes", N, H, W, VAE_MAX_SIDE);
     Vae v;
     vae_shapes(&v, cfg, dtype);
     size_t base, scratch;

@@ -34,6 +34,11 @@
 // layers_per_block: SDXL 2, at most VAE_MAX_LAYERS - 1 (the decoder has one more per level)
 #define VAE_MIN_SCALE 1e-6          // scaling_factor: SDXL 0.13025 (SD 1.x 0.18215, SD3 1.5305)
 #define VAE_MAX_SCALE 1e3
+// The sizes vae_decode_arena_bytes and vae_encode_arena_bytes count for: batch N, images of at
+// most VAE_MAX_SIDE px a side (latents that decode to at most that). Far past what the commands allow
+// (4096 px), and small enough that no byte count comes near 2^63 under the limits above.
+#define VAE_MAX_BATCH 64
+#define VAE_MAX_SIDE 65536
 
 // The VAE's config.json, restricted to what SDXL uses (anything else is a one-line error).
 typedef struct {

@@ -259,6 +259,24 @@ static int is_folded_conv(const Weights* w, int i, char* prefix) {
 
 static const char* const BN_PARTS[4] = {"weight", "bias", "running_mean", "running_var"};
 
+// Every tensor load_params will read, checked for presence, shape and dtype while the table is
+// still only declared (pass 1), so a model the file does not hold is refused before its memory
+// is allocated.
+static int check_params(const Weights* w, const SafeTensors* st, char* err) {
+    char prefix[NAME_MAX_LEN], name[NAME_MAX_LEN + 32];
+    for (int i = 0; i < w->count; i++) {
+        const Param* p = &w->params[i];
+        if (safetensors_check_f32(st, p->name, p->rank, p->shape, err) != 0) return -1;
+        if (!is_folded_conv(w, i, prefix)) continue;
+        for (int k = 0; k < 4; k++) { // BatchNorm's (C) vectors
+            snprintf(name, sizeof(name), "%s.bn.%s", prefix, BN_PARTS[k]);
+            if (safetensors_check_f32(st, name, 1, p->shape, err) != 0) return -1;
+        }
+        i++; // the folded bias is not in the file
+    }
+    return 0;
+}
+
 // Reads every parameter, folding each Conv's BatchNorm as torch.nn.utils.fusion.fuse_conv_bn_weights
 // does (in f32, the same operation order):
 //   rsqrt = 1 / sqrt(var + eps);  W' = W * (gamma * rsqrt);  b' = (0 - mean) * rsqrt * gamma + beta
@@ -423,6 +441,9 @@ int yolo_load(Yolo* y, const char* path, char* err) {
         y->backend = backend_current();
         weights_init(&y->weights, "yolo", DT_F32);
         yolo_build(y, &y->weights); // pass 1: names and shapes
+        rc = check_params(&y->weights, &st, err);
+    }
+    if (rc == 0) {
         weights_allocate(&y->weights);
         yolo_build(y, &y->weights); // pass 2: pointers
         weights_finish(&y->weights);

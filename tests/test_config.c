@@ -404,6 +404,49 @@ static void test_config_yolo_metadata(void) {
     test_temp_dir_remove(dir);
 }
 
+// ----------------------------------------------------------------------------
+// A config within the limits describing a model far bigger than its file: a one-line shape error
+// from the check every loader makes before allocating (weights_check), not an out-of-memory.
+
+static void test_config_model_bigger_than_its_file(void) {
+    char dir[512], dst[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "big_model")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    // a UNet with a 4096-wide, 64-deep last level: about 1e11 parameters (400 GB in f32)
+    if (copy_golden("tiny_sdxl/unet/diffusion_pytorch_model.safetensors", dir, "diffusion_pytorch_model.safetensors") &&
+        json_file_edit(golden("tiny_sdxl/unet/config.json"), dst, "block_out_channels", "[16, 32, 4096]")) {
+        char tmp[600];
+        snprintf(tmp, sizeof(tmp), "%s/step.json", dir);
+        int ok = json_file_edit(dst, tmp, "attention_head_dim", "[1, 2, 8]") &&
+                 json_file_edit(tmp, dst, "transformer_layers_per_block", "[1, 2, 64]");
+        remove(tmp);
+        Unet u;
+        int rc = ok ? unet_load(&u, dir, NULL, DT_F32, err) : 0;
+        printf("    400 GB UNet -> %s\n", rc ? err : "(loaded)");
+        check_true(rc != 0 && strstr(err, "has shape") && strstr(err, "expected [4096, 32, 3, 3]") && !strchr(err, '\n'),
+                   "refused with the first tensor the file does not hold");
+    }
+    test_temp_dir_remove(dir);
+    // a text encoder of 128 layers 4096 wide over a 262144-token vocabulary: 2.6e10 parameters
+    if (!test_temp_dir(dir, sizeof(dir), "big_text_encoder")) return;
+    snprintf(dst, sizeof(dst), "%s/config.json", dir);
+    if (copy_golden("tiny_sdxl/text_encoder/model.safetensors", dir, "model.safetensors")) {
+        const char* edits[][2] = {{"vocab_size", "262144"}, {"hidden_size", "4096"}, {"intermediate_size", "16384"},
+                                  {"num_hidden_layers", "128"}, {"num_attention_heads", "32"}};
+        int ok = copy_golden("tiny_sdxl/text_encoder/config.json", dir, "config.json");
+        char tmp[600];
+        snprintf(tmp, sizeof(tmp), "%s/step.json", dir);
+        for (size_t i = 0; ok && i < sizeof(edits) / sizeof(edits[0]); i++)
+            ok = json_file_edit(dst, tmp, edits[i][0], edits[i][1]) && rename(tmp, dst) == 0;
+        ClipText m;
+        int rc = ok ? clip_text_load(&m, dir, NULL, DT_F32, err) : 0;
+        printf("    100 GB text encoder -> %s\n", rc ? err : "(loaded)");
+        check_true(rc != 0 && strstr(err, "has shape") && strstr(err, "expected [262144, 4096]") && !strchr(err, '\n'),
+                   "refused with the first tensor the file does not hold");
+    }
+    test_temp_dir_remove(dir);
+}
+
 const TestCase tests_config[] = {
     {"config_unet_limits", test_config_unet_limits},
     {"config_unet_load_stops_at_config", test_config_unet_load_stops_at_config},
@@ -416,5 +459,6 @@ const TestCase tests_config[] = {
     {"config_lora_adapter_limits", test_config_lora_adapter_limits},
     {"config_tokenizer_ids", test_config_tokenizer_ids},
     {"config_yolo_metadata", test_config_yolo_metadata},
+    {"config_model_bigger_than_its_file", test_config_model_bigger_than_its_file},
     {NULL, NULL},
 };
