@@ -282,10 +282,42 @@ void test_temp_dir_remove(const char* dir) {
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
+        if (path_is_dir(path)) test_temp_dir_remove(path);
+        else unlink(path);
     }
     closedir(d);
     rmdir(dir);
+}
+
+int copy_tree(const char* src, const char* dst) {
+    DIR* d = opendir(src);
+    char err[ERR_MAX];
+    if (!check_true(d != NULL && make_dirs(dst, err) == 0, "copy %s to %s", src, dst)) {
+        if (d) closedir(d);
+        return 0;
+    }
+    struct dirent* e;
+    int ok = 1;
+    while (ok && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char from[4400], to[4400];
+        snprintf(from, sizeof(from), "%s/%s", src, e->d_name);
+        snprintf(to, sizeof(to), "%s/%s", dst, e->d_name);
+        if (path_is_dir(from)) {
+            ok = copy_tree(from, to);
+            continue;
+        }
+        uint8_t* data;
+        size_t size;
+        ok = read_file(from, &data, &size, err) == 0;
+        if (ok) {
+            ok = write_file_atomic(to, data, size, err) == 0;
+            free(data);
+        }
+        if (!ok) check_true(0, "copy %s: %s", from, err);
+    }
+    closedir(d);
+    return ok;
 }
 
 // The end of the JSON value starting at s[i] (strings, nesting and escapes followed; the file is

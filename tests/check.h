@@ -72,9 +72,11 @@ void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DT
 
 // ---- config-file tests
 // A fresh empty folder under $TMPDIR (or /tmp) named sdxl_<tag>_XXXXXX, into out; 0 on failure
-// (the test is failed). test_temp_dir_remove deletes the files in it (one level) and the folder.
+// (the test is failed). test_temp_dir_remove deletes it with everything in it.
 int test_temp_dir(char* out, size_t cap, const char* tag);
-void test_temp_dir_remove(const char* dir);
+void test_temp_dir_remove(const char* dir); // with the folders in it
+// Copies the folder src (files and sub-folders) to dst, creating it. Returns 1, or 0 (test failed).
+int copy_tree(const char* src, const char* dst);
 // Copies the JSON file src to dst with one member changed: `key` (a top-level member, or
 // "outer.key" for a member of the object "outer") set to the JSON text `value`, added when
 // absent, removed when value is NULL. The rest of the file is copied byte for byte. Returns 1, or

@@ -13,6 +13,7 @@
 #include "../clip.h"
 #include "../common.h"
 #include "../lora.h"
+#include "../pipeline.h"
 #include "../sample.h"
 #include "../sdxl.h"
 #include "../tokenizer.h"
@@ -447,6 +448,90 @@ static void test_config_model_bigger_than_its_file(void) {
     test_temp_dir_remove(dir);
 }
 
+// ----------------------------------------------------------------------------
+// Components that are each valid but do not fit together as the pipeline uses them
+
+// The tiny model copied to dir/model with a 9-channel UNet input (an inpainting UNet): its config
+// and a conv_in of that shape, so the UNet loads on its own.
+static int write_inpainting_model(const char* model) {
+    char path[4400], err[ERR_MAX];
+    if (!copy_tree(golden("tiny_sdxl"), model)) return 0;
+    snprintf(path, sizeof(path), "%s/unet/config.json", model);
+    char src[4400];
+    snprintf(src, sizeof(src), "%s/unet/config.json", golden("tiny_sdxl"));
+    if (!json_file_edit(src, path, "in_channels", "9")) return 0;
+    snprintf(path, sizeof(path), "%s/unet/diffusion_pytorch_model.safetensors", model);
+    SafeTensors st;
+    if (!check_true(safetensors_open(&st, golden("tiny_sdxl/unet/diffusion_pytorch_model.safetensors"), err) == 0, "%s", err))
+        return 0;
+    SafeTensorOut* out = xcalloc((size_t)st.count, sizeof(SafeTensorOut));
+    float* conv_in = xcalloc(16 * 9 * 3 * 3, sizeof(float));
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
+        if (strcmp(t->name, "conv_in.weight") == 0) out[i] = (SafeTensorOut){t->name, DT_F32, 4, {16, 9, 3, 3}, conv_in};
+    }
+    int ok = check_true(safetensors_write(path, out, st.count, NULL, NULL, 0, err) == 0, "write %s", path);
+    free(conv_in);
+    free(out);
+    safetensors_close(&st);
+    return ok;
+}
+
+static void test_config_components_must_fit(void) {
+    char dir[512], model[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "components")) return;
+    snprintf(model, sizeof(model), "%s/model", dir);
+    if (write_inpainting_model(model)) {
+        SdxlModel m;
+        int rc = sdxl_model_load(&m, model, NULL, NULL, NULL, NULL, err);
+        printf("    a 9-channel UNet -> %s\n", rc ? err : "(loaded)");
+        if (rc == 0) sdxl_model_free(&m);
+        check_true(rc != 0 && strstr(err, model) && strstr(err, "9") && !strchr(err, '\n'),
+                   "an inpainting UNet is refused at load, not read past its 4-channel latents");
+    }
+    test_temp_dir_remove(dir);
+
+    // each remaining rule of sdxl_model_check on the tiny model's configs and tokenizers
+    SdxlModel m;
+    memset(&m, 0, sizeof(m));
+    char path[4400];
+    int ok = 1;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/unet/config.json"));
+    ok = ok && unet_config_read(&m.unet.cfg, path, err) == 0;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/vae/config.json"));
+    ok = ok && vae_config_read(&m.vae.config, path, err) == 0;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/text_encoder/config.json"));
+    ok = ok && clip_text_config_read(&m.te1.cfg, path, err) == 0;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/text_encoder_2/config.json"));
+    ok = ok && clip_text_config_read(&m.te2.cfg, path, err) == 0;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/tokenizer"));
+    ok = ok && tokenizer_load(&m.tok1, path, err) == 0;
+    snprintf(path, sizeof(path), "%s", golden("tiny_sdxl/tokenizer_2"));
+    ok = ok && tokenizer_load(&m.tok2, path, err) == 0;
+    if (!check_true(ok, "the tiny model's configs and tokenizers (%s)", err)) return;
+    check_true(sdxl_model_check(&m, "tiny", err) == 0, "the tiny model's components fit (%s)", err);
+    struct { const char* what; int* field; int value; } cases[] = {
+        {"VAE latents of 8 channels", &m.vae.config.latent_channels, 8},
+        {"a 1-channel VAE output", &m.vae.config.out_channels, 1},
+        {"a 9-channel UNet output", &m.unet.cfg.out_channels, 9},
+        {"no pooled projection", &m.te2.cfg.projection_dim, 0},
+        {"a wider first text encoder", &m.te1.cfg.hidden, m.te1.cfg.hidden + 8},
+        {"a text vocabulary smaller than the tokenizer's", &m.te1.cfg.vocab_size, 100},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int saved = *cases[i].field;
+        *cases[i].field = cases[i].value;
+        int rc = sdxl_model_check(&m, "tiny", err);
+        printf("    %s -> %s\n", cases[i].what, rc ? err : "(accepted)");
+        check_true(rc != 0 && strncmp(err, "tiny: ", 6) == 0 && !strchr(err, '\n'), "%s is refused", cases[i].what);
+        *cases[i].field = saved;
+    }
+    tokenizer_free(&m.tok1);
+    tokenizer_free(&m.tok2);
+}
+
 const TestCase tests_config[] = {
     {"config_unet_limits", test_config_unet_limits},
     {"config_unet_load_stops_at_config", test_config_unet_load_stops_at_config},
@@ -460,5 +545,6 @@ const TestCase tests_config[] = {
     {"config_tokenizer_ids", test_config_tokenizer_ids},
     {"config_yolo_metadata", test_config_yolo_metadata},
     {"config_model_bigger_than_its_file", test_config_model_bigger_than_its_file},
+    {"config_components_must_fit", test_config_components_must_fit},
     {NULL, NULL},
 };
