@@ -443,3 +443,32 @@ void expect_ints_refused(ConfigReader read, const char* src, const char* dst, co
         expect_value_refused(read, src, dst, key, value);
     }
 }
+
+int safetensors_copy_edited(const char* src, const char* dst, const char* meta_key, const char* meta_value,
+                            const SafeTensorOut* replace) {
+    SafeTensors st;
+    char err[ERR_MAX];
+    if (!check_true(safetensors_open(&st, src, err) == 0, "open %s: %s", src, err)) return 0;
+    SafeTensorOut* out = xcalloc((size_t)st.count + 1, sizeof(SafeTensorOut));
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
+        if (replace && strcmp(t->name, replace->name) == 0) out[i] = *replace;
+    }
+    const char** keys = xcalloc((size_t)st.meta_count + 2, sizeof(char*));
+    const char** values = xcalloc((size_t)st.meta_count + 2, sizeof(char*));
+    int n = 0, found = 0;
+    for (int i = 0; i < st.meta_count; i++, n++) {
+        keys[n] = st.meta_keys[i];
+        found |= meta_key && strcmp(keys[n], meta_key) == 0;
+        values[n] = meta_key && strcmp(keys[n], meta_key) == 0 ? meta_value : st.meta_values[i];
+    }
+    if (meta_key && !found) keys[n] = meta_key, values[n++] = meta_value;
+    int ok = check_true(safetensors_write(dst, out, st.count, keys, values, n, err) == 0, "write %s: %s", dst, err);
+    free(keys);
+    free(values);
+    free(out);
+    safetensors_close(&st);
+    return ok;
+}

@@ -86,6 +86,12 @@ int json_file_edit(const char* src, const char* dst, const char* key, const char
 // `key` (as it appears in the message, quoted). Prints the message. Returns 1 when so.
 int expect_config_error(int rc, const char* err, const char* path, const char* key, const char* what);
 
+// Copies the safetensors file src to dst with, where given, the __metadata__ value meta_key set
+// to meta_value (added when absent) and the tensor named replace->name replaced by *replace (its
+// dtype, shape and data). Returns 1, or 0 (test failed).
+int safetensors_copy_edited(const char* src, const char* dst, const char* meta_key, const char* meta_value,
+                            const SafeTensorOut* replace);
+
 // A config reader under test: reads the file at path; 0, or -1 with err filled.
 typedef int (*ConfigReader)(const char* path, char* err);
 // Writes src to dst with `key` set, in turn, to each value an integer key must refuse, put in

@@ -366,26 +366,6 @@ static void test_config_tokenizer_ids(void) {
     test_temp_dir_remove(dir);
 }
 
-// The tiny YOLO with its metadata value `key` replaced by `value`, written to path.
-static int yolo_with_metadata(const char* path, const char* key, const char* value) {
-    SafeTensors st;
-    char err[ERR_MAX];
-    if (!check_true(safetensors_open(&st, golden("yolo/tiny.safetensors"), err) == 0, "open the tiny YOLO")) return 0;
-    SafeTensorOut* out = xcalloc((size_t)st.count, sizeof(SafeTensorOut));
-    for (int i = 0; i < st.count; i++) {
-        const SafeTensor* t = &st.tensors[i];
-        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
-        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
-    }
-    const char** values = xcalloc((size_t)st.meta_count + 1, sizeof(char*));
-    for (int i = 0; i < st.meta_count; i++) values[i] = strcmp(st.meta_keys[i], key) == 0 ? value : st.meta_values[i];
-    int ok = check_true(safetensors_write(path, out, st.count, st.meta_keys, values, st.meta_count, err) == 0, "write %s", path);
-    free(values);
-    free(out);
-    safetensors_close(&st);
-    return ok;
-}
-
 static void test_config_yolo_metadata(void) {
     char dir[512], path[600], err[ERR_MAX] = "";
     if (!test_temp_dir(dir, sizeof(dir), "yolo")) return;
@@ -394,7 +374,7 @@ static void test_config_yolo_metadata(void) {
     const char* keys[] = {"nc", "reg_max", "max_channels"};
     for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-            if (!yolo_with_metadata(path, keys[k], bad[i])) continue;
+            if (!safetensors_copy_edited(golden("yolo/tiny.safetensors"), path, keys[k], bad[i], NULL)) continue;
             Yolo y;
             int rc = yolo_load(&y, path, err);
             if (rc == 0) yolo_free(&y);
@@ -454,28 +434,17 @@ static void test_config_model_bigger_than_its_file(void) {
 // The tiny model copied to dir/model with a 9-channel UNet input (an inpainting UNet): its config
 // and a conv_in of that shape, so the UNet loads on its own.
 static int write_inpainting_model(const char* model) {
-    char path[4400], err[ERR_MAX];
+    char path[4400];
     if (!copy_tree(golden("tiny_sdxl"), model)) return 0;
     snprintf(path, sizeof(path), "%s/unet/config.json", model);
     char src[4400];
     snprintf(src, sizeof(src), "%s/unet/config.json", golden("tiny_sdxl"));
     if (!json_file_edit(src, path, "in_channels", "9")) return 0;
     snprintf(path, sizeof(path), "%s/unet/diffusion_pytorch_model.safetensors", model);
-    SafeTensors st;
-    if (!check_true(safetensors_open(&st, golden("tiny_sdxl/unet/diffusion_pytorch_model.safetensors"), err) == 0, "%s", err))
-        return 0;
-    SafeTensorOut* out = xcalloc((size_t)st.count, sizeof(SafeTensorOut));
     float* conv_in = xcalloc(16 * 9 * 3 * 3, sizeof(float));
-    for (int i = 0; i < st.count; i++) {
-        const SafeTensor* t = &st.tensors[i];
-        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
-        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
-        if (strcmp(t->name, "conv_in.weight") == 0) out[i] = (SafeTensorOut){t->name, DT_F32, 4, {16, 9, 3, 3}, conv_in};
-    }
-    int ok = check_true(safetensors_write(path, out, st.count, NULL, NULL, 0, err) == 0, "write %s", path);
+    SafeTensorOut replace = {"conv_in.weight", DT_F32, 4, {16, 9, 3, 3}, conv_in};
+    int ok = safetensors_copy_edited(golden("tiny_sdxl/unet/diffusion_pytorch_model.safetensors"), path, NULL, NULL, &replace);
     free(conv_in);
-    free(out);
-    safetensors_close(&st);
     return ok;
 }
 
