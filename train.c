@@ -1222,9 +1222,10 @@ static int load_checkpoint(Run* r, const char* dir, char* err) {
         double next_normal;
         memcpy(m, misc->data, sizeof(m));
         memcpy(&next_normal, nn->data, sizeof(double));
-        // torch's MT19937 position: left words before the next twist (1..N), next the index of the
-        // next word (left + next <= N, so it stays inside the state); a cached normal or none
-        if (m[0] < 1 || m[0] > MT19937_N || m[1] < 0 || m[1] > MT19937_N - m[0] || (m[2] != 0 && m[2] != 1) ||
+        // torch's MT19937 position: left counts down to the next twist (1..N), next indexes the next
+        // word; each draw moves both, so left + next <= N + 1 and state[next] is inside the state
+        // whenever it is read (left >= 2); a cached normal or none
+        if (m[0] < 1 || m[0] > MT19937_N || m[1] < 0 || m[1] > MT19937_N + 1 - m[0] || (m[2] != 0 && m[2] != 1) ||
             !isfinite(next_normal)) {
             set_error(err, "%s: %s generator state is out of range (left %lld, next %lld, has_next_normal %lld)", path,
                       gens[k].prefix, (long long)m[0], (long long)m[1], (long long)m[2]);
