@@ -910,6 +910,11 @@ int clip_labels_read(const char* path, const char* const* templates, int n_templ
         if (next < end) next += (*next == '\r' && next + 1 < end && next[1] == '\n') ? 2 : 1;
         const unsigned char *b = p, *t = e;
         py_strip(&b, &t);
+        if (n_lines == CLIP_MAX_LABELS) { // before the count can overflow, or the labels take all memory
+            clip_labels_free(lines, n_lines);
+            free(data);
+            return set_error(err, "%s: more than %d labels", path, CLIP_MAX_LABELS);
+        }
         if (n_lines == cap) lines = xrealloc(lines, sizeof(char*) * (cap *= 2));
         lines[n_lines] = xmalloc((size_t)(t - b) + 1);
         memcpy(lines[n_lines], b, (size_t)(t - b));
@@ -921,6 +926,11 @@ int clip_labels_read(const char* path, const char* const* templates, int n_templ
         *labels = lines;
         *count = n_lines;
         return 0;
+    }
+    if ((int64_t)n_lines * n_templates > CLIP_MAX_LABELS) {
+        clip_labels_free(lines, n_lines);
+        return set_error(err, "%s: %d lines in %d templates make more than %d labels", path, n_lines, n_templates,
+                         CLIP_MAX_LABELS);
     }
     char** out = xmalloc(sizeof(char*) * ((size_t)n_lines * n_templates + 1));
     for (int t = 0; t < n_templates; t++)

@@ -238,7 +238,8 @@ typedef struct {
 // per template, template-major, "{}" replaced by the line: {"by {}", "inspired by {}"} makes
 // 0.6.0's artist labels from artists.txt, {"{}", "trending on {}", "featured on {}",
 // "{} contest winner"} its trending labels from a list of sites. *labels is malloc'd
-// (clip_labels_free).
+// (clip_labels_free). A list may make at most CLIP_MAX_LABELS labels.
+#define CLIP_MAX_LABELS (1 << 20) // clip-interrogator's largest list, flavors.txt, has 100970 lines
 int clip_labels_read(const char* path, const char* const* templates, int n_templates, char*** labels, int* count,
                      char* err);
 void clip_labels_free(char** labels, int count);

@@ -501,6 +501,37 @@ static void test_config_components_must_fit(void) {
     tokenizer_free(&m.tok2);
 }
 
+// The interrogator's label lists: a count past CLIP_MAX_LABELS (lines, or lines x templates) is
+// refused before it can overflow the int count or take the memory of a label each.
+static void test_config_label_list_limit(void) {
+    char dir[512], path[600], err[ERR_MAX] = "";
+    if (!test_temp_dir(dir, sizeof(dir), "labels")) return;
+    snprintf(path, sizeof(path), "%s/flavors.txt", dir);
+    size_t n = (size_t)CLIP_MAX_LABELS + 1;
+    char* text = xmalloc(2 * n);
+    for (size_t i = 0; i < n; i++) text[2 * i] = 'a', text[2 * i + 1] = '\n';
+    char** labels;
+    int count;
+    if (check_true(write_file_atomic(path, text, 2 * n, err) == 0, "write %s", path)) {
+        int rc = clip_labels_read(path, NULL, 0, &labels, &count, err);
+        if (rc == 0) clip_labels_free(labels, count);
+        check_true(rc != 0 && strstr(err, path) && strstr(err, "more than"), "%zu labels -> %s", n, rc ? err : "(read)");
+    }
+    const char* templates[3] = {"{}", "by {}", "in the style of {}"};
+    size_t third = (size_t)CLIP_MAX_LABELS / 3 + 1; // 3 x third > CLIP_MAX_LABELS
+    if (check_true(write_file_atomic(path, text, 2 * third, err) == 0, "write %s", path)) {
+        int rc = clip_labels_read(path, templates, 3, &labels, &count, err);
+        if (rc == 0) clip_labels_free(labels, count);
+        check_true(rc != 0 && strstr(err, path) && strstr(err, "more than"), "%zu lines in 3 templates -> %s", third,
+                   rc ? err : "(read)");
+        rc = clip_labels_read(path, templates, 1, &labels, &count, err);
+        check_true(rc == 0 && count == (int)third, "the same lines in one template are read (%d labels)", count);
+        if (rc == 0) clip_labels_free(labels, count);
+    }
+    free(text);
+    test_temp_dir_remove(dir);
+}
+
 const TestCase tests_config[] = {
     {"config_unet_limits", test_config_unet_limits},
     {"config_unet_load_stops_at_config", test_config_unet_load_stops_at_config},
@@ -515,5 +546,6 @@ const TestCase tests_config[] = {
     {"config_yolo_metadata", test_config_yolo_metadata},
     {"config_model_bigger_than_its_file", test_config_model_bigger_than_its_file},
     {"config_components_must_fit", test_config_components_must_fit},
+    {"config_label_list_limit", test_config_label_list_limit},
     {NULL, NULL},
 };
