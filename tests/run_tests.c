@@ -28,6 +28,11 @@ static const TestCase* const all_tables[] = {tests_json, tests_safetensors, test
                                             tests_jpeg,   tests_backward, tests_train,
                                             tests_config};
 
+// Under ASan (make debug), a request the allocator cannot meet returns NULL, as malloc does, rather
+// than aborting: the tests check that our code reports it (tensor_fatal_errors_are_one_line).
+const char* __asan_default_options(void);
+const char* __asan_default_options(void) { return "allocator_may_return_null=1"; }
+
 static int selected(const char* name, int argc, char** argv, int first_filter) {
     if (first_filter >= argc) return 1;
     for (int i = first_filter; i < argc; i++)
