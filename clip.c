@@ -392,7 +392,8 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
 static int clip_vision_config_parse(ClipVisionConfig* c, const JsonValue* r, const char* path, char* err) {
     memset(c, 0, sizeof(*c));
     struct { const char* key; int* dst; int lo, hi, dflt; } ints[] = {
-        {"hidden_size", &c->hidden, 1, CLIP_MAX_HIDDEN, 768}, {"intermediate_size", &c->intermediate, 1, CLIP_MAX_INTERMEDIATE, 3072},
+        {"hidden_size", &c->hidden, 1, CLIP_MAX_HIDDEN, 768},
+        {"intermediate_size", &c->intermediate, 1, CLIP_MAX_INTERMEDIATE, 3072},
         {"num_hidden_layers", &c->layers, 1, CLIP_MAX_LAYERS, 12}, {"num_attention_heads", &c->heads, 1, CLIP_MAX_HIDDEN, 12},
         {"image_size", &c->image_size, 1, CLIP_MAX_IMAGE, 224}, {"patch_size", &c->patch_size, 1, CLIP_MAX_IMAGE, 32},
         {"num_channels", &c->channels, 3, 3, 3}, {"projection_dim", &c->projection_dim, 1, CLIP_MAX_HIDDEN, 512},

@@ -61,7 +61,8 @@ size_t json_escape(char* buf, size_t cap, const char* s);
 // against the caller's limits where it is read, so a bad value is one line naming the file and the
 // key, never a huge allocation, an overflowed size or a misleading shape error later:
 //   unet/config.json: "block_out_channels"[0] must be an integer in [1, 4096], got 1000000000
-//   unet/config.json: "layers_per_block" must be an integer in [1, 16], got 1e9 (an integer is written without a fraction or exponent)
+//   unet/config.json: "layers_per_block" must be an integer in [1, 16], got 1e9 (an integer is
+//   written without a fraction or exponent)
 // An integer must be an integer literal: 16, not 16.0, 1.6e1 or "16". diffusers and transformers
 // write Python ints with json.dumps, which never adds a fraction or an exponent, so anything else
 // comes from a hand edit or another tool, and rounding it for them is how 1e9 becomes an

@@ -316,7 +316,8 @@ static int make_module(LoraModule* mod, const char* path, const char* name, cons
     int ok = (down->rank == 2 || down->rank == 4) && (up->rank == 2 || up->rank == 4) && down->shape[0] > 0 &&
              down->shape[0] == up->shape[1] && (up->rank == 2 || (up->shape[2] == 1 && up->shape[3] == 1));
     if (ok && down->shape[0] > LORA_MAX_RANK)
-        return set_error(err, "%s: LoRA module '%s' has rank %lld, above %d", path, name, (long long)down->shape[0], LORA_MAX_RANK);
+        return set_error(err, "%s: LoRA module '%s' has rank %lld, above %d", path, name, (long long)down->shape[0],
+                         LORA_MAX_RANK);
     if (!ok)
         return set_error(err, "%s: LoRA module '%s': down %s and up %s are not (rank, in[, kh, kw]) and (out, rank[, 1, 1])",
                          path, name, shape_of(s1, sizeof(s1), down), shape_of(s2, sizeof(s2), up));
@@ -344,7 +345,8 @@ static int make_module(LoraModule* mod, const char* path, const char* name, cons
         rslora = config->rslora;
     }
     if (!(fabs(a) <= LORA_MAX_ALPHA)) // NaN fails too
-        return set_error(err, "%s: LoRA module '%s' has alpha %g, outside [-%g, %g]", path, name, a, LORA_MAX_ALPHA, LORA_MAX_ALPHA);
+        return set_error(err, "%s: LoRA module '%s' has alpha %g, outside [-%g, %g]", path, name, a, LORA_MAX_ALPHA,
+                         LORA_MAX_ALPHA);
     mod->model = model;
     mod->rank = rank;
     mod->alpha = (float)a;

@@ -82,7 +82,8 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
     // the head count: num_attention_heads when given, else attention_head_dim (diffusers #2011)
     if ((rc = json_config_int_levels(r, "num_attention_heads", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) < 0)
         goto done;
-    if (rc == 1 && (rc = json_config_int_levels(r, "attention_head_dim", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) != 0) {
+    if (rc == 1 &&
+        (rc = json_config_int_levels(r, "attention_head_dim", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) != 0) {
         if (rc == 1) rc = set_error(err, "%s: missing \"attention_head_dim\" (the head count of each level)", path);
         goto done;
     }

@@ -392,7 +392,8 @@ static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
             const JsonValue* t = &decoder->items[i];
             const char* content = json_get_string(t, "content");
             int64_t stated; // the key is the id, as text
-            if (json_config_int_text(decoder->keys[i], "an \"added_tokens_decoder\" key", 0, TOKENIZER_MAX_ID, &stated, path, err) != 0) {
+            if (json_config_int_text(decoder->keys[i], "an \"added_tokens_decoder\" key", 0, TOKENIZER_MAX_ID, &stated, path,
+                                     err) != 0) {
                 rc = -1;
                 break;
             }

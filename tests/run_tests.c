@@ -18,7 +18,8 @@
 
 extern const TestCase tests_json[], tests_safetensors[], tests_tensor[], tests_rng[], tests_gemm[], tests_ops[],
     tests_png[], tests_tokenizer[], tests_sample[], tests_vae[], tests_sdxl[], tests_lora[], tests_pipeline[], tests_cli[], tests_image[],
-    tests_clip_vision[], tests_yolo[], tests_blip[], tests_eval[], tests_optim[], tests_jpeg[], tests_backward[], tests_train[], tests_config[];
+    tests_clip_vision[], tests_yolo[], tests_blip[], tests_eval[], tests_optim[], tests_jpeg[], tests_backward[], tests_train[],
+    tests_config[];
 
 static const TestCase* const all_tables[] = {tests_json, tests_safetensors, tests_tensor,    tests_rng,
                                             tests_gemm, tests_ops,         tests_png,       tests_tokenizer,

@@ -277,7 +277,8 @@ static void test_config_bert_blip_limits(void) {
     expect_value_refused(load_blip_folder, src, dst, "text_config.bos_token_id", "30524"); // vocab_size 30524: ids 0..30523
     const char* vision[] = {"vision_config.hidden_size", "vision_config.intermediate_size", "vision_config.num_hidden_layers",
                             "vision_config.num_attention_heads", "vision_config.image_size", "vision_config.patch_size"};
-    for (size_t i = 0; i < sizeof(vision) / sizeof(vision[0]); i++) expect_ints_refused(load_blip_folder, src, dst, vision[i], "%s", 0);
+    for (size_t i = 0; i < sizeof(vision) / sizeof(vision[0]); i++)
+        expect_ints_refused(load_blip_folder, src, dst, vision[i], "%s", 0);
     // sentence_bert_config.json beside MiniLM's config
     char st_dst[600];
     snprintf(st_dst, sizeof(st_dst), "%s/sentence_bert_config.json", dir);

@@ -128,7 +128,8 @@ static void test_tensor_fatal_errors_are_one_line(void) {
     status = run_child(init_a_huge_arena, text, sizeof(text));
     // under ASan (make debug) the sanitizer adds a "==pid==WARNING: ... failed to allocate" line first
     const char* ours = strstr(text, "error: out of memory: arena 'huge arena' needs 4611686018427387904 bytes");
-    check_true(status == 1 && ours && (ours == text || strncmp(text, "==", 2) == 0) && strchr(ours, '\n') == text + strlen(text) - 1,
+    check_true(status == 1 && ours && (ours == text || strncmp(text, "==", 2) == 0) &&
+                   strchr(ours, '\n') == text + strlen(text) - 1,
                "an arena of 2^62 bytes: %.*s", ours ? (int)strcspn(ours, "\n") : 0, ours ? ours : "");
     status = run_child(count_floats_past_size_t, text, sizeof(text));
     check_true(status == 1 && strstr(text, "error: arena 'small arena' is full: too many floats") == text,
