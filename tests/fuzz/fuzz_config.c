@@ -21,8 +21,11 @@
 
 static char g_path[64]; // the config file each input is written to
 
+static void remove_config_file(void) { unlink(g_path); }
+
 int LLVMFuzzerInitialize(int* argc, char*** argv) {
     snprintf(g_path, sizeof(g_path), "/tmp/sdxl_fuzz_config_%d.json", (int)getpid());
+    atexit(remove_config_file);
     return 0;
 }
 
