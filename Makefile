@@ -8,7 +8,8 @@
 #   make test CUDA=1     the same tests; CUDA-against-CPU tests run when a device is visible
 #   make debug           ASan + UBSan build (./sdxl_debug, tests/run_tests_debug), then runs the tests
 #   make bench           ./sdxl bench matmul
-#   make fuzz            libFuzzer on the JSON, safetensors, PNG, JPEG and metadata.jsonl parsers (clang; FUZZ_SECONDS=20)
+#   make fuzz            libFuzzer on the JSON, safetensors, PNG, JPEG and metadata.jsonl parsers and the config
+#                        readers (clang; FUZZ_SECONDS=20)
 #   make demo            everything that exists, end to end, to demo_out/ (see README)
 #   make golden          regenerate tests/golden/ (needs Python with torch; never needed by `test`)
 #   make clean
@@ -135,18 +136,25 @@ debug: sdxl_debug tests/run_tests_debug
 bench: sdxl
 	./sdxl bench matmul
 
-# libFuzzer targets for the parsers (clang): make fuzz FUZZ_SECONDS=60. Seeds come from the
-# goldens; crashes are written to build/fuzz/ as crash-* files.
+# libFuzzer targets for the parsers and the config readers (clang): make fuzz FUZZ_SECONDS=60.
+# The library is compiled once into build/fuzz/obj with the sanitizers and libFuzzer's coverage
+# (UBSan findings stop the run, as ASan's do); seeds come from the goldens; crashes are written to
+# build/fuzz/ as crash-* files.
 FUZZ_SECONDS ?= 20
-FUZZ_TARGETS = json safetensors png jpeg metadata
-FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -ffp-contract=off
-FUZZ_SRC = common.c tensor.c ops.c gemm.c json.c safetensors.c png.c jpeg.c rng.c image.c unicode.c data.c
-fuzz:
-	@mkdir -p build/fuzz
-	@for t in $(FUZZ_TARGETS); do \
-	  clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz_$$t tests/fuzz/fuzz_$$t.c $(FUZZ_SRC) -lz -lm || exit 1; \
-	  mkdir -p build/fuzz/corpus_$$t; \
-	done
+FUZZ_TARGETS = json safetensors png jpeg metadata config
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -ffp-contract=off -fno-sanitize-recover=undefined
+FUZZ_OBJ = $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+.SECONDARY: $(FUZZ_OBJ)
+
+build/fuzz/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJ) -lz -lm
+
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus_$$t; done
 	@cp tests/golden/st/*.safetensors tests/golden/st/sharded/*.safetensors build/fuzz/corpus_safetensors/
 	@cp tests/golden/st/sharded/*.json build/fuzz/corpus_json/
 	@cp tests/golden/png/*.png build/fuzz/corpus_png/ 2>/dev/null || true
@@ -154,6 +162,8 @@ fuzz:
 	@cp tests/golden/data/metadata.jsonl build/fuzz/corpus_metadata/
 	@printf '{"file_name": "sub/../a.png", "text": "x"}\n\n{"file_name": "../a.png", "prompt": "\\u00e9"}\n{"file_name": "out.png", "text": ""}\n' \
 	  > build/fuzz/corpus_metadata/seed_paths.jsonl
+	@for f in tests/golden/tiny_sdxl/*/*config.json tests/golden/clip_vision/*/config.json tests/golden/blip/*/config.json; do \
+	  cp $$f build/fuzz/corpus_config/$$(echo $$f | tr / _); done
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	  (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 corpus_$$t > fuzz_$$t.log 2>&1; \

@@ -566,21 +566,12 @@ size_t bert_decode(const BertTokenizer* tok, const int32_t* ids, int n, int skip
 // ----------------------------------------------------------------------------
 // Configs
 
-// An integer member of a config, or `fallback` (transformers' default) when absent.
-static int config_int(const JsonValue* obj, const char* key, int fallback, const char* path, char* err, int* rc) {
-    int64_t v;
-    if (!obj || !json_get(obj, key)) return fallback;
-    if (!json_get_int(obj, key, &v) || v < 0 || v > (1 << 24)) {
-        if (*rc == 0) *rc = set_error(err, "%s: \"%s\" is not a small non-negative integer", path, key);
-        return fallback;
-    }
-    return (int)v;
-}
-
-static float config_float(const JsonValue* obj, const char* key, double fallback) {
-    double v = fallback;
-    if (obj) json_get_number(obj, key, &v);
-    return (float)v;
+// A layer_norm_eps of a config, or `fallback` (transformers' default) when absent.
+static int config_eps(const JsonValue* obj, double fallback, float* out, const char* path, char* err) {
+    double v;
+    if (json_config_number_or(obj, "layer_norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, fallback, &v, path, err) < 0) return -1;
+    *out = (float)v;
+    return 0;
 }
 
 // hidden_act must be the exact GELU, the only activation these checkpoints use.
@@ -592,27 +583,26 @@ static int check_gelu(const JsonValue* obj, const char* path, char* err) {
 
 // The BERT fields of a config object; `defaults` holds the class's defaults (BertConfig, BlipTextConfig).
 static int bert_config_parse(BertConfig* c, const JsonValue* obj, const BertConfig* defaults, const char* path, char* err) {
-    int rc = 0;
     *c = *defaults;
-    c->vocab_size = config_int(obj, "vocab_size", defaults->vocab_size, path, err, &rc);
-    c->hidden = config_int(obj, "hidden_size", defaults->hidden, path, err, &rc);
-    c->intermediate = config_int(obj, "intermediate_size", defaults->intermediate, path, err, &rc);
-    c->layers = config_int(obj, "num_hidden_layers", defaults->layers, path, err, &rc);
-    c->heads = config_int(obj, "num_attention_heads", defaults->heads, path, err, &rc);
-    c->max_positions = config_int(obj, "max_position_embeddings", defaults->max_positions, path, err, &rc);
-    if (defaults->type_vocab_size) c->type_vocab_size = config_int(obj, "type_vocab_size", defaults->type_vocab_size, path, err, &rc);
-    c->eps = config_float(obj, "layer_norm_eps", defaults->eps);
-    if (rc) return rc;
+    struct { const char* key; int* dst; int lo, hi; } ints[] = {
+        {"vocab_size", &c->vocab_size, 1, BERT_MAX_VOCAB}, {"hidden_size", &c->hidden, 1, BERT_MAX_HIDDEN},
+        {"intermediate_size", &c->intermediate, 1, BERT_MAX_INTERMEDIATE}, {"num_hidden_layers", &c->layers, 1, BERT_MAX_LAYERS},
+        {"num_attention_heads", &c->heads, 1, BERT_MAX_HIDDEN},
+        {"max_position_embeddings", &c->max_positions, 2, BERT_MAX_POSITIONS}, // [CLS] and [SEP] at least
+        {"type_vocab_size", &c->type_vocab_size, 1, BERT_MAX_TOKEN_TYPES},
+    };
+    // type_vocab_size only where the class has token types (BertConfig; BLIP's text decoder has none)
+    int n = (int)(sizeof(ints) / sizeof(ints[0])) - (defaults->type_vocab_size ? 0 : 1);
+    for (int i = 0; i < n; i++)
+        if (json_config_int_or(obj, ints[i].key, ints[i].lo, ints[i].hi, *ints[i].dst, ints[i].dst, path, err) < 0) return -1;
+    if (config_eps(obj, defaults->eps, &c->eps, path, err) != 0) return -1;
     if (check_gelu(obj, path, err)) return -1;
     const char* pos = obj ? json_get_string(obj, "position_embedding_type") : NULL;
     if (pos && strcmp(pos, "absolute") != 0)
         return set_error(err, "%s: position_embedding_type \"%s\" is not supported (only absolute)", path, pos);
-    if (c->vocab_size <= 0 || c->hidden <= 0 || c->heads <= 0 || c->layers <= 0 || c->intermediate <= 0 || c->max_positions < 2)
-        return set_error(err, "%s: a BERT size is zero", path);
-    if (c->hidden % c->heads != 0)
-        return set_error(err, "%s: hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden, c->heads);
-    if (c->hidden / c->heads > ATTENTION_MAX_HS)
-        return set_error(err, "%s: head size %d is above %d", path, c->hidden / c->heads, ATTENTION_MAX_HS);
+    if (c->hidden % c->heads != 0 || c->hidden / c->heads > ATTENTION_MAX_HS)
+        return set_error(err, "%s: \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at most %d",
+                         path, c->hidden, c->heads, ATTENTION_MAX_HS);
     return 0;
 }
 
@@ -759,28 +749,36 @@ static int blip_config_read(Blip* m, const char* path, int* tied, char* err) {
     if (vc && vc->type != JSON_OBJECT) vc = NULL;
     int rc = 0;
     BlipVisionConfig* v = &m->vision_cfg;
-    v->hidden = config_int(vc, "hidden_size", 768, path, err, &rc);
-    v->intermediate = config_int(vc, "intermediate_size", 3072, path, err, &rc);
-    v->layers = config_int(vc, "num_hidden_layers", 12, path, err, &rc);
-    v->heads = config_int(vc, "num_attention_heads", 12, path, err, &rc);
-    v->image_size = config_int(vc, "image_size", 384, path, err, &rc);
-    v->patch_size = config_int(vc, "patch_size", 16, path, err, &rc);
-    v->eps = config_float(vc, "layer_norm_eps", 1e-5);
+    // BlipVisionConfig's defaults
+    *v = (BlipVisionConfig){.hidden = 768, .intermediate = 3072, .layers = 12, .heads = 12, .image_size = 384, .patch_size = 16};
+    struct { const char* key; int* dst; int hi; } ints[] = {
+        {"hidden_size", &v->hidden, BERT_MAX_HIDDEN}, {"intermediate_size", &v->intermediate, BERT_MAX_INTERMEDIATE},
+        {"num_hidden_layers", &v->layers, BERT_MAX_LAYERS}, {"num_attention_heads", &v->heads, BERT_MAX_HIDDEN},
+        {"image_size", &v->image_size, BLIP_MAX_IMAGE}, {"patch_size", &v->patch_size, BLIP_MAX_IMAGE},
+    };
+    for (int i = 0; i < COUNT(ints) && rc == 0; i++)
+        if (json_config_int_or(vc, ints[i].key, 1, ints[i].hi, *ints[i].dst, ints[i].dst, path, err) < 0) rc = -1;
+    if (rc == 0) rc = config_eps(vc, 1e-5, &v->eps, path, err);
     if (rc == 0) rc = check_gelu(vc, path, err);
-    if (rc == 0 && (v->hidden <= 0 || v->heads <= 0 || v->layers <= 0 || v->intermediate <= 0 || v->patch_size <= 0 ||
-                    v->image_size < v->patch_size || v->image_size % v->patch_size != 0))
-        rc = set_error(err, "%s: vision_config sizes are inconsistent (image_size %d, patch_size %d)", path, v->image_size, v->patch_size);
+    if (rc == 0 && (v->image_size < v->patch_size || v->image_size % v->patch_size != 0))
+        rc = set_error(err, "%s: vision_config \"image_size\" %d is not a multiple of \"patch_size\" %d", path, v->image_size,
+                       v->patch_size);
+    if (rc == 0 && 1 + (v->image_size / v->patch_size) * (v->image_size / v->patch_size) > BLIP_MAX_VISION_TOKENS)
+        rc = set_error(err, "%s: vision_config \"image_size\" %d in \"patch_size\" %d patches makes more than %d tokens", path,
+                       v->image_size, v->patch_size, BLIP_MAX_VISION_TOKENS);
     if (rc == 0 && (v->hidden % v->heads != 0 || v->hidden / v->heads > ATTENTION_MAX_HS))
-        rc = set_error(err, "%s: vision hidden_size %d does not split into %d heads", path, v->hidden, v->heads);
+        rc = set_error(err, "%s: vision_config \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at "
+                       "most %d", path, v->hidden, v->heads, ATTENTION_MAX_HS);
     // BlipTextConfig's defaults
     BertConfig text_defaults = {.vocab_size = 30524, .hidden = 768, .intermediate = 3072, .layers = 12, .heads = 8,
                                 .max_positions = 512, .type_vocab_size = 0, .encoder_hidden = 0, .eps = 1e-12f};
     if (rc == 0) rc = bert_config_parse(&m->text_cfg, tc, &text_defaults, path, err);
     m->text_cfg.encoder_hidden = v->hidden; // BlipConfig.__post_init__: the cross-attention reads the image tokens
-    m->bos_id = config_int(tc, "bos_token_id", 30522, path, err, &rc);
-    m->sep_id = config_int(tc, "sep_token_id", 102, path, err, &rc);
-    if (rc == 0 && (m->bos_id >= m->text_cfg.vocab_size || m->sep_id >= m->text_cfg.vocab_size))
-        rc = set_error(err, "%s: bos_token_id %d or sep_token_id %d is outside the vocabulary of %d", path, m->bos_id,
+    int last_id = m->text_cfg.vocab_size - 1;
+    if (rc == 0 && json_config_int_or(tc, "bos_token_id", 0, last_id, 30522, &m->bos_id, path, err) < 0) rc = -1;
+    if (rc == 0 && json_config_int_or(tc, "sep_token_id", 0, last_id, 102, &m->sep_id, path, err) < 0) rc = -1;
+    if (rc == 0 && (m->bos_id > last_id || m->sep_id > last_id)) // the defaults, against a small vocabulary
+        rc = set_error(err, "%s: \"bos_token_id\" %d or \"sep_token_id\" %d is outside the vocabulary of %d", path, m->bos_id,
                        m->sep_id, m->text_cfg.vocab_size);
     int tie_top = 1, tie_text = 1;
     json_get_bool(root, "tie_word_embeddings", &tie_top);
@@ -850,17 +848,21 @@ int blip_load(Blip* m, const char* folder, char* err) {
     m->bert.cfg = m->text_cfg;
     m->vision.layers = xcalloc((size_t)m->vision_cfg.layers, sizeof(BlipVisionLayer));
     m->bert.layers = xcalloc((size_t)m->text_cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "blip", DT_F32);
-    blip_build(m, &m->w, tied);
-    weights_allocate(&m->w);
-    blip_build(m, &m->w, tied);
-    weights_finish(&m->w);
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "model", NULL, err) != 0) {
         blip_free(m);
         return -1;
     }
-    int rc = weights_load(&m->w, &st, "", err);
+    weights_init(&m->w, "blip", DT_F32);
+    blip_build(m, &m->w, tied);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check(&m->w, &st, "", err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        blip_build(m, &m->w, tied);
+        weights_finish(&m->w);
+        rc = weights_load(&m->w, &st, "", err);
+    }
     safetensors_close(&st);
     if (rc != 0) blip_free(m);
     return rc;
@@ -1298,11 +1300,11 @@ static int minilm_read_st_configs(MiniLM* m, const char* folder, char* err) {
     snprintf(path, sizeof(path), "%s/sentence_bert_config.json", folder);
     if (path_is_file(path)) {
         if (json_read_file(&doc, path, err) != 0) return -1;
-        int rc = 0;
-        int n = config_int(&doc.root, "max_seq_length", m->cfg.max_positions, path, err, &rc);
+        // [CLS] and [SEP] need 2; sentence-transformers truncates to the model's positions as well
+        int n;
+        int rc = json_config_int_or(&doc.root, "max_seq_length", 2, BERT_MAX_POSITIONS, m->cfg.max_positions, &n, path, err);
         json_free(&doc);
-        if (rc) return rc;
-        if (n < 2) return set_error(err, "%s: max_seq_length %d leaves no room for [CLS] and [SEP]", path, n);
+        if (rc < 0) return -1;
         m->max_seq_length = n < m->cfg.max_positions ? n : m->cfg.max_positions;
     }
     snprintf(path, sizeof(path), "%s/1_Pooling/config.json", folder);
@@ -1339,11 +1341,6 @@ int minilm_load(MiniLM* m, const char* folder, char* err) {
     }
     m->bert.cfg = m->cfg;
     m->bert.layers = xcalloc((size_t)m->cfg.layers, sizeof(BertLayer));
-    weights_init(&m->w, "minilm", DT_F32);
-    bert_build(&m->bert, &m->w, "");
-    weights_allocate(&m->w);
-    bert_build(&m->bert, &m->w, "");
-    weights_finish(&m->w);
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "model", NULL, err) != 0) {
         minilm_free(m);
@@ -1351,7 +1348,16 @@ int minilm_load(MiniLM* m, const char* folder, char* err) {
     }
     // a BertModel saves "embeddings...."; a BertFor* model's file holds the same under "bert."
     const char* prefix = safetensors_find(&st, "bert.embeddings.word_embeddings.weight") ? "bert." : "";
-    int rc = weights_load(&m->w, &st, prefix, err);
+    weights_init(&m->w, "minilm", DT_F32);
+    bert_build(&m->bert, &m->w, "");
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check(&m->w, &st, prefix, err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        bert_build(&m->bert, &m->w, "");
+        weights_finish(&m->w);
+        rc = weights_load(&m->w, &st, prefix, err);
+    }
     safetensors_close(&st);
     if (rc != 0) minilm_free(m);
     return rc;

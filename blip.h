@@ -71,6 +71,20 @@ size_t bert_decode(const BertTokenizer* tok, const int32_t* ids, int n, int skip
 // ----------------------------------------------------------------------------
 // BERT layers (post-LN; transformers BertLayer / BlipTextLayer)
 
+// Limits on the BERT configs (MiniLM's config.json, BLIP's text_config), checked as they are read.
+// all-MiniLM-L6-v2: vocab 30522, hidden 384, MLP 1536, 6 layers, 12 heads, 512 positions, 2
+// token types; BLIP base's text decoder: 30524, 768, 3072, 12, 12, 512. The limits keep every
+// tensor under 2^31 elements (the word table: 2^18 x 4096 = 2^30).
+#define BERT_MAX_VOCAB 262144        // vocab_size: 30524 (8.6x)
+#define BERT_MAX_HIDDEN 4096         // hidden_size: 768 (BERT-large 1024)
+#define BERT_MAX_INTERMEDIATE 16384  // intermediate_size: 3072 (BERT-large 4096)
+#define BERT_MAX_LAYERS 128          // num_hidden_layers: 12 (BERT-large 24)
+#define BERT_MAX_POSITIONS 8192      // max_position_embeddings: 512
+#define BERT_MAX_TOKEN_TYPES 16      // type_vocab_size: 2
+// num_attention_heads must divide hidden_size into heads of at most ATTENTION_MAX_HS; token ids
+// (bos_token_id, sep_token_id) must be ids of the vocabulary; sentence_bert_config.json's
+// max_seq_length (256) must leave room for [CLS] and [SEP] (>= 2).
+
 typedef struct {
     int vocab_size, hidden, intermediate, layers, heads, max_positions;
     int type_vocab_size; // token_type_embeddings rows (MiniLM 2); 0: none (BLIP's text decoder)
@@ -104,6 +118,12 @@ int bert_config_read(BertConfig* c, const char* path, char* err);
 
 // ----------------------------------------------------------------------------
 // BLIP (transformers BlipForConditionalGeneration)
+
+// Limits on BLIP's vision_config (BLIP base: hidden 768, MLP 3072, 12 layers, 12 heads, 384 px
+// images in 16 px patches, 577 tokens; BLIP large: 1024, 4096, 24, 16): the width limits are
+// BERT's, and the image at most BLIP_MAX_IMAGE px in at most BLIP_MAX_VISION_TOKENS tokens.
+#define BLIP_MAX_IMAGE 2048          // image_size: 384
+#define BLIP_MAX_VISION_TOKENS 4097  // 1 + (image_size / patch_size)^2: 577 (a 64 x 64 grid)
 
 typedef struct {
     int hidden, intermediate, layers, heads, image_size, patch_size;

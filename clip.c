@@ -38,40 +38,40 @@
 // layers, 8 heads, 77 positions, eos_token_id 49407), as from_pretrained does; without, the sizes
 // must be present and a missing eos_token_id means the legacy 2.
 static int clip_text_config_parse(ClipTextConfig* c, const JsonValue* r, const char* path, int hf_defaults, char* err) {
-    int64_t v;
     memset(c, 0, sizeof(*c));
-    struct { const char* key; int* dst; int dflt; } ints[] = {
-        {"vocab_size", &c->vocab_size, 49408}, {"hidden_size", &c->hidden, 512},
-        {"intermediate_size", &c->intermediate, 2048}, {"num_hidden_layers", &c->layers, 12},
-        {"num_attention_heads", &c->heads, 8}, {"max_position_embeddings", &c->max_positions, 77},
+    struct { const char* key; int* dst; int hi, dflt; } ints[] = {
+        {"vocab_size", &c->vocab_size, CLIP_MAX_VOCAB, 49408}, {"hidden_size", &c->hidden, CLIP_MAX_HIDDEN, 512},
+        {"intermediate_size", &c->intermediate, CLIP_MAX_INTERMEDIATE, 2048},
+        {"num_hidden_layers", &c->layers, CLIP_MAX_LAYERS, 12}, {"num_attention_heads", &c->heads, CLIP_MAX_HIDDEN, 8},
+        {"max_position_embeddings", &c->max_positions, CLIP_MAX_POSITIONS, 77},
     };
-    int rc = 0;
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]) && rc == 0; i++) {
-        if (hf_defaults && !json_get(r, ints[i].key)) *ints[i].dst = ints[i].dflt;
-        else if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 24))
-            rc = set_error(err, "%s: missing or bad \"%s\"", path, ints[i].key);
-        else *ints[i].dst = (int)v;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        int rc = hf_defaults ? json_config_int_or(r, ints[i].key, 1, ints[i].hi, ints[i].dflt, ints[i].dst, path, err)
+                             : json_config_int(r, ints[i].key, 1, ints[i].hi, ints[i].dst, path, err);
+        if (rc < 0) return -1;
     }
-    double eps = 1e-5;
-    json_get_number(r, "layer_norm_eps", &eps);
+    double eps;
+    if (json_config_number_or(r, "layer_norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err) < 0) return -1;
     c->eps = (float)eps;
     const char* act = json_get_string(r, "hidden_act");
-    if (rc == 0) {
-        if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU; // CLIPTextConfig's default
-        else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
-        else rc = set_error(err, "%s: hidden_act \"%s\" is not quick_gelu or gelu", path, act);
-    }
-    c->eos_token_id = json_get_int(r, "eos_token_id", &v) ? (int)v : hf_defaults ? 49407 : 2;
-    if (rc == 0 && c->hidden % c->heads != 0)
-        rc = set_error(err, "%s: hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden, c->heads);
-    return rc;
+    if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU; // CLIPTextConfig's default
+    else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
+    else return set_error(err, "%s: hidden_act \"%s\" is not quick_gelu or gelu", path, act);
+    if (json_config_int_or(r, "eos_token_id", 0, c->vocab_size - 1, hf_defaults ? 49407 : 2, &c->eos_token_id, path, err) < 0)
+        return -1;
+    if (c->eos_token_id >= c->vocab_size) // the default, against a small vocabulary
+        return set_error(err, "%s: \"eos_token_id\" defaults to %d, outside the vocabulary of %d", path, c->eos_token_id,
+                         c->vocab_size);
+    if (c->hidden % c->heads != 0 || c->hidden / c->heads > ATTENTION_MAX_HS)
+        return set_error(err, "%s: \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at most %d",
+                         path, c->hidden, c->heads, ATTENTION_MAX_HS);
+    return 0;
 }
 
 int clip_text_config_read(ClipTextConfig* c, const char* path, char* err) {
     JsonDoc doc;
     if (json_read_file(&doc, path, err) != 0) return -1;
     const JsonValue* r = &doc.root;
-    int64_t v;
     int rc = clip_text_config_parse(c, r, path, 0, err);
     // The projection exists in CLIPTextModelWithProjection, whatever projection_dim says.
     const JsonValue* arch = json_get(r, "architectures");
@@ -80,10 +80,7 @@ int clip_text_config_read(ClipTextConfig* c, const char* path, char* err) {
         for (size_t i = 0; i < arch->length; i++)
             if (arch->items[i].type == JSON_STRING && strcmp(arch->items[i].string, "CLIPTextModelWithProjection") == 0)
                 with_projection = 1;
-    if (rc == 0 && with_projection) {
-        if (!json_get_int(r, "projection_dim", &v) || v <= 0) rc = set_error(err, "%s: missing \"projection_dim\"", path);
-        else c->projection_dim = (int)v;
-    }
+    if (rc == 0 && with_projection) rc = json_config_int(r, "projection_dim", 1, CLIP_MAX_HIDDEN, &c->projection_dim, path, err);
     json_free(&doc);
     return rc;
 }
@@ -140,16 +137,25 @@ static void clip_text_build(ClipText* m, Weights* w) {
     if (c->projection_dim) m->projection = linear_build(w, "text_projection", c->hidden, c->projection_dim, 0);
 }
 
-// Both build passes and the one allocation (weights.h).
-static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
+// The first build pass (names and shapes, no parameter memory), then the allocation and the
+// second (weights.h).
+static void clip_text_declare(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
     memset(m, 0, sizeof(*m));
     m->cfg = *cfg;
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
     weights_init(&m->w, what, dtype);
     clip_text_build(m, &m->w);
+}
+
+static void clip_text_allocate_declared(ClipText* m) {
     weights_allocate(&m->w);
     clip_text_build(m, &m->w);
     weights_finish(&m->w);
+}
+
+static void clip_text_create(ClipText* m, const ClipTextConfig* cfg, const char* what, DType dtype) {
+    clip_text_declare(m, cfg, what, dtype);
+    clip_text_allocate_declared(m);
 }
 
 // transformers layout: everything under `outer` + `inner` ("text_model." / "vision_model." or
@@ -227,16 +233,18 @@ static int open_clip_key(const char* name, ParamSource* src, void* ctx) {
 
 int clip_text_load_from(ClipText* m, const ClipTextConfig* cfg, const SafeTensors* st, const char* prefix, int open_clip,
                         DType dtype, char* err) {
-    clip_text_create(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
-    int rc;
-    if (open_clip) {
-        OpenClipKeys keys = {prefix, cfg->hidden};
-        rc = weights_load_mapped(&m->w, st, open_clip_key, &keys, err);
-    } else {
-        char probe[512];
-        snprintf(probe, sizeof(probe), "%stext_model.embeddings.token_embedding.weight", prefix);
-        HfKeys keys = {prefix, safetensors_find(st, probe) ? "text_model." : "", "text_projection"};
-        rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    clip_text_declare(m, cfg, cfg->projection_dim ? "text_encoder_2" : "text_encoder", dtype);
+    OpenClipKeys oc_keys = {prefix, cfg->hidden};
+    char probe[512];
+    snprintf(probe, sizeof(probe), "%stext_model.embeddings.token_embedding.weight", prefix);
+    HfKeys hf_keys = {prefix, safetensors_find(st, probe) ? "text_model." : "", "text_projection"};
+    KeyMap map = open_clip ? open_clip_key : hf_key;
+    void* keys = open_clip ? (void*)&oc_keys : (void*)&hf_keys;
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&m->w, st, map, keys, err);
+    if (rc == 0) {
+        clip_text_allocate_declared(m);
+        rc = weights_load_mapped(&m->w, st, map, keys, err);
     }
     if (rc != 0) clip_text_free(m);
     return rc;
@@ -382,32 +390,32 @@ void clip_text_forward(const ClipText* m, const int32_t* ids, int B, int L, floa
 // hidden 768, intermediate 3072, 12 layers, 12 heads, 224 px, 32 px patches, 3 channels,
 // projection 512, quick_gelu, eps 1e-5.
 static int clip_vision_config_parse(ClipVisionConfig* c, const JsonValue* r, const char* path, char* err) {
-    int64_t v;
     memset(c, 0, sizeof(*c));
-    struct { const char* key; int* dst; int dflt; } ints[] = {
-        {"hidden_size", &c->hidden, 768}, {"intermediate_size", &c->intermediate, 3072},
-        {"num_hidden_layers", &c->layers, 12}, {"num_attention_heads", &c->heads, 12},
-        {"image_size", &c->image_size, 224}, {"patch_size", &c->patch_size, 32},
-        {"num_channels", &c->channels, 3}, {"projection_dim", &c->projection_dim, 512},
+    struct { const char* key; int* dst; int lo, hi, dflt; } ints[] = {
+        {"hidden_size", &c->hidden, 1, CLIP_MAX_HIDDEN, 768},
+        {"intermediate_size", &c->intermediate, 1, CLIP_MAX_INTERMEDIATE, 3072},
+        {"num_hidden_layers", &c->layers, 1, CLIP_MAX_LAYERS, 12}, {"num_attention_heads", &c->heads, 1, CLIP_MAX_HIDDEN, 12},
+        {"image_size", &c->image_size, 1, CLIP_MAX_IMAGE, 224}, {"patch_size", &c->patch_size, 1, CLIP_MAX_IMAGE, 32},
+        {"num_channels", &c->channels, 3, 3, 3}, {"projection_dim", &c->projection_dim, 1, CLIP_MAX_HIDDEN, 512},
     };
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        if (!json_get(r, ints[i].key)) *ints[i].dst = ints[i].dflt;
-        else if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 24))
-            return set_error(err, "%s: bad \"%s\" in the vision config (a positive integer)", path, ints[i].key);
-        else *ints[i].dst = (int)v;
-    }
-    double eps = 1e-5;
-    json_get_number(r, "layer_norm_eps", &eps);
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (json_config_int_or(r, ints[i].key, ints[i].lo, ints[i].hi, ints[i].dflt, ints[i].dst, path, err) < 0) return -1;
+    double eps;
+    if (json_config_number_or(r, "layer_norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err) < 0) return -1;
     c->eps = (float)eps;
     const char* act = json_get_string(r, "hidden_act");
     if (!act || strcmp(act, "quick_gelu") == 0) c->act = CLIP_ACT_QUICK_GELU;
     else if (strcmp(act, "gelu") == 0) c->act = CLIP_ACT_GELU;
     else return set_error(err, "%s: vision hidden_act \"%s\" is not quick_gelu or gelu", path, act);
-    if (c->hidden % c->heads != 0)
-        return set_error(err, "%s: vision hidden_size %d is not a multiple of num_attention_heads %d", path, c->hidden,
-                         c->heads);
+    if (c->hidden % c->heads != 0 || c->hidden / c->heads > ATTENTION_MAX_HS)
+        return set_error(err, "%s: vision \"hidden_size\" %d does not split into %d heads (\"num_attention_heads\") of at "
+                         "most %d", path, c->hidden, c->heads, ATTENTION_MAX_HS);
     if (c->patch_size > c->image_size)
-        return set_error(err, "%s: patch_size %d is larger than image_size %d", path, c->patch_size, c->image_size);
+        return set_error(err, "%s: \"patch_size\" %d is larger than \"image_size\" %d", path, c->patch_size, c->image_size);
+    int grid = c->image_size / c->patch_size;
+    if (1 + grid * grid > CLIP_MAX_VISION_TOKENS)
+        return set_error(err, "%s: \"image_size\" %d in \"patch_size\" %d patches makes %d tokens, above %d", path,
+                         c->image_size, c->patch_size, 1 + grid * grid, CLIP_MAX_VISION_TOKENS);
     return 0;
 }
 
@@ -417,10 +425,10 @@ int clip_vision_config_read(ClipVisionConfig* c, const char* path, char* err) {
     const JsonValue* r = &doc.root;
     const JsonValue* vc = json_get(r, "vision_config");
     int rc;
-    if (vc && vc->type == JSON_OBJECT) { // a CLIPConfig: the projection is the model's
+    if (vc && vc->type == JSON_OBJECT) { // a CLIPConfig: the projection is the model's (its default 512)
         rc = clip_vision_config_parse(c, vc, path, err);
-        int64_t v;
-        c->projection_dim = json_get_int(r, "projection_dim", &v) && v > 0 ? (int)v : 512;
+        if (rc == 0 && json_config_int_or(r, "projection_dim", 1, CLIP_MAX_HIDDEN, 512, &c->projection_dim, path, err) < 0)
+            rc = -1;
     } else {
         rc = clip_vision_config_parse(c, r, path, err);
         // as for the text tower: the projection exists in CLIPVisionModelWithProjection only
@@ -461,13 +469,17 @@ int clip_vision_load_from(ClipVision* m, const ClipVisionConfig* cfg, const Safe
     m->layers = xcalloc((size_t)cfg->layers, sizeof(ClipLayer));
     weights_init(&m->w, "vision_model", DT_F32);
     clip_vision_build(m, &m->w);
-    weights_allocate(&m->w);
-    clip_vision_build(m, &m->w);
-    weights_finish(&m->w);
     char probe[512];
     snprintf(probe, sizeof(probe), "%svision_model.embeddings.class_embedding", prefix);
     HfKeys keys = {prefix, safetensors_find(st, probe) ? "vision_model." : "", "visual_projection"};
-    int rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&m->w, st, hf_key, &keys, err);
+    if (rc == 0) {
+        weights_allocate(&m->w);
+        clip_vision_build(m, &m->w);
+        weights_finish(&m->w);
+        rc = weights_load_mapped(&m->w, st, hf_key, &keys, err);
+    }
     if (rc != 0) clip_vision_free(m);
     return rc;
 }
@@ -628,8 +640,9 @@ int clip_model_load(ClipModel* m, const char* folder, const char* variant, char*
         rc = set_error(err, "%s: not a CLIPModel config (no \"text_config\" and \"vision_config\" objects)", path);
     if (rc == 0) rc = clip_text_config_parse(&tcfg, tc, path, 1, err);
     if (rc == 0) rc = clip_vision_config_parse(&vcfg, vc, path, err);
-    int64_t v;
-    int projection_dim = json_get_int(&doc.root, "projection_dim", &v) && v > 0 ? (int)v : 512; // CLIPConfig default
+    int projection_dim = 512; // CLIPConfig's default
+    if (rc == 0 && json_config_int_or(&doc.root, "projection_dim", 1, CLIP_MAX_HIDDEN, 512, &projection_dim, path, err) < 0)
+        rc = -1;
     json_free(&doc);
     if (rc != 0) return -1;
     tcfg.projection_dim = vcfg.projection_dim = projection_dim;
@@ -898,6 +911,11 @@ int clip_labels_read(const char* path, const char* const* templates, int n_templ
         if (next < end) next += (*next == '\r' && next + 1 < end && next[1] == '\n') ? 2 : 1;
         const unsigned char *b = p, *t = e;
         py_strip(&b, &t);
+        if (n_lines == CLIP_MAX_LABELS) { // before the count can overflow, or the labels take all memory
+            clip_labels_free(lines, n_lines);
+            free(data);
+            return set_error(err, "%s: more than %d labels", path, CLIP_MAX_LABELS);
+        }
         if (n_lines == cap) lines = xrealloc(lines, sizeof(char*) * (cap *= 2));
         lines[n_lines] = xmalloc((size_t)(t - b) + 1);
         memcpy(lines[n_lines], b, (size_t)(t - b));
@@ -909,6 +927,11 @@ int clip_labels_read(const char* path, const char* const* templates, int n_templ
         *labels = lines;
         *count = n_lines;
         return 0;
+    }
+    if ((int64_t)n_lines * n_templates > CLIP_MAX_LABELS) {
+        clip_labels_free(lines, n_lines);
+        return set_error(err, "%s: %d lines in %d templates make more than %d labels", path, n_lines, n_templates,
+                         CLIP_MAX_LABELS);
     }
     char** out = xmalloc(sizeof(char*) * ((size_t)n_lines * n_templates + 1));
     for (int t = 0; t < n_templates; t++)

@@ -21,6 +21,21 @@
 
 typedef enum { CLIP_ACT_QUICK_GELU, CLIP_ACT_GELU } ClipActivation;
 
+// Limits on the CLIP configs (text_encoder/, text_encoder_2/, a CLIPModel's text_config and
+// vision_config), checked as they are read. SDXL's encoders: CLIP ViT-L/14 (vocab 49408, hidden
+// 768, MLP 3072, 12 layers, 12 heads) and OpenCLIP bigG/14 (1280, 5120, 32, 20, projection 1280);
+// the CLIP score's ViT-L/14 vision tower: 1024, 4096, 24, 16, 224 px in 14 px patches. The
+// limits keep every tensor under 2^31 elements (the token table: 2^18 x 4096 = 2^30).
+#define CLIP_MAX_VOCAB 262144        // vocab_size: 49408 (5.3x)
+#define CLIP_MAX_HIDDEN 4096         // hidden_size, projection_dim: 1280 (3.2x)
+#define CLIP_MAX_INTERMEDIATE 16384  // intermediate_size: 5120 (3.2x)
+#define CLIP_MAX_LAYERS 128          // num_hidden_layers: 32 (4x)
+#define CLIP_MAX_POSITIONS 1024      // max_position_embeddings: 77 (Long-CLIP 248)
+#define CLIP_MAX_IMAGE 1024          // image_size: 224 (336 for ViT-L/14@336)
+#define CLIP_MAX_VISION_TOKENS 4097  // 1 + (image_size / patch_size)^2: 257 (577 at 336 px): a 64 x 64 grid
+// num_attention_heads must divide hidden_size into heads of at most ATTENTION_MAX_HS (SDXL: 64);
+// eos_token_id must be an id of the vocabulary; num_channels must be 3 (the preprocessing is RGB).
+
 typedef struct {
     int vocab_size, hidden, intermediate, layers, heads, max_positions;
     float eps;
@@ -223,7 +238,8 @@ typedef struct {
 // per template, template-major, "{}" replaced by the line: {"by {}", "inspired by {}"} makes
 // 0.6.0's artist labels from artists.txt, {"{}", "trending on {}", "featured on {}",
 // "{} contest winner"} its trending labels from a list of sites. *labels is malloc'd
-// (clip_labels_free).
+// (clip_labels_free). A list may make at most CLIP_MAX_LABELS labels.
+#define CLIP_MAX_LABELS (1 << 20) // clip-interrogator's largest list, flavors.txt, has 100970 lines
 int clip_labels_read(const char* path, const char* const* templates, int n_templates, char*** labels, int* count,
                      char* err);
 void clip_labels_free(char** labels, int count);

@@ -164,12 +164,12 @@ static int parse_number(Parser* p, JsonValue* out) {
     }
     char buf[64];
     size_t n = p->pos - start;
+    char* literal = doc_alloc(p->doc, n + 1);
+    memcpy(literal, p->text + start, n);
+    literal[n] = 0;
+    out->literal = literal;
     if (n >= sizeof(buf)) { // long literals: only the double is kept
-        char* tmp = xmalloc(n + 1);
-        memcpy(tmp, p->text + start, n);
-        tmp[n] = 0;
-        out->number = strtod(tmp, NULL);
-        free(tmp);
+        out->number = strtod(literal, NULL);
         is_integer = 0;
     } else {
         memcpy(buf, p->text + start, n);
@@ -348,4 +348,146 @@ size_t json_escape(char* buf, size_t cap, const char* s) {
 #undef PUT
     if (cap) buf[n < cap ? n : cap - 1] = 0;
     return n;
+}
+
+// ----------------------------------------------------------------------------
+// Config values
+
+// How v is written, for "got ...": the literal of a number, a string in quotes, or its kind;
+// cut to about 40 bytes so a pasted megabyte stays one short line.
+static const char* value_text(const JsonValue* v, char* buf, size_t cap) {
+    char tmp[48];
+    switch (v->type) {
+    case JSON_NUMBER: snprintf(tmp, sizeof(tmp), "%s", v->literal); break;
+    case JSON_STRING: json_escape(tmp, sizeof(tmp), v->string); break;
+    case JSON_ARRAY: snprintf(tmp, sizeof(tmp), "a list of %zu", v->length); break;
+    case JSON_OBJECT: snprintf(tmp, sizeof(tmp), "an object"); break;
+    default: snprintf(tmp, sizeof(tmp), "%s", json_type_name(v->type)); break;
+    }
+    size_t n = strlen(tmp);
+    snprintf(buf, cap, "%s%s", tmp, n == sizeof(tmp) - 1 ? "..." : "");
+    return buf;
+}
+
+int json_config_int_value(const JsonValue* v, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
+                          char* err) {
+    if (!v || v->type == JSON_NULL)
+        return set_error(err, "%s: missing %s (an integer in [%lld, %lld])", path, label, (long long)lo, (long long)hi);
+    if (v->type == JSON_NUMBER && v->is_integer && v->integer >= lo && v->integer <= hi) {
+        *out = v->integer;
+        return 0;
+    }
+    char got[64];
+    // a number that is not an integer literal: say why, since "got 16.0" alone looks like a pass
+    int not_literal = v->type == JSON_NUMBER && !v->is_integer && strpbrk(v->literal, ".eE");
+    return set_error(err, "%s: %s must be an integer in [%lld, %lld], got %s%s", path, label, (long long)lo, (long long)hi,
+                     value_text(v, got, sizeof(got)),
+                     not_literal ? " (an integer is written without a fraction or exponent)" : "");
+}
+
+static const char* quoted(char* buf, size_t cap, const char* key) {
+    snprintf(buf, cap, "\"%s\"", key);
+    return buf;
+}
+
+int json_config_int(const JsonValue* obj, const char* key, int lo, int hi, int* out, const char* path, char* err) {
+    char label[160];
+    int64_t v;
+    if (json_config_int_value(json_get(obj, key), quoted(label, sizeof(label), key), lo, hi, &v, path, err) != 0) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int json_config_int_or(const JsonValue* obj, const char* key, int lo, int hi, int dflt, int* out, const char* path, char* err) {
+    const JsonValue* v = json_get(obj, key);
+    if (!v || v->type == JSON_NULL) {
+        *out = dflt;
+        return 1;
+    }
+    return json_config_int(obj, key, lo, hi, out, path, err);
+}
+
+// Checks the items of the list v (already known to hold count items) into out.
+static int int_items(const JsonValue* v, const char* key, int lo, int hi, int* out, const char* path, char* err) {
+    for (size_t i = 0; i < v->length; i++) {
+        char label[180];
+        int64_t x;
+        snprintf(label, sizeof(label), "\"%s\"[%zu]", key, i);
+        if (json_config_int_value(&v->items[i], label, lo, hi, &x, path, err) != 0) return -1;
+        out[i] = (int)x;
+    }
+    return 0;
+}
+
+int json_config_int_list(const JsonValue* obj, const char* key, int lo, int hi, int min_len, int max_len, int* out, int* len,
+                         const char* path, char* err) {
+    const JsonValue* v = json_get(obj, key);
+    char got[64];
+    if (!v || v->type == JSON_NULL)
+        return set_error(err, "%s: missing \"%s\" (a list of %d to %d integers in [%d, %d])", path, key, min_len, max_len, lo, hi);
+    if (v->type != JSON_ARRAY || v->length < (size_t)min_len || v->length > (size_t)max_len)
+        return set_error(err, "%s: \"%s\" must be a list of %d to %d integers in [%d, %d], got %s", path, key, min_len, max_len,
+                         lo, hi, value_text(v, got, sizeof(got)));
+    if (int_items(v, key, lo, hi, out, path, err) != 0) return -1;
+    *len = (int)v->length;
+    return 0;
+}
+
+int json_config_int_levels(const JsonValue* obj, const char* key, int lo, int hi, int levels, int* out, const char* path,
+                           char* err) {
+    const JsonValue* v = json_get(obj, key);
+    if (!v || v->type == JSON_NULL) return 1;
+    if (v->type == JSON_ARRAY) {
+        char got[64];
+        if (v->length != (size_t)levels)
+            return set_error(err, "%s: \"%s\" must be an integer or a list of %d (one per level), got %s", path, key, levels,
+                             value_text(v, got, sizeof(got)));
+        return int_items(v, key, lo, hi, out, path, err);
+    }
+    int x;
+    if (json_config_int(obj, key, lo, hi, &x, path, err) != 0) return -1;
+    for (int i = 0; i < levels; i++) out[i] = x;
+    return 0;
+}
+
+int json_config_number_value(const JsonValue* v, const char* label, double lo, double hi, double* out, const char* path,
+                             char* err) {
+    if (!v || v->type == JSON_NULL) return set_error(err, "%s: missing %s (a number in [%g, %g])", path, label, lo, hi);
+    if (v->type == JSON_NUMBER && v->number >= lo && v->number <= hi) { // NaN fails both; 1e999 is inf and fails
+        *out = v->number;
+        return 0;
+    }
+    char got[64];
+    return set_error(err, "%s: %s must be a number in [%g, %g], got %s", path, label, lo, hi, value_text(v, got, sizeof(got)));
+}
+
+int json_config_number(const JsonValue* obj, const char* key, double lo, double hi, double* out, const char* path, char* err) {
+    char label[160];
+    return json_config_number_value(json_get(obj, key), quoted(label, sizeof(label), key), lo, hi, out, path, err);
+}
+
+int json_config_number_or(const JsonValue* obj, const char* key, double lo, double hi, double dflt, double* out,
+                          const char* path, char* err) {
+    const JsonValue* v = json_get(obj, key);
+    if (!v || v->type == JSON_NULL) {
+        *out = dflt;
+        return 1;
+    }
+    return json_config_number(obj, key, lo, hi, out, path, err);
+}
+
+int json_config_int_text(const char* text, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
+                         char* err) {
+    if (!text) return json_config_int_value(NULL, label, lo, hi, out, path, err);
+    JsonDoc doc;
+    char jerr[ERR_MAX];
+    if (json_parse(&doc, text, strlen(text), jerr) != 0) { // not even a number: show the text itself
+        JsonValue as_text = {.type = JSON_STRING, .string = text, .length = strlen(text)};
+        char got[64];
+        return set_error(err, "%s: %s must be an integer in [%lld, %lld], got %s", path, label, (long long)lo, (long long)hi,
+                         value_text(&as_text, got, sizeof(got)));
+    }
+    int rc = json_config_int_value(&doc.root, label, lo, hi, out, path, err);
+    json_free(&doc);
+    return rc;
 }

@@ -7,6 +7,9 @@
 // offsets exceed 2^53 in large files). Errors are one line with the byte offset:
 //   "byte 57: expected ',' or '}' in object".
 // Limits that protect against hostile input: nesting depth JSON_MAX_DEPTH.
+//
+// The second half reads the numbers of config files (config.json, scheduler_config.json,
+// adapter_config.json, metadata): each one range-checked where it is read, see "Config values".
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +23,7 @@ typedef struct JsonValue {
     double number;           // JSON_NUMBER
     int64_t integer;         // JSON_NUMBER when is_integer
     int is_integer;          // the literal had no fraction/exponent and fits in int64
+    const char* literal;     // JSON_NUMBER: the number as written ("1e9", "16.0"), for messages
     const char* string;      // JSON_STRING: decoded UTF-8, NUL-terminated (may contain NULs from \u0000)
     size_t length;           // JSON_STRING: bytes; JSON_ARRAY: items; JSON_OBJECT: members
     struct JsonValue* items; // JSON_ARRAY items, JSON_OBJECT member values (in file order)
@@ -49,3 +53,48 @@ const char* json_type_name(JsonType t);
 // Appends s to buf (capacity cap, always NUL-terminated) as a JSON string literal with quotes and
 // escapes. Returns the length the full literal needs, like snprintf.
 size_t json_escape(char* buf, size_t cap, const char* s);
+
+// ----------------------------------------------------------------------------
+// Config values
+//
+// Every number a model takes from a config file goes through these readers, which check it
+// against the caller's limits where it is read, so a bad value is one line naming the file and the
+// key, never a huge allocation, an overflowed size or a misleading shape error later:
+//   unet/config.json: "block_out_channels"[0] must be an integer in [1, 4096], got 1000000000
+//   unet/config.json: "layers_per_block" must be an integer in [1, 16], got 1e9 (an integer is
+//   written without a fraction or exponent)
+// An integer must be an integer literal: 16, not 16.0, 1.6e1 or "16". diffusers and transformers
+// write Python ints with json.dumps, which never adds a fraction or an exponent, so anything else
+// comes from a hand edit or another tool, and rounding it for them is how 1e9 becomes an
+// allocation. Negative values, values past int64 and values past the limits are refused alike.
+// Absent and null are the same thing (diffusers writes null for "the default").
+//
+// Each reader returns 0 (read), -1 (err filled: "path: ..."), and the _or variants 1 when the key
+// is absent or null (then *out = dflt). `obj` may be NULL (read as an empty object); `path` is
+// whatever names the file in messages.
+
+// The core check of one value v (NULL: missing), named `label` in messages (e.g. "\"r\"" or
+// "\"heads\"[2]").
+int json_config_int_value(const JsonValue* v, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
+                          char* err);
+// The member `key` of obj, required / optional.
+int json_config_int(const JsonValue* obj, const char* key, int lo, int hi, int* out, const char* path, char* err);
+int json_config_int_or(const JsonValue* obj, const char* key, int lo, int hi, int dflt, int* out, const char* path, char* err);
+// A required list of min_len..max_len integers, each in [lo, hi]: out[0..*len).
+int json_config_int_list(const JsonValue* obj, const char* key, int lo, int hi, int min_len, int max_len, int* out, int* len,
+                         const char* path, char* err);
+// diffusers' "one integer, or one per level" (transformer_layers_per_block, attention_head_dim):
+// out[0..levels) from an integer or a list of exactly `levels`. Returns 1 (out untouched) when
+// absent or null.
+int json_config_int_levels(const JsonValue* obj, const char* key, int lo, int hi, int levels, int* out, const char* path,
+                           char* err);
+// A real number (any JSON number literal) in [lo, hi]: epsilons, scales, betas, alphas.
+int json_config_number_value(const JsonValue* v, const char* label, double lo, double hi, double* out, const char* path,
+                             char* err);
+int json_config_number(const JsonValue* obj, const char* key, double lo, double hi, double* out, const char* path, char* err);
+int json_config_number_or(const JsonValue* obj, const char* key, double lo, double hi, double dflt, double* out,
+                          const char* path, char* err);
+// An integer written as text (a safetensors __metadata__ value such as "80", an object key), by
+// the same rules; NULL text is missing. `label` as for json_config_int_value.
+int json_config_int_text(const char* text, const char* label, int64_t lo, int64_t hi, int64_t* out, const char* path,
+                         char* err);

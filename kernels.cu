@@ -201,12 +201,16 @@ static DeviceAllocation* g_allocations = NULL;
 static int g_allocation_count = 0, g_allocation_cap = 0;
 static size_t g_held = 0, g_peak = 0;
 
-void* cuda_malloc(size_t bytes) {
+static cudaError_t g_last_malloc_error = cudaSuccess; // why cuda_try_malloc last returned NULL
+
+void* cuda_try_malloc(size_t bytes) {
     void* p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes); // 256-byte aligned, as ARENA_ALIGN asks
-    // CUDA_CHECK's line, plus the size, which is what an out-of-memory report needs
-    if (err != cudaSuccess)
-        fatal("%s:%d: cudaMalloc(%zu bytes): %s", __FILE__, __LINE__, bytes, cudaGetErrorString(err));
+    if (err != cudaSuccess) {
+        g_last_malloc_error = err;
+        cudaGetLastError(); // an out-of-memory error is not sticky: clear it, the caller reports it
+        return NULL;
+    }
     if (g_allocation_count == g_allocation_cap) {
         g_allocation_cap = g_allocation_cap ? 2 * g_allocation_cap : 64;
         g_allocations = (DeviceAllocation*)xrealloc(g_allocations, sizeof(DeviceAllocation) * g_allocation_cap);
@@ -214,6 +218,13 @@ void* cuda_malloc(size_t bytes) {
     g_allocations[g_allocation_count++] = DeviceAllocation{p, bytes};
     g_held += bytes;
     g_peak = g_held > g_peak ? g_held : g_peak;
+    return p;
+}
+
+void* cuda_malloc(size_t bytes) {
+    void* p = cuda_try_malloc(bytes);
+    // CUDA_CHECK's line, plus the size, which is what an out-of-memory report needs
+    if (!p) fatal("%s:%d: cudaMalloc(%zu bytes): %s", __FILE__, __LINE__, bytes, cudaGetErrorString(g_last_malloc_error));
     return p;
 }
 

@@ -64,6 +64,12 @@ typedef struct {
     DType dtype;
 } LayerNorm;
 
+// The epsilon of a GroupNorm or LayerNorm read from a config must be in [NORM_EPS_MIN,
+// NORM_EPS_MAX]: the configs we read use 1e-12 (BERT) to 1e-5 (CLIP, the UNet); 0 would let a
+// constant input divide by zero, and an epsilon near 1 is a mistake.
+#define NORM_EPS_MIN 1e-15
+#define NORM_EPS_MAX 0.1
+
 // Declares prefix.weight (and prefix.bias when has_bias).
 Linear linear_build(Weights* w, const char* prefix, int in, int out, int has_bias);
 Conv2d conv2d_build(Weights* w, const char* prefix, int in, int out, int k, int stride, int pad, int has_bias);

@@ -173,12 +173,18 @@ static int plain_pattern(const char* s) {
     return 1;
 }
 
-static int check_pattern(const JsonValue* v, const char* field, const AdapterConfig* c, char* err) {
+// rank_pattern / alpha_pattern: an object of {module name: rank (an integer) or alpha (a number)}.
+static int check_pattern(const JsonValue* v, const char* field, int is_rank, const AdapterConfig* c, char* err) {
     if (!v || v->type == JSON_NULL) return 0;
     if (v->type != JSON_OBJECT) return set_error(err, "%s: \"%s\" must be an object", c->where, field);
     for (size_t i = 0; i < v->length; i++) {
-        if (v->items[i].type != JSON_NUMBER)
-            return set_error(err, "%s: %s[\"%s\"] must be a number", c->where, field, v->keys[i]);
+        char label[300];
+        int64_t r;
+        double a;
+        snprintf(label, sizeof(label), "\"%s\"[\"%s\"]", field, v->keys[i]);
+        if (is_rank && json_config_int_value(&v->items[i], label, 1, LORA_MAX_RANK, &r, c->where, err) != 0) return -1;
+        if (!is_rank && json_config_number_value(&v->items[i], label, -LORA_MAX_ALPHA, LORA_MAX_ALPHA, &a, c->where, err) != 0)
+            return -1;
         if (!plain_pattern(v->keys[i]))
             return set_error(err, "%s: %s key \"%s\" is a regular expression; only module names (maybe with a leading ^) are supported",
                              c->where, field, v->keys[i]);
@@ -197,17 +203,19 @@ static int adapter_config_get(AdapterConfig* c, const JsonValue* root, const cha
         return set_error(err, "%s: peft_type \"%s\" is not a LoRA", where, type->string);
     const JsonValue* dora = config_field(root, prefix, "use_dora");
     if (dora && dora->type == JSON_TRUE) return set_error(err, "%s: use_dora is set: DoRA adapters are not supported", where);
-    if (!r || r->type != JSON_NUMBER || !r->is_integer || r->integer <= 0)
-        return set_error(err, "%s: \"%sr\" must be a positive integer", where, prefix);
-    if (!alpha || alpha->type != JSON_NUMBER) return set_error(err, "%s: \"%slora_alpha\" must be a number", where, prefix);
+    char key[128];
+    snprintf(key, sizeof(key), "%sr", prefix);
+    int rank;
+    if (json_config_int(root, key, 1, LORA_MAX_RANK, &rank, where, err) != 0) return -1;
+    snprintf(key, sizeof(key), "%slora_alpha", prefix);
+    if (json_config_number(root, key, -LORA_MAX_ALPHA, LORA_MAX_ALPHA, &c->lora_alpha, where, err) != 0) return -1;
     c->present = 1;
-    c->r = r->integer;
-    c->lora_alpha = alpha->number;
+    c->r = rank;
     const JsonValue* rs = config_field(root, prefix, "use_rslora");
     c->rslora = rs && rs->type == JSON_TRUE;
     c->rank_pattern = config_field(root, prefix, "rank_pattern");
     c->alpha_pattern = config_field(root, prefix, "alpha_pattern");
-    if (check_pattern(c->rank_pattern, "rank_pattern", c, err) || check_pattern(c->alpha_pattern, "alpha_pattern", c, err))
+    if (check_pattern(c->rank_pattern, "rank_pattern", 1, c, err) || check_pattern(c->alpha_pattern, "alpha_pattern", 0, c, err))
         return -1;
     return 0;
 }
@@ -307,6 +315,9 @@ static int make_module(LoraModule* mod, const char* path, const char* name, cons
     // down (rank, in[, kh, kw]), up (out, rank[, 1, 1])
     int ok = (down->rank == 2 || down->rank == 4) && (up->rank == 2 || up->rank == 4) && down->shape[0] > 0 &&
              down->shape[0] == up->shape[1] && (up->rank == 2 || (up->shape[2] == 1 && up->shape[3] == 1));
+    if (ok && down->shape[0] > LORA_MAX_RANK)
+        return set_error(err, "%s: LoRA module '%s' has rank %lld, above %d", path, name, (long long)down->shape[0],
+                         LORA_MAX_RANK);
     if (!ok)
         return set_error(err, "%s: LoRA module '%s': down %s and up %s are not (rank, in[, kh, kw]) and (out, rank[, 1, 1])",
                          path, name, shape_of(s1, sizeof(s1), down), shape_of(s2, sizeof(s2), up));
@@ -333,7 +344,9 @@ static int make_module(LoraModule* mod, const char* path, const char* name, cons
         a = av ? av->number : config->lora_alpha;
         rslora = config->rslora;
     }
-    if (!isfinite(a)) return set_error(err, "%s: LoRA module '%s' has alpha %g", path, name, a);
+    if (!(fabs(a) <= LORA_MAX_ALPHA)) // NaN fails too
+        return set_error(err, "%s: LoRA module '%s' has alpha %g, outside [-%g, %g]", path, name, a, LORA_MAX_ALPHA,
+                         LORA_MAX_ALPHA);
     mod->model = model;
     mod->rank = rank;
     mod->alpha = (float)a;

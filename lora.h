@@ -24,6 +24,13 @@
 typedef enum { LORA_UNET = 0, LORA_TE1 = 1, LORA_TE2 = 2 } LoraModel; // CLIP-L, OpenCLIP bigG
 #define LORA_MODELS 3
 
+// Limits on a LoRA's numbers, from its tensors' shapes and from its adapter config (PEFT's
+// adapter_config.json "r", "lora_alpha", "rank_pattern", "alpha_pattern", or diffusers'
+// lora_adapter_metadata): SDXL LoRAs use ranks 4 to 256 and alphas up to the rank; no SDXL layer
+// is wider than 10240 (the GEGLU projection), so no useful rank is either.
+#define LORA_MAX_RANK 10240
+#define LORA_MAX_ALPHA 1e6 // |alpha|: the factor alpha / rank multiplies the weights
+
 typedef enum {
     LORA_KOHYA,     // lora_unet_* / lora_te1_* / lora_te2_*  .lora_down.weight .lora_up.weight .alpha
     LORA_DIFFUSERS, // unet.* / text_encoder.* / text_encoder_2.*  (lora_A/lora_B, lora.down/up, lora_linear_layer.down/up)

@@ -51,14 +51,26 @@ void backend_select(Backend b) {
 Backend backend_current(void) { return g_backend; }
 const char* backend_name(Backend b) { return b == BACKEND_CUDA ? "cuda" : "cpu"; }
 
-void* aligned_host_malloc(size_t bytes) {
+void* aligned_host_try_malloc(size_t bytes) {
+    if (bytes > SIZE_MAX - ARENA_ALIGN) return NULL; // the rounding would wrap to a small size
     size_t rounded = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-    void* p = aligned_alloc(ARENA_ALIGN, rounded ? rounded : ARENA_ALIGN);
-    if (!p) fatal("out of memory allocating %zu bytes", bytes);
+    return aligned_alloc(ARENA_ALIGN, rounded ? rounded : ARENA_ALIGN);
+}
+
+void* aligned_host_malloc(size_t bytes) {
+    void* p = aligned_host_try_malloc(bytes);
+    if (!p) fatal("out of memory allocating %zu bytes (%.1f MiB) on the host", bytes, bytes / 1048576.0);
     return p;
 }
 
 void aligned_host_free(void* p) { free(p); }
+
+void* device_try_malloc(size_t bytes) {
+#ifdef USE_CUDA
+    if (g_backend == BACKEND_CUDA) return cuda_try_malloc(bytes);
+#endif
+    return aligned_host_try_malloc(bytes);
+}
 
 void* device_malloc(size_t bytes) {
 #ifdef USE_CUDA

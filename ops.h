@@ -44,7 +44,10 @@ Backend backend_current(void);
 const char* backend_name(Backend b);
 
 // Memory on the current backend: device memory for CUDA, 256-byte-aligned host memory for CPU.
+// device_malloc is fatal (one line with the size) when the memory is not there; device_try_malloc
+// returns NULL instead, for callers that name what they were allocating (arena_init).
 void* device_malloc(size_t bytes);
+void* device_try_malloc(size_t bytes);
 void device_free(void* p);
 void device_memset_zero(void* p, size_t bytes);
 void copy_to_device(void* dst, const void* src_host, size_t bytes);
@@ -60,8 +63,10 @@ size_t device_memory_peak(void);
 void device_memory_peak_reset(void);
 size_t device_memory_in_use_on_device(void);
 
-// Aligned host memory (for the CPU backend's allocations and the GEMM's packing buffers).
+// Aligned host memory (for the CPU backend's allocations and the GEMM's packing buffers); the
+// _try_ form returns NULL instead of exiting.
 void* aligned_host_malloc(size_t bytes);
+void* aligned_host_try_malloc(size_t bytes);
 void aligned_host_free(void* p);
 
 // ----------------------------------------------------------------------------
@@ -502,6 +507,7 @@ void upsample_nearest_backward_cuda(void* dinp, const void* dout, int N, int C, 
 int cuda_device_count_impl(void);
 void cuda_init(void);
 void* cuda_malloc(size_t bytes);
+void* cuda_try_malloc(size_t bytes); // NULL when cudaMalloc fails
 void cuda_free(void* p);
 void cuda_memset_zero(void* p, size_t bytes);
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);

@@ -152,6 +152,44 @@ done:
     return rc;
 }
 
+// The largest id a tokenizer can emit: its vocabulary's and its added tokens'.
+static int32_t tokenizer_max_id(const Tokenizer* t) {
+    int32_t most = t->n_vocab - 1;
+    for (int i = 0; i < t->n_added; i++) most = t->added[i].id > most ? t->added[i].id : most;
+    return most;
+}
+
+int sdxl_model_check(const SdxlModel* m, const char* path, char* err) {
+    const UnetConfig* u = &m->unet.cfg;
+    const VaeConfig* v = &m->vae.config;
+    if (u->in_channels != SDXL_LATENT_CHANNELS || u->out_channels != SDXL_LATENT_CHANNELS ||
+        v->latent_channels != SDXL_LATENT_CHANNELS)
+        return set_error(err, "%s: the UNet takes %d and gives %d channels and the VAE's latents have %d; the SDXL pipeline "
+                         "denoises %d-channel latents (inpainting UNets are not supported)", path, u->in_channels,
+                         u->out_channels, v->latent_channels, SDXL_LATENT_CHANNELS);
+    if (v->in_channels != 3 || v->out_channels != 3)
+        return set_error(err, "%s: the VAE takes %d and gives %d channels; images are RGB (3)", path, v->in_channels,
+                         v->out_channels);
+    const ClipTextConfig *c1 = &m->te1.cfg, *c2 = &m->te2.cfg;
+    if (c2->projection_dim == 0)
+        return set_error(err, "%s: text_encoder_2 has no text_projection; SDXL's pooled text comes from it", path);
+    if (c1->hidden + c2->hidden != u->cross_attention_dim ||
+        c2->projection_dim + 6 * u->addition_time_embed_dim != u->projection_class_embeddings_input_dim)
+        return set_error(err, "%s: the text encoders give %d + %d values per token and a pooled %d, the UNet expects %d "
+                         "(cross_attention_dim) and %d + 6 x %d (projection_class_embeddings_input_dim)", path, c1->hidden,
+                         c2->hidden, c2->projection_dim, u->cross_attention_dim,
+                         u->projection_class_embeddings_input_dim - 6 * u->addition_time_embed_dim, u->addition_time_embed_dim);
+    const struct { const Tokenizer* tok; const ClipTextConfig* cfg; const char* name; } pairs[2] = {
+        {&m->tok1, c1, "tokenizer"}, {&m->tok2, c2, "tokenizer_2"}};
+    for (int k = 0; k < 2; k++) {
+        int32_t most = tokenizer_max_id(pairs[k].tok);
+        if (most >= pairs[k].cfg->vocab_size)
+            return set_error(err, "%s: %s has ids up to %d, its text encoder's vocab_size is %d", path, pairs[k].name, most,
+                             pairs[k].cfg->vocab_size);
+    }
+    return 0;
+}
+
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
                     const SdxlPrecision* precision, char* err) {
     const SdxlPrecision reference = {DT_F32, DT_F32, DT_F32};
@@ -162,6 +200,7 @@ int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const c
     if (path_is_dir(path)) rc = load_diffusers_folder(m, path, variant, p, err);
     else if (path_is_file(path)) rc = load_single_file(m, path, config_dir, tokenizer_dir, p, err);
     else rc = set_error(err, "%s: no such file or folder", path);
+    if (rc == 0) rc = sdxl_model_check(m, path, err);
     if (rc != 0) sdxl_model_free(m);
     return rc;
 }

@@ -47,6 +47,12 @@ typedef struct {
 int sdxl_model_load(SdxlModel* m, const char* path, const char* variant, const char* config_dir, const char* tokenizer_dir,
                     const SdxlPrecision* precision, char* err);
 void sdxl_model_free(SdxlModel* m);
+// That the loaded components fit together as the pipeline uses them (sdxl_model_load calls it):
+// the UNet and the VAE on SDXL_LATENT_CHANNELS-channel latents, an RGB VAE, the text encoders'
+// widths the UNet's, a pooled projection, and no tokenizer id past its encoder's vocabulary. Each
+// config is valid on its own; this is what no single config can say. path names the model in err.
+#define SDXL_LATENT_CHANNELS 4 // the latents the pipeline and the trainer make: (N, 4, h, w)
+int sdxl_model_check(const SdxlModel* m, const char* path, char* err);
 
 typedef struct {
     const char* prompt;

@@ -352,8 +352,7 @@ const char* shape_string(char* buf, size_t cap, int rank, const int64_t* shape) 
     return buf;
 }
 
-int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, const int64_t* shape, float* dst,
-                         char* err) {
+int safetensors_check_f32(const SafeTensors* st, const char* name, int rank, const int64_t* shape, char* err) {
     const SafeTensor* t = safetensors_find(st, name);
     if (!t) return set_error(err, "%s: missing tensor '%s'", st->path, name);
     const char* file = st->files[t->file].path;
@@ -366,6 +365,13 @@ int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, cons
     }
     if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16)
         return set_error(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", file, name, dtype_name(t->dtype));
+    return 0;
+}
+
+int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, const int64_t* shape, float* dst,
+                         char* err) {
+    if (safetensors_check_f32(st, name, rank, shape, err) != 0) return -1;
+    const SafeTensor* t = safetensors_find(st, name);
     convert_to_f32(dst, t->data, t->dtype, safetensor_numel(t));
     return 0;
 }

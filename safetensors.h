@@ -76,6 +76,9 @@ const char* shape_string(char* buf, size_t cap, int rank, const int64_t* shape);
 // dtype (F32/F16/BF16). Converts it to f32 into dst (host memory, numel floats). Errors:
 //   "unet.safetensors: missing tensor 'conv_in.weight'"
 //   "unet.safetensors: tensor 'conv_in.weight' has shape [320, 4, 3, 3], expected [320, 4, 3]"
+// safetensors_check_f32 makes the same checks without reading (a loader checks a whole model's
+// tensors before it allocates their memory).
+int safetensors_check_f32(const SafeTensors* st, const char* name, int rank, const int64_t* shape, char* err);
 int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, const int64_t* shape, float* dst,
                          char* err);
 

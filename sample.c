@@ -84,17 +84,6 @@ static int config_bool(const JsonValue* root, const char* key, int* out, const c
     return 1;
 }
 
-static int config_int(const JsonValue* root, const char* key, int64_t lo, int64_t hi, int* out, const char* name,
-                      char* err) {
-    const JsonValue* v = json_get(root, key);
-    if (!v) return 0;
-    int64_t i;
-    if (!json_get_int(root, key, &i)) return set_error(err, "%s: \"%s\" must be an integer", name, key);
-    if (i < lo || i > hi) return set_error(err, "%s: \"%s\" is %lld, outside %lld..%lld", name, key, (long long)i, (long long)lo, (long long)hi);
-    *out = (int)i;
-    return 1;
-}
-
 static int config_beta(const JsonValue* root, const char* key, double* out, const char* name, char* err) {
     const JsonValue* v = json_get(root, key);
     if (!v) return 0;
@@ -132,10 +121,13 @@ static int config_from_json(SchedulerConfig* c, const JsonValue* root, const cha
     if (root->type != JSON_OBJECT) return set_error(err, "%s: expected a JSON object, not %s", name, json_type_name(root->type));
     scheduler_config_diffusers_defaults(c);
     if (config_reject_unsupported(root, name, err) < 0) return -1;
-    if (config_int(root, "num_train_timesteps", 2, SCHEDULE_MAX_TRAIN_STEPS, &c->num_train_timesteps, name, err) < 0) return -1;
+    if (json_config_int_or(root, "num_train_timesteps", 2, SCHEDULE_MAX_TRAIN_STEPS, c->num_train_timesteps,
+                           &c->num_train_timesteps, name, err) < 0)
+        return -1;
     if (config_beta(root, "beta_start", &c->beta_start, name, err) < 0) return -1;
     if (config_beta(root, "beta_end", &c->beta_end, name, err) < 0) return -1;
-    if (config_int(root, "steps_offset", 0, c->num_train_timesteps - 1, &c->steps_offset, name, err) < 0) return -1;
+    if (json_config_int_or(root, "steps_offset", 0, c->num_train_timesteps - 1, c->steps_offset, &c->steps_offset, name, err) < 0)
+        return -1;
     if (config_bool(root, "set_alpha_to_one", &c->set_alpha_to_one, name, err) < 0) return -1;
     if (config_bool(root, "clip_sample", &c->clip_sample, name, err) < 0) return -1;
 

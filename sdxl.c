@@ -21,25 +21,6 @@
 // ----------------------------------------------------------------------------
 // Config
 
-// An int or a per-level list of ints (diffusers accepts both for several fields).
-static int read_int_or_list(const JsonValue* root, const char* key, int levels, int* out, int required, const char* path,
-                            char* err) {
-    const JsonValue* v = json_get(root, key);
-    if (!v || v->type == JSON_NULL) return required ? set_error(err, "%s: missing \"%s\"", path, key) : 1;
-    if (v->type == JSON_NUMBER && v->is_integer) {
-        for (int i = 0; i < levels; i++) out[i] = (int)v->integer;
-        return 0;
-    }
-    if (v->type != JSON_ARRAY || (int)v->length != levels)
-        return set_error(err, "%s: \"%s\" must be an integer or a list of %d integers", path, key, levels);
-    for (int i = 0; i < levels; i++) {
-        if (v->items[i].type != JSON_NUMBER || !v->items[i].is_integer)
-            return set_error(err, "%s: \"%s\" must hold integers", path, key);
-        out[i] = (int)v->items[i].integer;
-    }
-    return 0;
-}
-
 // Fails unless `key` is absent, null, or equal to the expected string/bool/number.
 static int require_string(const JsonValue* root, const char* key, const char* want, const char* path, char* err) {
     const JsonValue* v = json_get(root, key);
@@ -61,16 +42,11 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
     const JsonValue* r = &doc.root;
     memset(c, 0, sizeof(*c));
     int rc = 0;
-    int64_t v;
-    const JsonValue* blocks = json_get(r, "block_out_channels");
     const JsonValue* down = json_get(r, "down_block_types");
     const JsonValue* up = json_get(r, "up_block_types");
-    if (!blocks || blocks->type != JSON_ARRAY || blocks->length < 2 || blocks->length > UNET_MAX_LEVELS) {
-        rc = set_error(err, "%s: \"block_out_channels\" must list 2 to %d widths", path, UNET_MAX_LEVELS);
+    if ((rc = json_config_int_list(r, "block_out_channels", 1, UNET_MAX_CHANNELS, 2, UNET_MAX_LEVELS, c->block_out, &c->levels,
+                                   path, err)) != 0)
         goto done;
-    }
-    c->levels = (int)blocks->length;
-    for (int i = 0; i < c->levels; i++) c->block_out[i] = (int)blocks->items[i].integer;
     if (!down || down->type != JSON_ARRAY || (int)down->length != c->levels || !up || up->type != JSON_ARRAY ||
         (int)up->length != c->levels) {
         rc = set_error(err, "%s: \"down_block_types\" and \"up_block_types\" must list %d blocks", path, c->levels);
@@ -90,32 +66,40 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
             goto done;
         }
     }
-    struct { const char* key; int* dst; } ints[] = {
-        {"in_channels", &c->in_channels}, {"out_channels", &c->out_channels}, {"layers_per_block", &c->layers_per_block},
-        {"cross_attention_dim", &c->cross_attention_dim}, {"norm_num_groups", &c->groups},
-        {"addition_time_embed_dim", &c->addition_time_embed_dim},
-        {"projection_class_embeddings_input_dim", &c->projection_class_embeddings_input_dim},
+    struct { const char* key; int* dst; int hi; } ints[] = {
+        {"in_channels", &c->in_channels, UNET_MAX_IO_CHANNELS}, {"out_channels", &c->out_channels, UNET_MAX_IO_CHANNELS},
+        {"layers_per_block", &c->layers_per_block, UNET_MAX_LAYERS_PER_BLOCK},
+        {"cross_attention_dim", &c->cross_attention_dim, UNET_MAX_CONTEXT}, {"norm_num_groups", &c->groups, UNET_MAX_GROUPS},
+        {"addition_time_embed_dim", &c->addition_time_embed_dim, UNET_MAX_TIME_ID_DIM},
+        {"projection_class_embeddings_input_dim", &c->projection_class_embeddings_input_dim, UNET_MAX_ADD_IN},
     };
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        if (!json_get_int(r, ints[i].key, &v) || v <= 0 || v > (1 << 20)) {
-            rc = set_error(err, "%s: missing or bad \"%s\"", path, ints[i].key);
-            goto done;
-        }
-        *ints[i].dst = (int)v;
-    }
-    if ((rc = read_int_or_list(r, "transformer_layers_per_block", c->levels, c->transformer_depth, 0, path, err)) < 0) goto done;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if ((rc = json_config_int(r, ints[i].key, 1, ints[i].hi, ints[i].dst, path, err)) != 0) goto done;
+    if ((rc = json_config_int_levels(r, "transformer_layers_per_block", 1, UNET_MAX_DEPTH, c->levels, c->transformer_depth,
+                                     path, err)) < 0)
+        goto done;
     if (rc == 1) for (int i = 0; i < c->levels; i++) c->transformer_depth[i] = 1;
     // the head count: num_attention_heads when given, else attention_head_dim (diffusers #2011)
-    if ((rc = read_int_or_list(r, "num_attention_heads", c->levels, c->heads, 0, path, err)) < 0) goto done;
-    if (rc == 1 && (rc = read_int_or_list(r, "attention_head_dim", c->levels, c->heads, 1, path, err)) != 0) goto done;
-    if ((rc = read_int_or_list(r, "reverse_transformer_layers_per_block", c->levels, c->up_transformer_depth, 0, path, err)) < 0)
+    if ((rc = json_config_int_levels(r, "num_attention_heads", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) < 0)
+        goto done;
+    if (rc == 1 &&
+        (rc = json_config_int_levels(r, "attention_head_dim", 1, UNET_MAX_CHANNELS, c->levels, c->heads, path, err)) != 0) {
+        if (rc == 1) rc = set_error(err, "%s: missing \"attention_head_dim\" (the head count of each level)", path);
+        goto done;
+    }
+    if ((rc = json_config_int_levels(r, "reverse_transformer_layers_per_block", 1, UNET_MAX_DEPTH, c->levels,
+                                     c->up_transformer_depth, path, err)) < 0)
         goto done;
     if (rc == 1)
         for (int i = 0; i < c->levels; i++) c->up_transformer_depth[i] = c->transformer_depth[c->levels - 1 - i];
+    double eps, shift;
+    // diffusers' defaults: norm_eps 1e-5, freq_shift 0 (its downscale_freq_shift, 0 or 1 in practice)
+    if ((rc = json_config_number_or(r, "norm_eps", NORM_EPS_MIN, NORM_EPS_MAX, 1e-5, &eps, path, err)) < 0 ||
+        (rc = json_config_number_or(r, "freq_shift", 0.0, 1.0, 0.0, &shift, path, err)) < 0)
+        goto done;
     rc = 0;
-    double d;
-    c->norm_eps = json_get_number(r, "norm_eps", &d) ? (float)d : 1e-5f;
-    c->freq_shift = json_get_number(r, "freq_shift", &d) ? (float)d : 0.0f;
+    c->norm_eps = (float)eps;
+    c->freq_shift = (float)shift;
     c->flip_sin_to_cos = 1;
     json_get_bool(r, "flip_sin_to_cos", &c->flip_sin_to_cos);
     int linear_projection = 0;
@@ -124,11 +108,23 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
         rc = set_error(err, "%s: SDXL uses \"use_linear_projection\": true (1x1-conv projections are not supported)", path);
         goto done;
     }
-    if (json_get_int(r, "time_embedding_dim", &v) && v != 4 * c->block_out[0]) {
+    int time_embed_dim;
+    if ((rc = json_config_int_or(r, "time_embedding_dim", 1, 4 * UNET_MAX_CHANNELS, 4 * c->block_out[0], &time_embed_dim, path,
+                                 err)) < 0)
+        goto done;
+    rc = 0;
+    if (time_embed_dim != 4 * c->block_out[0]) {
         rc = set_error(err, "%s: \"time_embedding_dim\" must be null (4 x block_out_channels[0])", path);
         goto done;
     }
-    c->time_embed_dim = 4 * c->block_out[0];
+    c->time_embed_dim = time_embed_dim;
+    // the sinusoidal embeddings (of the timestep, block_out_channels[0] wide, and of each size/crop
+    // id) are half sines, half cosines
+    if (c->block_out[0] % 2 != 0 || c->addition_time_embed_dim % 2 != 0) {
+        rc = set_error(err, "%s: \"block_out_channels\"[0] %d and \"addition_time_embed_dim\" %d must be even (sinusoidal "
+                       "embeddings)", path, c->block_out[0], c->addition_time_embed_dim);
+        goto done;
+    }
     if ((rc = require_string(r, "addition_embed_type", "text_time", path, err)) ||
         (rc = require_string(r, "mid_block_type", "UNetMidBlock2DCrossAttn", path, err)) ||
         (rc = require_string(r, "act_fn", "silu", path, err)) ||
@@ -144,8 +140,14 @@ int unet_config_read(UnetConfig* c, const char* path, char* err) {
     }
     for (int i = 0; i < c->levels; i++) {
         if (c->block_out[i] % c->groups != 0 || (c->has_attention[i] && c->block_out[i] % c->heads[i] != 0)) {
-            rc = set_error(err, "%s: level %d width %d does not split into %d groups / %d heads", path, i, c->block_out[i],
-                           c->groups, c->heads[i]);
+            rc = set_error(err, "%s: \"block_out_channels\"[%d] %d does not split into %d groups (\"norm_num_groups\") and %d "
+                           "heads (\"attention_head_dim\")", path, i, c->block_out[i], c->groups, c->heads[i]);
+            goto done;
+        }
+        if (c->has_attention[i] && c->block_out[i] / c->heads[i] > ATTENTION_MAX_HS) {
+            rc = set_error(err, "%s: \"block_out_channels\"[%d] %d in %d heads (\"attention_head_dim\") makes heads of %d "
+                           "channels, above the %d attention supports", path, i, c->block_out[i], c->heads[i],
+                           c->block_out[i] / c->heads[i], ATTENTION_MAX_HS);
             goto done;
         }
     }
@@ -302,11 +304,38 @@ static void unet_declare(Unet* u, const UnetConfig* cfg, DType dtype) {
     unet_build(u, &u->w);
 }
 
-void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype) {
-    unet_declare(u, cfg, dtype);
+// The parameter memory and the second build pass, after unet_declare.
+static void unet_allocate_declared(Unet* u) {
     weights_allocate(&u->w);
     unet_build(u, &u->w);
     weights_finish(&u->w);
+}
+
+void unet_allocate(Unet* u, const UnetConfig* cfg, DType dtype) {
+    unet_declare(u, cfg, dtype);
+    unet_allocate_declared(u);
+}
+
+// Declares the UNet of cfg, checks every parameter against the file (map: the file's names),
+// and only then allocates and loads: a config bigger than its file stops at the first missing or
+// mis-shaped tensor, before any parameter memory.
+static int unet_load_mapped(Unet* u, const UnetConfig* cfg, const SafeTensors* st, KeyMap map, void* ctx, DType dtype,
+                            char* err) {
+    unet_declare(u, cfg, dtype);
+    if (weights_check_mapped(&u->w, st, map, ctx, err) != 0) {
+        unet_free(u);
+        return -1;
+    }
+    unet_allocate_declared(u);
+    int rc = weights_load_mapped(&u->w, st, map, ctx, err);
+    if (rc != 0) unet_free(u);
+    return rc;
+}
+
+static int diffusers_key(const char* name, ParamSource* src, void* ctx) {
+    memset(src, 0, sizeof(*src));
+    snprintf(src->key, sizeof(src->key), "%s", name);
+    return 0;
 }
 
 int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, char* err) {
@@ -316,10 +345,8 @@ int unet_load(Unet* u, const char* folder, const char* variant, DType dtype, cha
     if (unet_config_read(&cfg, path, err) != 0) return -1;
     SafeTensors st;
     if (safetensors_open_dir(&st, folder, "diffusion_pytorch_model", variant, err) != 0) return -1;
-    unet_allocate(u, &cfg, dtype);
-    int rc = weights_load(&u->w, &st, "", err);
+    int rc = unet_load_mapped(u, &cfg, &st, diffusers_key, NULL, dtype, err);
     safetensors_close(&st);
-    if (rc != 0) unet_free(u);
     return rc;
 }
 
@@ -407,10 +434,8 @@ static int sgm_key(const char* name, ParamSource* src, void* ctx) {
 }
 
 int unet_load_sgm(Unet* u, const UnetConfig* cfg, const SafeTensors* st, DType dtype, char* err) {
-    unet_allocate(u, cfg, dtype);
-    int rc = weights_load_mapped(&u->w, st, sgm_key, &u->cfg, err);
-    if (rc != 0) unet_free(u);
-    return rc;
+    UnetConfig names = *cfg; // sgm_key's context: u->cfg is cleared by unet_free on failure
+    return unet_load_mapped(u, cfg, st, sgm_key, &names, dtype, err);
 }
 
 void unet_init_random(Unet* u, const UnetConfig* cfg, DType dtype, uint64_t seed) {
@@ -754,7 +779,16 @@ void unet_forward(const Unet* u, float* out, const float* sample, const float* t
 // any one block holds at once (its input concatenation, a resnet output, a resnet's or a
 // transformer's temporaries and an im2col chunk). tests/ run the forward in an arena of exactly
 // this size.
+// The sizes the byte counters below can count for (sdxl.h); anything else is a caller's bug.
+static void check_counted_sizes(const char* who, int N, int h, int w, int Lctx) {
+    if (N < 1 || N > UNET_MAX_BATCH || h < 1 || h > UNET_MAX_LATENT || w < 1 || w > UNET_MAX_LATENT || Lctx < 0 ||
+        Lctx > UNET_MAX_TEXT_TOKENS)
+        fatal("%s: batch %d, latent %d x %d, %d text tokens are outside what it counts (batch 1..%d, latent sides 1..%d, "
+              "0..%d tokens)", who, N, h, w, Lctx, UNET_MAX_BATCH, UNET_MAX_LATENT, UNET_MAX_TEXT_TOKENS);
+}
+
 size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx, DType dtype) {
+    check_counted_sizes("unet_activation_bytes", N, h, w, Lctx);
     size_t es = dtype_size(dtype), align = ARENA_ALIGN / es, total = 0;
     int L = c->layers_per_block, last = c->levels - 1;
     int hs[UNET_MAX_LEVELS], ws[UNET_MAX_LEVELS];
@@ -762,7 +796,7 @@ size_t unet_activation_bytes(const UnetConfig* c, int N, int h, int w, int Lctx,
     size_t TE = (size_t)c->time_embed_dim;
     // 16-bit copies of the inputs (and the output before its conversion)
     if (dtype != DT_F32)
-        total += (size_t)N * (2 * c->in_channels * h * w + (size_t)Lctx * c->cross_attention_dim +
+        total += (size_t)N * (2 * (size_t)c->in_channels * h * w + (size_t)Lctx * c->cross_attention_dim +
                               c->projection_class_embeddings_input_dim) + 4 * align;
     // embeddings: t, sinusoid, 4 x (N, TE), time ids and their sinusoids, the added input (the f32
     // t and ids counted as two elements each, enough for either size)
@@ -1427,6 +1461,7 @@ static void count_layer(TrainBytes* t, const UnetResBlock* rb, const UnetSpatial
 }
 
 size_t unet_train_activation_bytes(const Unet* u, int N, int h, int w, int Lctx, int checkpointing) {
+    check_counted_sizes("unet_train_activation_bytes", N, h, w, Lctx);
     const UnetConfig* c = &u->cfg;
     DType dt = u->w.dtype;
     size_t es = dtype_size(dt), pad = ARENA_ALIGN;

@@ -17,6 +17,31 @@
 
 #define UNET_MAX_LEVELS 4
 
+// Limits on unet/config.json, checked as it is read (json.h's config readers), each against what
+// SDXL base 1.0 uses, with headroom for wider or deeper UNets of the same architecture. They keep
+// every weight tensor under 2^31 elements (the widest, an up block's 3x3 conv on a 2C-channel
+// input, has 18 C^2 = 3.0e8 at C = 4096) and every activation of a 4096 x 4096 image (a 512 x 512
+// latent) under 2^31 elements per batch item (4096 x 512 x 512 = 2^30), so no size computation
+// of the UNet can overflow.
+#define UNET_MAX_CHANNELS 4096        // block_out_channels: SDXL 320, 640, 1280 (3.2x)
+#define UNET_MAX_IO_CHANNELS 64       // in_channels, out_channels: SDXL 4 (inpainting UNets 9)
+#define UNET_MAX_LAYERS_PER_BLOCK 16  // layers_per_block: SDXL 2
+#define UNET_MAX_DEPTH 64             // transformer_layers_per_block (and reverse_...): SDXL 1, 2, 10
+#define UNET_MAX_CONTEXT 8192         // cross_attention_dim: SDXL 2048 (768 + 1280)
+#define UNET_MAX_GROUPS 1024          // norm_num_groups: SDXL 32
+#define UNET_MAX_TIME_ID_DIM 4096     // addition_time_embed_dim: SDXL 256
+#define UNET_MAX_ADD_IN 32768         // projection_class_embeddings_input_dim: SDXL 2816 = 1280 + 6 x 256
+// The head count (attention_head_dim / num_attention_heads: SDXL 5, 10, 20) is checked against
+// the width: it must divide it, into heads of at most ATTENTION_MAX_HS channels (SDXL: 64).
+
+// The sizes unet_activation_bytes and unet_train_activation_bytes count for: batch N, latent
+// h x w (SDXL at 1024 px: 2 x 128 x 128), Lctx text tokens (77 per prompt chunk). Far past what
+// the commands allow (4096 px images), and small enough that with the config limits above no
+// byte count comes near 2^63; outside them the functions stop with a one-line error.
+#define UNET_MAX_BATCH 4096
+#define UNET_MAX_LATENT 8192
+#define UNET_MAX_TEXT_TOKENS (1 << 20)
+
 typedef struct {
     int in_channels, out_channels;
     int levels;                                 // len(block_out_channels)

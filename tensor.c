@@ -136,14 +136,21 @@ void convert_from_f32(void* out, DType t, const float* inp, size_t n) {
 // ----------------------------------------------------------------------------
 // Arena
 
-static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN; }
+// n rounded up to ARENA_ALIGN; SIZE_MAX when that would wrap (no allocation can be that large,
+// so the caller's check fails instead of a tiny buffer being handed out for a huge request).
+static size_t align_up(size_t n) {
+    return n > SIZE_MAX - ARENA_ALIGN ? SIZE_MAX : (n + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+}
 
 void arena_init(Arena* a, const char* name, size_t capacity, int on_device) {
     memset(a, 0, sizeof(*a));
     a->name = name;
     a->capacity = align_up(capacity);
     a->on_device = on_device;
-    a->base = on_device ? device_malloc(a->capacity) : aligned_host_malloc(a->capacity);
+    if (a->capacity != SIZE_MAX) a->base = on_device ? device_try_malloc(a->capacity) : aligned_host_try_malloc(a->capacity);
+    if (!a->base)
+        fatal("out of memory: arena '%s' needs %zu bytes (%.1f GiB) of %s memory", name, capacity, capacity / 1073741824.0,
+              on_device ? "device" : "host");
 }
 
 void arena_free(Arena* a) {
@@ -156,7 +163,7 @@ void arena_free(Arena* a) {
 }
 
 void* arena_alloc(Arena* a, size_t bytes, const char* what) {
-    size_t need = align_up(bytes);
+    size_t need = align_up(bytes); // SIZE_MAX for a wrapped size: always more than is left
     if (need > a->capacity - a->used)
         fatal("arena '%s' is full: %s needs %zu bytes, %zu of %zu in use", a->name, what, need, a->used, a->capacity);
     void* p = a->base + a->used;
@@ -165,7 +172,10 @@ void* arena_alloc(Arena* a, size_t bytes, const char* what) {
     return p;
 }
 
-float* arena_floats(Arena* a, size_t count, const char* what) { return arena_alloc(a, count * sizeof(float), what); }
+// count elements as bytes, or SIZE_MAX when that overflows (arena_alloc then reports it full)
+static size_t elems_bytes(size_t count, size_t size) { return count > SIZE_MAX / size ? SIZE_MAX : count * size; }
+
+float* arena_floats(Arena* a, size_t count, const char* what) { return arena_alloc(a, elems_bytes(count, sizeof(float)), what); }
 size_t arena_mark(const Arena* a) { return a->used; }
 void arena_release(Arena* a, size_t mark) { a->used = mark; }
 void arena_reset(Arena* a) { a->used = 0; }
@@ -176,5 +186,5 @@ void arena_report(const Arena* a) {
 }
 
 void* arena_elems(Arena* a, size_t count, DType dt, const char* what) {
-    return arena_alloc(a, count * dtype_size(dt), what);
+    return arena_alloc(a, elems_bytes(count, dtype_size(dt)), what);
 }

@@ -182,9 +182,14 @@ static int load_vocab(Tokenizer* tok, const JsonValue* obj, const char* path, ch
     size_t pool_bytes = 0;
     for (size_t i = 0; i < obj->length; i++) {
         const JsonValue* v = &obj->items[i];
-        // 1<<24 is far above any CLIP vocabulary and keeps a corrupt id from sizing a huge table
-        if (v->type != JSON_NUMBER || !v->is_integer || v->integer < 0 || v->integer >= (1 << 24))
-            return set_error(err, "%s: token '%s' has id that is not an integer in [0, 2^24)", path, obj->keys[i]);
+        // TOKENIZER_MAX_ID is far above any CLIP vocabulary and keeps a corrupt id from sizing a huge table
+        if (v->type != JSON_NUMBER || !v->is_integer || v->integer < 0 || v->integer > TOKENIZER_MAX_ID) {
+            char token[64], label[100];
+            int64_t unused;
+            json_escape(token, sizeof(token), obj->keys[i]);
+            snprintf(label, sizeof(label), "the id of token %s", token);
+            return json_config_int_value(v, label, 0, TOKENIZER_MAX_ID, &unused, path, err);
+        }
         if (v->integer > max_id) max_id = (int32_t)v->integer;
         pool_bytes += strlen(obj->keys[i]) + 1;
     }
@@ -358,7 +363,7 @@ static int push_added(Tokenizer* tok, const char* content, int32_t id, int norma
 static int added_id(const Tokenizer* tok, const char* content, int64_t stated, const char* path, char* err, int32_t* id) {
     *id = tokenizer_token_id(tok, content);
     if (*id >= 0) return 0;
-    if (stated >= 0 && stated < (1 << 24)) {
+    if (stated >= 0) { // checked against [0, TOKENIZER_MAX_ID] where it was read
         *id = (int32_t)stated;
         return 0;
     }
@@ -395,9 +400,13 @@ static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
         for (size_t i = 0; i < decoder->length && rc == 0; i++) {
             const JsonValue* t = &decoder->items[i];
             const char* content = json_get_string(t, "content");
-            char* end;
-            long stated = strtol(decoder->keys[i], &end, 10);
-            if (!content || *end || n_base == TOKENIZER_MAX_ADDED) {
+            int64_t stated; // the key is the id, as text
+            if (json_config_int_text(decoder->keys[i], "an \"added_tokens_decoder\" key", 0, TOKENIZER_MAX_ID, &stated, path,
+                                     err) != 0) {
+                rc = -1;
+                break;
+            }
+            if (!content || n_base == TOKENIZER_MAX_ADDED) {
                 rc = set_error(err, "%s: bad added_tokens_decoder entry '%s'", path, decoder->keys[i]);
                 break;
             }
@@ -422,8 +431,12 @@ static int load_added_tokens(Tokenizer* tok, const char* folder, char* err) {
         for (size_t i = 0; list && list->type == JSON_ARRAY && i < list->length && rc == 0; i++) {
             const JsonValue* t = &list->items[i];
             const char* content = json_get_string(t, "content");
-            int64_t stated = -1;
-            json_get_int(t, "id", &stated);
+            int64_t stated = -1; // optional: the vocabulary's id wins when the text is there
+            const JsonValue* idv = json_get(t, "id");
+            if (idv && json_config_int_value(idv, "an \"added_tokens\" \"id\"", 0, TOKENIZER_MAX_ID, &stated, tj_path, err) != 0) {
+                rc = -1;
+                break;
+            }
             if (!content || n_base == TOKENIZER_MAX_ADDED) {
                 rc = set_error(err, "%s: bad added_tokens[%zu]", tj_path, i);
                 break;

@@ -13,6 +13,7 @@
 #define CLIP_CONTEXT 77      // tokens per text-encoder call: BOS + 75 prompt tokens + EOS (+ padding)
 #define CLIP_CHUNK_TOKENS 75 // prompt tokens per chunk (CLIP_CONTEXT minus BOS and EOS)
 #define TOKENIZER_MAX_ADDED 32
+#define TOKENIZER_MAX_ID ((1 << 24) - 1) // largest token id a vocabulary or added token may have (CLIP: 49407)
 
 // A token that is split out of the prompt before BPE, as the `tokenizers` AddedVocabulary does:
 // the special tokens, and for SDXL's tokenizer_2 its pad token "!" (so a literal "!" in a prompt

@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "json.h"
 #include "ops.h"
 #include "plot.h"
 #include "safetensors.h"
@@ -540,6 +542,15 @@ static int caption_index(Run* r, PreparedSet* p, const char* text) {
     return p->caption_count++;
 }
 
+// A cached latent's size is what its time_ids' target size (rows 4 and 5: height, width, whole
+// pixels) encodes to; anything else is a damaged or foreign file, and the entry is made again.
+static int cached_size_ok(const Run* r, const float* time_ids, int h, int w) {
+    for (int k = 4; k < 6; k++)
+        if (!(time_ids[k] >= 1 && time_ids[k] <= VAE_MAX_SIDE) || time_ids[k] != floorf(time_ids[k])) return 0;
+    const VaeConfig* vc = &r->model.vae.config;
+    return vae_latent_size(vc, (int)time_ids[4]) == h && vae_latent_size(vc, (int)time_ids[5]) == w;
+}
+
 // The VAE's posterior (mean, logvar) of an example's pixels, host f32 (4, h, w) each.
 static void vae_posterior(Run* r, const Example* ex, float* mean, float* logvar) {
     const Vae* vae = &r->model.vae;
@@ -597,19 +608,25 @@ static int prepare_item(Run* r, PreparedSet* p, int i, char* err) {
         int cached = 0;
         if (!r->cfg->no_cache && path_is_file(path) && safetensors_open(&st, path, cache_err) == 0) {
             const SafeTensor* m = safetensors_find(&st, "mean");
-            if (m && m->rank == 3 && m->shape[0] == 4) {
-                int64_t shape3[4] = {4, m->shape[1], m->shape[2]}, shape6[4] = {6};
-                float* mean = xmalloc(sizeof(float) * 4 * m->shape[1] * m->shape[2]);
-                float* logvar = xmalloc(sizeof(float) * 4 * m->shape[1] * m->shape[2]);
+            // the size comes from the file: a latent the UNet's byte counters take, of 4 channels
+            if (m && m->rank == 3 && m->shape[0] == SDXL_LATENT_CHANNELS && m->shape[1] >= 1 &&
+                m->shape[1] <= UNET_MAX_LATENT && m->shape[2] >= 1 && m->shape[2] <= UNET_MAX_LATENT) {
+                int lh = (int)m->shape[1], lw = (int)m->shape[2];
+                int64_t shape3[4] = {SDXL_LATENT_CHANNELS, lh, lw}, shape6[4] = {6};
+                float* mean = xmalloc(sizeof(float) * SDXL_LATENT_CHANNELS * lh * lw);
+                float* logvar = xmalloc(sizeof(float) * SDXL_LATENT_CHANNELS * lh * lw);
+                float* ids = it->time_ids[flip];
                 if (safetensors_read_f32(&st, "mean", 3, shape3, mean, cache_err) == 0 &&
                     safetensors_read_f32(&st, "logvar", 3, shape3, logvar, cache_err) == 0 &&
-                    safetensors_read_f32(&st, "time_ids", 1, shape6, it->time_ids[flip], cache_err) == 0) {
+                    safetensors_read_f32(&st, "time_ids", 1, shape6, ids, cache_err) == 0 &&
+                    cached_size_ok(r, ids, lh, lw) && (flip == 0 || (lh == it->h && lw == it->w && (int)ids[4] == it->height &&
+                                                                     (int)ids[5] == it->width))) {
                     it->mean[flip] = mean;
                     it->logvar[flip] = logvar;
-                    it->h = (int)m->shape[1];
-                    it->w = (int)m->shape[2];
-                    it->height = (int)it->time_ids[flip][4];
-                    it->width = (int)it->time_ids[flip][5];
+                    it->h = lh;
+                    it->w = lw;
+                    it->height = (int)ids[4];
+                    it->width = (int)ids[5];
                     cached = 1;
                 } else {
                     free(mean);
@@ -1131,6 +1148,48 @@ static const char* metadata_or(const SafeTensors* st, const char* key, const cha
     return v ? v : fallback;
 }
 
+// The epoch being worked through (epoch.order, epoch.batch_sizes), checked as next_micro_batch
+// will use it: item indices of usable items, batches of 1..batch_size items that together take
+// the whole order, each batch's items of one training size (they share the latent buffers).
+// Neither tensor present: a new epoch starts.
+static int load_epoch(Run* r, const SafeTensors* st, const char* path, char* err) {
+    const SafeTensor* order = safetensors_find(st, "epoch.order");
+    const SafeTensor* sizes = safetensors_find(st, "epoch.batch_sizes");
+    if (!order && !sizes) return 0;
+    if (!order || !sizes || order->dtype != DT_I64 || order->rank != 1 || sizes->dtype != DT_I32 || sizes->rank != 1)
+        return set_error(err, "%s: epoch.order (I64) and epoch.batch_sizes (I32) must both be there, as 1-D tensors", path);
+    const PreparedSet* p = &r->train;
+    size_t n = safetensor_numel(order), nb = safetensor_numel(sizes);
+    if (nb > n || n > (size_t)p->data.count)
+        return set_error(err, "%s: an epoch of %zu items in %zu batches, for %d items", path, n, nb, p->data.count);
+    r->order = xmalloc(sizeof(int64_t) * (n ? n : 1));
+    r->batch_sizes = xmalloc(sizeof(int) * (nb ? nb : 1));
+    memcpy(r->order, order->data, sizeof(int64_t) * n);
+    memcpy(r->batch_sizes, sizes->data, sizeof(int32_t) * nb);
+    r->batch_count = (int)nb;
+    for (size_t i = 0; i < n; i++)
+        if (r->order[i] < 0 || r->order[i] >= p->data.count || !p->items[r->order[i]].usable)
+            return set_error(err, "%s: the data order names item %lld of %d (or one that was skipped)", path,
+                             (long long)r->order[i], p->data.count);
+    size_t start = 0;
+    for (size_t k = 0; k < nb; k++) {
+        int B = r->batch_sizes[k];
+        if (B < 1 || B > r->cfg->batch_size || (size_t)B > n - start)
+            return set_error(err, "%s: batch %zu has %d items (batch size %d, %zu items left)", path, k, B, r->cfg->batch_size,
+                             n - start);
+        const PreparedItem* first = &p->items[r->order[start]];
+        for (int j = 1; j < B; j++) {
+            const PreparedItem* it = &p->items[r->order[start + j]];
+            if (it->width != first->width || it->height != first->height)
+                return set_error(err, "%s: batch %zu mixes %dx%d and %dx%d items", path, k, first->width, first->height,
+                                 it->width, it->height);
+        }
+        start += (size_t)B;
+    }
+    if (start != n) return set_error(err, "%s: the batches take %zu of the epoch's %zu items", path, start, n);
+    return 0;
+}
+
 // Restores the whole state from a checkpoint folder. The settings it was made with must equal
 // this run's (the first differing line is named).
 static int load_checkpoint(Run* r, const char* dir, char* err) {
@@ -1168,40 +1227,55 @@ static int load_checkpoint(Run* r, const char* dir, char* err) {
         snprintf(name, sizeof(name), "%s.next_normal", gens[k].prefix);
         const SafeTensor* nn = safetensors_find(&st, name);
         if (!s || s->dtype != DT_U32 || safetensor_numel(s) != (size_t)shape_mt[0] || !misc || misc->dtype != DT_I64 ||
-            safetensor_numel(misc) != (size_t)shape3[0] || !nn || nn->dtype != DT_F64) {
+            safetensor_numel(misc) != (size_t)shape3[0] || !nn || nn->dtype != DT_F64 || safetensor_numel(nn) != 1) {
             set_error(err, "%s: bad or missing %s generator state", path, gens[k].prefix);
             goto done;
         }
-        memcpy(gens[k].g->state, s->data, sizeof(uint32_t) * MT19937_N);
         int64_t m[3];
+        double next_normal;
         memcpy(m, misc->data, sizeof(m));
+        memcpy(&next_normal, nn->data, sizeof(double));
+        // torch's MT19937 position: left counts down to the next twist (1..N), next indexes the next
+        // word; each draw moves both, so left + next <= N + 1 and state[next] is inside the state
+        // whenever it is read (left >= 2); a cached normal or none
+        if (m[0] < 1 || m[0] > MT19937_N || m[1] < 0 || m[1] > MT19937_N + 1 - m[0] || (m[2] != 0 && m[2] != 1) ||
+            !isfinite(next_normal)) {
+            set_error(err, "%s: %s generator state is out of range (left %lld, next %lld, has_next_normal %lld)", path,
+                      gens[k].prefix, (long long)m[0], (long long)m[1], (long long)m[2]);
+            goto done;
+        }
+        memcpy(gens[k].g->state, s->data, sizeof(uint32_t) * MT19937_N);
         generator_unpack(gens[k].g, m);
-        memcpy(&gens[k].g->next_normal, nn->data, sizeof(double));
+        gens[k].g->next_normal = next_normal;
     }
-    const SafeTensor* order = safetensors_find(&st, "epoch.order");
-    const SafeTensor* sizes = safetensors_find(&st, "epoch.batch_sizes");
     free(r->order);
     free(r->batch_sizes);
     r->order = NULL, r->batch_sizes = NULL, r->batch_count = 0;
-    if (order && sizes) {
-        size_t n = safetensor_numel(order), nb = safetensor_numel(sizes);
-        r->order = xmalloc(sizeof(int64_t) * (n ? n : 1));
-        r->batch_sizes = xmalloc(sizeof(int) * (nb ? nb : 1));
-        memcpy(r->order, order->data, sizeof(int64_t) * n);
-        memcpy(r->batch_sizes, sizes->data, sizeof(int32_t) * nb);
-        r->batch_count = (int)nb;
-        for (size_t i = 0; i < n; i++)
-            if (r->order[i] < 0 || r->order[i] >= r->train.data.count) {
-                set_error(err, "%s: the data order names item %lld of %d", path, (long long)r->order[i], r->train.data.count);
-                goto done;
-            }
+    if (load_epoch(r, &st, path, err) != 0) goto done;
+    // the counters, by json.h's integer rules (what save_checkpoint writes with %lld / %d)
+    int64_t step, updates, epoch, batch_pos, growth;
+    if (json_config_int_text(metadata_or(&st, "step", "0"), "metadata \"step\"", 0, INT64_MAX, &step, path, err) != 0 ||
+        json_config_int_text(metadata_or(&st, "updates", "0"), "metadata \"updates\"", 0, step, &updates, path, err) != 0 ||
+        json_config_int_text(metadata_or(&st, "epoch", "0"), "metadata \"epoch\"", 0, INT32_MAX, &epoch, path, err) != 0 ||
+        json_config_int_text(metadata_or(&st, "batch_pos", "0"), "metadata \"batch_pos\"", 0, r->batch_count, &batch_pos, path,
+                             err) != 0 ||
+        json_config_int_text(metadata_or(&st, "scaler.growth_tracker", "0"), "metadata \"scaler.growth_tracker\"", 0, INT32_MAX,
+                             &growth, path, err) != 0)
+        goto done;
+    // the loss scale is written with %a (exact); a GradScaler's scale is a positive finite number
+    const char* scale_text = metadata_or(&st, "scaler.scale", "0x1p+16");
+    char* end;
+    double scale = strtod(scale_text, &end);
+    if (end == scale_text || *end || !(scale > 0 && scale <= FLT_MAX)) {
+        set_error(err, "%s: metadata \"scaler.scale\" must be a positive finite number, got \"%.40s\"", path, scale_text);
+        goto done;
     }
-    tr->steps = strtoll(metadata_or(&st, "step", "0"), NULL, 10);
-    tr->updates = strtoll(metadata_or(&st, "updates", "0"), NULL, 10);
-    r->epoch = atoi(metadata_or(&st, "epoch", "0"));
-    r->batch_pos = atoi(metadata_or(&st, "batch_pos", "0"));
-    tr->scaler.scale = strtof(metadata_or(&st, "scaler.scale", "0x1p+16"), NULL);
-    tr->scaler.growth_tracker = atoi(metadata_or(&st, "scaler.growth_tracker", "0"));
+    tr->steps = step;
+    tr->updates = updates;
+    r->epoch = (int)epoch;
+    r->batch_pos = (int)batch_pos;
+    tr->scaler.scale = (float)scale;
+    tr->scaler.growth_tracker = (int)growth;
     lora_trainable_upload(&tr->lora);
     rc = 0;
 done:

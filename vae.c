@@ -57,14 +57,6 @@ void vae_config_sdxl(VaeConfig* cfg) {
     cfg->scaling_factor = 0.13025f; // sgm's sd_xl_base.yaml scale_factor; SD 1.x used 0.18215
 }
 
-static int config_int(const JsonValue* root, const char* key, int* out, const char* path, char* err) {
-    int64_t v;
-    if (!json_get_int(root, key, &v) || v < 1 || v > 1 << 20)
-        return set_error(err, "%s: '%s' is missing or not a positive integer", path, key);
-    *out = (int)v;
-    return 0;
-}
-
 // An optional key must be absent, null, or (for booleans) the value SDXL uses.
 static int config_null(const JsonValue* root, const char* key, const char* path, char* err) {
     const JsonValue* v = json_get(root, key);
@@ -88,21 +80,23 @@ static int config_block_types(const JsonValue* root, const char* key, const char
     return 0;
 }
 
+// What the limits of single values cannot say: the widths split into the groups, and the
+// mid-block attention (one head as wide as the last level) fits attention_forward. A config made
+// in code rather than read (vae_load_with_config's) is held to the same limits here.
 static int config_check(const VaeConfig* c, const char* path, char* err) {
-    if (c->levels < 1 || c->levels > VAE_MAX_LEVELS || c->norm_num_groups < 1 || c->layers_per_block < 1 ||
-        c->latent_channels < 1 || c->in_channels < 1 || c->out_channels < 1)
-        return set_error(err, "%s: a VAE config needs 1 to %d levels and positive sizes", path, VAE_MAX_LEVELS);
+    int ok = c->levels >= 1 && c->levels <= VAE_MAX_LEVELS && c->layers_per_block >= 1 && c->layers_per_block < VAE_MAX_LAYERS &&
+             c->norm_num_groups >= 1 && c->norm_num_groups <= VAE_MAX_GROUPS && c->latent_channels >= 1 &&
+             c->latent_channels <= VAE_MAX_LATENT_CHANNELS && c->in_channels >= 1 && c->in_channels <= VAE_MAX_IO_CHANNELS &&
+             c->out_channels >= 1 && c->out_channels <= VAE_MAX_IO_CHANNELS;
+    for (int i = 0; ok && i < c->levels; i++) ok = c->block_out_channels[i] >= 1 && c->block_out_channels[i] <= VAE_MAX_CHANNELS;
+    if (!ok) return set_error(err, "%s: the VAE config is outside vae.h's limits", path);
     for (int i = 0; i < c->levels; i++)
         if (c->block_out_channels[i] % c->norm_num_groups != 0)
-            return set_error(err, "%s: block_out_channels[%d] = %d is not divisible by norm_num_groups %d", path, i,
+            return set_error(err, "%s: \"block_out_channels\"[%d] %d is not divisible by \"norm_num_groups\" %d", path, i,
                              c->block_out_channels[i], c->norm_num_groups);
-    if (c->layers_per_block + 1 > VAE_MAX_LAYERS)
-        return set_error(err, "%s: layers_per_block %d is more than vae.c allows (%d)", path, c->layers_per_block,
-                         VAE_MAX_LAYERS - 1);
-    // the mid-block attention is one head as wide as the last level
     if (c->block_out_channels[c->levels - 1] > ATTENTION_MAX_HS)
-        return set_error(err, "%s: the mid-block attention would have one head of %d > %d channels", path,
-                         c->block_out_channels[c->levels - 1], ATTENTION_MAX_HS);
+        return set_error(err, "%s: \"block_out_channels\"[%d] %d would make the mid-block attention one head of more than %d "
+                         "channels", path, c->levels - 1, c->block_out_channels[c->levels - 1], ATTENTION_MAX_HS);
     return 0;
 }
 
@@ -112,32 +106,22 @@ int vae_config_read(VaeConfig* cfg, const char* path, char* err) {
     if (json_read_file(&doc, path, err) != 0) return -1;
     const JsonValue* root = &doc.root;
     int rc = -1;
-    const JsonValue* boc = json_get(root, "block_out_channels");
     const char* act = json_get_string(root, "act_fn");
-    double scale;
+    double scale = 0;
     if (root->type != JSON_OBJECT) {
         set_error(err, "%s: not a JSON object", path);
-    } else if (!boc || boc->type != JSON_ARRAY || boc->length < 1 || boc->length > VAE_MAX_LEVELS) {
-        set_error(err, "%s: 'block_out_channels' must be a list of 1 to %d integers", path, VAE_MAX_LEVELS);
     } else if (!act || strcmp(act, "silu") != 0) {
         set_error(err, "%s: act_fn is '%s', the SDXL VAE uses 'silu'", path, act ? act : "(missing)");
-    } else if (!json_get_number(root, "scaling_factor", &scale) || !(scale > 0)) {
-        set_error(err, "%s: 'scaling_factor' is missing or not a positive number", path);
     } else {
-        cfg->levels = (int)boc->length;
+        rc = json_config_int_list(root, "block_out_channels", 1, VAE_MAX_CHANNELS, 1, VAE_MAX_LEVELS, cfg->block_out_channels,
+                                  &cfg->levels, path, err);
+        if (rc == 0) rc = json_config_number(root, "scaling_factor", VAE_MIN_SCALE, VAE_MAX_SCALE, &scale, path, err);
         cfg->scaling_factor = (float)scale;
-        rc = 0;
-        for (int i = 0; i < cfg->levels && rc == 0; i++) {
-            const JsonValue* v = &boc->items[i];
-            if (v->type != JSON_NUMBER || !v->is_integer || v->integer < 1 || v->integer > 1 << 20)
-                rc = set_error(err, "%s: block_out_channels[%d] is not a positive integer", path, i);
-            else cfg->block_out_channels[i] = (int)v->integer;
-        }
-        if (rc == 0) rc = config_int(root, "in_channels", &cfg->in_channels, path, err);
-        if (rc == 0) rc = config_int(root, "out_channels", &cfg->out_channels, path, err);
-        if (rc == 0) rc = config_int(root, "latent_channels", &cfg->latent_channels, path, err);
-        if (rc == 0) rc = config_int(root, "layers_per_block", &cfg->layers_per_block, path, err);
-        if (rc == 0) rc = config_int(root, "norm_num_groups", &cfg->norm_num_groups, path, err);
+        if (rc == 0) rc = json_config_int(root, "in_channels", 1, VAE_MAX_IO_CHANNELS, &cfg->in_channels, path, err);
+        if (rc == 0) rc = json_config_int(root, "out_channels", 1, VAE_MAX_IO_CHANNELS, &cfg->out_channels, path, err);
+        if (rc == 0) rc = json_config_int(root, "latent_channels", 1, VAE_MAX_LATENT_CHANNELS, &cfg->latent_channels, path, err);
+        if (rc == 0) rc = json_config_int(root, "layers_per_block", 1, VAE_MAX_LAYERS - 1, &cfg->layers_per_block, path, err);
+        if (rc == 0) rc = json_config_int(root, "norm_num_groups", 1, VAE_MAX_GROUPS, &cfg->norm_num_groups, path, err);
         if (rc == 0) rc = config_block_types(root, "down_block_types", "DownEncoderBlock2D", cfg->levels, path, err);
         if (rc == 0) rc = config_block_types(root, "up_block_types", "UpDecoderBlock2D", cfg->levels, path, err);
         // SDXL has no latent shift or normalisation (SD3/Flux VAEs do); refuse rather than ignore them
@@ -381,10 +365,14 @@ int vae_load_with_config(Vae* vae, const VaeConfig* cfg, const char* path, DType
     vae->config = *cfg;
     weights_init(&vae->weights, "vae", dtype);
     vae_build(vae, &vae->weights);  // pass 1: names, shapes, the module table
-    weights_allocate(&vae->weights);
-    vae_build(vae, &vae->weights);  // pass 2: pointers
-    weights_finish(&vae->weights);
-    int rc = weights_load_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    // every tensor checked against the file before the parameter memory is allocated
+    int rc = weights_check_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    if (rc == 0) {
+        weights_allocate(&vae->weights);
+        vae_build(vae, &vae->weights);  // pass 2: pointers
+        weights_finish(&vae->weights);
+        rc = weights_load_mapped(&vae->weights, &st, vae_key_map, &ctx, err);
+    }
     safetensors_close(&st);
     if (rc != 0) vae_free(vae);
     return rc;
@@ -621,7 +609,15 @@ static void vae_shapes(Vae* v, const VaeConfig* cfg, DType dtype) {
     vae_build(v, &v->weights);
 }
 
+// The sizes the byte counters can count for (vae.h); anything else is a caller's bug.
+static void check_counted_sizes(const char* who, int N, int H, int W, int max_side) {
+    if (N < 1 || N > VAE_MAX_BATCH || H < 1 || H > max_side || W < 1 || W > max_side)
+        fatal("%s: batch %d of %d x %d is outside what it counts (batch 1..%d, sides 1..%d)", who, N, H, W, VAE_MAX_BATCH,
+              max_side);
+}
+
 size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType dtype) {
+    check_counted_sizes("vae_decode_arena_bytes", N, h, w, VAE_MAX_SIDE >> (cfg->levels - 1)); // the image it decodes to
     Vae v;
     vae_shapes(&v, cfg, dtype);
     size_t base, scratch;
@@ -631,6 +627,7 @@ size_t vae_decode_arena_bytes(const VaeConfig* cfg, int N, int h, int w, DType d
 }
 
 size_t vae_encode_arena_bytes(const VaeConfig* cfg, int N, int H, int W, DType dtype) {
+    check_counted_sizes("vae_encode_arena_bytes", N, H, W, VAE_MAX_SIDE);
     Vae v;
     vae_shapes(&v, cfg, dtype);
     size_t base, scratch;

@@ -23,6 +23,23 @@
 #define VAE_MAX_LEVELS 8 // entries of block_out_channels (SDXL: 4)
 #define VAE_MAX_LAYERS 8 // resnets per level: layers_per_block (encoder), layers_per_block + 1 (decoder)
 
+// Limits on vae/config.json, checked as it is read, against SDXL's values with headroom. The VAE
+// works at full image resolution, so its widths are kept low enough that a level's activation of
+// a 4096 x 4096 image stays far from 2^63 bytes and its widest conv (3x3, C x C) under 2^31
+// elements.
+#define VAE_MAX_CHANNELS 2048       // block_out_channels: SDXL 128, 256, 512, 512 (4x)
+#define VAE_MAX_IO_CHANNELS 16      // in_channels, out_channels: SDXL 3 (RGB)
+#define VAE_MAX_LATENT_CHANNELS 64  // latent_channels: SDXL 4 (SD3 and Flux VAEs 16)
+#define VAE_MAX_GROUPS 1024         // norm_num_groups: SDXL 32
+// layers_per_block: SDXL 2, at most VAE_MAX_LAYERS - 1 (the decoder has one more per level)
+#define VAE_MIN_SCALE 1e-6          // scaling_factor: SDXL 0.13025 (SD 1.x 0.18215, SD3 1.5305)
+#define VAE_MAX_SCALE 1e3
+// The sizes vae_decode_arena_bytes and vae_encode_arena_bytes count for: batch N, images of at
+// most VAE_MAX_SIDE px a side (latents that decode to at most that). Far past what the commands allow
+// (4096 px), and small enough that no byte count comes near 2^63 under the limits above.
+#define VAE_MAX_BATCH 64
+#define VAE_MAX_SIDE 65536
+
 // The VAE's config.json, restricted to what SDXL uses (anything else is a one-line error).
 typedef struct {
     int in_channels, out_channels;        // image channels: 3, 3

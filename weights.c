@@ -24,15 +24,25 @@ void weights_free(Weights* w) {
     memset(w, 0, sizeof(*w));
 }
 
+// Elements of a parameter of this shape, or 0 when a dimension is below 1 or the tensor would
+// hold more than WEIGHTS_MAX_ELEMS (the model's config readers keep real shapes far below).
 static size_t shape_numel(int rank, const int64_t* shape) {
-    size_t n = 1;
-    for (int i = 0; i < rank; i++) n *= (size_t)shape[i];
-    return n;
+    uint64_t n = 1;
+    for (int i = 0; i < rank; i++) {
+        if (shape[i] < 1 || (uint64_t)shape[i] > WEIGHTS_MAX_ELEMS / n) return 0;
+        n *= (uint64_t)shape[i];
+    }
+    return (size_t)n;
 }
 
 void* weights_param(Weights* w, const char* name, int rank, const int64_t* shape) {
     if (rank < 1 || rank > WEIGHTS_MAX_RANK) fatal("%s: parameter '%s' has rank %d", w->what, name, rank);
     if (w->pass == 1) {
+        size_t numel = shape_numel(rank, shape);
+        char dims[128];
+        if (numel == 0)
+            fatal("%s: parameter '%s' has shape %s (every dimension must be 1 or more, the tensor at most 2^%d elements)",
+                  w->what, name, shape_string(dims, sizeof(dims), rank, shape), WEIGHTS_MAX_ELEMS_LOG2);
         if (strlen(name) >= WEIGHTS_NAME_MAX) fatal("%s: parameter name too long: %s", w->what, name);
         if (w->count == w->capacity) {
             w->capacity = w->capacity ? 2 * w->capacity : 256;
@@ -43,11 +53,14 @@ void* weights_param(Weights* w, const char* name, int rank, const int64_t* shape
         snprintf(p->name, sizeof(p->name), "%s", name);
         p->rank = rank;
         memcpy(p->shape, shape, sizeof(int64_t) * rank);
-        p->numel = shape_numel(rank, shape);
+        p->numel = numel;
         // each tensor starts on an ARENA_ALIGN boundary, like arena_alloc would place it
         size_t align = ARENA_ALIGN / dtype_size(w->dtype);
+        size_t padded = (numel + align - 1) / align * align;
+        if (padded > WEIGHTS_MAX_ELEMS - w->total)
+            fatal("%s: the parameters pass 2^%d elements at '%s'", w->what, WEIGHTS_MAX_ELEMS_LOG2, name);
         p->offset = w->total;
-        w->total += (p->numel + align - 1) / align * align;
+        w->total += padded;
         return NULL;
     }
     // pass 2: the same calls in the same order
@@ -59,7 +72,7 @@ void* weights_param(Weights* w, const char* name, int rank, const int64_t* shape
 
 void weights_allocate(Weights* w) {
     if (w->pass != 1) fatal("%s: weights_allocate called twice", w->what);
-    size_t es = dtype_size(w->dtype);
+    size_t es = dtype_size(w->dtype); // total <= 2^WEIGHTS_MAX_ELEMS_LOG2, so es * total cannot overflow
     arena_init(&w->arena, w->what, es * (w->total ? w->total : 1), backend_current() == BACKEND_CUDA);
     arena_alloc(&w->arena, es * w->total, "parameters");
     for (int i = 0; i < w->count; i++) w->params[i].data = w->arena.base + es * w->params[i].offset;
@@ -119,6 +132,45 @@ static int shapes_match(int ra, const int64_t* a, int rb, const int64_t* b) {
     return 1;
 }
 
+// Where parameter p is in the file, checked: the tensor exists, has a float dtype, and (after the
+// source's row slice or transpose) p's shape. Fills src and *t.
+static int check_param(const Weights* w, const Param* p, const SafeTensors* st, KeyMap map, void* ctx, ParamSource* src,
+                       const SafeTensor** t_out, char* err) {
+    if (map(p->name, src, ctx) != 0)
+        return set_error(err, "%s: no tensor in this format holds %s parameter '%s'", st->path, w->what, p->name);
+    const SafeTensor* t = safetensors_find(st, src->key);
+    if (!t) return set_error(err, "%s: missing tensor '%s'", st->path, src->key);
+    const char* file = st->files[t->file].path;
+    if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16)
+        return set_error(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", file, src->key, dtype_name(t->dtype));
+    int rank;
+    int64_t shape[SAFETENSORS_MAX_RANK];
+    source_shape(t, src, &rank, shape);
+    int rows_ok = src->row_end <= src->row_begin || (t->rank >= 1 && src->row_end <= t->shape[0]);
+    if (!rows_ok || !shapes_match(rank, shape, p->rank, p->shape)) {
+        char have[256], want[256];
+        return set_error(err, "%s: tensor '%s' has shape %s, expected %s%s", file, src->key,
+                         shape_string(have, sizeof(have), t->rank, t->shape), shape_string(want, sizeof(want), p->rank, p->shape),
+                         src->row_end > src->row_begin ? " (after taking its rows)" : "");
+    }
+    *t_out = t;
+    return 0;
+}
+
+int weights_check_mapped(const Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err) {
+    for (int i = 0; i < w->count; i++) {
+        ParamSource src;
+        const SafeTensor* t;
+        if (check_param(w, &w->params[i], st, map, ctx, &src, &t, err) != 0) return -1;
+    }
+    return 0;
+}
+
+int weights_check(const Weights* w, const SafeTensors* st, const char* prefix, char* err) {
+    PrefixCtx ctx = {prefix};
+    return weights_check_mapped(w, st, prefix_map, &ctx, err);
+}
+
 int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err) {
     if (w->pass != 2) fatal("%s: weights_load before weights_allocate", w->what);
     size_t staging_n = 0;
@@ -132,31 +184,8 @@ int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx
     for (int i = 0; i < w->count && rc == 0; i++) {
         Param* p = &w->params[i];
         ParamSource src;
-        if (map(p->name, &src, ctx) != 0) {
-            rc = set_error(err, "%s: no tensor in this format holds %s parameter '%s'", st->path, w->what, p->name);
-            break;
-        }
-        const SafeTensor* t = safetensors_find(st, src.key);
-        if (!t) {
-            rc = set_error(err, "%s: missing tensor '%s'", st->path, src.key);
-            break;
-        }
-        const char* file = st->files[t->file].path;
-        if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16) {
-            rc = set_error(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", file, src.key, dtype_name(t->dtype));
-            break;
-        }
-        int rank;
-        int64_t shape[SAFETENSORS_MAX_RANK];
-        source_shape(t, &src, &rank, shape);
-        int rows_ok = src.row_end <= src.row_begin || (t->rank >= 1 && src.row_end <= t->shape[0]);
-        if (!rows_ok || !shapes_match(rank, shape, p->rank, p->shape)) {
-            char have[256], want[256];
-            rc = set_error(err, "%s: tensor '%s' has shape %s, expected %s%s", file, src.key,
-                           shape_string(have, sizeof(have), t->rank, t->shape), shape_string(want, sizeof(want), p->rank, p->shape),
-                           src.row_end > src.row_begin ? " (after taking its rows)" : "");
-            break;
-        }
+        const SafeTensor* t;
+        if ((rc = check_param(w, p, st, map, ctx, &src, &t, err)) != 0) break;
         if (!src.transpose && src.row_end <= src.row_begin) {
             convert_to_f32(staging, t->data, t->dtype, p->numel);
         } else {

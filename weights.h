@@ -7,6 +7,7 @@
 //
 //   weights_init(&w, "unet", DT_F16);
 //   unet_build(&unet, &w);   // pass 1: records names and shapes, hands out NULL
+//   weights_check(&w, &st, "", err); // every tensor in the file, with its shape, before any memory
 //   weights_allocate(&w);    // one arena on the current backend, sized from pass 1
 //   unet_build(&unet, &w);   // pass 2: the same calls, now handing out pointers into the arena
 //   weights_finish(&w);      // checks pass 2 asked for exactly what pass 1 did
@@ -26,6 +27,12 @@
 
 #define WEIGHTS_MAX_RANK 4
 #define WEIGHTS_NAME_MAX 200
+// The most elements one model's parameters may total (and so any one of them): 2^40, 400 times
+// SDXL's 2.6e9, and small enough that bytes = elements x 8 can never overflow a size_t. The config
+// readers' limits keep real models far below; weights_param refuses a shape past it (or with a
+// dimension below 1) as a programming error.
+#define WEIGHTS_MAX_ELEMS_LOG2 40
+#define WEIGHTS_MAX_ELEMS ((size_t)1 << WEIGHTS_MAX_ELEMS_LOG2)
 
 typedef struct {
     char name[WEIGHTS_NAME_MAX]; // internal name
@@ -72,6 +79,12 @@ typedef int (*KeyMap)(const char* name, ParamSource* src, void* ctx);
 int weights_load(Weights* w, const SafeTensors* st, const char* prefix, char* err);
 // key from map(name): other layouts.
 int weights_load_mapped(Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err);
+// The checks weights_load makes (every parameter present, of a float dtype and its shape), without
+// reading anything. Loaders call it after the first build pass and before weights_allocate, so a
+// config describing a model bigger than its file is a one-line shape error, not an allocation of
+// the size the config asks for.
+int weights_check(const Weights* w, const SafeTensors* st, const char* prefix, char* err);
+int weights_check_mapped(const Weights* w, const SafeTensors* st, KeyMap map, void* ctx, char* err);
 
 // Deterministic random values for weight-free runs: biases 0, norm scales 1, other tensors
 // uniform in +-1/sqrt(fan_in) (fan_in = numel / shape[0]), as PyTorch's default init bounds.

@@ -100,13 +100,15 @@ static const char* const COCO[YOLO_COCO_CLASSES]; // the class names, at the end
 static int config_finish(YoloConfig* cfg, const char* where, char* err) {
     if (cfg->nc < 1 || cfg->nc > YOLO_MAX_NC) return set_error(err, "%s: nc %d is outside 1..%d", where, cfg->nc, YOLO_MAX_NC);
     // reg_max 1 makes ultralytics' DFL an Identity (no distribution); YOLOv8 checkpoints all use 16
-    if (cfg->reg_max < 2 || cfg->reg_max > 256) return set_error(err, "%s: reg_max %d is not supported (YOLOv8 uses 16)", where, cfg->reg_max);
+    if (cfg->reg_max < 2 || cfg->reg_max > YOLO_MAX_REG_MAX)
+        return set_error(err, "%s: reg_max %d is not supported (YOLOv8 uses 16)", where, cfg->reg_max);
     for (int i = 0; i < YOLO_LAYERS; i++) {
         const YamlRow* r = &YAML[i];
         if (r->kind == LAYER_UPSAMPLE) cfg->out[i] = cfg->out[i - 1];
         if (r->kind == LAYER_CONCAT) cfg->out[i] = cfg->out[i - 1] + cfg->out[r->cat_with];
         if (r->kind == LAYER_DETECT) cfg->out[i] = 0;
-        if (r->kind != LAYER_DETECT && (cfg->out[i] < 2 || cfg->out[i] % 2 != 0 || cfg->out[i] > 1 << 16))
+        int widest = r->kind == LAYER_CONCAT ? 2 * YOLO_MAX_CHANNELS : YOLO_MAX_CHANNELS;
+        if (r->kind != LAYER_DETECT && (cfg->out[i] < 2 || cfg->out[i] % 2 != 0 || cfg->out[i] > widest))
             return set_error(err, "%s: layer %d would have %d channels", where, i, cfg->out[i]);
         if (r->kind == LAYER_C2F && (cfg->n[i] < 1 || cfg->n[i] > YOLO_MAX_REPEATS))
             return set_error(err, "%s: layer %d would have %d Bottlenecks (1..%d supported)", where, i, cfg->n[i], YOLO_MAX_REPEATS);
@@ -124,7 +126,7 @@ int yolo_config_from_scale(YoloConfig* cfg, const char* scale, double depth, dou
                            int reg_max, char* err) {
     memset(cfg, 0, sizeof(*cfg));
     snprintf(cfg->scale, sizeof(cfg->scale), "%s", scale ? scale : "");
-    if (!(depth > 0 && depth <= 16) || !(width > 0 && width <= 16) || max_channels < 8)
+    if (!(depth > 0 && depth <= YOLO_MAX_MULTIPLE) || !(width > 0 && width <= YOLO_MAX_MULTIPLE) || max_channels < 8)
         return set_error(err, "yolo scale '%s': depth %g, width %g, max_channels %d are not usable", cfg->scale, depth, width,
                          max_channels);
     cfg->depth = depth;
@@ -166,7 +168,7 @@ int yolo_config_from_tensors(YoloConfig* cfg, const SafeTensors* st, char* err) 
         else continue;
         int64_t c = tensor_dim(st, name, 0);
         if (c < 1) return set_error(err, "%s: missing tensor '%s' (the architecture is read from the shapes)", st->path, name);
-        cfg->out[i] = (int)c;
+        cfg->out[i] = c > YOLO_MAX_CHANNELS ? YOLO_MAX_CHANNELS + 2 : (int)c; // config_finish names what is too wide
         if (r->kind == LAYER_C2F) {
             int n = 0;
             while (n <= YOLO_MAX_REPEATS && tensor_dim(st, name_fmt(name, "model.%d.m.%d.cv1.conv.weight", i, n), 0) > 0) n++;
@@ -176,8 +178,8 @@ int yolo_config_from_tensors(YoloConfig* cfg, const SafeTensors* st, char* err) 
     int64_t nc = tensor_dim(st, "model.22.cv3.0.2.weight", 0), bins = tensor_dim(st, "model.22.dfl.conv.weight", 1);
     if (nc < 1) return set_error(err, "%s: missing tensor 'model.22.cv3.0.2.weight' (the architecture is read from the shapes)", st->path);
     if (bins < 1) return set_error(err, "%s: missing tensor 'model.22.dfl.conv.weight' (the architecture is read from the shapes)", st->path);
-    cfg->nc = nc > YOLO_MAX_NC ? YOLO_MAX_NC + 1 : (int)nc;
-    cfg->reg_max = (int)bins;
+    cfg->nc = nc > YOLO_MAX_NC ? YOLO_MAX_NC + 1 : (int)nc; // config_finish refuses these
+    cfg->reg_max = bins > YOLO_MAX_REG_MAX ? YOLO_MAX_REG_MAX + 1 : (int)bins;
     return config_finish(cfg, st->path, err);
 }
 
@@ -256,6 +258,24 @@ static int is_folded_conv(const Weights* w, int i, char* prefix) {
 }
 
 static const char* const BN_PARTS[4] = {"weight", "bias", "running_mean", "running_var"};
+
+// Every tensor load_params will read, checked for presence, shape and dtype while the table is
+// still only declared (pass 1), so a model the file does not hold is refused before its memory
+// is allocated.
+static int check_params(const Weights* w, const SafeTensors* st, char* err) {
+    char prefix[NAME_MAX_LEN], name[NAME_MAX_LEN + 32];
+    for (int i = 0; i < w->count; i++) {
+        const Param* p = &w->params[i];
+        if (safetensors_check_f32(st, p->name, p->rank, p->shape, err) != 0) return -1;
+        if (!is_folded_conv(w, i, prefix)) continue;
+        for (int k = 0; k < 4; k++) { // BatchNorm's (C) vectors
+            snprintf(name, sizeof(name), "%s.bn.%s", prefix, BN_PARTS[k]);
+            if (safetensors_check_f32(st, name, 1, p->shape, err) != 0) return -1;
+        }
+        i++; // the folded bias is not in the file
+    }
+    return 0;
+}
 
 // Reads every parameter, folding each Conv's BatchNorm as torch.nn.utils.fusion.fuse_conv_bn_weights
 // does (in f32, the same operation order):
@@ -337,7 +357,7 @@ void yolo_checkpoint_keys(const YoloConfig* cfg, void (*fn)(void* ctx, const cha
 // ----------------------------------------------------------------------------
 // Loading
 
-// A metadata value as a number; 0 when absent, -1 when present but not a number.
+// A metadata value as a real number: 0 when absent, -1 when present but not a number.
 static int meta_number(const SafeTensors* st, const char* key, double* out) {
     const char* s = safetensors_metadata(st, key);
     if (!s) return 0;
@@ -346,21 +366,30 @@ static int meta_number(const SafeTensors* st, const char* key, double* out) {
     return end != s && *end == '\0' ? 1 : -1;
 }
 
+// The metadata written by scripts/convert_yolo.py: the scale's multiples (real numbers) and its
+// integers (read by json.h's rules: an integer literal in range, so "80.5" or "1e9" classes are
+// refused rather than cast).
 static int read_config(YoloConfig* cfg, const SafeTensors* st, char* err) {
     const char* arch = safetensors_metadata(st, "architecture");
     if (arch && strcmp(arch, "yolov8-detect") != 0)
         return set_error(err, "%s: architecture '%s', expected 'yolov8-detect' (scripts/convert_yolo.py)", st->path, arch);
-    double depth, width, maxc, nc, reg_max;
+    double depth, width;
     int has = meta_number(st, "depth_multiple", &depth);
     if (has == 0) return yolo_config_from_tensors(cfg, st, err); // no metadata: read the shapes
-    if (has < 0 || meta_number(st, "width_multiple", &width) != 1 || meta_number(st, "max_channels", &maxc) != 1 ||
-        meta_number(st, "nc", &nc) != 1 || meta_number(st, "reg_max", &reg_max) != 1)
-        return set_error(err, "%s: metadata needs numeric depth_multiple, width_multiple, max_channels, nc, reg_max", st->path);
+    if (has < 0 || meta_number(st, "width_multiple", &width) != 1)
+        return set_error(err, "%s: metadata needs numeric depth_multiple and width_multiple", st->path);
+    int64_t maxc, nc, reg_max;
+    if (json_config_int_text(safetensors_metadata(st, "max_channels"), "metadata \"max_channels\"", 8, 1 << 20, &maxc, st->path,
+                             err) != 0 ||
+        json_config_int_text(safetensors_metadata(st, "nc"), "metadata \"nc\"", 1, YOLO_MAX_NC, &nc, st->path, err) != 0 ||
+        json_config_int_text(safetensors_metadata(st, "reg_max"), "metadata \"reg_max\"", 2, YOLO_MAX_REG_MAX, &reg_max,
+                             st->path, err) != 0)
+        return -1;
     double eps;
     if (meta_number(st, "bn_eps", &eps) == 1 && fabs(eps - YOLO_BN_EPS) > 1e-9)
         return set_error(err, "%s: bn_eps %g, yolo.c folds BatchNorm with ultralytics' 1e-3", st->path, eps);
     const char* scale = safetensors_metadata(st, "scale");
-    int rc = yolo_config_from_scale(cfg, scale, depth, width, maxc > 1 << 30 ? 1 << 30 : (int)maxc, (int)nc, (int)reg_max, err);
+    int rc = yolo_config_from_scale(cfg, scale, depth, width, (int)maxc, (int)nc, (int)reg_max, err);
     if (rc != 0) {
         char inner[ERR_MAX];
         snprintf(inner, sizeof(inner), "%s", err);
@@ -412,6 +441,9 @@ int yolo_load(Yolo* y, const char* path, char* err) {
         y->backend = backend_current();
         weights_init(&y->weights, "yolo", DT_F32);
         yolo_build(y, &y->weights); // pass 1: names and shapes
+        rc = check_params(&y->weights, &st, err);
+    }
+    if (rc == 0) {
         weights_allocate(&y->weights);
         yolo_build(y, &y->weights); // pass 2: pointers
         weights_finish(&y->weights);

@@ -28,6 +28,9 @@
 #define YOLO_LEVELS 3        // Detect inputs P3, P4, P5 (strides 8, 16, 32)
 #define YOLO_MAX_REPEATS 32  // Bottlenecks per C2f (yolov8l/x: 6)
 #define YOLO_MAX_NC 4096     // classes we accept from a checkpoint (COCO: 80)
+#define YOLO_MAX_CHANNELS 4096 // a Conv, C2f or SPPF layer's output channels (yolov8x's widest: 640)
+#define YOLO_MAX_REG_MAX 256 // DFL bins per box side (every YOLOv8: 16)
+#define YOLO_MAX_MULTIPLE 16.0 // depth_multiple, width_multiple (yolov8x: 1.0, 1.25)
 #define YOLO_NAME_MAX 64     // bytes of a class name, NUL included
 #define YOLO_COCO_CLASSES 80
 

@@ -1,11 +1,13 @@
 // tests/check.c: comparison helpers, golden-file access and per-test bookkeeping. See check.h.
 #include "check.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common.h"
 #include "../ops.h"
@@ -266,4 +268,212 @@ void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DT
     free(got);
     free(want_f32);
     free(want);
+}
+
+// ----------------------------------------------------------------------------
+// Config-file tests
+
+int test_temp_dir(char* out, size_t cap, const char* tag) {
+    const char* tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(out, cap, "%s/sdxl_%s_XXXXXX", tmp, tag);
+    return check_true(mkdtemp(out) != NULL, "temporary folder %s", out);
+}
+
+void test_temp_dir_remove(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return;
+    struct dirent* e;
+    char path[4400];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if (path_is_dir(path)) test_temp_dir_remove(path);
+        else unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+int copy_tree(const char* src, const char* dst) {
+    DIR* d = opendir(src);
+    char err[ERR_MAX];
+    if (!check_true(d != NULL && make_dirs(dst, err) == 0, "copy %s to %s", src, dst)) {
+        if (d) closedir(d);
+        return 0;
+    }
+    struct dirent* e;
+    int ok = 1;
+    while (ok && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char from[4400], to[4400];
+        snprintf(from, sizeof(from), "%s/%s", src, e->d_name);
+        snprintf(to, sizeof(to), "%s/%s", dst, e->d_name);
+        if (path_is_dir(from)) {
+            ok = copy_tree(from, to);
+            continue;
+        }
+        uint8_t* data;
+        size_t size;
+        ok = read_file(from, &data, &size, err) == 0;
+        if (ok) {
+            ok = write_file_atomic(to, data, size, err) == 0;
+            free(data);
+        }
+        if (!ok) check_true(0, "copy %s: %s", from, err);
+    }
+    closedir(d);
+    return ok;
+}
+
+// The end of the JSON value starting at s[i] (strings, nesting and escapes followed; the file is
+// a valid config, so no other checking is needed).
+static size_t skip_json_value(const char* s, size_t i) {
+    int depth = 0, in_string = 0;
+    for (; s[i]; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\') i++;
+            else if (c == '"') {
+                in_string = 0;
+                if (depth == 0) return i + 1;
+            }
+        } else if (c == '"') in_string = 1;
+        else if (c == '[' || c == '{') depth++;
+        else if (c == ']' || c == '}') {
+            if (depth == 0) return i; // the end of the enclosing object
+            if (--depth == 0) return i + 1;
+        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t')) return i;
+    }
+    return i;
+}
+
+static size_t skip_blank(const char* s, size_t i) {
+    while (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t') i++;
+    return i;
+}
+
+// Finds member `key` of the object whose '{' is at s[obj]: *name_at (its opening quote), *value_at
+// and *value_end. Returns 0 when absent.
+static int find_member(const char* s, size_t obj, const char* key, size_t* name_at, size_t* value_at, size_t* value_end) {
+    size_t i = skip_blank(s, obj + 1), klen = strlen(key);
+    while (s[i] == '"') {
+        size_t name_end = skip_json_value(s, i);
+        size_t v = skip_blank(s, skip_blank(s, name_end) + 1); // past the ':'
+        size_t e = skip_json_value(s, v);
+        if (name_end - i == klen + 2 && strncmp(s + i + 1, key, klen) == 0) {
+            *name_at = i;
+            *value_at = v;
+            *value_end = e;
+            return 1;
+        }
+        i = skip_blank(s, e);
+        if (s[i] == ',') i = skip_blank(s, i + 1);
+    }
+    return 0;
+}
+
+int json_file_edit(const char* src, const char* dst, const char* key, const char* value) {
+    uint8_t* data;
+    size_t size;
+    char err[ERR_MAX];
+    if (!check_true(read_file(src, &data, &size, err) == 0, "read %s", src)) return 0;
+    const char* s = (const char*)data;
+    size_t obj = skip_blank(s, 0), name_at, v, e;
+    const char* dot = strchr(key, '.');
+    char outer[128];
+    if (dot) { // the member object to edit inside
+        snprintf(outer, sizeof(outer), "%.*s", (int)(dot - key), key);
+        key = dot + 1;
+        if (!find_member(s, obj, outer, &name_at, &v, &e) || s[v] != '{') {
+            free(data);
+            return check_true(0, "%s has an object \"%s\"", src, outer);
+        }
+        obj = v;
+    }
+    StrBuf out = {0};
+    if (find_member(s, obj, key, &name_at, &v, &e)) {
+        if (value) { // replace the value
+            strbuf_append(&out, s, v);
+            strbuf_cat(&out, value);
+            strbuf_cat(&out, s + e);
+        } else { // remove the member and its comma (after it, or before it when it is the last)
+            size_t after = skip_blank(s, e);
+            if (s[after] == ',') {
+                strbuf_append(&out, s, name_at);
+                strbuf_cat(&out, s + skip_blank(s, after + 1));
+            } else {
+                size_t before = name_at;
+                while (before > obj + 1 && s[before - 1] != ',') before--;
+                strbuf_append(&out, s, before > obj + 1 ? before - 1 : name_at);
+                strbuf_cat(&out, s + after);
+            }
+        }
+    } else if (value) { // add it first
+        strbuf_append(&out, s, obj + 1);
+        strbuf_printf(&out, "\"%s\": %s, ", key, value);
+        strbuf_cat(&out, s + obj + 1);
+    } else {
+        strbuf_cat(&out, s);
+    }
+    free(data);
+    int ok = check_true(write_file_atomic(dst, out.s, out.len, err) == 0, "write %s", dst);
+    free(out.s);
+    return ok;
+}
+
+int expect_config_error(int rc, const char* err, const char* path, const char* key, const char* what) {
+    char quoted[160];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    printf("    %s -> %s\n", what, rc ? err : "(accepted)");
+    return check_true(rc != 0 && strstr(err, path) && strstr(err, quoted) && !strchr(err, '\n'),
+                      "%s: refused in one line naming the file and \"%s\"", what, key);
+}
+
+int expect_value_refused(ConfigReader read, const char* src, const char* dst, const char* key, const char* value) {
+    if (!json_file_edit(src, dst, key, value)) return 0;
+    char err[ERR_MAX] = "", what[600];
+    const char* dot = strchr(key, '.');
+    snprintf(what, sizeof(what), "%s: %s", key, value ? value : "(removed)");
+    return expect_config_error(read(dst, err), err, dst, dot ? dot + 1 : key, what);
+}
+
+void expect_ints_refused(ConfigReader read, const char* src, const char* dst, const char* key, const char* pattern,
+                         int zero_ok) {
+    static const char* const bad[] = {"1000000000", "-16", "4294967312", "99999999999999999999", "\"16\"", "1e9", "16.0",
+                                      "true", "0"};
+    int n = (int)(sizeof(bad) / sizeof(bad[0])) - (zero_ok ? 1 : 0);
+    for (int i = 0; i < n; i++) {
+        char value[256];
+        snprintf(value, sizeof(value), pattern, bad[i]);
+        expect_value_refused(read, src, dst, key, value);
+    }
+}
+
+int safetensors_copy_edited(const char* src, const char* dst, const char* meta_key, const char* meta_value,
+                            const SafeTensorOut* replace) {
+    SafeTensors st;
+    char err[ERR_MAX];
+    if (!check_true(safetensors_open(&st, src, err) == 0, "open %s: %s", src, err)) return 0;
+    SafeTensorOut* out = xcalloc((size_t)st.count + 1, sizeof(SafeTensorOut));
+    for (int i = 0; i < st.count; i++) {
+        const SafeTensor* t = &st.tensors[i];
+        out[i] = (SafeTensorOut){t->name, t->dtype, t->rank, {0}, t->data};
+        memcpy(out[i].shape, t->shape, sizeof(int64_t) * (size_t)t->rank);
+        if (replace && strcmp(t->name, replace->name) == 0) out[i] = *replace;
+    }
+    const char** keys = xcalloc((size_t)st.meta_count + 2, sizeof(char*));
+    const char** values = xcalloc((size_t)st.meta_count + 2, sizeof(char*));
+    int n = 0, found = 0;
+    for (int i = 0; i < st.meta_count; i++, n++) {
+        keys[n] = st.meta_keys[i];
+        found |= meta_key && strcmp(keys[n], meta_key) == 0;
+        values[n] = meta_key && strcmp(keys[n], meta_key) == 0 ? meta_value : st.meta_values[i];
+    }
+    if (meta_key && !found) keys[n] = meta_key, values[n++] = meta_value;
+    int ok = check_true(safetensors_write(dst, out, st.count, keys, values, n, err) == 0, "write %s: %s", dst, err);
+    free(keys);
+    free(values);
+    free(out);
+    safetensors_close(&st);
+    return ok;
 }

@@ -73,6 +73,40 @@ float* rounded(const float* x, size_t n, DType dt);
 // bit for bit (the 16-bit contract of ops.h); frees got and want_f32.
 void expect_rounded(const char* label, float* got, float* want_f32, size_t n, DType dt);
 
+// ---- config-file tests
+// A fresh empty folder under $TMPDIR (or /tmp) named sdxl_<tag>_XXXXXX, into out; 0 on failure
+// (the test is failed). test_temp_dir_remove deletes it with everything in it.
+int test_temp_dir(char* out, size_t cap, const char* tag);
+void test_temp_dir_remove(const char* dir); // with the folders in it
+// Copies the folder src (files and sub-folders) to dst, creating it. Returns 1, or 0 (test failed).
+int copy_tree(const char* src, const char* dst);
+// Copies the JSON file src to dst with one member changed: `key` (a top-level member, or
+// "outer.key" for a member of the object "outer") set to the JSON text `value`, added when
+// absent, removed when value is NULL. The rest of the file is copied byte for byte. Returns 1, or
+// 0 (test failed) when src is unreadable or has no such object.
+int json_file_edit(const char* src, const char* dst, const char* key, const char* value);
+// A config reader's result: it must have failed (rc != 0) with one line that names `path` and
+// `key` (as it appears in the message, quoted). Prints the message. Returns 1 when so.
+int expect_config_error(int rc, const char* err, const char* path, const char* key, const char* what);
+
+// Copies the safetensors file src to dst with, where given, the __metadata__ value meta_key set
+// to meta_value (added when absent) and the tensor named replace->name replaced by *replace (its
+// dtype, shape and data). Returns 1, or 0 (test failed).
+int safetensors_copy_edited(const char* src, const char* dst, const char* meta_key, const char* meta_value,
+                            const SafeTensorOut* replace);
+
+// A config reader under test: reads the file at path; 0, or -1 with err filled.
+typedef int (*ConfigReader)(const char* path, char* err);
+// Writes src to dst with `key` set, in turn, to each value an integer key must refuse, put in
+// `pattern` ("%s" for the key itself, "[1, 2, %s]" for a list entry): 1000000000, -16,
+// 4294967312 (16 past 2^32), 99999999999999999999 (past int64), "16" (a string), 1e9 and 16.0
+// (not integer literals), true, and also 0 unless zero_ok. Each must make read fail with one line
+// naming dst and the key.
+void expect_ints_refused(ConfigReader read, const char* src, const char* dst, const char* key, const char* pattern,
+                         int zero_ok);
+// The same with one value; returns 1 when refused as described.
+int expect_value_refused(ConfigReader read, const char* src, const char* dst, const char* key, const char* value);
+
 // Each tests/test_<area>.c exports one NULL-terminated table of its tests, listed in run_tests.c.
 typedef struct {
     const char* name;

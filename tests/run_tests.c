@@ -20,14 +20,21 @@
 
 extern const TestCase tests_json[], tests_safetensors[], tests_tensor[], tests_rng[], tests_gemm[], tests_ops[],
     tests_png[], tests_tokenizer[], tests_sample[], tests_vae[], tests_sdxl[], tests_lora[], tests_pipeline[], tests_cli[], tests_image[],
-    tests_clip_vision[], tests_yolo[], tests_blip[], tests_eval[], tests_optim[], tests_jpeg[], tests_backward[], tests_train[], tests_plot[];
+    tests_clip_vision[], tests_yolo[], tests_blip[], tests_eval[], tests_optim[], tests_jpeg[], tests_backward[], tests_train[], tests_plot[],
+    tests_config[];
 
 static const TestCase* const all_tables[] = {tests_json, tests_safetensors, tests_tensor,    tests_rng,
                                             tests_gemm, tests_ops,         tests_png,       tests_tokenizer,
                                             tests_sample, tests_vae,       tests_sdxl,      tests_lora,
                                             tests_pipeline, tests_cli,     tests_image,     tests_clip_vision,
                                             tests_yolo,   tests_blip,    tests_eval,      tests_optim,
-                                            tests_jpeg,   tests_backward, tests_train,    tests_plot};
+                                            tests_jpeg,   tests_backward, tests_train,    tests_plot,
+                                            tests_config};
+
+// Under ASan (make debug), a request the allocator cannot meet returns NULL, as malloc does, rather
+// than aborting: the tests check that our code reports it (tensor_fatal_errors_are_one_line).
+const char* __asan_default_options(void);
+const char* __asan_default_options(void) { return "allocator_may_return_null=1"; }
 
 static int selected(const char* name, int argc, char** argv, int first_filter) {
     if (first_filter >= argc) return 1;

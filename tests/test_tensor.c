@@ -96,12 +96,44 @@ static void overflow_an_arena(void) {
 
 static void open_a_missing_file(void) { xfopen("no/such/file.bin", "rb"); }
 
+// Arenas too large to exist: one that rounding up to ARENA_ALIGN would wrap to a few bytes, and
+// one of 2^62 bytes that the allocator refuses.
+static void init_a_wrapping_arena(void) {
+    Arena a;
+    arena_init(&a, "wrapping arena", SIZE_MAX - 16, 0);
+    arena_floats(&a, 1000, "a few floats"); // reached only if the request became a tiny buffer
+}
+
+static void init_a_huge_arena(void) {
+    Arena a;
+    arena_init(&a, "huge arena", (size_t)1 << 62, 0);
+}
+
+static void count_floats_past_size_t(void) {
+    Arena a;
+    arena_init(&a, "small arena", 1024, 0);
+    arena_floats(&a, SIZE_MAX / 2, "too many floats"); // count * 4 wraps to a small number of bytes
+}
+
 static void test_tensor_fatal_errors_are_one_line(void) {
     char text[1024];
     int status = run_child(overflow_an_arena, text, sizeof(text));
     check_true(status == 1, "arena overflow exits with status 1 (got %d)", status);
     check_true(strncmp(text, "error: arena 'small arena' is full: too many floats", 51) == 0 && strchr(text, '\n') == text + strlen(text) - 1,
                "one line naming the arena and the request: %.*s", (int)strcspn(text, "\n"), text);
+    status = run_child(init_a_wrapping_arena, text, sizeof(text));
+    check_true(status == 1 && strstr(text, "error: out of memory: arena 'wrapping arena' needs") == text &&
+                   strchr(text, '\n') == text + strlen(text) - 1,
+               "an arena of SIZE_MAX - 16 bytes: %.*s", (int)strcspn(text, "\n"), text);
+    status = run_child(init_a_huge_arena, text, sizeof(text));
+    // under ASan (make debug) the sanitizer adds a "==pid==WARNING: ... failed to allocate" line first
+    const char* ours = strstr(text, "error: out of memory: arena 'huge arena' needs 4611686018427387904 bytes");
+    check_true(status == 1 && ours && (ours == text || strncmp(text, "==", 2) == 0) &&
+                   strchr(ours, '\n') == text + strlen(text) - 1,
+               "an arena of 2^62 bytes: %.*s", ours ? (int)strcspn(ours, "\n") : 0, ours ? ours : "");
+    status = run_child(count_floats_past_size_t, text, sizeof(text));
+    check_true(status == 1 && strstr(text, "error: arena 'small arena' is full: too many floats") == text,
+               "SIZE_MAX / 2 floats: %.*s", (int)strcspn(text, "\n"), text);
     status = run_child(open_a_missing_file, text, sizeof(text));
     check_true(status == 1 && strstr(text, "error: no/such/file.bin: No such file") == text, "missing file: %.*s",
                (int)strcspn(text, "\n"), text);

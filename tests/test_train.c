@@ -5,6 +5,7 @@
 // preprocessed pixels of both modes against tests/golden/data (scripts/make_golden_data.py:
 // torchvision's Resize(LANCZOS) + CenterCrop + ToTensor + Normalize for the diffusers-compatible
 // mode, kohya's buckets with a PIL cover-resize and centre trim for the other).
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -726,6 +727,55 @@ static void test_resume_bit_exact(void) {
                "resume with another lr -> %s", rc ? err : "(accepted)");
 }
 
+// A checkpoint's state damaged in each way that would index past the data, the batch buffers or
+// the generator's state, or feed the loss scaler nonsense, is refused with one line naming the
+// file and what is wrong, before any step runs.
+static void test_resume_refuses_damaged_state(void) {
+    if (!make_run_dataset()) return;
+    system("rm -rf " RUN_DIR "/e*");
+    char err[ERR_MAX] = "";
+    TrainConfig c = tiny_run(RUN_DIR "/e.safetensors");
+    c.stop_after = 2;
+    if (!ran_ok(train_run(&c, err), err, "a run stopped at its step-2 checkpoint")) return;
+    const char* dir = RUN_DIR "/e.safetensors.checkpoints/checkpoint-000002";
+    const char* state = RUN_DIR "/e.safetensors.checkpoints/checkpoint-000002/state.safetensors";
+    const char* saved = RUN_DIR "/e_state.safetensors";
+    uint8_t* data;
+    size_t size;
+    if (!ran_ok(read_file(state, &data, &size, err), err, "read the checkpoint")) return;
+    write_file_atomic(saved, data, size, err);
+    free(data);
+    int64_t order_i8_data[1] = {0}, misc_bad[3] = {1, 5000, 0};
+    int32_t sizes_big[1] = {1000};
+    struct {
+        const char* what;
+        const char* meta_key;
+        const char* meta_value;
+        SafeTensorOut tensor;
+        const char* needle;
+    } cases[] = {
+        {"batch_pos past the batches", "batch_pos", "99999", {NULL}, "\"batch_pos\""},
+        {"a negative step", "step", "-5", {NULL}, "\"step\""},
+        {"a step written as 1e9", "step", "1e9", {NULL}, "\"step\""},
+        {"updates past the steps", "updates", "4294967312", {NULL}, "\"updates\""},
+        {"a NaN loss scale", "scaler.scale", "nan", {NULL}, "\"scaler.scale\""},
+        {"a batch of 1000", NULL, NULL, {"epoch.batch_sizes", DT_I32, 1, {1}, sizes_big}, "batch 0 has 1000 items"},
+        {"the order as I8", NULL, NULL, {"epoch.order", DT_I8, 1, {1}, order_i8_data}, "epoch.order (I64)"},
+        {"the generator past its state", NULL, NULL, {"rng.order.misc", DT_I64, 1, {3}, misc_bad}, "rng.order generator state"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (!safetensors_copy_edited(saved, state, cases[i].meta_key, cases[i].meta_value,
+                                     cases[i].tensor.name ? &cases[i].tensor : NULL))
+            continue;
+        TrainConfig r = tiny_run(RUN_DIR "/e.safetensors");
+        r.resume = dir;
+        int rc = train_run(&r, err);
+        printf("    %s -> %s\n", cases[i].what, rc ? err : "(resumed)");
+        check_true(rc == -1 && strstr(err, state) && strstr(err, cases[i].needle) && !strchr(err, '\n'), "%s is refused",
+                   cases[i].what);
+    }
+}
+
 // `sdxl train` killed with SIGKILL at whatever point it has reached once its third checkpoint
 // exists (mid-step, or mid-way through writing the next checkpoint, its log or its LoRA), then
 // `--resume latest`, ends exactly as the uninterrupted run: every CSV row but the seconds, and the
@@ -826,6 +876,30 @@ static void test_training_lowers_loss(void) {
 
 // The second run reads every latent and text embedding from the cache (no new entries) and trains
 // to the same bytes as a run that caches nothing; another resolution makes new latent entries.
+// Rewrites every latent entry of a cache folder wrongly but readably: by turns a (4, 1, 1) posterior
+// and time_ids whose target size is 1e30. Returns how many it rewrote.
+static int damage_latent_cache(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return 0;
+    struct dirent* e;
+    int n = 0;
+    float tiny[4] = {0, 0, 0, 0}, ids[6] = {64, 64, 0, 0, 1e30f, 1e30f};
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "latents-", 8) != 0) continue;
+        char path[4400], tmp[4400];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        snprintf(tmp, sizeof(tmp), "%s/damaged.tmp", dir);
+        SafeTensorOut mean = {"mean", DT_F32, 3, {4, 1, 1}, tiny}, time_ids = {"time_ids", DT_F32, 1, {6}, ids};
+        SafeTensorOut logvar = {"logvar", DT_F32, 3, {4, 1, 1}, tiny};
+        int ok = n % 2 == 0 ? safetensors_copy_edited(path, tmp, NULL, NULL, &mean) &&
+                                  safetensors_copy_edited(tmp, tmp, NULL, NULL, &logvar)
+                            : safetensors_copy_edited(path, tmp, NULL, NULL, &time_ids);
+        if (ok && rename(tmp, path) == 0) n++;
+    }
+    closedir(d);
+    return n;
+}
+
 static void test_cache_reuse(void) {
     if (!make_run_dataset()) return;
     system("rm -rf " RUN_DIR "/cache " RUN_DIR "/c*");
@@ -845,6 +919,13 @@ static void test_cache_reuse(void) {
     if (!ran_ok(train_run(&c, err), err, "uncached run")) return;
     check_true(files_equal(RUN_DIR "/c1.safetensors", RUN_DIR "/c3.safetensors"), "same LoRA with --no-cache");
     c.no_cache = 0;
+    // damaged latent entries (a size its time_ids do not encode to, a target size past any image)
+    // are encoded again, not trusted: the same LoRA as from the good cache
+    if (damage_latent_cache(RUN_DIR "/cache") == 6) {
+        c.out = RUN_DIR "/c5.safetensors";
+        if (!ran_ok(train_run(&c, err), err, "run on a damaged cache")) return;
+        check_true(files_equal(RUN_DIR "/c1.safetensors", RUN_DIR "/c5.safetensors"), "same LoRA from a damaged cache");
+    }
     c.data_cfg.resolution = 96;
     c.out = RUN_DIR "/c4.safetensors";
     if (!ran_ok(train_run(&c, err), err, "another resolution")) return;
@@ -987,6 +1068,7 @@ const TestCase tests_train[] = {
     {"train_lora_grads_convs", test_lora_grads_convs},
     {"train_trajectory", test_trajectory},
     {"train_resume_bit_exact", test_resume_bit_exact},
+    {"train_resume_refuses_damaged_state", test_resume_refuses_damaged_state},
     {"train_resume_after_sigkill", test_resume_after_sigkill},
     {"train_training_lowers_loss", test_training_lowers_loss},
     {"train_cache_reuse", test_cache_reuse},
