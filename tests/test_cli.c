@@ -44,6 +44,23 @@ static int have_binary(void) {
     return 0;
 }
 
+// Replaces every stand-alone letter `mark` in s (at the start or after a space, and followed by
+// a space, a '/' or the end) with path: the test tables write M for the tiny model, D for the
+// golden frames, E for a test's own folder.
+static void expand_mark(char* s, size_t cap, char mark, const char* path) {
+    for (char* at = s; (at = strchr(at, mark));) {
+        int alone = (at == s || at[-1] == ' ') && (at[1] == ' ' || at[1] == '/' || at[1] == 0);
+        if (!alone) {
+            at++;
+            continue;
+        }
+        char rest[4096];
+        snprintf(rest, sizeof(rest), "%s", at + 1);
+        snprintf(at, cap - (size_t)(at - s), "%s%s", path, rest);
+        at += strlen(path);
+    }
+}
+
 static void test_cli_bad_arguments_one_line(void) {
     if (!have_binary()) return;
     char model[4096], data[4096]; // golden_path's buffer is static: keep copies
@@ -83,20 +100,10 @@ static void test_cli_bad_arguments_one_line(void) {
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         // "M" stands for the tiny model, so each case fails on its own argument only; --out goes
         // right after "generate", so a case can end with an option that lacks its value
-        char args[1024], cmd[4096], out[4096];
+        char args[4096], cmd[8192], out[4096];
         snprintf(args, sizeof(args), "%s", cases[c].args);
-        char* at = strstr(args, " M");
-        if (at && (at[2] == ' ' || at[2] == 0)) {
-            char rest[1024];
-            snprintf(rest, sizeof(rest), "%s", at + 2);
-            snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", model, rest);
-        }
-        at = strstr(args, " D "); // "D" stands for the golden training frames
-        if (at) {
-            char rest[1024];
-            snprintf(rest, sizeof(rest), "%s", at + 2);
-            snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", data, rest);
-        }
+        expand_mark(args, sizeof(args), 'M', model);
+        expand_mark(args, sizeof(args), 'D', data);
         if (strncmp(args, "generate", 8) == 0)
             snprintf(cmd, sizeof(cmd), "%s generate --out build/test_cli/never.png%s", sdxl_bin(), args + 8);
         else
@@ -163,26 +170,13 @@ static void test_cli_fails_before_loading(void) {
         {"eval --images E/no_images", "E/no_images"},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-        char args[2048], cmd[4096], out[8192];
+        char args[4096], cmd[8192], out[8192], needle[1024];
         snprintf(args, sizeof(args), "%s", cases[c].args);
-        // M: the tiny model, D: the golden frames, E: this test's folder
-        const struct { const char* mark; const char* path; } subs[] = {{" M ", model}, {" D ", data}, {" E/", dir}};
-        for (int k = 0; k < 3; k++) {
-            char* at;
-            while ((at = strstr(args, subs[k].mark))) {
-                char rest[2048];
-                snprintf(rest, sizeof(rest), "%s", at + strlen(subs[k].mark) - 1);
-                snprintf(at, sizeof(args) - (size_t)(at - args), " %s%s", subs[k].path, rest);
-            }
-        }
-        char needle[512];
         snprintf(needle, sizeof(needle), "%s", cases[c].needle);
-        char* e = strstr(needle, "E/");
-        if (e) {
-            char rest[512];
-            snprintf(rest, sizeof(rest), "%s", e + 1);
-            snprintf(e, sizeof(needle) - (size_t)(e - needle), "%s%s", dir, rest);
-        }
+        expand_mark(args, sizeof(args), 'M', model);
+        expand_mark(args, sizeof(args), 'D', data);
+        expand_mark(args, sizeof(args), 'E', dir);
+        expand_mark(needle, sizeof(needle), 'E', dir);
         snprintf(cmd, sizeof(cmd), "%s %s", sdxl_bin(), args);
         double t0 = now_seconds();
         int status = run(cmd, out, sizeof(out));
