@@ -572,6 +572,30 @@ static void test_cli_eval_unreadable_images(void) {
 
 // README.md holds the `sdxl generate --help` and `sdxl eval --help` outputs between marker lines;
 // they must be current.
+// `sdxl --help` lists every command (bench train included) and every command's --help exits 0.
+static void test_cli_help_lists_every_command(void) {
+    if (!have_binary()) return;
+    char cmd[4096], out[16384];
+    snprintf(cmd, sizeof(cmd), "%s --help", sdxl_bin());
+    int status = run(cmd, out, sizeof(out));
+    const char* listed[] = {"generate", "train", "eval", "demo", "info", "bench matmul", "bench unet", "bench generate", "bench train",
+                            "verify unet"};
+    int all = status == 0;
+    for (size_t i = 0; i < sizeof(listed) / sizeof(listed[0]); i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "  %s ", listed[i]);
+        if (!strstr(out, want)) all = check_true(0, "sdxl --help lists '%s'", listed[i]);
+    }
+    check_true(all, "sdxl --help exits 0 and lists every command");
+    const char* commands[] = {"generate", "train", "eval", "demo", "bench", "bench matmul", "bench unet", "bench generate",
+                              "bench train", "verify"};
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "%s %s --help", sdxl_bin(), commands[i]);
+        status = run(cmd, out, sizeof(out));
+        check_true(status == 0 && strstr(out, "usage: sdxl"), "sdxl %s --help exits 0 with its usage (exit %d)", commands[i], status);
+    }
+}
+
 static void test_cli_readme_help_is_current(void) {
     if (!have_binary()) return;
     uint8_t* readme;
@@ -605,6 +629,7 @@ const TestCase tests_cli[] = {
     {"cli_generate_full_seed_range", test_cli_generate_full_seed_range},
     {"cli_eval_writes_reports", test_cli_eval_writes_reports},
     {"cli_eval_unreadable_images", test_cli_eval_unreadable_images},
+    {"cli_help_lists_every_command", test_cli_help_lists_every_command},
     {"cli_readme_help_is_current", test_cli_readme_help_is_current},
     {NULL, NULL},
 };
