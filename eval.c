@@ -1078,16 +1078,16 @@ int eval_run(const EvalOptions* o, char* err) {
     int n = 0;
     if (list_pngs(o->images_dir, &files, &n, err) != 0) return -1;
     char** prompts = NULL;
-    int n_prompts = 0;
+    int n_prompts = 0, rc = 0;
     if (o->prompts_file) {
-        if (read_lines(o->prompts_file, &prompts, &n_prompts, err) != 0) return -1;
-        if (n_prompts != n)
-            return set_error(err, "%s: %d prompts for %d images in %s (one prompt per line, in the images' name order)",
-                             o->prompts_file, n_prompts, n, o->images_dir);
+        rc = read_lines(o->prompts_file, &prompts, &n_prompts, err);
+        if (rc == 0 && n_prompts != n)
+            rc = set_error(err, "%s: %d prompts for %d images in %s (one prompt per line, in the images' name order)",
+                           o->prompts_file, n_prompts, n, o->images_dir);
     }
     // every path checked before any evaluator loads: the report folder and its three files, and
     // each evaluator's weights
-    int rc = o->lists_dir && !o->clip ? set_error(err, "--interrogator-lists needs --clip (the labels are ranked with CLIP)") : 0;
+    if (rc == 0 && o->lists_dir && !o->clip) rc = set_error(err, "--interrogator-lists needs --clip (the labels are ranked with CLIP)");
     if (rc == 0) rc = output_folder_check(o->out_dir, err);
     const char* reports[3] = {"report.json", "report.csv", "report.html"};
     for (int i = 0; i < 3 && rc == 0 && path_is_dir(o->out_dir); i++) {
