@@ -63,6 +63,8 @@ static void expand_mark(char* s, size_t cap, char mark, const char* path) {
 
 static void test_cli_bad_arguments_one_line(void) {
     if (!have_binary()) return;
+    mkdir("build", 0755); // the cases' --out folder exists, so each fails on its own argument only
+    mkdir("build/test_cli", 0755);
     char model[4096], data[4096]; // golden_path's buffer is static: keep copies
     snprintf(model, sizeof(model), "%s", golden_path("tiny_sdxl"));
     snprintf(data, sizeof(data), "%s", golden_path("data"));
