@@ -6,8 +6,9 @@
 //   - recoverable errors for parsers: functions that read user input return 0 on success and -1 on
 //     failure, and write a one-line message into a caller's `char err[ERR_MAX]` (`set_error`), so
 //     tests can check that bad input is rejected without the process exiting;
-//   - whole-file reading and atomic output (write `path.tmp`, check every call, then rename), so a
-//     crash never leaves a half-written file under the real name;
+//   - whole-file reading and atomic output (write a temporary file beside the path, check every
+//     call, then rename), so a crash never leaves a half-written file under the real name, and
+//     nothing but a regular file is ever replaced;
 //   - a monotonic clock for progress lines and benchmarks.
 #pragma once
 #include <stddef.h>

@@ -106,6 +106,22 @@ int test_require_cuda(void) {
     return 1;
 }
 
+int temp_files_beside(const char* path) {
+    char dir[4096], prefix[4200];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char* slash = strrchr(dir, '/');
+    const char* name = slash ? slash + 1 : path;
+    snprintf(prefix, sizeof(prefix), "%s.tmp", name);
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof(dir), ".");
+    DIR* d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent* e; (e = readdir(d));) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return n;
+}
+
 const char* sdxl_bin(void) {
     const char* b = getenv("SDXL_BIN");
     return b && b[0] ? b : "./sdxl";

@@ -35,6 +35,9 @@ const char* golden_path(const char* name);
 // The sdxl binary the CLI tests run: $SDXL_BIN, else ./sdxl (make debug runs them on ./sdxl_debug,
 // the sanitized build).
 const char* sdxl_bin(void);
+// The temporary files out_open leaves beside path ("<name>.tmp.XXXXXX" in its folder): how many
+// there are now. A finished or aborted write leaves 0.
+int temp_files_beside(const char* path);
 
 // A string as a short printable label for check lines: \n, \t and other control characters
 // escaped, cut after 48 bytes (never inside a UTF-8 character) with "...". One static buffer:

@@ -278,7 +278,8 @@ static void test_cli_generate_writes_png(void) {
                "parameters: storyboard template, default negative, defaults");
     image_free(&img);
     struct stat sb;
-    check_true(stat("build/test_cli/frame.png.tmp", &sb) != 0, "no temporary file left");
+    check_true(stat("build/test_cli/frame.png", &sb) == 0 && temp_files_beside("build/test_cli/frame.png") == 0,
+               "no temporary file left");
 }
 
 // Seeds over torch's whole range: 2^64 - 1 is accepted, logged and written in the PNG's

@@ -83,7 +83,7 @@ static void test_safetensors_write_round_trip(void) {
     char err[ERR_MAX];
     if (!check_true(safetensors_write(path, out, 3, keys, values, 2, err) == 0, "write %s", path)) return;
     struct stat sb;
-    check_true(stat("build/test_roundtrip.safetensors.tmp", &sb) != 0, "no temporary file left behind");
+    check_true(stat(path, &sb) == 0 && temp_files_beside(path) == 0, "no temporary file left behind");
     SafeTensors st;
     if (!check_true(safetensors_open(&st, path, err) == 0, "reopen: %s", err)) return;
     uint8_t* raw;
