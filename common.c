@@ -411,3 +411,9 @@ int make_dirs(const char* path, char* err) {
     }
     return 0;
 }
+
+int make_parent_dirs(const char* path, char* err) {
+    char dir[4096];
+    parent_folder(path, dir, sizeof(dir));
+    return strcmp(dir, ".") == 0 || strcmp(dir, "/") == 0 ? 0 : make_dirs(dir, err);
+}

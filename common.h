@@ -107,3 +107,4 @@ int path_is_dir(const char* path);
 int path_is_file(const char* path);               // a regular file (or a link to one)
 int make_dir(const char* path, char* err);        // mkdir 0755; an existing folder is fine
 int make_dirs(const char* path, char* err);       // mkdir -p
+int make_parent_dirs(const char* path, char* err); // mkdir -p of the folder path is in (nothing for a bare name)

@@ -196,11 +196,19 @@ void eval_record_init(EvalRecord* r, const char* path, const char* prompt) {
     r->image.status = EVAL_DONE;
 }
 
+// The six evaluators' fields of a record, in report order, under the names the reports use.
+#define EVALUATORS 6
+static const char* const EVALUATOR_NAMES[EVALUATORS] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
+static EvalField* evaluator_field(EvalRecord* r, int k) {
+    EvalField* fields[EVALUATORS] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
+    return fields[k];
+}
+static const EvalField* evaluator_field_of(const EvalRecord* r, int k) { return evaluator_field((EvalRecord*)r, k); }
+
 void eval_record_unreadable(EvalRecord* r, const char* why) {
     eval_field_fail(&r->image, "%s", why);
     memset(&r->style, 0, sizeof(r->style));
-    EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
-    for (int k = 0; k < 6; k++) eval_field_skip(fields[k], "not run: the image could not be read");
+    for (int k = 0; k < EVALUATORS; k++) eval_field_skip(evaluator_field(r, k), "not run: the image could not be read");
 }
 
 void eval_record_free(EvalRecord* r) {
@@ -368,23 +376,16 @@ int eval_print_warnings(FILE* out, const EvalRecord* records, int n) {
             unreadable++;
         }
     // an evaluator that failed on a readable image: that image is out of its mean only
-    const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < EVALUATORS; k++) {
         int failed = 0, first = -1;
-        for (int i = 0; i < n; i++) {
-            const EvalRecord* r = &records[i];
-            const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
-            if (r->image.status == EVAL_DONE && fields[k]->status == EVAL_FAILED) {
+        for (int i = 0; i < n; i++)
+            if (records[i].image.status == EVAL_DONE && evaluator_field_of(&records[i], k)->status == EVAL_FAILED) {
                 if (first < 0) first = i;
                 failed++;
             }
-        }
-        if (failed) {
-            const EvalRecord* r = &records[first];
-            const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
-            fprintf(out, "warning: %s failed on %d of %d images, left out of its means (first, %s: %s)\n", names[k], failed,
-                    n - unreadable, r->name, fields[k]->note);
-        }
+        if (failed)
+            fprintf(out, "warning: %s failed on %d of %d images, left out of its means (first, %s: %s)\n", EVALUATOR_NAMES[k],
+                    failed, n - unreadable, records[first].name, evaluator_field_of(&records[first], k)->note);
     }
     if (unreadable)
         fprintf(out, "warning: %d of %d images could not be read; they are in no mean, and the reports list them as failed\n",
@@ -568,11 +569,10 @@ static void write_csv(StrBuf* t, const EvalRecord* records, int n) {
         StrBuf notes = {0};
         strbuf_printf(&notes, "%s", "");
         if (r->image.status != EVAL_DONE) strbuf_printf(&notes, "image: %s", r->image.note); // no evaluator ran: that is all
-        const EvalField* fields[] = {&r->clip, &r->detection, &r->caption, &r->similarity, &r->interrogator, &r->judge};
-        const char* names[] = {"clip", "detection", "caption", "similarity", "interrogator", "judge"};
-        for (int k = 0; k < 6 && r->image.status == EVAL_DONE; k++)
-            if (fields[k]->status != EVAL_DONE && fields[k]->note[0])
-                strbuf_printf(&notes, "%s%s: %s", notes.len ? "; " : "", names[k], fields[k]->note);
+        for (int k = 0; k < EVALUATORS && r->image.status == EVAL_DONE; k++) {
+            const EvalField* f = evaluator_field_of(r, k);
+            if (f->status != EVAL_DONE && f->note[0]) strbuf_printf(&notes, "%s%s: %s", notes.len ? "; " : "", EVALUATOR_NAMES[k], f->note);
+        }
         strbuf_printf(t, ",");
         text_csv(t, notes.s);
         free(notes.s);

@@ -307,16 +307,8 @@ static int demo_main(int argc, char** argv) {
     backend_select_by_name(backend);
     SdxlPrecision prec = model_precision(precision, vae_precision);
     // the demo makes the folders it writes into (demo_out/ and demo_out/frames/ by default)
-    char err[ERR_MAX], dir[4200];
-    const char* made[2] = {folder, o.out};
-    for (int i = 0; i < 2; i++) {
-        snprintf(dir, sizeof(dir), "%s", made[i]);
-        char* slash = strrchr(dir, '/');
-        if (slash && slash != dir) {
-            *slash = 0;
-            if (make_dirs(dir, err) != 0) fatal("%s", err);
-        }
-    }
+    char err[ERR_MAX];
+    if (make_parent_dirs(folder, err) != 0 || make_parent_dirs(o.out, err) != 0) fatal("%s", err);
     check_outputs(&o, 1);
     double t0 = now_seconds();
     if (demo_model_write(folder, 1, err) != 0) fatal("%s", err);

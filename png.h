@@ -40,9 +40,9 @@ int png_read(Image* img, const char* path, char* err);
 // The same, from memory; name is used in error messages (for tests and fuzzers).
 int png_decode(Image* img, const uint8_t* buf, size_t size, const char* name, char* err);
 
-// Writes img to path atomically (path.tmp, then rename): 8- or 16-bit, 1 to 4 channels, with
-// every text entry (tEXt when key and value are ASCII, iTXt otherwise). Text keys must be 1-79
-// printable ASCII characters.
+// Writes img to path atomically (a temporary file beside it, then rename; out_open's rules): 8-
+// or 16-bit, 1 to 4 channels, with every text entry (tEXt when key and value are ASCII, iTXt
+// otherwise). Text keys must be 1-79 printable ASCII characters.
 int png_write(const char* path, const Image* img, char* err);
 // The same, to a fresh malloc'd buffer (*buf, *size).
 int png_encode(const Image* img, uint8_t** buf, size_t* size, char* err);

@@ -84,7 +84,8 @@ int safetensors_read_f32(const SafeTensors* st, const char* name, int rank, cons
 
 // Writing. Tensors are written in the order given; the header is padded with spaces to a
 // multiple of 8 bytes (so data starts aligned, as the reference writer does). The file appears
-// atomically (written to path.tmp, then renamed). meta holds meta_count key/value pairs.
+// atomically (a temporary file beside path, then renamed; out_open's rules). meta holds
+// meta_count key/value pairs.
 typedef struct {
     const char* name;
     DType dtype;

@@ -1380,11 +1380,10 @@ static int run_paths(Run* r, char* err) {
     if (output_file_check(c->out, err) != 0 || (c->out_diffusers && output_file_check(c->out_diffusers, err) != 0) ||
         output_file_check(r->csv_path, err) != 0 || output_file_check(r->png_path, err) != 0)
         return -1;
-    if ((c->checkpoint_every > 0 || (c->resume && strcmp(c->resume, "latest") == 0)) &&
-        output_folder_check(r->checkpoint_dir, err) != 0)
-        return -1;
+    int resume_latest = c->resume && strcmp(c->resume, "latest") == 0;
+    if ((c->checkpoint_every > 0 || resume_latest) && output_folder_check(r->checkpoint_dir, err) != 0) return -1;
     if (c->sample_every > 0 && output_folder_check(r->samples_dir, err) != 0) return -1;
-    if (c->resume && strcmp(c->resume, "latest") == 0) {
+    if (resume_latest) {
         latest_checkpoint(r->checkpoint_dir, r->resume_dir, sizeof(r->resume_dir));
         if (!r->resume_dir[0]) return set_error(err, "%s: no checkpoint to resume (--resume latest)", r->checkpoint_dir);
     } else if (c->resume) {

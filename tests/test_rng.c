@@ -179,16 +179,22 @@ static void test_rng_seed_parse_rejects(void) {
 
 // The CUDA generator's Philox key is the whole 64-bit seed (curand_init: key = low word, high
 // word), unlike the CPU generator's MT19937: 2^32 + 42 and 42 give different CUDA noise.
+// curand_normal's first value for counter 0 and this key: the sin branch of Box-Muller on the first
+// two words of Philox4x32-10 (the formula rng.c and kernels.cu implement).
+static float philox_first_normal(uint32_t key_lo, uint32_t key_hi) {
+    uint32_t ctr[4] = {0, 0, 0, 0}, key[2] = {key_lo, key_hi}, r[4];
+    philox4x32_10(ctr, key, r);
+    float u = fmaf((float)r[0], 2.3283064e-10f, 2.3283064e-10f / 2.0f);
+    float v = fmaf((float)r[1], 2.3283064e-10f * 6.2831855f, 2.3283064e-10f * 6.2831855f / 2.0f);
+    return sinf(v) * sqrtf(-2.0f * logf(u));
+}
+
 static void test_rng_philox_key_takes_all_64_bits(void) {
     uint64_t seed = (1ull << 32) + 42;
     float x[8], y[8];
     philox_randn(seed, 0, 256, x, 8);
     philox_randn(42, 0, 256, y, 8);
-    uint32_t ctr[4] = {0, 0, 0, 0}, key[2] = {42, 1}, r[4];
-    philox4x32_10(ctr, key, r);
-    float u = fmaf((float)r[0], 2.3283064e-10f, 2.3283064e-10f / 2.0f);
-    float v = fmaf((float)r[1], 2.3283064e-10f * 6.2831855f, 2.3283064e-10f * 6.2831855f / 2.0f);
-    float want0 = sinf(v) * sqrtf(-2.0f * logf(u));
+    float want0 = philox_first_normal(42, 1);
     check_close("philox_randn(2^32 + 42) element 0 uses key {42, 1}", x, &want0, 1, 0.0f, 0.0f);
     check_true(x[0] != y[0], "2^32 + 42 and 42 differ on the CUDA generator (%g vs %g)", x[0], y[0]);
 }
@@ -225,11 +231,7 @@ static void test_rng_philox_randn_layout_and_moments(void) {
     float* y = xmalloc(sizeof(float) * n);
     philox_randn(42, 0, n / 4, y, n);
     float first_of_each[4] = {y[0], y[n / 4], y[n / 2], y[3 * n / 4]};
-    uint32_t ctr[4] = {0, 0, 0, 0}, key[2] = {42, 0}, r[4];
-    philox4x32_10(ctr, key, r);
-    float u = fmaf((float)r[0], 2.3283064e-10f, 2.3283064e-10f / 2.0f);
-    float v = fmaf((float)r[1], 2.3283064e-10f * 6.2831855f, 2.3283064e-10f * 6.2831855f / 2.0f);
-    float want0 = sinf(v) * sqrtf(-2.0f * logf(u));
+    float want0 = philox_first_normal(42, 0);
     check_close("philox_randn element 0 = sin branch of thread 0", first_of_each, &want0, 1, 0.0f, 0.0f);
     check_true(x[0] == y[0], "element 0 does not depend on the grid size");
     free(x);
